@@ -1,0 +1,127 @@
+"""Device, low-level (kernel) determinism and numerical precision of a run.
+
+``lowlevel`` is the one source that cannot be seeded: CUDA/cuDNN kernels are either forced to be
+deterministic (the default) or left free to pick fast nondeterministic algorithms and atomics
+(when ``lowlevel`` is varied). Precision is part of the experiment: strict float32 (TF32 off, the
+default, required to see a one-ULP bit flip), TF32, or bfloat16 autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+import torch
+
+# cuBLAS needs a fixed workspace to be deterministic; it must be set before cuBLAS starts, so
+# launch.py imports this module first thing.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+LOWLEVEL_DETERMINISTIC = "deterministic"
+LOWLEVEL_NONDETERMINISTIC = "nondeterministic"
+LOWLEVEL_UNAVAILABLE = "unavailable (no CUDA device: low-level nondeterminism not exercised)"
+
+
+class LowLevelUnavailableError(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` if a GPU is visible, else ``cpu``; ``cuda`` without one is an error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "device=cuda, but no CUDA GPU is visible to PyTorch (torch.cuda.is_available() is "
+            f"False; torch {torch.__version__}, CUDA build {torch.version.cuda}). Run with "
+            "device=cpu (or device=auto), or on a machine with a GPU and a CUDA build of torch."
+        )
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device={name!r}: use auto, cpu or cuda")
+    return name
+
+
+def configure_lowlevel(device: str, nondeterministic: bool, required: bool) -> str:
+    """Set PyTorch's determinism switches for this process; returns the status for env.json."""
+    if nondeterministic and device != "cuda":
+        if required:
+            raise LowLevelUnavailableError(
+                "source varies `lowlevel` (CUDA/cuDNN kernel nondeterminism), which needs a CUDA "
+                "device, but this run is on the CPU. Use source=reduction, the seedable stand-in "
+                "that works on a CPU (it permutes examples within each minibatch, so only the "
+                "floating-point summation order changes), or run on a GPU."
+            )
+        nondeterministic = False
+        status = LOWLEVEL_UNAVAILABLE
+    else:
+        status = LOWLEVEL_NONDETERMINISTIC if nondeterministic else LOWLEVEL_DETERMINISTIC
+    torch.use_deterministic_algorithms(not nondeterministic)
+    torch.backends.cudnn.deterministic = not nondeterministic
+    torch.backends.cudnn.benchmark = nondeterministic
+    return status
+
+
+def configure_precision(precision: str) -> None:
+    """TF32 on only for ``tf32``; ``fp32`` and ``bf16`` keep float32 matmuls strict."""
+    if precision not in ("fp32", "tf32", "bf16"):
+        raise ValueError(f"precision={precision!r}: use fp32, tf32 or bf16")
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
+def autocast(precision: str, device: str):
+    """The context a forward pass runs in: bf16 autocast, or nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: str, precision: str, lowlevel: str) -> dict:
+    """What env.json records: enough to tell two machines' runs apart."""
+    cuda = device == "cuda"
+    slurm = {
+        k.lower(): os.environ[k]
+        for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
+        if k in os.environ
+    }
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "allow_tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "allow_tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "precision": precision,
+        "lowlevel": lowlevel,
+        "python": platform.python_version(),
+        "git_commit": _git_commit(),
+        "host": socket.gethostname(),
+        "slurm_job_id": slurm.get("slurm_job_id"),
+        "slurm": slurm or None,
+    }

@@ -1,0 +1,140 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+The primary config (``conf/config.yaml``) lists ``schema`` first in its defaults, so every group
+file is merged into a typed node: a misspelt key such as ``model.widht=3`` or a string where a
+number belongs fails when Hydra composes the config, not an hour into a cluster job.
+
+Used by ``launch.py`` (``register_configs()`` before ``@hydra.main``) and by the tests, which
+compose the real configs with ``hydra.compose``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+ACTIVATIONS = ("relu", "smelu", "gelu", "silu", "softplus", "tanh", "leaky_relu")
+MODELS = (
+    "linear",
+    "mlp",
+    "conv1",
+    "resnet6",
+    "resnet10",
+    "resnet14",
+    "resnet18",
+    "vgg11",
+    "shufflenetv2_050",
+)
+DATASETS = ("synthetic", "cifar10", "mnist", "npz")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine", "snapshot")
+PRECISIONS = ("fp32", "tf32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+SCALES = ("paper", "smoke")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    activation: str = "relu"
+    # SmeLU's half-width: 0 below -beta, (x + beta)^2 / (4 beta) on [-beta, beta], x above beta.
+    smelu_beta: float = 1.0
+    # Dropout rate before the classifier (and in vgg11's classifier); masks come from the
+    # ``dropout`` source's generator.
+    dropout: float = 0.0
+    # mlp: hidden units per layer; conv1: channels; resnets: width of the first stage.
+    width: int = 128
+    # mlp: number of hidden layers (1 = the paper's "one fully-connected hidden layer").
+    depth: int = 1
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "synthetic"
+    # cifar10 / mnist: where torchvision's dataset classes find (or, with download=true, put) the files.
+    root: str = "data"
+    download: bool = False
+    # npz: one file with x_train, y_train, x_test, y_test.
+    path: Optional[str] = None
+    # Random crop (4-pixel zero padding) and horizontal flip of training images, drawn from the
+    # ``augment`` source's generator. A no-op, with a warning, for feature data.
+    augment: bool = False
+    # synthetic: number of examples generated; other datasets: keep the first k (null = all).
+    train_size: Optional[int] = None
+    test_size: Optional[int] = None
+    # --- synthetic only: the generative process (see nondet/data.py and the README) ---
+    input_dim: int = 32
+    num_classes: int = 10
+    # (C, H, W) to shape the synthetic inputs as images (for convolutional models); null = features.
+    image_shape: Optional[List[int]] = None
+    teacher_width: int = 64
+    teacher_depth: int = 1
+    teacher_activation: str = "tanh"
+    label_noise: float = 0.0
+    imbalance: float = 0.0
+    # The data seed is not a source of nondeterminism: every run of a sweep sees the same data.
+    data_seed: int = 0
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "constant"
+    warmup_epochs: float = 0.0
+    # snapshot: number of cosine cycles (snapshots) M.
+    cycles: int = 5
+
+
+@dataclass
+class SourceConfig:
+    # The name of the row in the tables ("init", "shuffle_lowlevel", ...).
+    name: str = "none"
+    # Which sources take a replicate-derived seed; every other source takes base_seed.
+    vary: List[str] = field(default_factory=list)
+    # When ``lowlevel`` is varied on a machine without CUDA: raise (true) or record it as
+    # unavailable in env.json and go on with the other sources (false; ``source=all``).
+    lowlevel_required: bool = True
+
+
+@dataclass
+class NondetConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    replicates: int = 8
+    replicate: int = 0
+    base_seed: int = 0
+    pack: int = 1
+    precision: str = "fp32"
+    device: str = "auto"
+    epochs: int = 10
+    batch_size: int = 64
+    onset_epoch: int = 0
+    shuffle_window: Optional[int] = None
+    scale: str = "paper"
+    # outputs/<sweep_name>/...: a name, never a timestamp, so a relaunch finds its runs.
+    sweep_name: str = "default"
+    output_root: str = "outputs"
+    eval_every: int = 1
+    checkpoint_every: int = 1
+    # torch.set_num_threads for the run (null = torch's default); recorded in env.json.
+    threads: Optional[int] = None
+
+
+def register_configs() -> None:
+    """Register the typed primary config as ``schema`` (first in conf/config.yaml's defaults)."""
+    ConfigStore.instance().store(name="schema", node=NondetConfig)

@@ -1,0 +1,119 @@
+"""One Hydra job: the replicas ``replicate .. replicate + pack - 1`` of one configuration.
+
+``launch.py`` hands every job of a sweep to ``run_job``. Finished replicas (``result.json``
+present) are skipped; unfinished ones resume from their checkpoint; a replica that raises leaves
+``error.txt`` with the traceback and the sweep goes on. Mistakes in the configuration itself
+(unknown source, ``device=cuda`` without a GPU, missing dataset files) raise before anything is
+trained, with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from nondet import records
+from nondet.backend import configure_lowlevel, configure_precision, resolve_device
+from nondet.data import Dataset, load_dataset
+from nondet.seeds import check_sources
+from nondet.train import train_replica
+
+log = logging.getLogger("nondet")
+
+_DATA_CACHE: dict[str, Dataset] = {}
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The job's configuration as a plain dict, interpolations resolved, ``device`` made
+    concrete (``auto`` -> ``cpu`` or ``cuda``) so runs on different hardware never share a
+    directory. Works on the task config and on Hydra's full config (the ``hydra`` node is left
+    out)."""
+    config = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in cfg
+        if key != "hydra"
+    }
+    config["device"] = resolve_device(config["device"])
+    return config
+
+
+def replicas_of_job(config: dict) -> range:
+    """The replicate indices a job trains: ``pack`` of them from ``replicate`` on."""
+    start, pack, replicates = config["replicate"], config["pack"], config["replicates"]
+    if pack < 1:
+        raise ValueError(f"pack={pack} must be at least 1")
+    if not 0 <= start < replicates:
+        raise ValueError(f"replicate={start} is outside range(0, replicates={replicates})")
+    return range(start, min(start + pack, replicates))
+
+
+def job_subdir(config: dict) -> str:
+    """Where Hydra puts a job's own files (``.hydra/``, the job log), relative to the sweep
+    directory: the run directory itself for one replica, a pack directory beside them else."""
+    replicas = replicas_of_job(config)
+    group = records.group_dirname(config)
+    if len(replicas) == 1 and config["pack"] == 1:
+        return f"{group}/r{replicas[0]:04d}"
+    return f"{group}/pack-r{replicas[0]:04d}-r{replicas[-1]:04d}"
+
+
+def register_resolvers() -> None:
+    """``${nondet.job_subdir:}``, used by conf/config.yaml for hydra.run.dir / sweep.subdir."""
+    if not OmegaConf.has_resolver("nondet.job_subdir"):
+        OmegaConf.register_new_resolver(
+            "nondet.job_subdir", lambda *, _root_: job_subdir(resolved_config(_root_))
+        )
+
+
+def _dataset(config: dict) -> Dataset:
+    # The replicas of a job, and consecutive jobs of a basic-launcher sweep, share the data.
+    key = json.dumps([config["dataset"], config["device"]], sort_keys=True)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = load_dataset(OmegaConf.create(config["dataset"]), config["device"])
+    return _DATA_CACHE[key]
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or skip, or resume) the replicas of one job; returns counts and directories."""
+    config = resolved_config(cfg)
+    check_sources(config["source"]["vary"])
+    replicas = replicas_of_job(config)
+    lowlevel = configure_lowlevel(
+        config["device"], "lowlevel" in config["source"]["vary"], config["source"]["lowlevel_required"]
+    )
+    configure_precision(config["precision"])
+    if config["threads"]:
+        torch.set_num_threads(config["threads"])
+    data = _dataset(config)
+
+    outcome: dict[str, list[str]] = {"finished": [], "skipped": [], "failed": []}
+    for replicate in replicas:
+        replica_config = {**config, "replicate": replicate}
+        directory = records.run_dir(replica_config)
+        if records.is_done(directory):
+            log.info("%s: finished already, skipped", directory)
+            outcome["skipped"].append(str(directory))
+            continue
+        try:
+            result = train_replica(replica_config, directory, data, lowlevel)
+        except Exception:
+            directory.mkdir(parents=True, exist_ok=True)
+            records.write_text(directory / records.ERROR_FILE, traceback.format_exc())
+            log.exception("%s: failed; the traceback is in %s", directory, records.ERROR_FILE)
+            outcome["failed"].append(str(directory))
+            continue
+        log.info(
+            "%s: done  test_acc %.2f%%  test_ce %.4f  (%.1fs)",
+            directory,
+            result["test_accuracy"],
+            result["test_cross_entropy"],
+            result["train_seconds"],
+        )
+        outcome["finished"].append(str(directory))
+    return outcome

@@ -1,0 +1,79 @@
+"""The input pipeline as tensor operations, each driven by one source's generator.
+
+- ``epoch_order``: the shuffle source — a full permutation per epoch, or a streaming shuffle
+  buffer of ``shuffle_window`` examples (as a streaming input pipeline has it).
+- ``within_batch_permutation``: the reduction source — reorders the examples inside a minibatch,
+  which leaves the mathematics unchanged and changes only the floating-point summation order.
+- ``random_crop_flip``: the augment source — per-example random crop (zero padding) and
+  horizontal flip, one gather for the whole batch.
+
+No DataLoader and no workers: the dataset is a tensor resident on the training device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def epoch_order(
+    n: int, generator: torch.Generator, window: int | None = None
+) -> torch.Tensor:
+    """The order in which the ``n`` training examples are visited in one epoch.
+
+    ``window=None`` or ``window >= n``: a uniform random permutation. ``window=1``: stored order.
+    Otherwise a streaming shuffle buffer: the buffer holds the next ``window`` examples; each
+    step emits a uniformly chosen one and refills its slot with the next example in stored
+    order; at the end the buffer is drained in random order. Every example appears exactly once.
+    """
+    device = generator.device
+    if window is None or window >= n:
+        return torch.randperm(n, generator=generator, device=device)
+    if window < 1:
+        raise ValueError(f"shuffle_window={window}: use a positive window, or null for a full shuffle")
+    if window == 1:
+        return torch.arange(n, device=device)
+    # One uniform draw per emitted example, all from the shuffle generator.
+    uniform = torch.rand(n, generator=generator, device=device, dtype=torch.float64).tolist()
+    buffer = list(range(window))
+    order = []
+    for incoming in range(window, n):
+        slot = int(uniform[incoming - window] * window)
+        order.append(buffer[slot])
+        buffer[slot] = incoming
+    for k in range(window):
+        slot = int(uniform[n - window + k] * len(buffer))
+        buffer[slot], buffer[-1] = buffer[-1], buffer[slot]
+        order.append(buffer.pop())
+    return torch.tensor(order, dtype=torch.long, device=device)
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of each minibatch; the last one may be smaller."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be positive")
+    return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+def within_batch_permutation(size: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randperm(size, generator=generator, device=generator.device)
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random ``pad``-pixel-shifted crop of the zero-padded image and a horizontal flip with
+    probability 1/2, independently per example. ``x``: (B, C, H, W), any dtype; same out."""
+    batch, channels, height, width = x.shape
+    device = x.device
+    offsets = torch.randint(0, 2 * pad + 1, (2, batch), generator=generator, device=generator.device)
+    flips = torch.randint(0, 2, (batch,), generator=generator, device=generator.device).bool()
+    offsets, flips = offsets.to(device), flips.to(device)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = offsets[0, :, None] + torch.arange(height, device=device)
+    cols = offsets[1, :, None] + torch.arange(width, device=device)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    return padded[
+        torch.arange(batch, device=device)[:, None, None, None],
+        torch.arange(channels, device=device)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]

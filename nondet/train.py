@@ -1,0 +1,244 @@
+"""Train one replica and write its run directory.
+
+A replica is one trained model: its sources' generators, its parameters and optimizer state, its
+metrics so far. ``train_replica`` trains it from scratch or from ``checkpoint.pt`` (written every
+``checkpoint_every`` epochs) and ends by writing the run-directory contract of DESIGN.md,
+``result.json`` last. A resumed run ends bitwise identical to an uninterrupted one because every
+piece of state that feeds the computation — weights, optimizer, step, every generator — is in the
+checkpoint, and the learning rate is a pure function of the step.
+
+Onset (``onset_epoch=k``): every source uses the base seed for epochs < k and the varied sources
+switch to their replicate seeds at the start of epoch k; a bit flip is made at the start of
+epoch k. With k = 0 (the default) this is the ordinary protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from nondet import records
+from nondet.backend import autocast, configure_precision, environment
+from nondet.bitflip import flip_one_ulp
+from nondet.data import Dataset
+from nondet.models import build_model, set_dropout_generator
+from nondet.optim import build_optimizer, learning_rate
+from nondet.pipeline import batch_bounds, epoch_order, random_crop_flip, within_batch_permutation
+from nondet.seeds import SeedPlan, make_generator, generator_device
+
+log = logging.getLogger("nondet")
+
+EVAL_BATCH = 1024
+
+
+@dataclass
+class Replica:
+    """Everything a replica's training depends on, and everything a checkpoint must hold."""
+
+    plan: SeedPlan
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generators: dict[str, torch.Generator]
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    train_seconds: float = 0.0
+    bitflip: dict | None = None
+    metrics: list[dict] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "bitflip": self.bitflip,
+            "metrics": self.metrics,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generators": {name: g.get_state() for name, g in self.generators.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.step = state["step"]
+        self.train_seconds = state["train_seconds"]
+        self.bitflip = state["bitflip"]
+        self.metrics = list(state["metrics"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for name, generator_state in state["generators"].items():
+            self.generators[name].set_state(generator_state)
+        set_dropout_generator(self.model, self.generators["dropout"])
+
+
+def new_replica(config: dict, data: Dataset) -> Replica:
+    """A freshly initialised replica: generators, model (from the init generator), optimizer."""
+    device = config["device"]
+    plan = SeedPlan.for_run(config["base_seed"], config["source"]["vary"], config["replicate"])
+    generators = plan.generators(device, before_onset=config["onset_epoch"] > 0)
+    model = build_model(
+        OmegaConf.create(config["model"]), data.input_shape, data.num_classes, generators["init"]
+    ).to(device)
+    set_dropout_generator(model, generators["dropout"])
+    optimizer = build_optimizer(config["optimizer"], model.parameters())
+    return Replica(plan=plan, model=model, optimizer=optimizer, generators=generators)
+
+
+def start_of_epoch(replica: Replica, config: dict) -> None:
+    """At the onset epoch the varied sources switch to their replicate seeds; bit flip."""
+    onset = config["onset_epoch"]
+    if replica.epoch != onset:
+        return
+    if onset > 0:
+        for source in replica.plan.vary:
+            if source in replica.generators:
+                device = generator_device(source, config["device"])
+                replica.generators[source] = make_generator(replica.plan.seeds[source], device)
+        set_dropout_generator(replica.model, replica.generators["dropout"])
+    if replica.plan.varies("bitflip") and replica.bitflip is None:
+        replica.bitflip = flip_one_ulp(replica.model, replica.generators["bitflip"])
+
+
+def train_epoch(replica: Replica, config: dict, data: Dataset) -> torch.Tensor:
+    """One pass over the training set; returns the mean training loss as a device scalar
+    (no host synchronisation inside the loop)."""
+    model, optimizer, generators = replica.model, replica.optimizer, replica.generators
+    n = len(data.y_train)
+    bounds = batch_bounds(n, config["batch_size"])
+    augment = config["dataset"]["augment"] and data.is_image
+    precision, device = config["precision"], config["device"]
+    max_lr = config["optimizer"]["lr"]
+    model.train()
+    order = epoch_order(n, generators["shuffle"], config["shuffle_window"])
+    loss_sum = torch.zeros((), device=device)
+    for start, stop in bounds:
+        index = order[start:stop]
+        index = index[within_batch_permutation(stop - start, generators["reduction"])]
+        x, y = data.x_train[index], data.y_train[index]
+        if augment:
+            x = random_crop_flip(x, generators["augment"])
+        x = data.normalize(x)
+        lr = learning_rate(config["schedule"], max_lr, replica.step, len(bounds), config["epochs"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(precision, device):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * (stop - start)
+        replica.step += 1
+    return loss_sum / n
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: Dataset, config: dict) -> tuple[torch.Tensor, float, float]:
+    """Test-set logits (float32, on the device), accuracy (percent) and cross-entropy (nats)."""
+    model.eval()
+    chunks = []
+    for start, stop in batch_bounds(len(data.y_test), EVAL_BATCH):
+        with autocast(config["precision"], config["device"]):
+            chunks.append(model(data.normalize(data.x_test[start:stop])).float())
+    logits = torch.cat(chunks)
+    accuracy = (logits.argmax(dim=1) == data.y_test).float().mean() * 100.0
+    cross_entropy = F.cross_entropy(logits, data.y_test)
+    return logits, float(accuracy), float(cross_entropy)
+
+
+def _load_checkpoint(path: Path, device: str) -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # a truncated or foreign file: say what to do, keep it for inspection
+        raise records.CorruptRunError(
+            f"cannot read the checkpoint {path}: {e}. Delete it to restart this run from scratch."
+        ) from e
+
+
+def train_replica(config: dict, directory: Path, data: Dataset, lowlevel: str) -> dict:
+    """Train the replica ``config['replicate']`` into ``directory``; returns result.json's dict."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    replica = new_replica(config, data)
+    checkpoint = directory / records.CHECKPOINT_FILE
+    resumed_from = None
+    if checkpoint.exists():
+        replica.load_state_dict(_load_checkpoint(checkpoint, config["device"]))
+        resumed_from = replica.epoch
+        log.info("%s: resuming from the checkpoint of epoch %d", directory, replica.epoch)
+    if config["dataset"]["augment"] and not data.is_image and replica.epoch == 0:
+        warnings.warn(
+            "dataset.augment=true has no effect on feature data: crop and flip need images",
+            stacklevel=2,
+        )
+
+    records.write_text(directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
+    env = environment(config["device"], config["precision"], lowlevel)
+    env["resumed_from_epoch"] = resumed_from
+    records.write_json(directory / records.ENV_FILE, env)
+    records.write_json(directory / records.SEEDS_FILE, replica.plan.as_record(lowlevel))
+
+    epochs = config["epochs"]
+    logits = None
+    while replica.epoch < epochs:
+        start_of_epoch(replica, config)
+        began = time.perf_counter()
+        train_loss = train_epoch(replica, config, data)
+        if config["device"] == "cuda":
+            torch.cuda.synchronize()
+        replica.train_seconds += time.perf_counter() - began
+        replica.epoch += 1
+        last = replica.epoch == epochs
+        if last or replica.epoch % config["eval_every"] == 0:
+            logits, accuracy, cross_entropy = evaluate(replica.model, data, config)
+            row = {
+                "epoch": replica.epoch,
+                "test_accuracy": accuracy,
+                "test_cross_entropy": cross_entropy,
+                "train_loss": float(train_loss),
+                "lr": replica.optimizer.param_groups[0]["lr"],
+                "seconds": replica.train_seconds,
+            }
+            replica.metrics.append(row)
+            records.write_jsonl(directory / records.METRICS_FILE, replica.metrics)
+            log.info(
+                "%s epoch %d/%d  train_loss %.4f  test_acc %.2f%%  test_ce %.4f  lr %.4g  %.1fs",
+                directory.name, replica.epoch, epochs, row["train_loss"], accuracy,
+                cross_entropy, row["lr"], replica.train_seconds,
+            )
+        if not last and replica.epoch % config["checkpoint_every"] == 0:
+            records.write_torch(checkpoint, replica.state_dict())
+
+    if logits is None:  # epochs == 0: the untrained model
+        logits, accuracy, cross_entropy = evaluate(replica.model, data, config)
+    else:
+        accuracy, cross_entropy = replica.metrics[-1]["test_accuracy"], replica.metrics[-1]["test_cross_entropy"]
+    records.write_npy(directory / records.LOGITS_FILE, logits.cpu().numpy().astype(np.float32))
+    records.write_npy(directory / records.LABELS_FILE, data.y_test.cpu().numpy().astype(np.int64))
+    records.write_torch(
+        directory / records.WEIGHTS_FILE,
+        {k: v.detach().cpu() for k, v in replica.model.state_dict().items()},
+    )
+    result: dict[str, Any] = {
+        "test_accuracy": accuracy,
+        "test_cross_entropy": cross_entropy,
+        "train_seconds": replica.train_seconds,
+        "epochs": epochs,
+        "replicate": config["replicate"],
+        "source": config["source"]["name"],
+        "lowlevel": lowlevel,
+    }
+    if replica.bitflip is not None:
+        result["bitflip"] = replica.bitflip
+    (directory / records.ERROR_FILE).unlink(missing_ok=True)
+    records.write_json(directory / records.RESULT_FILE, result)
+    checkpoint.unlink(missing_ok=True)
+    return result
