@@ -1,0 +1,444 @@
+"""Datasets, loaded whole onto the training device: ``load_dataset(cfg.dataset, device)``.
+
+    python launch.py                                     # dataset=synthetic, the embedded default
+    python launch.py dataset=cifar10 dataset.root=/data  # /data/cifar-10-batches-py/...
+    python launch.py dataset=mnist dataset.root=/data    # /data/MNIST/raw/*-idx?-ubyte
+    python launch.py dataset=npz dataset.path=my.npz     # bring your own arrays
+
+The training loop keeps every tensor resident on the device (no DataLoader, no workers), draws
+batches by index, augments them in their stored dtype and then calls ``Dataset.normalize``.
+
+Synthetic data (``dataset=synthetic``), generated on the CPU from ``dataset.data_seed`` alone,
+with its own ``torch.Generator`` per part (teacher, train split, test split; the seed of each is
+SHA-256 of ``nondet.data/synthetic/<data_seed>/<part>``), never the global RNG:
+
+1. Inputs: x ~ N(0, I) in float64 of dimension ``input_dim`` (or prod(``image_shape``), then
+   reshaped to (C, H, W)), rounded to float32; the labels are computed from the float32 values.
+2. Teacher: ``teacher_depth`` hidden layers of ``teacher_width`` units, h <- act(W h) with
+   W ~ N(0, 1/fan_in) and no biases, ``act`` = ``teacher_activation`` (tanh, relu, gelu, silu,
+   softplus, leaky_relu (slope 0.01), smelu (beta 1), linear); then a linear readout
+   W_out ~ N(0, 1/fan_in) to ``num_classes`` logits, all in float64.
+3. Imbalance: logit_c += -imbalance * ln(10) * c / (num_classes - 1), which favours class 0 and
+   disfavours the last class. The teacher's logits have a spread of about 1, so this is strong:
+   with the defaults the most/least frequent class ratio is about 3 at imbalance=0 (the random
+   teacher is itself uneven), 7 at 0.25, 40 at 0.5, and at 1 the last classes are nearly empty.
+4. Label = argmax of the logits.
+5. Label noise: with probability ``label_noise`` the label is replaced by a class drawn uniformly
+   from all ``num_classes`` (it may redraw the same class), from the split's own generator.
+
+Train and test draw from separate generators, so ``train_size`` never changes the test set.
+Sizes default to 4096 train / 2048 test examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nondet.config import DatasetConfig
+
+SYNTHETIC_TRAIN_SIZE = 4096
+SYNTHETIC_TEST_SIZE = 2048
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The files of a torchvision dataset are missing (or fail torchvision's checksum)."""
+
+
+@dataclass
+class Dataset:
+    """A whole dataset on one device, plus the per-channel statistics ``normalize`` uses."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    # Images: per-channel mean/std of the training set, in the units of x.float() / 255 for uint8
+    # images and raw units for float images. None for feature vectors.
+    mean: Optional[torch.Tensor]
+    std: Optional[torch.Tensor]
+
+    @property
+    def is_image(self) -> bool:
+        return self.x_train.dim() == 4
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        """The same dataset with every tensor on ``device``."""
+
+        def move(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if t is None else t.to(device)
+
+        return dataclasses.replace(
+            self,
+            x_train=move(self.x_train),
+            y_train=move(self.y_train),
+            x_test=move(self.x_test),
+            y_test=move(self.y_test),
+            mean=move(self.mean),
+            std=move(self.std),
+        )
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in stored dtype -> float32 model input (after augmentation, per batch)."""
+        if x.dtype == torch.uint8:
+            x = x.to(torch.float32).div_(255.0)
+        else:
+            x = x.to(torch.float32)
+        if not self.is_image:
+            return x
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+
+def load_dataset(cfg: DatasetConfig, device: torch.device | str = "cpu") -> Dataset:
+    """Load ``cfg.name`` (synthetic, cifar10, mnist, npz) onto ``device``."""
+    loaders = {
+        "synthetic": _load_synthetic,
+        "cifar10": _load_cifar10,
+        "mnist": _load_mnist,
+        "npz": _load_npz,
+    }
+    if cfg.name not in loaders:
+        raise ValueError(f"unknown dataset {cfg.name!r}; choose one of {sorted(loaders)}")
+    name, x_train, y_train, x_test, y_test, num_classes = loaders[cfg.name](cfg)
+    if cfg.name != "synthetic":
+        x_train, y_train = _first(x_train, y_train, cfg.train_size, "train_size")
+        x_test, y_test = _first(x_test, y_test, cfg.test_size, "test_size")
+    mean, std = channel_stats(x_train) if x_train.dim() == 4 else (None, None)
+    data = Dataset(name, x_train, y_train, x_test, y_test, num_classes, mean, std)
+    return data.to(device)
+
+
+def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (population) std of a CPU image tensor (N, C, H, W), float32.
+
+    Exact for uint8 (a 256-bin histogram per channel); float64 sums in a fixed order otherwise,
+    so the result does not depend on thread count. A constant channel gets std 1 (not 0), so
+    normalising it cannot divide by zero.
+    """
+    n, c = x.shape[0], x.shape[1]
+    count = n * x[0, 0].numel()
+    means, stds = [], []
+    for ch in range(c):
+        if x.dtype == torch.uint8:
+            hist = torch.zeros(256, dtype=torch.int64)
+            for i in range(0, n, chunk):
+                hist += torch.bincount(x[i : i + chunk, ch].reshape(-1), minlength=256)
+            values = np.arange(256, dtype=np.float64) / 255.0
+            weights = hist.numpy().astype(np.float64) / count
+            mean = float(np.dot(weights, values))
+            var = float(np.dot(weights, (values - mean) ** 2))
+        else:
+            # Two passes (mean, then squared deviations) in numpy float64: numpy's pairwise sum
+            # is single-threaded, so the statistics are the same on every machine.
+            total = 0.0
+            for i in range(0, n, chunk):
+                total += float(x[i : i + chunk, ch].numpy().astype(np.float64).sum())
+            mean = total / count
+            sq = 0.0
+            for i in range(0, n, chunk):
+                sq += float(((x[i : i + chunk, ch].numpy().astype(np.float64) - mean) ** 2).sum())
+            var = sq / count
+        means.append(mean)
+        stds.append(math.sqrt(var) if var > 0 else 1.0)
+    return torch.tensor(means, dtype=torch.float32), torch.tensor(stds, dtype=torch.float32)
+
+
+def _first(x: torch.Tensor, y: torch.Tensor, k: Optional[int], key: str):
+    """Keep the first k examples (all when k is None or k >= N): the smoke-scale presets."""
+    if k is None:
+        return x, y
+    if k < 1:
+        raise ValueError(f"dataset.{key}={k}: must be a positive number of examples or null (all)")
+    if k >= len(x):
+        return x, y
+    # clone so the full arrays can be freed rather than kept alive by a view
+    return x[:k].clone(), y[:k].clone()
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def _smelu(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    quadratic = (x + beta) ** 2 / (4 * beta)
+    return torch.where(x <= -beta, torch.zeros_like(x), torch.where(x >= beta, x, quadratic))
+
+
+TEACHER_ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "softplus": F.softplus,
+    "leaky_relu": F.leaky_relu,
+    "smelu": _smelu,
+    "linear": lambda x: x,
+}
+
+
+def synthetic_generator(data_seed: int, part: str) -> torch.Generator:
+    """The CPU generator of one part ("teacher", "train", "test") of the synthetic data."""
+    digest = hashlib.sha256(f"nondet.data/synthetic/{data_seed}/{part}".encode()).digest()
+    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def _check_synthetic(cfg: DatasetConfig) -> tuple[int, ...]:
+    """Validate the generative parameters; returns the shape of one input."""
+    if cfg.image_shape is not None:
+        shape = tuple(int(s) for s in cfg.image_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"dataset.image_shape={list(cfg.image_shape)}: give [C, H, W], all >= 1")
+    else:
+        if cfg.input_dim < 1:
+            raise ValueError(f"dataset.input_dim={cfg.input_dim}: must be >= 1")
+        shape = (cfg.input_dim,)
+    if cfg.num_classes < 2:
+        raise ValueError(f"dataset.num_classes={cfg.num_classes}: must be >= 2")
+    if cfg.teacher_depth < 0 or cfg.teacher_width < 1:
+        raise ValueError(
+            f"dataset.teacher_depth={cfg.teacher_depth}, teacher_width={cfg.teacher_width}: "
+            "need depth >= 0 (0 = a linear teacher) and width >= 1"
+        )
+    if cfg.teacher_activation not in TEACHER_ACTIVATIONS:
+        raise ValueError(
+            f"dataset.teacher_activation={cfg.teacher_activation!r}; "
+            f"choose one of {sorted(TEACHER_ACTIVATIONS)}"
+        )
+    if not 0.0 <= cfg.label_noise <= 1.0:
+        raise ValueError(f"dataset.label_noise={cfg.label_noise}: a probability in [0, 1]")
+    if cfg.imbalance < 0:
+        raise ValueError(f"dataset.imbalance={cfg.imbalance}: must be >= 0 (0 = no imbalance)")
+    for key in ("train_size", "test_size"):
+        value = getattr(cfg, key)
+        if value is not None and value < 1:
+            raise ValueError(f"dataset.{key}={value}: must be >= 1 or null (the default)")
+    return shape
+
+
+def _load_synthetic(cfg: DatasetConfig):
+    shape = _check_synthetic(cfg)
+    dim = math.prod(shape)
+    act = TEACHER_ACTIVATIONS[cfg.teacher_activation]
+
+    g = synthetic_generator(cfg.data_seed, "teacher")
+    weights, fan_in = [], dim
+    for width in [cfg.teacher_width] * cfg.teacher_depth + [cfg.num_classes]:
+        weights.append(torch.randn(fan_in, width, generator=g, dtype=torch.float64) / math.sqrt(fan_in))
+        fan_in = width
+    # c / (C - 1) runs from 0 to 1, so the last class's logit is down by imbalance * ln(10)
+    bias = -cfg.imbalance * math.log(10.0) * torch.arange(cfg.num_classes, dtype=torch.float64)
+    bias = bias / (cfg.num_classes - 1)
+
+    def split(part: str, n: int):
+        g = synthetic_generator(cfg.data_seed, part)
+        # float64 draws: torch's CPU float32 normal sampler has a separate AVX2 code path,
+        # the float64 one is the same scalar code on every CPU, so the data do not depend on it.
+        x = torch.randn(n, dim, generator=g, dtype=torch.float64).to(torch.float32)
+        h = x.to(torch.float64)
+        for w in weights[:-1]:
+            h = act(h @ w)
+        y = torch.argmax(h @ weights[-1] + bias, dim=1)
+        # draw both streams whatever label_noise is, so changing it flips labels and nothing else
+        flip = torch.rand(n, generator=g, dtype=torch.float64) < cfg.label_noise
+        noise = torch.randint(cfg.num_classes, (n,), generator=g, dtype=torch.int64)
+        y = torch.where(flip, noise, y)
+        return x.reshape(n, *shape), y
+
+    x_train, y_train = split("train", cfg.train_size or SYNTHETIC_TRAIN_SIZE)
+    x_test, y_test = split("test", cfg.test_size or SYNTHETIC_TEST_SIZE)
+    return "synthetic", x_train, y_train, x_test, y_test, cfg.num_classes
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+def _cifar10_error(root: str, cause: Exception) -> DatasetNotFoundError:
+    folder = os.path.join(os.path.abspath(root), "cifar-10-batches-py")
+    missing = [f for f in CIFAR10_FILES if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        state = f"missing: {', '.join(missing)}"
+    else:
+        state = "all present, but they fail torchvision's md5 check"
+    return DatasetNotFoundError(
+        f"CIFAR-10 not found (or corrupted) in {folder} ({state}; torchvision said: {cause}).\n"
+        f"Expected the python-version batches cifar-10-batches-py/data_batch_1 .. data_batch_5, "
+        f"test_batch and batches.meta under dataset.root={root!r}.\n"
+        f"Get cifar-10-python.tar.gz from {CIFAR10_URL} and unpack it into that root, or run once "
+        f"with dataset.download=true on a machine with internet (or offline, when the official "
+        f"cifar-10-python.tar.gz is already in the root: torchvision then only unpacks it).\n"
+        f"Point elsewhere with dataset.root=/path/to/dir (the directory that holds cifar-10-batches-py)."
+    )
+
+
+def _load_cifar10(cfg: DatasetConfig):
+    from torchvision.datasets import CIFAR10  # lazily: torchvision is slow to import
+
+    root = os.path.expanduser(cfg.root)
+    try:
+        splits = [CIFAR10(root, train=train, download=cfg.download and train) for train in (True, False)]
+    except (RuntimeError, OSError) as exc:
+        # RuntimeError: torchvision's "Dataset not found or corrupted" / "metadata file not found";
+        # OSError (URLError): a download attempted without internet.
+        if isinstance(exc, RuntimeError) and "not found" not in str(exc):
+            raise
+        raise _cifar10_error(root, exc) from exc
+    out = []
+    for ds in splits:
+        # .data is (N, 32, 32, 3) HWC uint8; the models want CHW
+        out.append(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous())
+        out.append(torch.tensor(ds.targets, dtype=torch.int64))
+    return ("cifar10", *out, 10)
+
+
+def _mnist_error(root: str, cause: Exception) -> DatasetNotFoundError:
+    folder = os.path.join(os.path.abspath(root), "MNIST", "raw")
+    missing = [f for f in MNIST_FILES if not os.path.isfile(os.path.join(folder, f))]
+    return DatasetNotFoundError(
+        f"MNIST not found in {folder} (missing: {', '.join(missing) or 'none'}; torchvision said: {cause}).\n"
+        f"Expected the uncompressed idx files MNIST/raw/{', '.join(MNIST_FILES)} under "
+        f"dataset.root={root!r}; torchvision reads only the uncompressed files.\n"
+        f"Get the .gz files from {MNIST_URL} (or http://yann.lecun.com/exdb/mnist/) and gunzip them "
+        f"there, or run once with dataset.download=true (on a machine with internet, or offline "
+        f"when the official .gz files are already in MNIST/raw: torchvision then only unpacks them).\n"
+        f"Point elsewhere with dataset.root=/path/to/dir (the directory that holds MNIST/)."
+    )
+
+
+def _load_mnist(cfg: DatasetConfig):
+    from torchvision.datasets import MNIST  # lazily: torchvision is slow to import
+
+    root = os.path.expanduser(cfg.root)
+    try:
+        splits = [MNIST(root, train=train, download=cfg.download and train) for train in (True, False)]
+    except (RuntimeError, OSError) as exc:
+        if isinstance(exc, RuntimeError) and "not found" not in str(exc) and "downloading" not in str(exc):
+            raise
+        raise _mnist_error(root, exc) from exc
+    out = []
+    for ds in splits:
+        out.append(ds.data.to(torch.uint8).unsqueeze(1).contiguous())  # (N, 28, 28) -> (N, 1, 28, 28)
+        out.append(ds.targets.to(torch.int64))
+    return ("mnist", *out, 10)
+
+
+# --------------------------------------------------------------------------- npz
+
+
+def _load_npz(cfg: DatasetConfig):
+    """``python launch.py dataset=npz dataset.path=my.npz``: arrays from np.savez(...).
+
+    x: (N, D) features (any real dtype, stored as float32) or (N, C, H, W) images (uint8 kept as
+    uint8, anything else float32). y: integer labels 0..K-1 with every class present in y_train;
+    y_test may miss classes but must not exceed K-1. num_classes = K = max(y_train) + 1, taken
+    from the whole file before train_size/test_size keep a prefix.
+    """
+    if not cfg.path:
+        raise ValueError(
+            "dataset=npz needs dataset.path=/path/to/data.npz (x_train, y_train, x_test, y_test)"
+        )
+    path = os.path.expanduser(cfg.path)
+    if not os.path.isfile(path):
+        raise ValueError(f"dataset.path={cfg.path!r}: no such file ({os.path.abspath(path)})")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        # ValueError: neither zip nor .npy, so numpy took it for a pickle and refused it
+        raise ValueError(f"{path}: not a readable .npz archive (write it with np.savez): {exc}") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{path}: a single .npy array; expected an .npz archive (np.savez) with {list(NPZ_KEYS)}"
+        )
+    with archive:
+        found = sorted(archive.files)
+        missing = [k for k in NPZ_KEYS if k not in found]
+        if missing:
+            raise ValueError(f"{path}: missing key(s) {missing}; found {found}. Expected {list(NPZ_KEYS)}")
+        try:
+            arrays = {k: archive[k] for k in NPZ_KEYS}
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}; save plain numeric arrays (object arrays are refused)") from exc
+
+    xs, ys = [], []
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim not in (2, 4):
+            raise ValueError(
+                f"{path}: x_{split} has shape {x.shape}; expected (N, D) features or (N, C, H, W) images"
+            )
+        if len(x) == 0:
+            raise ValueError(f"{path}: x_{split} is empty")
+        if y.ndim != 1:
+            raise ValueError(
+                f"{path}: y_{split} has shape {y.shape}; expected (N,) labels (try y.reshape(-1))"
+            )
+        if len(x) != len(y):
+            raise ValueError(f"{path}: len(x_{split})={len(x)} but len(y_{split})={len(y)}; they must match")
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)) or x.dtype == bool:
+            raise ValueError(f"{path}: x_{split} has dtype {x.dtype}; expected a real number dtype")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(
+                f"{path}: y_{split} has dtype {y.dtype}; labels must be integers 0..K-1 (y.astype(np.int64))"
+            )
+        if y.min() < 0:
+            raise ValueError(f"{path}: y_{split} has negative labels (min {y.min()}); labels must be 0..K-1")
+        xs.append(x)
+        ys.append(y)
+
+    if xs[0].shape[1:] != xs[1].shape[1:]:
+        raise ValueError(
+            f"{path}: x_train examples have shape {xs[0].shape[1:]} but x_test examples {xs[1].shape[1:]}; "
+            "they must match"
+        )
+    num_classes = int(ys[0].max()) + 1
+    absent = sorted(set(range(num_classes)) - set(np.unique(ys[0]).tolist()))
+    if absent:
+        raise ValueError(
+            f"{path}: labels must be contiguous 0..{num_classes - 1} with every class in y_train; classes "
+            f"{absent[:10]}{' ...' if len(absent) > 10 else ''} never occur in y_train "
+            "(remap with np.unique(y, return_inverse=True))"
+        )
+    if ys[1].max() >= num_classes:
+        raise ValueError(
+            f"{path}: y_test has label {int(ys[1].max())} but y_train only has classes 0..{num_classes - 1}; "
+            "a class the model never trains on cannot be predicted"
+        )
+
+    out = []
+    for split, x, y in zip(("train", "test"), xs, ys):
+        if x.ndim == 4 and x.dtype == np.uint8:
+            t = torch.from_numpy(np.ascontiguousarray(x))
+        else:
+            if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+                raise ValueError(f"{path}: x_{split} contains NaN or inf")
+            with np.errstate(over="ignore"):
+                t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{path}: x_{split} has values beyond float32's range (about 3.4e38)")
+        out.append(t)
+        out.append(torch.from_numpy(y.astype(np.int64)))
+    return ("npz", *out, num_classes)

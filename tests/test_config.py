@@ -1,0 +1,90 @@
+"""Every option of every config group composes; typos and unknown options fail at compose time."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, HydraException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from conftest import CONF, compose_config
+from nondet import records
+from nondet.job import job_subdir
+from nondet.seeds import SOURCES
+
+GROUPS = ["model", "dataset", "optimizer", "schedule", "source"]
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_composes(group):
+    for option in options(group):
+        config = compose_config([f"{group}={option}"], tiny=False)
+        assert config[group]["name"] == option
+
+
+def test_design_names_exist():
+    assert set(options("model")) >= {
+        "linear", "mlp", "conv1", "resnet6", "resnet10", "resnet14", "resnet18", "vgg11",
+        "shufflenetv2_050",
+    }
+    assert set(options("dataset")) >= {"synthetic", "cifar10", "mnist", "npz"}
+    assert set(options("optimizer")) >= {"sgd", "adam"}
+    assert set(options("schedule")) >= {"constant", "cosine", "snapshot"}
+    assert set(options("source")) >= {"none", "all", "shuffle_lowlevel", *SOURCES}
+
+
+def test_every_source_varies_known_sources():
+    for option in options("source"):
+        vary = compose_config([f"source={option}"])["source"]["vary"]
+        assert set(vary) <= set(SOURCES), option
+    assert compose_config(["source=none"])["source"]["vary"] == []
+    assert set(compose_config(["source=all"])["source"]["vary"]) == set(SOURCES)
+
+
+def test_defaults_are_the_embedded_run():
+    config = compose_config(tiny=False)
+    assert (config["model"]["name"], config["dataset"]["name"]) == ("mlp", "synthetic")
+    assert config["replicates"] == 8 and config["precision"] == "fp32"
+    assert config["device"] in ("cpu", "cuda")  # `auto` is resolved
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["model.widht=3", "epochs=ten", "not_a_key=1", "dataset.augment=maybe"],
+)
+def test_typos_fail_at_compose_time(override):
+    with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError, HydraException)):
+        compose_config([override])
+
+
+def test_unknown_source_lists_the_options():
+    with pytest.raises(ConfigCompositionException, match="(?s)source.*Available options.*shuffle"):
+        compose_config(["source=shufle"])
+
+
+def test_sweep_over_replicates_is_declared():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["replicates=30", "pack=5"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params.replicate == "range(0,30,5)"
+    assert cfg.hydra.sweep.dir == "outputs/default"
+
+
+def test_run_directory_is_a_function_of_the_config():
+    a = compose_config(["source=init", "replicate=3"])
+    b = compose_config(["source=init", "replicate=3"])
+    assert records.run_dir(a) == records.run_dir(b)
+    assert records.run_dir(a).name == "r0003"
+    # replicates and the sweep's location do not change which group a run belongs to ...
+    c = compose_config(["source=init", "replicate=3", "replicates=100"])
+    assert records.run_dir(c) == records.run_dir(a)
+    # ... but anything that changes what is trained does.
+    for other in (["source=shuffle"], ["model.width=17"], ["base_seed=1"], ["pack=2"]):
+        d = compose_config(["source=init", "replicate=3", *other])
+        assert records.group_dirname(d) != records.group_dirname(a), other
+    assert job_subdir(a) == f"{records.group_dirname(a)}/r0003"
+    packed = compose_config(["pack=4", "replicate=4", "replicates=6"])
+    assert job_subdir(packed).endswith("pack-r0004-r0005")
