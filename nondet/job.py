@@ -62,12 +62,28 @@ def job_subdir(config: dict) -> str:
     return f"{group}/pack-r{replicas[0]:04d}-r{replicas[-1]:04d}"
 
 
+def by_scale(paper: Any, smoke: Any, *, _root_: DictConfig) -> Any:
+    """``${by_scale:PAPER,SMOKE}``: the value for the config's ``scale``.
+
+    Experiment presets write both sizes side by side, ``epochs: ${by_scale:500,2}``, so
+    ``+experiment=table1 scale=smoke`` runs the same pipeline shrunk to a CPU. Not for a key
+    whose default is null and whose value is a list (``dataset.image_shape``): OmegaConf
+    resolves those while merging, before ``scale`` is known; set them unconditionally.
+    """
+    scale = _root_.scale
+    if scale not in ("paper", "smoke"):
+        raise ValueError(f"scale={scale!r}: use paper or smoke")
+    return smoke if scale == "smoke" else paper
+
+
 def register_resolvers() -> None:
-    """``${nondet.job_subdir:}``, used by conf/config.yaml for hydra.run.dir / sweep.subdir."""
+    """``${nondet.job_subdir:}`` (hydra.run.dir / sweep.subdir) and ``${by_scale:...}``."""
     if not OmegaConf.has_resolver("nondet.job_subdir"):
         OmegaConf.register_new_resolver(
             "nondet.job_subdir", lambda *, _root_: job_subdir(resolved_config(_root_))
         )
+    if not OmegaConf.has_resolver("by_scale"):
+        OmegaConf.register_new_resolver("by_scale", by_scale)
 
 
 def _dataset(config: dict) -> Dataset:

@@ -1,0 +1,75 @@
+"""``python -m analysis SWEEP_DIR``: the tables (and optionally figures and CKA) of a sweep.
+
+    python -m analysis outputs/default
+    python -m analysis outputs/table1 --csv table1.csv --latex table1.tex --figures figs/
+    python -m analysis outputs/table1 --cka --cka-probe 1000 --cka-runs 25 --figures figs/
+
+Prints the markdown of ``analysis.summarize`` (plus the CKA table with ``--cka``). Exit status:
+0 when the table was written (missing or failed runs are listed, not fatal), 1 when no finished
+run was found, 2 on bad arguments or a group that mixes test sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analysis.load import MixedTestSetError, load_sweep
+from analysis.tables import latex_table, report, summary_frame
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description="Aggregate the runs below SWEEP_DIR into the paper's tables and figures.",
+    )
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR", type=Path)
+    p.add_argument("--csv", type=Path, metavar="FILE", help="raw numbers, DESIGN.md column names")
+    p.add_argument("--latex", type=Path, metavar="FILE", help="the table as a booktabs tabular")
+    p.add_argument("--figures", type=Path, metavar="DIR", help="PNG and PDF figures")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="resamples for *_sd_sd (1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (0)")
+    cka = p.add_argument_group("representation similarity (needs weights.pt and the dataset)")
+    cka.add_argument("--cka", action="store_true", help="linear CKA between pairs of runs per layer")
+    cka.add_argument("--cka-probe", type=int, default=1000, metavar="N", help="test examples probed (1000)")
+    cka.add_argument("--cka-runs", type=int, default=25, metavar="R", help="runs per group, by replicate (25)")
+    cka.add_argument("--cka-estimator", choices=("standard", "debiased"), default="standard")
+    cka.add_argument("--cka-batch", type=int, metavar="B", help="minibatch CKA with batches of B examples")
+    cka.add_argument("--device", default="auto", help="device for CKA forward passes: auto, cpu, cuda")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        sweep = load_sweep(args.sweep_dir)
+    except (FileNotFoundError, MixedTestSetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    frame = summary_frame(sweep, args.bootstrap, args.seed)
+    cka = None
+    if args.cka:
+        from analysis.cka import sweep_cka
+
+        cka = sweep_cka(
+            sweep, args.cka_probe, args.cka_runs, args.cka_estimator, args.cka_batch, args.device
+        )
+    print(report(sweep, frame, args.bootstrap, args.seed, cka), end="")
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(args.csv, index=False)
+        if cka is not None and len(cka):
+            cka.to_csv(args.csv.with_name(args.csv.stem + "_cka" + args.csv.suffix), index=False)
+    if args.latex:
+        args.latex.parent.mkdir(parents=True, exist_ok=True)
+        args.latex.write_text(latex_table(frame, sweep.display_keys))
+    if args.figures:
+        from analysis.figures import write_figures
+
+        write_figures(sweep, frame, args.figures, cka)
+    return 0 if sweep.n_finished else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""``python -m analysis.compare DIR_A DIR_B``: is the difference between two configurations real?
+
+    python -m analysis.compare outputs/baseline outputs/new_lr
+    python -m analysis.compare outputs/table1 outputs/table1 --group-a source.name=init --group-b source.name=bitflip
+    python -m analysis.compare outputs/a outputs/b --metric test_cross_entropy --paired
+
+Each DIR is a sweep or group directory; when it holds several configurations, pick one with
+``--group-a KEY=VALUE`` / ``--group-b KEY=VALUE`` (repeatable; ``source=init`` is short for
+``source.name=init``). The metric is computed per run: ``test_accuracy`` (percent) and
+``test_cross_entropy`` (nats) from logits.npy and labels.npy, any other name from result.json.
+
+Reported for B - A: the difference of means with a percentile bootstrap CI (resampling runs
+within each arm); Welch's t-test; a permutation test (exact over all splits when there are at
+most ``--permutations`` of them, else that many random ones; p = (1 + hits) / (1 + draws));
+Cohen's d and Hedges' g; and the runs per arm a two-sided two-sample t-test (alpha 0.05) needs
+for 80% power at the observed difference and the measured SDs (noncentral t, equal arms, the
+two SDs pooled). ``--paired`` pairs runs by replicate index (for runs that share seeds): paired
+t-test, sign-flip permutation test, bootstrap over pairs, d_z, and pairs needed for 80% power.
+One sentence says whether the difference is distinguishable from run-to-run noise: yes when the
+t-test, the permutation test and the CI all say so at alpha, no when none does, otherwise
+borderline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from scipy import stats
+from scipy.special import gammaln
+
+from analysis.load import Group, MixedTestSetError, display_keys, format_value, hashable, load_sweep
+from analysis.metrics import accuracy, cross_entropy
+
+LOGIT_METRICS = {
+    "test_accuracy": accuracy,
+    "accuracy": accuracy,
+    "test_cross_entropy": cross_entropy,
+    "cross_entropy": cross_entropy,
+}
+
+
+class SelectionError(ValueError):
+    """A directory does not hold exactly one configuration matching the filters."""
+
+
+# --- choosing the runs ---------------------------------------------------------------------
+
+
+def _matches(params: dict, key: str, text: str) -> bool:
+    if key not in params and f"{key}.name" in params:
+        key = f"{key}.name"
+    if key not in params:
+        return False
+    actual = params[key]
+    if format_value(actual) == text:
+        return True
+    try:
+        return hashable(yaml.safe_load(text)) == actual
+    except yaml.YAMLError:
+        return False
+
+
+def select_group(directory: Path, filters: list[str], flag: str) -> Group:
+    """The one group below ``directory`` that matches every ``KEY=VALUE`` filter."""
+    sweep = load_sweep(directory)
+    if not sweep.groups:
+        raise SelectionError(f"no finished runs below {directory}")
+    for f in filters:
+        if "=" not in f:
+            raise SelectionError(f"{flag} takes KEY=VALUE (e.g. source.name=init), got {f!r}")
+    parsed = [f.split("=", 1) for f in filters]
+    chosen = [g for g in sweep.groups if all(_matches(g.params, k, v) for k, v in parsed)]
+    if len(chosen) == 1:
+        return chosen[0]
+    candidates = chosen or sweep.groups
+    keys = display_keys([g.key for g in candidates])
+    listing = "\n".join(
+        "  " + " ".join(f"{flag} {k}={format_value(g.params.get(k))}" for k in keys) + f"   ({len(g.runs)} runs)"
+        for g in candidates
+    )
+    if not chosen:
+        what = "has no configuration matching " + " ".join(filters)
+    else:
+        what = f"has {len(chosen)} configurations matching " + " ".join(filters) if filters else f"holds {len(chosen)} configurations"
+    raise SelectionError(f"{directory} {what}; pick one with {flag} KEY=VALUE:\n{listing}")
+
+
+def run_values(group: Group, metric: str) -> np.ndarray:
+    """The metric of every run of the group, (R,)."""
+    if metric in LOGIT_METRICS:
+        return LOGIT_METRICS[metric](group.logits, group.labels)
+    values = [run.result.get(metric) for run in group.runs]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        numeric = sorted(k for k, v in group.runs[0].result.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        raise SelectionError(
+            f"metric {metric!r} is not a number in every result.json; choose test_accuracy, "
+            f"test_cross_entropy or one of {numeric}"
+        )
+    return np.asarray(values, dtype=float)
+
+
+# --- statistics ----------------------------------------------------------------------------
+
+
+def hedges_correction(df: float) -> float:
+    """J(df) = Gamma(df/2) / (sqrt(df/2) Gamma((df-1)/2)), the small-sample bias correction of d."""
+    if df <= 1:
+        return math.nan
+    return math.exp(gammaln(df / 2) - 0.5 * math.log(df / 2) - gammaln((df - 1) / 2))
+
+
+def t_test_power(effect: float, n: int, paired: bool, alpha: float = 0.05) -> float:
+    """Power of the two-sided t-test at standardized effect ``effect``: two arms of n runs each
+    (df = 2n - 2, ncp = effect sqrt(n/2)) or n pairs (df = n - 1, ncp = effect sqrt(n))."""
+    df = n - 1 if paired else 2 * n - 2
+    ncp = effect * math.sqrt(n if paired else n / 2)
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    return float(stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp))
+
+
+def runs_for_power(effect: float, paired: bool, alpha: float = 0.05, power: float = 0.8, limit: int = 10**9) -> int | None:
+    """Smallest n >= 2 (per arm, or pairs) reaching ``power``; None if no n up to ``limit`` does."""
+    effect = abs(effect)
+    if not effect > 0:
+        return None
+    if math.isinf(effect):
+        return 2
+    low, high = 1, 2
+    while t_test_power(effect, high, paired, alpha) < power:
+        low, high = high, high * 2
+        if high > limit:
+            return None
+    while high - low > 1:  # power grows with n: bisect between a failing and a passing n
+        mid = (low + high) // 2
+        low, high = (low, mid) if t_test_power(effect, mid, paired, alpha) >= power else (mid, high)
+    return high
+
+
+def _permutation_p(observed: float, statistics: np.ndarray, exact: bool) -> float:
+    # Relative tolerance: the same split computed in another order must count as a tie.
+    hits = int(np.count_nonzero(np.abs(statistics) >= abs(observed) * (1 - 1e-9) - 1e-300))
+    return hits / len(statistics) if exact else (1 + hits) / (1 + len(statistics))
+
+
+def permutation_test(a: np.ndarray, b: np.ndarray, n_perm: int, rng: np.random.Generator) -> tuple[float, bool]:
+    """Two-sided p of mean(b) - mean(a) under exchangeable labels; (p, exact?)."""
+    pooled = np.concatenate([a, b])
+    n, na = len(pooled), len(a)
+    exact = math.comb(n, na) <= n_perm
+    if exact:
+        in_a = np.zeros((math.comb(n, na), n), dtype=bool)
+        for row, chosen in enumerate(itertools.combinations(range(n), na)):
+            in_a[row, list(chosen)] = True
+    else:
+        order = rng.permuted(np.tile(np.arange(n), (n_perm, 1)), axis=1)
+        in_a = np.zeros((n_perm, n), dtype=bool)
+        np.put_along_axis(in_a, order[:, :na], True, axis=1)
+    sum_a = in_a @ pooled
+    diffs = (pooled.sum() - sum_a) / (n - na) - sum_a / na
+    return _permutation_p(b.mean() - a.mean(), diffs, exact), exact
+
+
+def sign_flip_test(d: np.ndarray, n_perm: int, rng: np.random.Generator) -> tuple[float, bool]:
+    """Two-sided p of mean(d) under symmetric paired differences; (p, exact?)."""
+    exact = 2 ** len(d) <= n_perm
+    if exact:
+        signs = 1 - 2 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)
+    else:
+        signs = rng.choice([-1.0, 1.0], size=(n_perm, len(d)))
+    return _permutation_p(d.mean(), signs @ d / len(d), exact), exact
+
+
+@dataclass
+class Comparison:
+    metric: str
+    label_a: str
+    label_b: str
+    a: np.ndarray
+    b: np.ndarray
+    paired: bool
+    alpha: float
+    power: float
+    difference: float
+    ci: tuple[float, float]
+    t: float
+    df: float
+    p_t: float
+    p_perm: float
+    perm_exact: bool
+    effect: float  # Cohen's d, or d_z when paired
+    hedges_g: float
+    n_needed: int | None
+    n_boot: int
+    n_perm: int
+    seed: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self)
+
+
+def compare_samples(
+    a: np.ndarray,
+    b: np.ndarray,
+    metric: str = "test_accuracy",
+    paired: bool = False,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    n_boot: int = 10000,
+    n_perm: int = 10000,
+    seed: int = 0,
+    label_a: str = "A",
+    label_b: str = "B",
+) -> Comparison:
+    """Every statistic of the module docstring for samples ``a`` and ``b`` (B - A)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need at least 2 runs per arm (an SD needs two), got {len(a)} and {len(b)}")
+    if paired and len(a) != len(b):
+        raise ValueError("paired samples must have the same length")
+    rng = np.random.default_rng(seed)
+    difference = float(b.mean() - a.mean())
+    if paired:
+        d = b - a
+        boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+        sd_d = float(d.std(ddof=1))
+        t, p_t = _t_test(lambda: stats.ttest_rel(b, a), sd_d > 0)
+        df = float(len(d) - 1)
+        p_perm, exact = sign_flip_test(d, n_perm, rng)
+        effect = difference / sd_d if sd_d > 0 else math.copysign(math.inf, difference) if difference else math.nan
+        g = effect * hedges_correction(df) if math.isfinite(effect) else effect
+    else:
+        boot = (
+            b[rng.integers(0, len(b), size=(n_boot, len(b)))].mean(axis=1)
+            - a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1)
+        )
+        sa, sb = float(a.std(ddof=1)), float(b.std(ddof=1))
+        t, p_t = _t_test(lambda: stats.ttest_ind(b, a, equal_var=False), sa > 0 or sb > 0)
+        va, vb = sa**2 / len(a), sb**2 / len(b)  # Welch-Satterthwaite degrees of freedom
+        df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else math.nan
+        p_perm, exact = permutation_test(a, b, n_perm, rng)
+        pooled = math.sqrt(((len(a) - 1) * sa**2 + (len(b) - 1) * sb**2) / (len(a) + len(b) - 2))
+        effect = difference / pooled if pooled > 0 else math.copysign(math.inf, difference) if difference else math.nan
+        g = effect * hedges_correction(len(a) + len(b) - 2) if math.isfinite(effect) else effect
+    # The power calculation pools the two measured SDs with equal weight: the arms it plans are equal.
+    if paired:
+        planning_effect = effect
+    else:
+        planning_sd = math.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)
+        planning_effect = difference / planning_sd if planning_sd > 0 else (math.inf if difference else math.nan)
+    n_needed = runs_for_power(planning_effect, paired, alpha, power) if not math.isnan(planning_effect) else None
+    low, high = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return Comparison(
+        metric, label_a, label_b, a, b, paired, alpha, power, difference, (float(low), float(high)),
+        t, df, p_t, p_perm, exact, effect, g, n_needed, n_boot, n_perm, seed,
+    )
+
+
+def _t_test(run, has_variance: bool) -> tuple[float, float]:
+    if not has_variance:
+        return math.nan, math.nan
+    result = run()
+    return float(result.statistic), float(result.pvalue)
+
+
+def verdict(c: Comparison) -> str:
+    """One plain sentence: is the difference distinguishable from run-to-run noise?"""
+    arms = f"{len(c.a)} pairs of runs" if c.paired else f"{len(c.a)} and {len(c.b)} runs"
+    change = f"B - A = {c.difference:+.4g}"
+    spread = np.concatenate([c.b - c.a] if c.paired else [c.a - c.a.mean(), c.b - c.b.mean()])
+    if not np.any(spread != 0):
+        if c.difference == 0:
+            return f"No: every run gives the same {c.metric} in both arms: there is neither noise nor a difference."
+        return (
+            f"Yes: the difference in {c.metric} ({change}) comes with no run-to-run variation at "
+            f"all in {arms}, so it is not noise (the runs are deterministic)."
+        )
+    what = f"the difference in {c.metric} ({change}; {100 * (1 - c.alpha):.0f}% CI {c.ci[0]:+.4g} to {c.ci[1]:+.4g})"
+    tests = f"t-test p = {c.p_t:.3g}, permutation p = {c.p_perm:.3g}"
+    votes = [c.p_perm < c.alpha, not (c.ci[0] <= 0 <= c.ci[1])]
+    if math.isfinite(c.p_t):
+        votes.append(c.p_t < c.alpha)
+    unit = "pairs" if c.paired else "runs per arm"
+    need = (
+        f"about {c.n_needed} {unit} would detect a difference this size with {100 * c.power:.0f}% power"
+        if c.n_needed
+        else "no number of runs would detect a zero difference"
+    )
+    if all(votes):
+        return f"Yes: {what} is distinguishable from run-to-run noise with {arms} ({tests})."
+    if not any(votes):
+        return f"No: {what} is not distinguishable from run-to-run noise with {arms} ({tests}); {need}."
+    return f"Borderline: the tests disagree about {what} at alpha = {c.alpha} ({tests}); {need}."
+
+
+def format_comparison(c: Comparison) -> str:
+    """The report printed by ``python -m analysis.compare``."""
+
+    def arm(name: str, label: str, values: np.ndarray) -> str:
+        return f"- {name}: {label}: {len(values)} runs, mean {values.mean():.6g}, SD {values.std(ddof=1):.4g}"
+
+    effect_name = "d_z (mean difference / SD of differences)" if c.paired else "Cohen's d"
+    test_name = "paired t-test" if c.paired else "Welch's t-test"
+    perm_name = "sign-flip permutation test" if c.paired else "permutation test"
+    perm_how = "exact, all arrangements" if c.perm_exact else f"{c.n_perm} random arrangements, seed {c.seed}"
+    needed = str(c.n_needed) if c.n_needed else "none (the observed difference is 0)"
+    lines = [
+        f"Comparing {c.metric} ({'paired by replicate' if c.paired else 'independent runs'}):",
+        arm("A", c.label_a, c.a),
+        arm("B", c.label_b, c.b),
+        f"- difference of means B - A: {c.difference:+.6g}, {100 * (1 - c.alpha):.0f}% bootstrap CI "
+        f"[{c.ci[0]:+.6g}, {c.ci[1]:+.6g}] ({c.n_boot} resamples, seed {c.seed})",
+        f"- {test_name}: t = {c.t:.4g}, df = {c.df:.4g}, p = {c.p_t:.4g}",
+        f"- {perm_name} ({perm_how}): p = {c.p_perm:.4g}",
+        f"- effect size: {effect_name} = {c.effect:.4g}, Hedges' g = {c.hedges_g:.4g}",
+        f"- {'pairs' if c.paired else 'runs per arm'} for {100 * c.power:.0f}% power at alpha {c.alpha}: {needed}",
+        *[f"- note: {n}" for n in c.notes],
+        "",
+        c.verdict,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.compare",
+        description="Is the difference between the runs of two configurations real, or run-to-run noise?",
+    )
+    p.add_argument("dir_a", metavar="DIR_A", type=Path)
+    p.add_argument("dir_b", metavar="DIR_B", type=Path)
+    p.add_argument("--metric", default="test_accuracy", help="test_accuracy (default), test_cross_entropy, or a result.json key")
+    p.add_argument("--group-a", action="append", default=[], metavar="KEY=VALUE", help="pick A's configuration (repeatable)")
+    p.add_argument("--group-b", action="append", default=[], metavar="KEY=VALUE", help="pick B's configuration (repeatable)")
+    p.add_argument("--paired", action="store_true", help="pair runs by replicate index (runs that share seeds)")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--power", type=float, default=0.8)
+    p.add_argument("--bootstrap", type=int, default=10000, metavar="B")
+    p.add_argument("--permutations", type=int, default=10000, metavar="P")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _label(directory: Path, group: Group, filters: list[str]) -> str:
+    return f"{directory}" + (f" [{', '.join(filters)}]" if filters else f" [source {group.params.get('source.name')}]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        group_a = select_group(args.dir_a, args.group_a, "--group-a")
+        group_b = select_group(args.dir_b, args.group_b, "--group-b")
+        if group_a.runs[0].path == group_b.runs[0].path:
+            raise SelectionError("A and B are the same configuration; pick different ones with --group-a / --group-b")
+        a, b = run_values(group_a, args.metric), run_values(group_b, args.metric)
+        notes = []
+        if args.paired:
+            index_a = {r.replicate: i for i, r in enumerate(group_a.runs)}
+            index_b = {r.replicate: i for i, r in enumerate(group_b.runs)}
+            shared = sorted(set(index_a) & set(index_b) - {None})
+            dropped = len(a) + len(b) - 2 * len(shared)
+            if dropped:
+                notes.append(f"{dropped} runs without a partner of the same replicate index were left out")
+            a, b = a[[index_a[r] for r in shared]], b[[index_b[r] for r in shared]]
+        result = compare_samples(
+            a, b, args.metric, args.paired, args.alpha, args.power, args.bootstrap, args.permutations, args.seed,
+            _label(args.dir_a, group_a, args.group_a), _label(args.dir_b, group_b, args.group_b),
+        )
+    except (SelectionError, MixedTestSetError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result.notes += notes
+    print(format_comparison(result), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

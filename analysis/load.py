@@ -1,0 +1,415 @@
+"""Find the runs of a sweep, read their files and group them into table rows.
+
+    python -m analysis SWEEP_DIR              # uses load_sweep
+    python -m analysis.compare DIR_A DIR_B    # uses load_sweep on each side
+
+A run is any directory below the sweep directory that holds ``config.yaml`` (at any depth; hidden
+directories such as ``.hydra`` or ``.submitit`` are skipped). Everything is read from the run's
+files, never from folder names. A run is *done* when ``result.json`` is present (DESIGN.md);
+otherwise it is *failed* (``error.txt``) or *unfinished*. A done run whose files cannot be read
+is *corrupt*. Only readable done runs enter the tables; the others are reported with a reason.
+
+Runs are grouped by every configuration key (flattened with dots: ``model.name``) except the
+keys of ``nondet.records.NON_IDENTITY_KEYS`` (``replicate``, ``replicates``, the output location
+...). Seeds live in ``seeds.json`` and so never split a group.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from nondet import records
+
+# The order of the paper's tables; sources not listed here follow, alphabetically.
+SOURCE_ORDER = ("none", "init", "shuffle", "augment", "dropout", "lowlevel", "reduction", "bitflip", "all")
+
+
+class MixedTestSetError(ValueError):
+    """Runs of one group were evaluated on different test sets: their metrics cannot be pooled."""
+
+
+@dataclass
+class RunProblem:
+    """A run left out of the tables: ``status`` is ``unfinished``, ``failed`` or ``corrupt``."""
+
+    path: Path
+    status: str
+    reason: str
+    key: tuple | None = None  # its group key, when its config could be read
+    replicate: int | None = None
+
+
+@dataclass
+class Run:
+    """One finished run: its configuration, result and (memory-mapped) test-set arrays."""
+
+    path: Path
+    config: dict
+    key: tuple
+    result: dict
+    logits: np.ndarray  # (N, C) floating, memory-mapped
+    labels: np.ndarray  # (N,) integer, memory-mapped
+    metrics: list[dict]
+    seeds: dict | None
+
+    @property
+    def replicate(self) -> int | None:
+        return self.config.get("replicate")
+
+
+@dataclass
+class Group:
+    """The runs that share one configuration (one row of the table), sorted by replicate."""
+
+    key: tuple  # ((dotted key, hashable value), ...), sorted by key
+    runs: list[Run]
+
+    @property
+    def params(self) -> dict:
+        return dict(self.key)
+
+    @property
+    def config(self) -> dict:
+        """The configuration of the group's first run (every identity key is shared)."""
+        return self.runs[0].config
+
+    @cached_property
+    def logits(self) -> np.ndarray:
+        """(R, N, C) float32: every run's test logits, stacked."""
+        return np.stack([np.asarray(r.logits, dtype=np.float32) for r in self.runs])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.runs[0].labels, dtype=np.int64)
+
+    def label(self, keys: list[str]) -> str:
+        """A short row label from the given keys: ``init`` or ``init, model.width=64``."""
+        parts = []
+        for k in keys:
+            value = self.params.get(k)
+            parts.append(str(value) if k == "source.name" else f"{k}={format_value(value)}")
+        return ", ".join(parts) if parts else "all runs"
+
+
+@dataclass
+class Sweep:
+    """What ``load_sweep`` found below ``root``."""
+
+    root: Path
+    groups: list[Group]
+    problems: list[RunProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_finished(self) -> int:
+        return sum(len(g.runs) for g in self.groups)
+
+    @property
+    def display_keys(self) -> list[str]:
+        return display_keys([g.key for g in self.groups])
+
+
+@dataclass
+class SweepStatus:
+    """Counts of a sweep's run directories, for the end-of-sweep callback."""
+
+    finished: int
+    failed: int
+    unfinished: int
+    corrupt: int
+
+    @property
+    def total(self) -> int:
+        return self.finished + self.failed + self.unfinished + self.corrupt
+
+    @property
+    def ok(self) -> bool:
+        """No run failed or is unreadable (unfinished runs may still be running or resumable)."""
+        return self.failed == 0 and self.corrupt == 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.finished} finished, {self.failed} failed, {self.corrupt} corrupt, "
+            f"{self.unfinished} unfinished"
+        )
+
+
+# --- configuration keys -------------------------------------------------------------------
+
+
+def hashable(value: Any) -> Any:
+    """Lists become tuples and mappings sorted tuples of items, recursively."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), hashable(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(hashable(v) for v in value)
+    return value
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"name": "mlp"}}`` -> ``{"model.name": "mlp"}``; leaves made hashable."""
+    flat: dict[str, Any] = {}
+    for k, v in config.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            flat.update(flatten(v, name + "."))
+        else:
+            flat[name] = hashable(v)
+    return flat
+
+
+def group_key(config: Mapping[str, Any]) -> tuple:
+    """The grouping key of a run: every flattened identity key of its config, sorted."""
+    return tuple(sorted(flatten(records.identity(config)).items()))
+
+
+def cell(value: Any) -> Any:
+    """A grouping value as a table cell: tuples (lists in the config) as ``[a,b]``."""
+    return format_value(value) if isinstance(value, tuple) else value
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def display_keys(keys: list[tuple]) -> list[str]:
+    """The grouping keys worth a table column: ``source.name`` and the keys that differ.
+
+    Other ``source.*`` keys (``vary``, ``lowlevel_required``) are implied by the source's name and
+    shown only when they differ between groups of the same name, so a table over sources reads
+    like the paper's Table 1.
+    """
+    dicts = [dict(k) for k in keys]
+    missing = object()
+    order: list[str] = []
+    for d in dicts:
+        order += [k for k in d if k not in order]
+    varying = [k for k in order if len({repr(d.get(k, missing)) for d in dicts}) > 1]
+
+    def implied_by_source_name(k: str) -> bool:
+        by_name = defaultdict(set)
+        for d in dicts:
+            by_name[repr(d.get("source.name"))].add(repr(d.get(k, missing)))
+        return all(len(v) == 1 for v in by_name.values())
+
+    shown = [
+        k
+        for k in varying
+        if k != "source.name" and not (k.startswith("source.") and implied_by_source_name(k))
+    ]
+    return ["source.name"] + shown
+
+
+def sort_groups(groups: list[Group], keys: list[str]) -> list[Group]:
+    """Sources in the paper's order, then the other shown keys (numbers numerically)."""
+
+    def rank(k: str, v: Any):
+        if k == "source.name":
+            return (SOURCE_ORDER.index(v) if v in SOURCE_ORDER else len(SOURCE_ORDER), str(v))
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return (0, v)
+        return (1, str(v))
+
+    return sorted(groups, key=lambda g: tuple(rank(k, g.params.get(k)) for k in keys))
+
+
+# --- finding and reading runs -------------------------------------------------------------
+
+
+def find_run_dirs(root: Path) -> Iterator[Path]:
+    """Every directory at or below ``root`` holding config.yaml, skipping hidden directories.
+
+    A run directory is a leaf: nothing below it is searched.
+    """
+    root = Path(root)
+    for directory, subdirs, files in os.walk(root):
+        if records.CONFIG_FILE in files:
+            subdirs[:] = []
+            yield Path(directory)
+            continue
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as e:  # yaml and omegaconf raise many types; all mean "unreadable"
+        raise records.CorruptRunError(f"cannot read {path}: {e}") from e
+    if not isinstance(config, dict):
+        raise records.CorruptRunError(f"{path} does not hold a mapping")
+    return config
+
+
+def _read_array(path: Path, ndim: int, kind: str) -> np.ndarray:
+    """Memory-map a .npy file; a truncated file fails here because the map would overrun it."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise records.CorruptRunError(f"cannot read {path.name}: {e}") from e
+    if array.ndim != ndim or array.dtype.kind not in kind:
+        raise records.CorruptRunError(
+            f"{path.name} has shape {array.shape} and dtype {array.dtype}, "
+            f"expected {ndim} dimensions of kind {kind!r}"
+        )
+    return array
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError as e:
+        return f"error.txt unreadable: {e}"
+    text = lines[-1] if lines else "error.txt is empty"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _unfinished_reason(directory: Path, config: dict | None) -> str:
+    try:
+        rows = records.read_metrics(directory / records.METRICS_FILE)
+    except records.CorruptRunError:
+        rows = []
+    epochs = (config or {}).get("epochs")
+    progress = f"; last evaluated epoch {rows[-1].get('epoch')} of {epochs}" if rows else ""
+    if (directory / records.CHECKPOINT_FILE).exists():
+        return f"no result.json; checkpoint.pt present (resumable){progress}"
+    return f"no result.json (not started, running, or killed before its first checkpoint){progress}"
+
+
+def read_run(directory: Path) -> Run | RunProblem:
+    """Read one run directory: a ``Run`` when it is done and readable, else a ``RunProblem``."""
+    directory = Path(directory)
+    config = None
+    try:
+        config = _read_config(directory / records.CONFIG_FILE)
+        key = group_key(config)
+    except records.CorruptRunError as e:
+        return RunProblem(directory, "corrupt", str(e))
+    replicate = config.get("replicate")
+    if not (directory / records.RESULT_FILE).exists():
+        if (directory / records.ERROR_FILE).exists():
+            reason = _last_line(directory / records.ERROR_FILE)
+            return RunProblem(directory, "failed", reason, key, replicate)
+        return RunProblem(directory, "unfinished", _unfinished_reason(directory, config), key, replicate)
+    try:
+        result = records.read_json(directory / records.RESULT_FILE)
+        if not isinstance(result, dict):
+            raise records.CorruptRunError(f"{records.RESULT_FILE} does not hold a JSON object")
+        logits = _read_array(directory / records.LOGITS_FILE, 2, "f")
+        labels = _read_array(directory / records.LABELS_FILE, 1, "iu")
+        if len(labels) != len(logits):
+            raise records.CorruptRunError(
+                f"logits.npy has {len(logits)} rows but labels.npy has {len(labels)}"
+            )
+        if len(labels) and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+            raise records.CorruptRunError(f"labels.npy holds classes outside [0, {logits.shape[1]})")
+        metrics = records.read_metrics(directory / records.METRICS_FILE)
+        seeds_path = directory / records.SEEDS_FILE
+        seeds = records.read_json(seeds_path) if seeds_path.exists() else None
+    except records.CorruptRunError as e:
+        return RunProblem(directory, "corrupt", str(e), key, replicate)
+    return Run(directory, config, key, result, logits, labels, metrics, seeds)
+
+
+def scan_runs(root: Path) -> tuple[list[Run], list[RunProblem]]:
+    """Every run directory below ``root``, read: (done runs, runs left out with a reason)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory")
+    runs, problems = [], []
+    for directory in find_run_dirs(root):
+        item = read_run(directory)
+        (runs if isinstance(item, Run) else problems).append(item)
+    return runs, problems
+
+
+def sweep_status(sweep_dir: Path) -> SweepStatus:
+    """Finished / failed / unfinished / corrupt run counts (the end-of-sweep callback's exit code)."""
+    runs, problems = scan_runs(sweep_dir)
+    counts = Counter(p.status for p in problems)
+    return SweepStatus(len(runs), counts["failed"], counts["unfinished"], counts["corrupt"])
+
+
+def _check_test_set(key: tuple, runs: list[Run]) -> None:
+    first = runs[0]
+    for run in runs[1:]:
+        if run.logits.shape != first.logits.shape or not np.array_equal(run.labels, first.labels):
+            raise MixedTestSetError(
+                "runs of one configuration were evaluated on different test sets, so their "
+                f"metrics cannot be pooled: {first.path} has logits {first.logits.shape} and "
+                f"{run.path} has logits {run.logits.shape}"
+                + (", with different labels" if len(run.labels) == len(first.labels) else "")
+                + ". Move one of them out of the sweep directory (or delete it to retrain)."
+            )
+
+
+def _completeness_notes(key: tuple, members: list, label: str) -> list[str]:
+    """Replicate indices a group expected (config ``replicates``) but has no directory for, and
+    indices that occur twice (the same run copied into the sweep twice would bias every metric)."""
+    notes = []
+    configs = [m.config for m in members if isinstance(m, Run)]
+    seen = [m.replicate for m in members if m.replicate is not None]
+    expected = max((c.get("replicates") or 0 for c in configs), default=0)
+    absent = sorted(set(range(expected)) - set(seen))
+    if absent:
+        shown = ", ".join(map(str, absent[:20])) + (" ..." if len(absent) > 20 else "")
+        notes.append(f"{label}: {len(absent)} of {expected} replicates have no run directory ({shown})")
+    twice = sorted(r for r, n in Counter(seen).items() if n > 1)
+    if twice:
+        notes.append(f"{label}: replicate indices {twice} occur more than once")
+    return notes
+
+
+def load_sweep(sweep_dir: Path) -> Sweep:
+    """Find, read and group every run below ``sweep_dir``.
+
+    Raises ``MixedTestSetError`` when the runs of a group have different test sets, and
+    ``FileNotFoundError`` when ``sweep_dir`` is not a directory.
+    """
+    runs, problems = scan_runs(sweep_dir)
+    by_key: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_key[run.key].append(run)
+    groups = []
+    for key, members in by_key.items():
+        members.sort(key=lambda r: (r.replicate is None, r.replicate or 0, str(r.path)))
+        _check_test_set(key, members)
+        groups.append(Group(key, members))
+    keys = display_keys([g.key for g in groups]) if groups else ["source.name"]
+    groups = sort_groups(groups, keys)
+    sweep = Sweep(Path(sweep_dir), groups, sorted(problems, key=lambda p: str(p.path)))
+    problems_by_key = defaultdict(list)
+    for p in problems:
+        problems_by_key[p.key].append(p)
+    for group in groups:
+        members = group.runs + problems_by_key[group.key]
+        sweep.notes += _completeness_notes(group.key, members, group.label(keys))
+        sweep.notes += _result_mismatch_notes(group)
+    return sweep
+
+
+def _result_mismatch_notes(group: Group) -> list[str]:
+    """Runs whose result.json accuracy disagrees with their logits by more than half an example:
+    the logits are the contract, but a mismatch means the two came from different evaluations."""
+    notes = []
+    labels = group.labels
+    for run in group.runs:
+        reported = run.result.get("test_accuracy")
+        if not isinstance(reported, (int, float)) or not len(labels):
+            continue
+        computed = 100.0 * float(np.mean(np.argmax(run.logits, axis=1) == labels))
+        if abs(computed - reported) > 50.0 / len(labels):
+            notes.append(
+                f"{run.path}: result.json says test_accuracy {reported:.4f} but logits.npy gives "
+                f"{computed:.4f}; the tables use the logits"
+            )
+    return notes

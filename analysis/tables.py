@@ -1,0 +1,193 @@
+"""The sweep's table: one row of metrics per group, as numbers and as markdown, LaTeX and CSV.
+
+    python -m analysis SWEEP_DIR [--csv FILE --latex FILE]
+    analysis.summarize(sweep_dir)        # the markdown the end-of-sweep callback prints
+
+The markdown reads like the paper's Table 1: one row per configuration, labelled by
+``source.name`` and the other configuration keys that differ between rows; SDs shown as
+``SD ± SD-of-SD``; percentages with two decimals, nats with four (values too small for that many
+decimals, such as the cross-entropy SD of a linear model under a bit flip, in scientific
+notation rather than as a misleading 0). Below the table: how the errors were computed, and
+which runs are missing, failed or unreadable, and why.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.load import Sweep, cell, load_sweep
+from analysis.metrics import COLUMNS, group_metrics
+
+# (column, header, decimals, column holding its SD-of-SD or None)
+MARKDOWN_COLUMNS = (
+    ("n_runs", "Runs", 0, None),
+    ("accuracy_mean", "Accuracy (%)", 2, None),
+    ("accuracy_sd", "Accuracy SD (%)", 2, "accuracy_sd_sd"),
+    ("cross_entropy_mean", "Cross-entropy", 4, None),
+    ("cross_entropy_sd", "Cross-entropy SD", 4, "cross_entropy_sd_sd"),
+    ("disagreement", "Pairwise disagreement (%)", 2, None),
+    ("spearman", "Pairwise Spearman ρ", 4, None),
+    ("ensemble_delta_accuracy", "Ensemble Δ accuracy (%)", 2, None),
+    ("ensemble_delta_cross_entropy", "Ensemble Δ cross-entropy", 4, None),
+    ("prediction_difference", "PD", 4, None),
+    ("relative_prediction_difference", "Relative PD", 4, None),
+)
+
+
+def summary_frame(sweep: Sweep, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per group: the shown configuration keys, then ``metrics.COLUMNS``."""
+    keys = sweep.display_keys
+    rows = []
+    for group in sweep.groups:
+        row = {k: cell(group.params.get(k)) for k in keys}
+        row.update(group_metrics(group.logits, group.labels, n_boot=n_boot, seed=seed))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=keys + list(COLUMNS))
+
+
+def format_number(value: float, decimals: int) -> str:
+    """Fixed decimals; 'n/a' for NaN; scientific when nonzero but below the last decimal."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if decimals == 0:
+        return str(int(value))
+    if value != 0 and abs(value) < 0.5 * 10.0**-decimals:
+        return f"{value:.1e}"
+    return f"{value:.{decimals}f}"
+
+
+def _header(key: str) -> str:
+    return "Source" if key == "source.name" else key
+
+
+def _formatted_rows(frame: pd.DataFrame, keys: list[str], pm: str) -> tuple[list[str], list[list[str]]]:
+    header = [_header(k) for k in keys] + [h for _, h, _, _ in MARKDOWN_COLUMNS]
+    rows = []
+    for _, row in frame.iterrows():
+        cells = [str(row[k]) for k in keys]
+        for column, _, decimals, error in MARKDOWN_COLUMNS:
+            text = format_number(row[column], decimals)
+            if error is not None and text != "n/a":
+                text = f"{text}{pm}{format_number(row[error], decimals)}"
+            cells.append(text)
+        rows.append(cells)
+    return header, rows
+
+
+def markdown_table(frame: pd.DataFrame, keys: list[str]) -> str:
+    header, rows = _formatted_rows(frame, keys, " ± ")
+    align = ["---"] * len(keys) + ["---:"] * len(MARKDOWN_COLUMNS)
+    lines = [header, align] + rows
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+_LATEX_ESCAPES = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(c, c) for c in text)
+
+
+def latex_table(frame: pd.DataFrame, keys: list[str]) -> str:
+    """A booktabs ``tabular`` (``\\usepackage{booktabs}``) with the markdown table's cells."""
+    header, rows = _formatted_rows(frame, keys, " \N{PLUS-MINUS SIGN} ")
+
+    def tex(text: str) -> str:
+        text = _latex_escape(text).replace("ρ", r"$\rho$").replace("Δ", r"$\Delta$")
+        return text.replace(" \N{PLUS-MINUS SIGN} ", r" $\pm$ ")
+
+    spec = "l" * len(keys) + "r" * len(MARKDOWN_COLUMNS)
+    body = [" & ".join(tex(c) for c in r) + r" \\" for r in rows]
+    return "\n".join(
+        [
+            "% Written by python -m analysis; needs \\usepackage{booktabs}.",
+            f"\\begin{{tabular}}{{{spec}}}",
+            r"\toprule",
+            " & ".join(tex(h) for h in header) + r" \\",
+            r"\midrule",
+            *body,
+            r"\bottomrule",
+            r"\end{tabular}",
+            "",
+        ]
+    )
+
+
+def cka_markdown(cka: pd.DataFrame, keys: list[str]) -> str:
+    """Rows = groups, columns = layers (forward order): mean CKA over pairs ± SD over pairs."""
+    layers = list(dict.fromkeys(cka["layer"]))
+    estimator = cka["estimator"].iloc[0]
+    lines = [
+        f"Linear CKA ({estimator} HSIC) between pairs of runs, mean ± SD over pairs; "
+        f"probe of {int(cka['probe_size'].iloc[0])} test examples.",
+        "",
+        "| " + " | ".join([_header(k) for k in keys] + ["Runs"] + layers) + " |",
+        "| " + " | ".join(["---"] * len(keys) + ["---:"] * (1 + len(layers))) + " |",
+    ]
+    for _, rows in cka.groupby(keys, sort=False, dropna=False):
+        by_layer = {r.layer: r for r in rows.itertuples()}
+        cells = [str(rows.iloc[0][k]) for k in keys] + [str(int(rows["n_runs"].iloc[0]))]
+        for layer in layers:
+            r = by_layer.get(layer)
+            cells.append("n/a" if r is None else f"{format_number(r.cka_mean, 4)} ± {format_number(r.cka_sd, 4)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def status_lines(sweep: Sweep) -> list[str]:
+    """Which runs were found, which were left out and why, and other notes on the sweep."""
+
+    def rel(path: Path) -> str:
+        try:
+            return str(path.relative_to(sweep.root)) or "."
+        except ValueError:
+            return str(path)
+
+    found = sweep.n_finished + len(sweep.problems)
+    if not sweep.problems:
+        lines = [f"All {found} runs found below {sweep.root} are finished and readable."]
+    else:
+        counts = {s: sum(p.status == s for p in sweep.problems) for s in ("unfinished", "failed", "corrupt")}
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        lines = [
+            f"{sweep.n_finished} of {found} runs found below {sweep.root} are in the table; "
+            f"left out: {summary}:"
+        ]
+        lines += [f"- {p.status}: {rel(p.path)}: {p.reason}" for p in sweep.problems]
+    lines += [f"- note: {n}" for n in sweep.notes]
+    return lines
+
+
+def report(sweep: Sweep, frame: pd.DataFrame, n_boot: int, seed: int, cka: pd.DataFrame | None = None) -> str:
+    """The full markdown of ``python -m analysis``: table, how errors were computed, run status."""
+    keys = sweep.display_keys
+    parts = []
+    if len(frame):
+        parts += [
+            markdown_table(frame, keys),
+            "",
+            f"SD ± SD of the SD over {n_boot} bootstrap resamples of the runs (seed {seed}); SDs "
+            "with ddof=1. Pairwise columns average over all pairs of runs in a row; ensembles "
+            "average the two models' softmax probabilities; PD = mean |p_i - p_j| over examples "
+            "and classes, relative PD = mean |p_i - p_j| / ((p_i + p_j) / 2).",
+        ]
+    else:
+        parts.append(f"No finished runs below {sweep.root}.")
+    if cka is not None and len(cka):
+        parts += ["", cka_markdown(cka, keys)]
+    parts += [""] + status_lines(sweep)
+    return "\n".join(parts) + "\n"
+
+
+def summarize(sweep_dir: Path, n_boot: int = 1000, seed: int = 0) -> str:
+    """The markdown table of a sweep plus the list of missing / failed runs (or 'all N found').
+
+    Raises ``analysis.load.MixedTestSetError`` when a group mixes test sets.
+    """
+    sweep = load_sweep(sweep_dir)
+    if sweep.n_finished + len(sweep.problems) == 0:
+        return f"No run directories (holding config.yaml) found below {sweep.root}.\n"
+    return report(sweep, summary_frame(sweep, n_boot, seed), n_boot, seed)

@@ -1,0 +1,81 @@
+"""The real command line: `python launch.py -m ...` in a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["replicates=2", "epochs=2", "dataset.train_size=256", "dataset.test_size=128",
+         "model.width=16", "device=cpu"]
+
+
+def launch(*args, cwd=REPO):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "launch.py", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def run_dirs(root):
+    return sorted(p.parent for p in root.rglob("result.json"))
+
+
+def test_sweep_trains_every_run_and_prints_the_summary(tmp_path):
+    out = launch("-m", "source=init,shuffle,bitflip", f"output_root={tmp_path}", *SMALL)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(run_dirs(tmp_path / "default")) == 6
+    text = out.stdout
+    assert "6 runs trained now, 0 finished earlier" in text
+    for source in ("init", "shuffle", "bitflip"):
+        assert f"| {source} |" in text
+    assert "All 6 runs" in text
+
+    # Relaunching finds every run finished, says so, and trains nothing.
+    again = launch("-m", "source=init,shuffle,bitflip", f"output_root={tmp_path}", *SMALL)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 runs trained now, 6 finished earlier" in again.stdout
+    assert again.stderr.count("finished already, skipped") + again.stdout.count(
+        "finished already, skipped") == 6
+
+    # Raising `replicates` trains only the new runs.
+    more = launch("-m", "source=init", f"output_root={tmp_path}", *SMALL[1:], "replicates=3")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "1 runs trained now" in more.stdout
+
+
+def test_a_failed_run_is_reported_and_the_sweep_exits_nonzero(tmp_path):
+    # npz data with a label range the model cannot handle is a configuration error caught
+    # before training; a failure during training needs a run that breaks mid-way: a
+    # corrupt checkpoint planted in one run directory.
+    first = launch("source=init", "replicate=1", f"output_root={tmp_path}", *SMALL)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (directory,) = run_dirs(tmp_path)
+    for name in ("result.json", "logits.npy"):
+        (directory / name).unlink()
+    (directory / "checkpoint.pt").write_bytes(b"garbage")
+    out = launch("-m", "source=init", f"output_root={tmp_path}", *SMALL)
+    assert out.returncode != 0
+    assert (directory / "error.txt").exists()
+    assert len(run_dirs(tmp_path)) == 1  # replicate 0 trained; replicate 1 failed
+    assert "1 failed" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["source=shufle"], "Could not find 'source/shufle'"),
+        (["source=lowlevel"], "source=reduction"),
+        (["model.widht=3"], "widht"),
+        (["dataset=cifar10", "dataset.root=/nonexistent"], "cifar-10"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(tmp_path, args, message):
+    out = launch(*args, f"output_root={tmp_path}", *SMALL)
+    assert out.returncode != 0
+    assert message in out.stdout + out.stderr
