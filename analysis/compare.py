@@ -27,6 +27,7 @@ import argparse
 import itertools
 import math
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,16 +259,29 @@ def compare_samples(
         planning_effect = difference / planning_sd if planning_sd > 0 else (math.inf if difference else math.nan)
     n_needed = runs_for_power(planning_effect, paired, alpha, power) if not math.isnan(planning_effect) else None
     low, high = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    notes = []
+    if exact:
+        # The observed arrangement and its mirror image are always among the most extreme.
+        arrangements = 2 ** len(a) if paired else math.comb(len(a) + len(b), len(a))
+        smallest = (2 if paired or len(a) == len(b) else 1) / arrangements
+        if smallest >= alpha:
+            notes.append(
+                f"with this few runs the permutation test cannot reach p < {alpha} "
+                f"(its smallest possible p is {smallest:.3g}): add runs"
+            )
     return Comparison(
         metric, label_a, label_b, a, b, paired, alpha, power, difference, (float(low), float(high)),
-        t, df, p_t, p_perm, exact, effect, g, n_needed, n_boot, n_perm, seed,
+        t, df, p_t, p_perm, exact, effect, g, n_needed, n_boot, n_perm, seed, notes,
     )
 
 
 def _t_test(run, has_variance: bool) -> tuple[float, float]:
     if not has_variance:
         return math.nan, math.nan
-    result = run()
+    with warnings.catch_warnings():
+        # scipy warns when one arm has no variance (a deterministic source); the test is valid.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = run()
     return float(result.statistic), float(result.pvalue)
 
 

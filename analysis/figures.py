@@ -86,7 +86,7 @@ def cka_bars(cka: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
     ax.set_xticks(np.arange(len(layers)), layers)
     ax.set_ylabel(f"linear CKA ({cka['estimator'].iloc[0]})")
     ax.set_title("Representation similarity between pairs of runs (error bars: SD over pairs)")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, out_dir, "cka")
 
 

@@ -339,20 +339,21 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
     return SweepStatus(len(runs), counts["failed"], counts["unfinished"], counts["corrupt"])
 
 
-def _check_test_set(key: tuple, runs: list[Run]) -> None:
+def _check_test_set(runs: list[Run]) -> None:
     first = runs[0]
     for run in runs[1:]:
-        if run.logits.shape != first.logits.shape or not np.array_equal(run.labels, first.labels):
+        same_labels = len(run.labels) == len(first.labels) and np.array_equal(run.labels, first.labels)
+        if run.logits.shape != first.logits.shape or not same_labels:
             raise MixedTestSetError(
                 "runs of one configuration were evaluated on different test sets, so their "
-                f"metrics cannot be pooled: {first.path} has logits {first.logits.shape} and "
-                f"{run.path} has logits {run.logits.shape}"
-                + (", with different labels" if len(run.labels) == len(first.labels) else "")
-                + ". Move one of them out of the sweep directory (or delete it to retrain)."
+                f"metrics cannot be pooled: {first.path} (logits {first.logits.shape}) and "
+                f"{run.path} (logits {run.logits.shape}"
+                + ("" if same_labels else ", different labels")
+                + "). Move one of them out of the sweep directory (or delete it to retrain)."
             )
 
 
-def _completeness_notes(key: tuple, members: list, label: str) -> list[str]:
+def _completeness_notes(members: list, label: str) -> list[str]:
     """Replicate indices a group expected (config ``replicates``) but has no directory for, and
     indices that occur twice (the same run copied into the sweep twice would bias every metric)."""
     notes = []
@@ -367,34 +368,6 @@ def _completeness_notes(key: tuple, members: list, label: str) -> list[str]:
     if twice:
         notes.append(f"{label}: replicate indices {twice} occur more than once")
     return notes
-
-
-def load_sweep(sweep_dir: Path) -> Sweep:
-    """Find, read and group every run below ``sweep_dir``.
-
-    Raises ``MixedTestSetError`` when the runs of a group have different test sets, and
-    ``FileNotFoundError`` when ``sweep_dir`` is not a directory.
-    """
-    runs, problems = scan_runs(sweep_dir)
-    by_key: dict[tuple, list[Run]] = defaultdict(list)
-    for run in runs:
-        by_key[run.key].append(run)
-    groups = []
-    for key, members in by_key.items():
-        members.sort(key=lambda r: (r.replicate is None, r.replicate or 0, str(r.path)))
-        _check_test_set(key, members)
-        groups.append(Group(key, members))
-    keys = display_keys([g.key for g in groups]) if groups else ["source.name"]
-    groups = sort_groups(groups, keys)
-    sweep = Sweep(Path(sweep_dir), groups, sorted(problems, key=lambda p: str(p.path)))
-    problems_by_key = defaultdict(list)
-    for p in problems:
-        problems_by_key[p.key].append(p)
-    for group in groups:
-        members = group.runs + problems_by_key[group.key]
-        sweep.notes += _completeness_notes(group.key, members, group.label(keys))
-        sweep.notes += _result_mismatch_notes(group)
-    return sweep
 
 
 def _result_mismatch_notes(group: Group) -> list[str]:
@@ -413,3 +386,31 @@ def _result_mismatch_notes(group: Group) -> list[str]:
                 f"{computed:.4f}; the tables use the logits"
             )
     return notes
+
+
+def load_sweep(sweep_dir: Path) -> Sweep:
+    """Find, read and group every run below ``sweep_dir``.
+
+    Raises ``MixedTestSetError`` when the runs of a group have different test sets, and
+    ``FileNotFoundError`` when ``sweep_dir`` is not a directory.
+    """
+    runs, problems = scan_runs(sweep_dir)
+    by_key: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_key[run.key].append(run)
+    groups = []
+    for key, members in by_key.items():
+        members.sort(key=lambda r: (r.replicate is None, r.replicate or 0, str(r.path)))
+        _check_test_set(members)
+        groups.append(Group(key, members))
+    keys = display_keys([g.key for g in groups]) if groups else ["source.name"]
+    groups = sort_groups(groups, keys)
+    sweep = Sweep(Path(sweep_dir), groups, sorted(problems, key=lambda p: str(p.path)))
+    problems_by_key = defaultdict(list)
+    for p in problems:
+        problems_by_key[p.key].append(p)
+    for group in groups:
+        members = group.runs + problems_by_key[group.key]
+        sweep.notes += _completeness_notes(members, group.label(keys))
+        sweep.notes += _result_mismatch_notes(group)
+    return sweep

@@ -255,7 +255,7 @@ def ensemble_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]
     gained = 2 * ens_correct - (runs - 1) * single_correct  # twice the gain in correct answers
     return {
         "ensemble_delta_accuracy": float(100.0 * gained / (2 * pairs * n)),
-        "ensemble_delta_cross_entropy": float(-ens_gain / (pairs * n)),
+        "ensemble_delta_cross_entropy": float(-ens_gain / (pairs * n)) + 0.0,  # + 0.0: no -0.0
         "prediction_difference": float(pd_sum / (pairs * n * classes)),
         # |p_i - p_j| / ((p_i + p_j) / 2) = 2 |p_i - p_j| / total
         "relative_prediction_difference": float(2.0 * rel_sum / (pairs * n * classes)),

@@ -27,7 +27,10 @@ MODELS = (
     "vgg11",
     "shufflenetv2_050",
 )
+# Language models (nondet/lm.py trains them on the text datasets).
+LANGUAGE_MODELS = ("qrnn",)
 DATASETS = ("synthetic", "cifar10", "mnist", "npz")
+TEXT_DATASETS = ("ptb", "synthetic_text")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "snapshot")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -47,7 +50,14 @@ class ModelConfig:
     # mlp: hidden units per layer; conv1: channels; resnets: width of the first stage.
     width: int = 128
     # mlp: number of hidden layers (1 = the paper's "one fully-connected hidden layer").
+    # qrnn: width = hidden units per layer, depth = QRNN layers, dropout = output dropout.
     depth: int = 1
+    # --- qrnn only (AWD-LSTM's emsize, dropouti, dropouth, dropoute, wdrop; nondet/models/qrnn.py) ---
+    embedding_dim: int = 256
+    input_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    embedding_dropout: float = 0.0
+    weight_dropout: float = 0.0
 
 
 @dataclass
@@ -76,6 +86,12 @@ class DatasetConfig:
     imbalance: float = 0.0
     # The data seed is not a source of nondeterminism: every run of a sweep sees the same data.
     data_seed: int = 0
+    # --- text datasets (nondet/text.py): sizes in tokens; ptb keeps the first k ---
+    valid_size: Optional[int] = None
+    # synthetic_text only: words (with <eos>), hidden states, mean sentence length.
+    vocab_size: int = 1000
+    hidden_states: int = 32
+    sentence_length: float = 20.0
 
 
 @dataclass
@@ -109,12 +125,38 @@ class SourceConfig:
 
 
 @dataclass
+class LMConfig:
+    """The language-model training loop (nondet/lm.py); defaults: the AWD-LSTM QRNN PTB recipe."""
+
+    # Base BPTT length; variable: the base with probability 0.95, else half, plus N(0, 5^2)
+    # jitter, at least 5, drawn from the dropout source's generator; the step's learning rate
+    # is scaled by length / bptt.
+    bptt: int = 70
+    variable_bptt: bool = True
+    # Gradient-norm clipping (0 = off); activation (alpha) and temporal activation (beta)
+    # regularisation of the last layer's output.
+    clip: float = 0.2
+    alpha: float = 2.0
+    beta: float = 1.0
+    # NT-ASGD: average the iterates from the epoch the validation loss stops improving on the
+    # best of all but the last `nonmono` epochs; the average is what is evaluated and saved.
+    asgd: bool = True
+    nonmono: int = 5
+    # Parallel streams for evaluation: validation and test (AWD-LSTM: 10 and 1).
+    eval_batch_size: int = 10
+    test_batch_size: int = 1
+    # Test positions (seeded by the data) whose full log-probabilities are stored.
+    logprob_positions: int = 2000
+
+
+@dataclass
 class NondetConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
     replicates: int = 8
     replicate: int = 0
     base_seed: int = 0

@@ -31,9 +31,9 @@
 #     killed before writing its result (NONDET_SLURM_SACCT_SHIM=0: do not install it).
 #   * state in /var/spool/slurmctld and /var/spool/slurmd, logs in /var/log/slurm/{slurmctld,slurmd}.log,
 #     pid files in /run.
-#   * GPUs: a node gets Gres=gpu:N when /dev/nvidia0.. exist (or NONDET_SLURM_GPUS=N is set; then, with
-#     no device files, the GPUs are only counted, so jobs that ask for GPUs can be scheduled on a
-#     CPU-only machine).
+#   * GPUs: the node gets Gres=gpu:N when /dev/nvidia0.. exist. NONDET_SLURM_GPUS=N sets N; beyond the
+#     real devices the GPUs are fake (links to /dev/null in /var/spool/slurmd-fakegpu), so jobs that ask
+#     for GPUs (gpus_per_node=1) are scheduled on a CPU-only machine and simply find no CUDA device.
 # Running `start` again when everything is up only prints the status; when the settings below changed
 # the configuration, the daemons are restarted with the new one.
 #
@@ -62,6 +62,7 @@ SLURMD_PID=/run/slurmd.pid
 MUNGE_KEY=/etc/munge/munge.key
 MUNGE_RUN=/run/munge
 NO_CGROUP_DIR=/var/spool/slurmd-nocgroup
+FAKE_GPU_DIR=/var/spool/slurmd-fakegpu
 TIMEOUT="${NONDET_SLURM_TIMEOUT:-60}"
 PARTITION="${NONDET_SLURM_PARTITION:-debug}"
 
@@ -129,7 +130,7 @@ install_packages() {
         tail -n 20 /tmp/slurm_local_apt.log >&2
         die "could not install ${missing[*]} (log: /tmp/slurm_local_apt.log)"
     fi
-    say "installed in $((SECONDS - t0)) s: $(dpkg-query -W -f '${Package} ${Version}, ' "${missing[@]}")"
+    say "installed in $((SECONDS - t0)) s: $(dpkg-query -W -f '${Package} ${Version}\n' "${missing[@]}" | paste -sd, - | sed 's/,/, /g')"
 }
 
 # ------------------------------------------------------------------ munge
@@ -208,6 +209,7 @@ SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
+MailProg=/bin/true
 SwitchType=switch/none
 # Trust slurm.conf over what slurmd detects (NONDET_SLURM_CPUS / _MEMORY_MB may exceed the hardware).
 SlurmdParameters=config_overrides
@@ -245,17 +247,20 @@ EOF
 }
 
 write_gres_conf() {  # write_gres_conf FILE
-    local out="$1" gpus files
+    local out="$1" gpus real files i
     gpus="${NONDET_SLURM_GPUS:-$(gpu_devices | wc -l)}"
+    real="$(gpu_devices | wc -l)"
     {
         echo "$MARKER"
-        if ((gpus > 0)); then
+        if ((gpus > 0 && real >= gpus)); then
             files="$(gpu_devices | head -n "$gpus" | paste -sd, -)"
-            if [[ -n "$files" && $(gpu_devices | wc -l) -ge $gpus ]]; then
-                echo "NodeName=$(node_name) Name=gpu File=${files}"
-            else  # no (or too few) device files: count only, no device binding
-                echo "NodeName=$(node_name) Name=gpu Count=$gpus"
-            fi
+            echo "NodeName=$(node_name) Name=gpu File=$files"
+        elif ((gpus > 0)); then
+            # Not enough GPUs: Slurm 22.05 drops a GPU without a device file, so count fake ones,
+            # links to /dev/null (jobs get CUDA_VISIBLE_DEVICES but no GPU).
+            mkdir -p "$FAKE_GPU_DIR"
+            for ((i = 0; i < gpus; i++)); do ln -sfn /dev/null "$FAKE_GPU_DIR/gpu$i"; done
+            echo "NodeName=$(node_name) Name=gpu File=$FAKE_GPU_DIR/gpu[0-$((gpus - 1))]"
         fi
     } >"$out"
 }
@@ -298,12 +303,13 @@ install_conf() {  # -> 0 when the configuration changed
 
 install_sacct_shim() {
     # submitit polls job states with `sacct -o JobID,State,NodeList --parsable2 -j ID`. Without an
-    # accounting database that command fails ("Slurm accounting storage is disabled"), submitit logs
-    # "Bypassing sacct error" and the state stays UNKNOWN: finished jobs are still found through their
-    # result files, but a job killed before writing one (scancel, node failure, a hard time-limit kill)
-    # is never seen as done and job.result() waits forever. `sacct --completion` answers the same
-    # query from the jobcomp/filetxt log, so this wrapper (earlier on PATH than /usr/bin/sacct)
-    # adds --completion whenever the active slurm.conf has no accounting storage.
+    # accounting database sacct fails ("Slurm accounting storage is disabled"); submitit then logs
+    # "Bypassing sacct error", every state stays UNKNOWN, and although finished jobs are still found
+    # through their result files, a job (or array task) killed before writing one is never seen as
+    # done: job.result() and Hydra's submitit launcher wait forever. `sacct --completion` is no
+    # substitute: it cannot read array tasks. So this wrapper, earlier on PATH than the real sacct,
+    # answers such queries itself from the job completion log (finished jobs) and squeue (live
+    # ones), whenever slurm.conf has no accounting storage; otherwise it is the real sacct.
     [[ "${NONDET_SLURM_SACCT_SHIM:-1}" == 1 ]] || return 0
     local shim=/usr/local/bin/sacct real tmp
     real="$(PATH=/usr/bin:/bin command -v sacct || true)"
@@ -313,21 +319,105 @@ install_sacct_shim() {
         return 0
     fi
     tmp="$(mktemp)"
-    cat >"$tmp" <<SHIM
-#!/bin/sh
-$MARKER
-# Without an accounting database (AccountingStorageType=accounting_storage/none) answer from the
-# job completion log (sacct --completion); otherwise this is plain $real.
-conf="\${SLURM_CONF:-$CONF}"
-if grep -qiE '^[[:space:]]*AccountingStorageType[[:space:]]*=[[:space:]]*accounting_storage/none' "\$conf" 2>/dev/null &&
-   grep -qiE '^[[:space:]]*JobCompType[[:space:]]*=[[:space:]]*jobcomp/filetxt' "\$conf" 2>/dev/null; then
-    exec $real --completion "\$@"
+    cat >"$tmp" <<'SHIM'
+#!/bin/bash
+# @MARKER@
+# sacct for a Slurm without accounting database: answers `sacct [-P|-p] [-n] [-X] [-o FIELDS] [-j IDS]`
+# from the job completion log (JobCompType=jobcomp/filetxt) and squeue, array tasks included;
+# anything else goes to `sacct --completion`. With accounting storage configured: the real sacct.
+real=@REAL@
+conf="${SLURM_CONF:-@CONF@}"
+if ! grep -qiE '^[[:space:]]*AccountingStorageType[[:space:]]*=[[:space:]]*accounting_storage/none' "$conf" 2>/dev/null; then
+    exec "$real" "$@"
 fi
-exec $real "\$@"
+log="$(sed -n 's/^[[:space:]]*JobCompLoc[[:space:]]*=[[:space:]]*//Ip' "$conf" | tail -n1)"
+fields="JobID,JobName,Partition,State,ExitCode" jobs="" sep="" header=1
+while (($#)); do
+    case "$1" in
+        -j | --jobs) jobs="$jobs,$2"; shift ;;
+        -j*) jobs="$jobs,${1#-j}" ;;
+        --jobs=*) jobs="$jobs,${1#--jobs=}" ;;
+        -o | --format) fields="$2"; shift ;;
+        --format=*) fields="${1#--format=}" ;;
+        -P | --parsable2) sep="2" ;;
+        -p | --parsable) sep="1" ;;
+        -n | --noheader) header=0 ;;
+        -X | --allocations | -a | --allusers) ;;
+        *) exec "$real" --completion "${@}" ;;
+    esac
+    shift
+done
+{
+    [[ -r "$log" ]] && sed 's/^/L /' "$log"
+    squeue -h -r -o 'Q %i|%A|%j|%P|%T|%N|%S|%e|%V' 2>/dev/null
+} | awk -v fields="$fields" -v jobs="$jobs" -v sep="$sep" -v header="$header" '
+function keep(id, raw, array_id,   k) {
+    if (!njobs) return 1
+    for (k = 1; k <= njobs; k++)
+        if (want[k] == id || want[k] == raw || want[k] == array_id) return 1
+    return 0
+}
+function put(id, key, value) { data[id, key] = value }
+BEGIN {
+    njobs = split(jobs, tmp, ","); n = 0
+    for (k = 1; k <= njobs; k++) if (tmp[k] != "") want[++n] = tmp[k]
+    njobs = n
+    nf = split(fields, f, ",")
+    for (k = 1; k <= nf; k++) { sub(/%.*/, "", f[k]); lf[k] = tolower(f[k]) }
+}
+$1 == "L" {  # JobId=7 ... Name=a b ... JobState=COMPLETED ... ArrayJobId=6 ArrayTaskId=0 ...
+    delete kv; key = ""
+    for (k = 2; k <= NF; k++) {
+        if (match($k, /^[A-Za-z]+=/)) { key = substr($k, 1, RLENGTH - 1); kv[key] = substr($k, RLENGTH + 1) }
+        else if (key != "") kv[key] = kv[key] " " $k
+    }
+    raw = kv["JobId"]; id = raw; array_id = ""
+    if (("ArrayJobId" in kv) && kv["ArrayJobId"] != "" && kv["ArrayJobId"] != "0") {
+        array_id = kv["ArrayJobId"]; id = array_id "_" kv["ArrayTaskId"]
+    }
+    if (!keep(id, raw, array_id)) next
+    if (!(id in seen)) { seen[id] = 1; order[++count] = id }
+    put(id, "jobid", id); put(id, "jobidraw", raw); put(id, "jobname", kv["Name"])
+    put(id, "partition", kv["Partition"]); put(id, "state", kv["JobState"])
+    put(id, "exitcode", kv["ExitCode"]); put(id, "nodelist", kv["NodeList"])
+    put(id, "start", kv["StartTime"]); put(id, "end", kv["EndTime"]); put(id, "submit", kv["SubmitTime"])
+    put(id, "user", kv["UserId"]); sub(/\(.*/, "", data[id, "user"])
+    next
+}
+$1 == "Q" {  # live jobs: they override what the log says (a requeued job runs again)
+    line = substr($0, 3); split(line, q, "|")
+    id = q[1]; raw = q[2]; array_id = (id ~ /_/) ? substr(id, 1, index(id, "_") - 1) : ""
+    if (!keep(id, raw, array_id)) next
+    if (!(id in seen)) { seen[id] = 1; order[++count] = id }
+    put(id, "jobid", id); put(id, "jobidraw", raw); put(id, "jobname", q[3]); put(id, "partition", q[4])
+    put(id, "state", q[5]); put(id, "nodelist", (q[6] == "" ? "None assigned" : q[6]))
+    put(id, "start", q[7]); put(id, "end", q[8]); put(id, "submit", q[9]); put(id, "exitcode", "0:0")
+}
+function out(values,   k, s) {
+    s = ""
+    for (k = 1; k <= nf; k++) {
+        if (sep == "") s = s sprintf("%-14s ", substr(values[k], 1, 14))
+        else s = s (k > 1 ? "|" : "") values[k]
+    }
+    if (sep == "1") s = s "|"
+    print s
+}
+END {
+    if (header) {
+        for (k = 1; k <= nf; k++) h[k] = f[k]
+        out(h)
+        if (sep == "") { for (k = 1; k <= nf; k++) h[k] = "--------------"; out(h) }
+    }
+    for (i = 1; i <= count; i++) {
+        for (k = 1; k <= nf; k++) v[k] = data[order[i], lf[k]]
+        out(v)
+    }
+}'
 SHIM
+    sed -i "s|@MARKER@|${MARKER#\# }|; s|@REAL@|$real|; s|@CONF@|$CONF|" "$tmp"
     if ! cmp -s "$tmp" "$shim"; then
         install -m 0755 "$tmp" "$shim"
-        say "installed $shim (sacct answers from the job completion log)"
+        say "installed $shim (sacct answers from the job completion log and squeue)"
     fi
     rm -f "$tmp"
 }
@@ -382,6 +472,11 @@ wait_idle() {
             idle | mixed | allocated | completing)
                 say "node $node: $state (after $((SECONDS - t0)) s)"
                 return 0
+                ;;
+            inval*)  # slurmd reported less than slurm.conf declares (e.g. GPUs): resuming won't help
+                show_logs
+                timeout 5 sinfo -R >&2 || true
+                die "node $node is INVALID: slurmd reports fewer resources than $CONF declares"
                 ;;
             *drain* | down* | fail*)
                 if ((!resumed)); then

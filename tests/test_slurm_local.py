@@ -108,24 +108,30 @@ def test_submitit_result(slurm_cluster, tmp_path):
     assert job.state == "COMPLETED"
 
 
-def test_submitit_sees_cancelled_job(slurm_cluster, tmp_path):
-    """A job killed before writing its result must end job.wait(); that needs sacct to answer."""
+def test_submitit_array_sees_cancelled_task(slurm_cluster, tmp_path):
+    """A job array (what Hydra's submitit launcher submits) with one task killed before it wrote its
+    result: submitit must see that task as done, which needs sacct to answer for array tasks."""
     submitit = pytest.importorskip("submitit")
     executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="slurm")
     executor.update_parameters(timeout_min=5, slurm_partition=slurm_cluster.partition, cpus_per_task=1)
-    job = executor.submit(time.sleep, 300)
-    wait_job(job.job_id, timeout=120, states={"RUNNING"})
-    job.cancel()
-    wait_job(job.job_id, timeout=60)
+    quick, slow = executor.map_array(time.sleep, [0, 300])
+    assert slow.job_id.endswith("_1")
+    wait_job(slow.job_id, timeout=120, states={"RUNNING"})
+    slow.cancel()
+    assert quick.result() is None
     deadline = time.monotonic() + 60
-    while not job.done(force_check=True):
-        assert time.monotonic() < deadline, f"submitit still sees {job.state} (sacct: {_sacct(job.job_id)})"
+    while not slow.done(force_check=True):
+        assert time.monotonic() < deadline, f"submitit still sees {slow.state} (sacct: {_sacct(slow.job_id)})"
         time.sleep(1)
-    assert job.state.startswith("CANCELLED")
+    assert slow.state.startswith("CANCELLED")
+    assert quick.watcher.get_state(quick.job_id, mode="force") == "COMPLETED"
+    slow._results_timeout_s = 1  # submitit waits 15 s for a late result file before it raises
+    with pytest.raises(submitit.core.utils.UncompletedJobError, match="CANCELLED"):
+        slow.result()
 
 
 def _sacct(job_id: str) -> str:
-    proc = subprocess.run(["sacct", "-P", "-j", job_id], capture_output=True, text=True, check=False)
+    proc = subprocess.run(["sacct", "-P", "-j", job_id.split("_")[0]], capture_output=True, text=True, check=False)
     return (proc.stdout + proc.stderr).strip()
 
 

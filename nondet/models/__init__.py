@@ -44,6 +44,7 @@ from torch import nn
 from .activations import ACTIVATIONS, SmeLU, make_activation
 from .dropout import SeededDropout, set_dropout_generator
 from .init import init_parameters
+from .qrnn import build_qrnn
 from .resnet import RESNET_STAGES, ResNet
 from .shallow import MLP, Conv1Net, LinearClassifier
 from .torchvision_models import VGG11, ShuffleNetV2
@@ -51,9 +52,11 @@ from .torchvision_models import VGG11, ShuffleNetV2
 __all__ = [
     "ACTIVATIONS",
     "IMAGE_MODELS",
+    "LANGUAGE_MODEL_NAMES",
     "MODEL_NAMES",
     "SeededDropout",
     "SmeLU",
+    "build_language_model",
     "build_model",
     "first_layer_weight",
     "init_parameters",
@@ -103,6 +106,23 @@ _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
 MODEL_NAMES = tuple(_BUILDERS)
 # Models that need (C, H, W) inputs; linear and mlp flatten whatever they are given.
 IMAGE_MODELS = frozenset(MODEL_NAMES) - {"linear", "mlp"}
+# Language models: built by build_language_model, trained by nondet/lm.py on text datasets.
+_LANGUAGE_BUILDERS: Dict[str, Callable[..., nn.Module]] = {"qrnn": build_qrnn}
+LANGUAGE_MODEL_NAMES = tuple(_LANGUAGE_BUILDERS)
+
+
+def build_language_model(cfg, vocab_size: int, init_generator: torch.Generator) -> nn.Module:
+    """Build the language model ``cfg.name`` (``qrnn``: see ``qrnn.py``) for ``vocab_size``
+    words, initialised from ``init_generator`` alone; on the CPU, in training mode."""
+    if cfg.name not in _LANGUAGE_BUILDERS:
+        raise ValueError(
+            f"unknown language model {cfg.name!r}; valid: {', '.join(LANGUAGE_MODEL_NAMES)}"
+        )
+    model = _LANGUAGE_BUILDERS[cfg.name](cfg, int(vocab_size), init_generator)
+    for qualified, module in model.named_modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            raise TypeError(f"{cfg.name}: {qualified} is an nn.Dropout; use SeededDropout")
+    return model
 
 
 def build_model(
@@ -119,6 +139,11 @@ def build_model(
     on the CPU, in training mode; the caller moves it.
     """
     name = cfg.name
+    if name in _LANGUAGE_BUILDERS:
+        raise ValueError(
+            f"model {name!r} is a language model: it trains on a text dataset "
+            "(dataset=synthetic_text or dataset=ptb) through build_language_model"
+        )
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODEL_NAMES)}")
     if cfg.activation not in ACTIVATIONS:

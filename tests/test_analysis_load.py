@@ -1,0 +1,197 @@
+"""Loading a sweep: grouping, missing / failed / corrupt runs, mixed test sets, and the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import analysis
+from analysis import __main__ as cli
+from analysis.load import MixedTestSetError, display_keys, load_sweep, sweep_status
+from analysis.metrics import COLUMNS
+from fake_runs import fake_config, metrics_rows, random_logits, write_group, write_run
+from nondet import records
+
+N, C, R = 60, 4, 4
+
+
+def source_config(tmp_path, source, **overrides):
+    return fake_config(
+        **{"source.name": source, "source.vary": [source]},
+        output_root=str(tmp_path),
+        sweep_name="sweep",
+        **overrides,
+    )
+
+
+@pytest.fixture
+def labels():
+    return np.random.default_rng(0).integers(0, C, N)
+
+
+@pytest.fixture
+def clean_sweep(tmp_path, labels):
+    rng = np.random.default_rng(1)
+    for source in ("shuffle", "init"):
+        write_group(
+            source_config(tmp_path, source),
+            random_logits(rng, R, N, C),
+            labels,
+            metrics=[metrics_rows(rng, 5) for _ in range(R)],
+        )
+    return tmp_path / "sweep"
+
+
+@pytest.fixture
+def broken_sweep(clean_sweep, tmp_path, labels):
+    """The clean sweep plus an unfinished, a failed and two corrupt runs of the init group."""
+    base = source_config(tmp_path, "init", replicates=R)
+    logits = random_logits(np.random.default_rng(2), 1, N, C)[0]
+
+    def run_dir(replicate):
+        return records.run_dir(dict(base, replicate=replicate))
+
+    unfinished = write_run(run_dir(4), dict(base, replicate=4), result=False)
+    (unfinished / records.CHECKPOINT_FILE).write_bytes(b"checkpoint")
+    write_run(run_dir(5), dict(base, replicate=5), error="Traceback (most recent call last):\nValueError: loss is nan")
+    truncated = write_run(run_dir(6), dict(base, replicate=6), logits, labels)
+    data = (truncated / records.LOGITS_FILE).read_bytes()
+    (truncated / records.LOGITS_FILE).write_bytes(data[: len(data) // 2])
+    bad_json = write_run(run_dir(7), dict(base, replicate=7), logits, labels)
+    (bad_json / records.RESULT_FILE).write_text('{"test_accuracy": 5')
+    return clean_sweep
+
+
+def test_groups_by_config_not_by_folder(clean_sweep):
+    sweep = load_sweep(clean_sweep)
+    assert [g.params["source.name"] for g in sweep.groups] == ["init", "shuffle"]  # the paper's order
+    assert all(len(g.runs) == R for g in sweep.groups)
+    assert [r.replicate for r in sweep.groups[0].runs] == list(range(R))
+    # source.vary differs between groups but is implied by the source's name: not a column.
+    assert sweep.display_keys == ["source.name"]
+    assert not sweep.problems and not sweep.notes
+
+
+def test_runs_are_found_at_any_depth_and_hidden_dirs_are_skipped(tmp_path, labels):
+    logits = random_logits(np.random.default_rng(3), 2, N, C)
+    config = source_config(tmp_path, "init")
+    write_run(tmp_path / "a" / "b" / "c", dict(config, replicate=0, sweep_name="x"), logits[0], labels)
+    write_run(tmp_path / "d", dict(config, replicate=1, sweep_name="y"), logits[1], labels)
+    write_run(tmp_path / ".submitit" / "job", dict(config, replicate=2), logits[1], labels)
+    (tmp_path / "d" / ".hydra").mkdir()
+    (tmp_path / "d" / ".hydra" / "config.yaml").write_text("not: a run\n")
+    sweep = load_sweep(tmp_path)
+    # sweep_name and output_root are NON_IDENTITY_KEYS: both runs are one group.
+    assert len(sweep.groups) == 1 and len(sweep.groups[0].runs) == 2
+
+
+def test_missing_failed_and_corrupt_runs_are_reported_and_left_out(broken_sweep):
+    sweep = load_sweep(broken_sweep)
+    assert [len(g.runs) for g in sweep.groups] == [R, R]
+    by_status = {}
+    for p in sweep.problems:
+        by_status.setdefault(p.status, []).append(p)
+    assert sorted((s, len(v)) for s, v in by_status.items()) == [("corrupt", 2), ("failed", 1), ("unfinished", 1)]
+    assert "loss is nan" in by_status["failed"][0].reason
+    assert "checkpoint.pt" in by_status["unfinished"][0].reason
+    reasons = " ".join(p.reason for p in by_status["corrupt"])
+    assert "logits.npy" in reasons and "result.json" in reasons
+
+    status = sweep_status(broken_sweep)
+    assert (status.finished, status.failed, status.unfinished, status.corrupt) == (2 * R, 1, 1, 2)
+    assert not status.ok
+
+    text = analysis.summarize(broken_sweep)
+    assert f"{2 * R} of {2 * R + 4} runs" in text
+    for p in sweep.problems:
+        assert str(p.path.relative_to(broken_sweep)) in text
+    assert "ValueError: loss is nan" in text
+
+
+def test_all_runs_found_message_and_status(clean_sweep):
+    text = analysis.summarize(clean_sweep)
+    assert f"All {2 * R} runs found" in text
+    assert sweep_status(clean_sweep).ok
+
+
+def test_replicates_without_a_directory_are_named(tmp_path, labels):
+    config = source_config(tmp_path, "init")
+    rng = np.random.default_rng(4)
+    for r in (0, 2):
+        c = dict(config, replicate=r, replicates=4)
+        write_run(records.run_dir(c), c, random_logits(rng, 1, N, C)[0], labels)
+    text = analysis.summarize(tmp_path)
+    assert "2 of 4 replicates have no run directory (1, 3)" in text
+
+
+def test_mixed_test_sets_raise(clean_sweep, tmp_path, labels):
+    config = source_config(tmp_path, "init", replicate=9, replicates=R)
+    other = (labels + 1) % C
+    write_run(records.run_dir(config), config, random_logits(np.random.default_rng(5), 1, N, C)[0], other)
+    with pytest.raises(MixedTestSetError, match="different test sets"):
+        load_sweep(clean_sweep)
+    assert cli.main([str(clean_sweep)]) == 2
+
+
+def test_display_keys_show_what_differs():
+    a = (("model.width", 64), ("source.name", "init"), ("source.vary", ("init",)))
+    b = (("model.width", 128), ("source.name", "init"), ("source.vary", ("init",)))
+    c = (("model.width", 64), ("source.name", "init"), ("source.vary", ("init", "shuffle")))
+    assert display_keys([a, b]) == ["source.name", "model.width"]
+    # Two groups both named init but varying different sources: vary must be shown.
+    assert display_keys([a, c]) == ["source.name", "source.vary"]
+
+
+def test_cli_prints_summarize_and_writes_csv_latex_figures(broken_sweep, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.main([str(broken_sweep), "--csv", str(out / "t.csv"), "--latex", str(out / "t.tex"), "--figures", str(out / "figs")])
+    assert code == 0
+    assert capsys.readouterr().out == analysis.summarize(broken_sweep)
+
+    table = pd.read_csv(out / "t.csv")
+    assert list(table.columns) == ["source.name", *COLUMNS]
+    expected = analysis.summary_frame(load_sweep(broken_sweep))
+    np.testing.assert_allclose(table[list(COLUMNS)].to_numpy(float), expected[list(COLUMNS)].to_numpy(float), rtol=1e-12)
+
+    latex = (out / "t.tex").read_text()
+    assert r"\begin{tabular}" in latex and r"$\pm$" in latex and latex.count(r"\\") == 3
+    names = sorted(p.name for p in (out / "figs").iterdir())
+    assert names == sorted(f"{s}.{e}" for s in ("variability", "cross_entropy_spread") for e in ("png", "pdf"))
+
+
+def test_markdown_reads_like_table_1(clean_sweep):
+    text = analysis.summarize(clean_sweep)
+    header, _, first_row = text.splitlines()[:3]
+    assert header.startswith("| Source | Runs | Accuracy (%) | Accuracy SD (%)")
+    cells = [c.strip() for c in first_row.strip("|").split("|")]
+    assert cells[0] == "init" and cells[1] == str(R)
+    sd, sd_sd = cells[3].split(" ± ")
+    assert len(sd.split(".")[1]) == 2 and len(sd_sd.split(".")[1]) == 2
+
+
+def test_identical_runs_give_exact_zeros(tmp_path, labels):
+    logits = np.repeat(random_logits(np.random.default_rng(6), 1, N, C), 3, axis=0)
+    write_group(source_config(tmp_path, "none"), logits, labels)
+    row = analysis.summary_frame(load_sweep(tmp_path)).iloc[0]
+    for k in ("accuracy_sd", "accuracy_sd_sd", "cross_entropy_sd", "cross_entropy_sd_sd", "disagreement",
+              "ensemble_delta_accuracy", "ensemble_delta_cross_entropy", "prediction_difference",
+              "relative_prediction_difference"):
+        assert row[k] == 0.0, k
+    assert row["spearman"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_empty_directory(tmp_path):
+    assert "No run directories" in analysis.summarize(tmp_path)
+    assert cli.main([str(tmp_path)]) == 1
+
+
+def test_python_dash_m_analysis(clean_sweep):
+    done = subprocess.run(
+        [sys.executable, "-m", "analysis", str(clean_sweep)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == analysis.summarize(clean_sweep)
