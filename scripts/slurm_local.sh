@@ -10,32 +10,43 @@
 #     python launch.py -m hydra/launcher=submitit_slurm source=init,shuffle
 #     sbatch --wrap 'hostname'; squeue; sinfo
 #
-# What `start` sets up:
-#   * packages (only when missing; apt-get, non-interactive, no recommends):
-#       slurmctld slurmd slurm-client munge   (Debian's slurm-wlm 22.05 in bookworm)
-#   * munge: /etc/munge/munge.key (created when absent, munge:munge 0400), munged run as user munge.
-#   * /etc/slurm/slurm.conf (where Debian's Slurm looks; only overwritten when it is one this script
-#     wrote, or with NONDET_SLURM_FORCE=1, which keeps a .bak): one node = this host at 127.0.0.1,
-#     all its CPUs and its memory minus a margin, partition `debug` (default, no time limit) and
-#     partition `urgent` (higher priority tier: its jobs preempt and requeue `debug` jobs).
-#     Daemons run as root; no cgroups (proctrack/linuxproc, task/none, and a cgroup.conf that points
-#     the cgroup plugin slurmd insists on loading at an empty directory); no accounting database
-#     (so `sacct` does not work; `scontrol show job` shows a finished job for MinJobAge=300 s, and
-#     finished jobs are logged to /var/log/slurm/jobcomp.log). Settings for checkpoint/requeue work:
-#     JobRequeue=1, KillWait=5, OverTimeLimit=0, so `--time` limits and `--signal=USR1@N` behave as on
-#     a real cluster (Slurm checks limits and sends signals about every 30 s, so a signal asked for
-#     N seconds before the limit arrives between N and N-30 seconds before it).
-#   * /usr/local/bin/sacct: a wrapper that adds --completion when slurm.conf has no accounting storage,
-#     so `sacct -j ID` (which submitit polls for job states) answers from the completion log instead of
-#     failing; without it submitit sees every job as UNKNOWN and waits forever for a job that was
-#     killed before writing its result (NONDET_SLURM_SACCT_SHIM=0: do not install it).
-#   * state in /var/spool/slurmctld and /var/spool/slurmd, logs in /var/log/slurm/{slurmctld,slurmd}.log,
-#     pid files in /run.
+# What `start` sets up (it takes ~10 s on a fresh Debian machine, under 1 s when installed):
+#   * packages, only when missing (apt-get, non-interactive, no recommends; `apt-get update` is run
+#     only if the install fails): slurmctld slurmd slurm-client munge (Debian bookworm: Slurm 22.05).
+#   * munge: /etc/munge/munge.key (created when absent, munge:munge 0400); munged runs as user munge.
+#   * /etc/slurm/slurm.conf (where Debian's Slurm looks; overwritten only when this script wrote it,
+#     or with NONDET_SLURM_FORCE=1, which keeps a .bak), plus cgroup.conf and gres.conf:
+#       - one node, this host at 127.0.0.1, with all its CPUs (each a schedulable core) and its memory
+#         minus a margin; memory is a consumable resource (DefMemPerCPU = memory / CPUs);
+#       - partition `debug` (default, no time limit) and partition `urgent` (higher priority tier:
+#         its jobs preempt `debug` jobs, which are requeued);
+#       - daemons run as root; no cgroups (proctrack/linuxproc, task/none, and a cgroup.conf that
+#         points the cgroup plugin slurmd 22.05 always loads at an empty directory);
+#       - no accounting database: finished jobs are written to /var/log/slurm/jobcomp.log and stay in
+#         `scontrol show job` for MinJobAge=300 s;
+#       - checkpoint/requeue as on a cluster, but quick: JobRequeue=1, KillWait=5, OverTimeLimit=0,
+#         a requeued job may restart after 10 s (AuthInfo=cred_expire; Slurm's default is 120 s)
+#         and the scheduler looks at pending jobs every 2-5 s.
+#     Slurm (22.05) checks time limits every 30 s (hard-coded): a job is killed 0-30 s after its
+#     --time, and `--signal=SIG@N` arrives when at most N+30 s are left, i.e. up to 30 s early (with
+#     --time=1 and N >= 30 that can be right at the start of the job).
+#   * /usr/local/bin/sacct, a wrapper (only while slurm.conf has no accounting storage; otherwise it
+#     runs the real sacct): answers `sacct -j ID -o FIELDS [-P]` from jobcomp.log and squeue, array
+#     tasks included. submitit (and so Hydra's submitit launcher) polls job states that way; with the
+#     real sacct every state is UNKNOWN, results still come back through their files, but a job or
+#     array task killed before writing its result (scancel, preemption, a hard kill) is never seen as
+#     done and the launcher waits forever. NONDET_SLURM_SACCT_SHIM=0 leaves it out.
 #   * GPUs: the node gets Gres=gpu:N when /dev/nvidia0.. exist. NONDET_SLURM_GPUS=N sets N; beyond the
 #     real devices the GPUs are fake (links to /dev/null in /var/spool/slurmd-fakegpu), so jobs that ask
 #     for GPUs (gpus_per_node=1) are scheduled on a CPU-only machine and simply find no CUDA device.
-# Running `start` again when everything is up only prints the status; when the settings below changed
-# the configuration, the daemons are restarted with the new one.
+#   * state in /var/spool/slurmctld and /var/spool/slurmd, logs in /var/log/slurm/{slurmctld,slurmd}.log
+#     and /var/log/munge/munged.log, pid files in /run.
+# `start` when everything is up only reports the status; when a setting below changed the generated
+# configuration, it restarts slurmctld and slurmd with the new one.
+#
+# submitit on this cluster: `timeout_min` must leave room for `signal_delay_s` (Hydra's launcher
+# defaults to 120 s, submitit to 90 s: with a limit of 1-2 minutes the warning comes at once), and
+# Hydra's launcher requeues timed-out jobs only with `max_num_timeout` > 0 (its default is 0).
 #
 # Settings (environment variables):
 #   NONDET_SLURM_CPUS        CPUs of the node                       (default: nproc)
@@ -47,7 +58,7 @@
 #   NONDET_SLURM_NO_INSTALL  1: never run apt-get; fail when Slurm or munge is missing
 #   NONDET_SLURM_REQUEUE_DELAY  seconds before a requeued job may start again (AuthInfo=cred_expire;
 #                            default 10, Slurm's own default is 120)
-#   NONDET_SLURM_SACCT_SHIM  0: do not install the /usr/local/bin/sacct wrapper
+#   NONDET_SLURM_SACCT_SHIM  0: do not install the /usr/local/bin/sacct wrapper (and remove ours)
 #   NONDET_SLURM_FORCE       1: overwrite a /etc/slurm/slurm.conf this script did not write
 set -euo pipefail
 
@@ -185,7 +196,7 @@ write_conf() {  # write_conf FILE: generate slurm.conf (and gres.conf / cgroup.c
         gres_types="GresTypes=gpu"
     fi
     cat >"$out" <<EOF
-$MARKER — rerun it rather than editing this file.
+$MARKER - rerun it rather than editing this file.
 # One node (this host) that is controller and compute node; no accounting database; no cgroups.
 ClusterName=nondet
 SlurmctldHost=$node(127.0.0.1)
@@ -235,7 +246,6 @@ Waittime=0
 MessageTimeout=10
 SlurmctldTimeout=30
 SlurmdTimeout=30
-ResumeTimeout=30
 ReturnToService=2
 # A job in partition urgent preempts (requeues) jobs in partition $PARTITION.
 PreemptType=preempt/partition_prio
@@ -265,7 +275,7 @@ write_gres_conf() {  # write_gres_conf FILE
     } >"$out"
 }
 
-install_conf() {  # -> 0 when the configuration changed
+install_conf() {  # sets CONF_CHANGED=1 when the configuration changed
     mkdir -p "$CONF_DIR"
     if [[ -e "$CONF" ]] && ! grep -qF "$MARKER" "$CONF"; then
         if [[ "${NONDET_SLURM_FORCE:-0}" == 1 ]]; then
@@ -275,7 +285,8 @@ install_conf() {  # -> 0 when the configuration changed
             die "$CONF exists and was not written by this script; set NONDET_SLURM_FORCE=1 to replace it"
         fi
     fi
-    local tmp changed=1
+    local tmp
+    CONF_CHANGED=1
     tmp="$(mktemp)"
     write_conf "$tmp"
     write_gres_conf "$tmp.gres"
@@ -289,14 +300,15 @@ install_conf() {  # -> 0 when the configuration changed
     } >"$tmp.cgroup"
     mkdir -p "$NO_CGROUP_DIR"
     if cmp -s "$tmp" "$CONF" && cmp -s "$tmp.gres" "$CONF_DIR/gres.conf" && cmp -s "$tmp.cgroup" "$CONF_DIR/cgroup.conf"; then
-        changed=0
+        CONF_CHANGED=0
     fi
     install -m 0644 "$tmp" "$CONF"
     install -m 0644 "$tmp.gres" "$CONF_DIR/gres.conf"
     install -m 0644 "$tmp.cgroup" "$CONF_DIR/cgroup.conf"
     rm -f "$tmp" "$tmp.gres" "$tmp.cgroup"
-    ((changed)) && say "wrote $CONF ($(grep -oE '(CPUs|RealMemory|Gres)=[^ ]+' "$CONF" | paste -sd' ' -))"
-    return $((1 - changed))
+    if ((CONF_CHANGED)); then
+        say "wrote $CONF ($(grep -oE '(CPUs|RealMemory|Gres)=[^ ]+' "$CONF" | paste -sd' ' -))"
+    fi
 }
 
 # ------------------------------------------------------------------ sacct without a database
@@ -310,8 +322,14 @@ install_sacct_shim() {
     # substitute: it cannot read array tasks. So this wrapper, earlier on PATH than the real sacct,
     # answers such queries itself from the job completion log (finished jobs) and squeue (live
     # ones), whenever slurm.conf has no accounting storage; otherwise it is the real sacct.
-    [[ "${NONDET_SLURM_SACCT_SHIM:-1}" == 1 ]] || return 0
     local shim=/usr/local/bin/sacct real tmp
+    if [[ "${NONDET_SLURM_SACCT_SHIM:-1}" != 1 ]]; then
+        if [[ -e "$shim" ]] && grep -qF "$MARKER" "$shim"; then
+            rm -f "$shim"
+            say "removed the sacct wrapper $shim"
+        fi
+        return 0
+    fi
     real="$(PATH=/usr/bin:/bin command -v sacct || true)"
     [[ -n "$real" ]] || return 0
     if [[ -e "$shim" ]] && ! grep -qF "$MARKER" "$shim"; then
@@ -501,9 +519,17 @@ cmd_status() {
         say "Slurm is not installed (run: $0 start)"
         return 1
     fi
-    munge_ok && say "munged: running" || { say "munged: not running"; rc=1; }
-    pid_alive "$CTLD_PID" slurmctld && say "slurmctld: running (pid $(cat "$CTLD_PID"))" || say "slurmctld: not running (no $CTLD_PID)"
-    pid_alive "$SLURMD_PID" slurmd && say "slurmd: running (pid $(cat "$SLURMD_PID"))" || say "slurmd: not running (no $SLURMD_PID)"
+    if munge_ok; then say "munged: running"; else say "munged: not running"; rc=1; fi
+    local pidfile name
+    for name in slurmctld slurmd; do
+        pidfile="$CTLD_PID"
+        [[ $name == slurmd ]] && pidfile="$SLURMD_PID"
+        if pid_alive "$pidfile" "$name"; then
+            say "$name: running (pid $(cat "$pidfile"))"
+        else
+            say "$name: not running (per $pidfile)"
+        fi
+    done
     if ((rc == 0)) && timeout 10 sinfo 2>/dev/null; then
         timeout 10 squeue 2>/dev/null || true
     else
@@ -523,9 +549,8 @@ cmd_start() {
     install_packages
     say "$(slurmctld -V)"
     start_munge
-    local changed=0
-    install_conf && changed=1
-    if ((changed)) && { pid_alive "$CTLD_PID" slurmctld || pid_alive "$SLURMD_PID" slurmd; }; then
+    install_conf
+    if ((CONF_CHANGED)) && { pid_alive "$CTLD_PID" slurmctld || pid_alive "$SLURMD_PID" slurmd; }; then
         say "configuration changed: restarting slurmctld and slurmd"
         stop_daemon "$SLURMD_PID" slurmd
         stop_daemon "$CTLD_PID" slurmctld
