@@ -1,0 +1,113 @@
+"""The shared prefix of an onset sweep (the paper's Fig. 2).
+
+With ``onset_epoch=k`` every source keeps the base seed for epochs < k, so the first k epochs of
+every replicate — of every source, and of every onset ≥ k — are the same computation: the base
+trajectory. It is trained once. The first job that needs the state after epoch k trains it (from
+the latest prefix checkpoint before k, if any) and saves ``<sweep>/.prefix/<hash>/epoch_<k>.pt``;
+the others wait for that file and fork from it. A replica forked this way ends bitwise identical
+to one trained from scratch with the same onset, because the checkpoint holds everything the
+computation depends on.
+
+Jobs on different hosts coordinate through the shared file system: a lock file created with
+O_EXCL, refreshed while its holder trains, and taken over when it has not been refreshed for
+``stale_seconds`` (its holder died).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from nondet.records import identity
+
+PREFIX_DIR = ".prefix"
+# Keys that do not change the base trajectory: which sources vary, the replicate, the onset.
+_NOT_IN_PREFIX = ("source", "replicate", "onset_epoch", "pack")
+
+
+def prefix_hash(config: Mapping) -> str:
+    base = {k: v for k, v in identity(config).items() if k not in _NOT_IN_PREFIX}
+    text = json.dumps(base, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def prefix_dir(config: Mapping) -> Path:
+    return Path(config["output_root"]) / config["sweep_name"] / PREFIX_DIR / prefix_hash(config)
+
+
+def prefix_checkpoint(config: Mapping, epoch: int) -> Path:
+    return prefix_dir(config) / f"epoch_{epoch:05d}.pt"
+
+
+def latest_prefix_checkpoint(config: Mapping, before_or_at: int) -> tuple[int, Path] | None:
+    """The prefix checkpoint with the largest epoch <= ``before_or_at``, if any."""
+    directory = prefix_dir(config)
+    found = []
+    for path in directory.glob("epoch_*.pt"):
+        epoch = int(path.stem.split("_")[1])
+        if epoch <= before_or_at:
+            found.append((epoch, path))
+    return max(found) if found else None
+
+
+class Lock:
+    """A lock file that works across hosts sharing a file system."""
+
+    def __init__(self, path: Path, stale_seconds: float = 600.0, poll_seconds: float = 1.0):
+        self.path = Path(path)
+        self.stale_seconds = stale_seconds
+        self.poll_seconds = poll_seconds
+
+    def try_acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if self._is_stale():
+                # Its holder stopped refreshing it: take it over (one taker wins the rename).
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.path, self.path.with_suffix(".stale"))
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}\n")
+        return True
+
+    def _is_stale(self) -> bool:
+        try:
+            return time.time() - self.path.stat().st_mtime > self.stale_seconds
+        except FileNotFoundError:
+            return False
+
+    def refresh(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path)
+
+    def release(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+@contextlib.contextmanager
+def held(lock: Lock) -> Iterator[Lock]:
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def wait_for(path: Path, lock: Lock, timeout_seconds: float | None = None) -> bool:
+    """Wait until ``path`` exists (True) or the lock can be taken (False: train it yourself)."""
+    began = time.monotonic()
+    while not path.exists():
+        if lock.try_acquire():
+            return False
+        if timeout_seconds is not None and time.monotonic() - began > timeout_seconds:
+            raise TimeoutError(f"waited {timeout_seconds:.0f}s for {path} (lock {lock.path})")
+        time.sleep(lock.poll_seconds)
+    return True

@@ -1,0 +1,46 @@
+"""Snapshot ensembles (Huang et al. 2017; the paper's Sec. 5, Table 5).
+
+With ``schedule=snapshot`` the learning rate follows M cosine cycles of ceil(T / M) steps. At the
+end of cycle k the run saves that snapshot's test logits as ``snapshots/k/logits.npy``; the run's
+own ``logits.npy`` is the snapshot ensemble: the log of the mean of the snapshots' softmax
+probabilities, so argmax and cross-entropy of ``logits.npy`` are the ensemble's, unchanged.
+
+    python launch.py -m source=init schedule=snapshot schedule.cycles=5
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from nondet.optim import cycle_length
+
+SNAPSHOT_DIR = "snapshots"
+
+
+def snapshot_steps(schedule: Mapping, total_steps: int) -> list[int]:
+    """The optimizer steps (counted from 1) after which a snapshot is taken: the end of every
+    cycle, the last one cut short at the end of training. Empty for other schedules."""
+    if schedule["name"] != "snapshot" or total_steps == 0:
+        return []
+    cycle = cycle_length(schedule, total_steps)
+    return sorted({min(k * cycle, total_steps) for k in range(1, math.ceil(total_steps / cycle) + 1)})
+
+
+def snapshot_path(directory: Path, k: int) -> Path:
+    return Path(directory) / SNAPSHOT_DIR / str(k) / "logits.npy"
+
+
+def ensemble_log_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:
+    """log(mean_k softmax(logits_k)), computed stably in float64, returned as float32."""
+    stacked = torch.stack([l.double() for l in logits])
+    log_probs = torch.log_softmax(stacked, dim=-1)
+    return (torch.logsumexp(log_probs, dim=0) - math.log(len(logits))).float()
+
+
+def load_snapshots(directory: Path, count: int) -> list[np.ndarray]:
+    return [np.load(snapshot_path(directory, k)) for k in range(1, count + 1)]
