@@ -95,7 +95,7 @@ def select_group(directory: Path, filters: list[str], flag: str) -> Group:
 
 def run_values(group: Group, metric: str) -> np.ndarray:
     """The metric of every run of the group, (R,)."""
-    if metric in LOGIT_METRICS:
+    if metric in LOGIT_METRICS and not group.is_language_model:  # LM runs: from result.json
         return LOGIT_METRICS[metric](group.logits, group.labels)
     values = [run.result.get(metric) for run in group.runs]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):

@@ -26,6 +26,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 from omegaconf import OmegaConf
 
+from analysis.lm import LMArrays, is_lm_run, read_lm_arrays
 from nondet import records
 
 # The order of the paper's tables; sources not listed here follow, alphabetically.
@@ -55,10 +56,12 @@ class Run:
     config: dict
     key: tuple
     result: dict
-    logits: np.ndarray  # (N, C) floating, memory-mapped
+    logits: np.ndarray  # (N, C) floating, memory-mapped (None for a language model: see lm)
     labels: np.ndarray  # (N,) integer, memory-mapped
     metrics: list[dict]
     seeds: dict | None
+    # A language-model run (analysis/lm.py): per-token arrays instead of logits.
+    lm: LMArrays | None = None
 
     @property
     def replicate(self) -> int | None:
@@ -81,9 +84,15 @@ class Group:
         """The configuration of the group's first run (every identity key is shared)."""
         return self.runs[0].config
 
+    @property
+    def is_language_model(self) -> bool:
+        return self.runs[0].lm is not None
+
     @cached_property
     def logits(self) -> np.ndarray:
         """(R, N, C) float32: every run's test logits, stacked."""
+        if self.is_language_model:
+            raise TypeError("a language-model group stores no logits; see analysis/lm.py")
         return np.stack([np.asarray(r.logits, dtype=np.float32) for r in self.runs])
 
     @property
@@ -304,6 +313,8 @@ def read_run(directory: Path) -> Run | RunProblem:
         result = records.read_json(directory / records.RESULT_FILE)
         if not isinstance(result, dict):
             raise records.CorruptRunError(f"{records.RESULT_FILE} does not hold a JSON object")
+        if is_lm_run(directory):
+            return _read_lm_run(directory, config, key, result, replicate)
         logits = _read_array(directory / records.LOGITS_FILE, 2, "f")
         labels = _read_array(directory / records.LABELS_FILE, 1, "iu")
         if len(labels) != len(logits):
@@ -318,6 +329,19 @@ def read_run(directory: Path) -> Run | RunProblem:
     except records.CorruptRunError as e:
         return RunProblem(directory, "corrupt", str(e), key, replicate)
     return Run(directory, config, key, result, logits, labels, metrics, seeds)
+
+
+def _read_lm_run(directory: Path, config: dict, key: tuple, result: dict, replicate) -> Run | RunProblem:
+    """A finished language-model run: labels, per-token arrays (analysis/lm.py), no logits."""
+    try:
+        labels = _read_array(directory / records.LABELS_FILE, 1, "iu")
+        arrays = read_lm_arrays(directory, len(labels))
+        metrics = records.read_metrics(directory / records.METRICS_FILE)
+        seeds_path = directory / records.SEEDS_FILE
+        seeds = records.read_json(seeds_path) if seeds_path.exists() else None
+    except records.CorruptRunError as e:
+        return RunProblem(directory, "corrupt", str(e), key, replicate)
+    return Run(directory, config, key, result, None, labels, metrics, seeds, lm=arrays)
 
 
 def scan_runs(root: Path) -> tuple[list[Run], list[RunProblem]]:
@@ -341,13 +365,15 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
 
 def _check_test_set(runs: list[Run]) -> None:
     first = runs[0]
+    # A language-model run has no logits: its test set is its N target tokens.
+    shape = lambda run: run.logits.shape if run.lm is None else (len(run.labels),)  # noqa: E731
     for run in runs[1:]:
         same_labels = len(run.labels) == len(first.labels) and np.array_equal(run.labels, first.labels)
-        if run.logits.shape != first.logits.shape or not same_labels:
+        if shape(run) != shape(first) or not same_labels:
             raise MixedTestSetError(
                 "runs of one configuration were evaluated on different test sets, so their "
-                f"metrics cannot be pooled: {first.path} (logits {first.logits.shape}) and "
-                f"{run.path} (logits {run.logits.shape}"
+                f"metrics cannot be pooled: {first.path} (logits {shape(first)}) and "
+                f"{run.path} (logits {shape(run)}"
                 + ("" if same_labels else ", different labels")
                 + "). Move one of them out of the sweep directory (or delete it to retrain)."
             )
@@ -379,10 +405,13 @@ def _result_mismatch_notes(group: Group) -> list[str]:
         reported = run.result.get("test_accuracy")
         if not isinstance(reported, (int, float)) or not len(labels):
             continue
-        computed = 100.0 * float(np.mean(np.argmax(run.logits, axis=1) == labels))
+        lm = run.lm is not None  # a language model's argmax is stored in predictions.npy
+        predictions = run.lm.predictions if lm else np.argmax(run.logits, axis=1)
+        computed = 100.0 * float(np.mean(predictions == labels))
         if abs(computed - reported) > 50.0 / len(labels):
             notes.append(
-                f"{run.path}: result.json says test_accuracy {reported:.4f} but logits.npy gives "
+                f"{run.path}: result.json says test_accuracy {reported:.4f} but "
+                f"{'predictions.npy' if lm else 'logits.npy'} gives "
                 f"{computed:.4f}; the tables use the logits"
             )
     return notes

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import lm
 from analysis.load import Sweep, cell, load_sweep
 from analysis.metrics import COLUMNS, group_metrics
 
@@ -43,9 +44,15 @@ def summary_frame(sweep: Sweep, n_boot: int = 1000, seed: int = 0) -> pd.DataFra
     rows = []
     for group in sweep.groups:
         row = {k: cell(group.params.get(k)) for k in keys}
-        row.update(group_metrics(group.logits, group.labels, n_boot=n_boot, seed=seed))
+        if group.is_language_model:  # Table 2's columns (analysis/lm.py)
+            row.update(lm.group_lm_metrics(group, n_boot=n_boot, seed=seed))
+        else:
+            row.update(group_metrics(group.logits, group.labels, n_boot=n_boot, seed=seed))
         rows.append(row)
-    return pd.DataFrame(rows, columns=keys + list(COLUMNS))
+    columns = list(COLUMNS)
+    if any(group.is_language_model for group in sweep.groups):
+        columns += [c for c in lm.LM_COLUMNS if c not in COLUMNS]
+    return pd.DataFrame(rows, columns=keys + columns)
 
 
 def format_number(value: float, decimals: int) -> str:
@@ -64,11 +71,12 @@ def _header(key: str) -> str:
 
 
 def _formatted_rows(frame: pd.DataFrame, keys: list[str], pm: str) -> tuple[list[str], list[list[str]]]:
-    header = [_header(k) for k in keys] + [h for _, h, _, _ in MARKDOWN_COLUMNS]
+    columns = lm.markdown_columns(frame, MARKDOWN_COLUMNS)
+    header = [_header(k) for k in keys] + [h for _, h, _, _ in columns]
     rows = []
     for _, row in frame.iterrows():
         cells = [str(row[k]) for k in keys]
-        for column, _, decimals, error in MARKDOWN_COLUMNS:
+        for column, _, decimals, error in columns:
             text = format_number(row[column], decimals)
             if error is not None and text != "n/a":
                 text = f"{text}{pm}{format_number(row[error], decimals)}"
@@ -79,7 +87,7 @@ def _formatted_rows(frame: pd.DataFrame, keys: list[str], pm: str) -> tuple[list
 
 def markdown_table(frame: pd.DataFrame, keys: list[str]) -> str:
     header, rows = _formatted_rows(frame, keys, " ± ")
-    align = ["---"] * len(keys) + ["---:"] * len(MARKDOWN_COLUMNS)
+    align = ["---"] * len(keys) + ["---:"] * len(lm.markdown_columns(frame, MARKDOWN_COLUMNS))
     lines = [header, align] + rows
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
@@ -99,7 +107,7 @@ def latex_table(frame: pd.DataFrame, keys: list[str]) -> str:
         text = _latex_escape(text).replace("ρ", r"$\rho$").replace("Δ", r"$\Delta$")
         return text.replace(" \N{PLUS-MINUS SIGN} ", r" $\pm$ ")
 
-    spec = "l" * len(keys) + "r" * len(MARKDOWN_COLUMNS)
+    spec = "l" * len(keys) + "r" * len(lm.markdown_columns(frame, MARKDOWN_COLUMNS))
     body = [" & ".join(tex(c) for c in r) + r" \\" for r in rows]
     return "\n".join(
         [
@@ -174,6 +182,8 @@ def report(sweep: Sweep, frame: pd.DataFrame, n_boot: int, seed: int, cka: pd.Da
             "average the two models' softmax probabilities; PD = mean |p_i - p_j| over examples "
             "and classes, relative PD = mean |p_i - p_j| / ((p_i + p_j) / 2).",
         ]
+        if "ppl_mean" in frame:
+            parts += ["", lm.LM_NOTE]
     else:
         parts.append(f"No finished runs below {sweep.root}.")
     if cka is not None and len(cka):

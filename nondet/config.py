@@ -89,8 +89,8 @@ class DatasetConfig:
     # --- text datasets (nondet/text.py): sizes in tokens; ptb keeps the first k ---
     valid_size: Optional[int] = None
     # synthetic_text only: words (with <eos>), hidden states, mean sentence length.
-    vocab_size: int = 1000
-    hidden_states: int = 32
+    vocab_size: int = 100
+    hidden_states: int = 16
     sentence_length: float = 20.0
 
 

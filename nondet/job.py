@@ -1,7 +1,8 @@
 """One Hydra job: the replicas ``replicate .. replicate + pack - 1`` of one configuration.
 
-``launch.py`` hands every job of a sweep to ``run_job``. Finished replicas (``result.json``
-present) are skipped; unfinished ones resume from their checkpoint; a replica that raises leaves
+``launch.py`` hands every job of a sweep to ``run_job``. With ``pack > 1`` the replicas train
+together in one fused computation (``nondet/pack.py``) when the model has a packed form, else
+one after another. Finished replicas (``result.json`` present) are skipped; unfinished ones resume from their checkpoint; a replica that raises leaves
 ``error.txt`` with the traceback and the sweep goes on. Mistakes in the configuration itself
 (unknown source, ``device=cuda`` without a GPU, missing dataset files) raise before anything is
 trained, with a message that says what to do.
@@ -11,16 +12,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import traceback
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import records
+from nondet import lm, pack, records
 from nondet.backend import configure_lowlevel, configure_precision, resolve_device
+from nondet.config import TEXT_DATASETS
 from nondet.data import Dataset, load_dataset
 from nondet.seeds import check_sources
+from nondet.text import load_corpus
 from nondet.train import train_replica
 
 log = logging.getLogger("nondet")
@@ -91,7 +96,9 @@ def _dataset(config: dict) -> Dataset:
     key = json.dumps([config["dataset"], config["device"]], sort_keys=True)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = load_dataset(OmegaConf.create(config["dataset"]), config["device"])
+        # Text datasets (ptb, synthetic_text) load as a TextCorpus for the language-model loop.
+        load = load_corpus if config["dataset"]["name"] in TEXT_DATASETS else load_dataset
+        _DATA_CACHE[key] = load(OmegaConf.create(config["dataset"]), config["device"])
     return _DATA_CACHE[key]
 
 
@@ -99,6 +106,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Train (or skip, or resume) the replicas of one job; returns counts and directories."""
     config = resolved_config(cfg)
     check_sources(config["source"]["vary"])
+    lm.check_config(config)  # model / dataset kinds match; a no-op for image runs
     replicas = replicas_of_job(config)
     lowlevel = configure_lowlevel(
         config["device"], "lowlevel" in config["source"]["vary"], config["source"]["lowlevel_required"]
@@ -109,21 +117,18 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     data = _dataset(config)
 
     outcome: dict[str, list[str]] = {"finished": [], "skipped": [], "failed": []}
-    for replicate in replicas:
-        replica_config = {**config, "replicate": replicate}
-        directory = records.run_dir(replica_config)
-        if records.is_done(directory):
-            log.info("%s: finished already, skipped", directory)
-            outcome["skipped"].append(str(directory))
-            continue
-        try:
-            result = train_replica(replica_config, directory, data, lowlevel)
-        except Exception:
-            directory.mkdir(parents=True, exist_ok=True)
-            records.write_text(directory / records.ERROR_FILE, traceback.format_exc())
-            log.exception("%s: failed; the traceback is in %s", directory, records.ERROR_FILE)
-            outcome["failed"].append(str(directory))
-            continue
+
+    def failed(directory) -> None:  # called inside an ``except`` block
+        directory.mkdir(parents=True, exist_ok=True)
+        env = os.environ  # where it failed: the job to look up (sacct -j, the .submitit logs)
+        where = f"host {socket.gethostname()}, SLURM job {env.get('SLURM_JOB_ID', 'none')}"
+        if "SLURM_ARRAY_JOB_ID" in env:
+            where += f" (array task {env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']})"
+        records.write_text(directory / records.ERROR_FILE, f"# {where}\n{traceback.format_exc()}")
+        log.exception("%s: failed; the traceback is in %s", directory, records.ERROR_FILE)
+        outcome["failed"].append(str(directory))
+
+    def finished(directory, result: dict) -> None:
         log.info(
             "%s: done  test_acc %.2f%%  test_ce %.4f  (%.1fs)",
             directory,
@@ -132,4 +137,29 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             result["train_seconds"],
         )
         outcome["finished"].append(str(directory))
+
+    pending = []
+    for replicate in replicas:
+        replica_config = {**config, "replicate": replicate}
+        directory = records.run_dir(replica_config)
+        if records.is_done(directory):
+            log.info("%s: finished already, skipped", directory)
+            outcome["skipped"].append(str(directory))
+            continue
+        pending.append((replica_config, directory))
+
+    if config["pack"] > 1 and pending:
+        reason = pack.unsupported_reason(config)
+        if reason is None:
+            pack.train_pack(pending, data, lowlevel, finished=finished, failed=failed)
+            return outcome
+        log.info("pack=%d: %s; training its replicas one after another", config["pack"], reason)
+    train_one = lm.train_lm_replica if lm.is_language_model(config) else train_replica
+    for replica_config, directory in pending:
+        try:
+            result = train_one(replica_config, directory, data, lowlevel)
+        except Exception:
+            failed(directory)
+            continue
+        finished(directory, result)
     return outcome

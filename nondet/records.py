@@ -34,6 +34,11 @@ WEIGHTS_FILE = "weights.pt"
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.txt"
 CHECKPOINT_FILE = "checkpoint.pt"
+# Language models (nondet/lm.py) store these instead of logits.npy (N x V is too large).
+TARGET_LOGPROBS_FILE = "target_logprobs.npy"
+PREDICTIONS_FILE = "predictions.npy"
+LOGPROBS_SUBSET_FILE = "logprobs_subset.npy"
+SUBSET_POSITIONS_FILE = "subset_positions.npy"
 
 
 class CorruptRunError(RuntimeError):

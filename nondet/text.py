@@ -34,8 +34,9 @@ CPU generator per part (grammar, train, valid, test; seed = SHA-256 of
 3. Text, per split: a sentence starts in a state drawn from the start distribution; each step
    emits a word of the state, then with the state's end probability emits ``<eos>`` and starts a
    new sentence, else moves to a successor state. One uniform picks the first state, then each
-   word consumes three (emission, end, next state), all drawn up front in float64; sampling inverts float64 cumulative sums. The
-   stream is cut at exactly ``train_size`` / ``valid_size`` / ``test_size`` tokens.
+   word consumes three (emission, end, next state), all drawn up front in float64; sampling
+   inverts float64 cumulative sums. The stream is cut at exactly ``train_size`` /
+   ``valid_size`` / ``test_size`` tokens (defaults 20,000 / 3,000 / 3,000 when null).
 
 Every run of a sweep sees the same corpus: the data seed is not a source of nondeterminism.
 """
@@ -61,10 +62,10 @@ PTB_SPLITS = ("train", "valid", "test")
 
 # Synthetic text grammar constants (see the module docstring).
 BRANCHING = 4
-EMISSION_FRACTION = 0.25
+EMISSION_FRACTION = 0.1
 ZIPF_EXPONENT = 1.1
 # Sizes used when the config leaves a split's size null.
-SYNTHETIC_TEXT_SIZES = {"train": 50_000, "valid": 5_000, "test": 5_000}
+SYNTHETIC_TEXT_SIZES = {"train": 20_000, "valid": 3_000, "test": 3_000}
 
 
 class TextNotFoundError(FileNotFoundError):

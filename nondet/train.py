@@ -163,8 +163,12 @@ def _load_checkpoint(path: Path, device: str) -> dict:
         ) from e
 
 
-def train_replica(config: dict, directory: Path, data: Dataset, lowlevel: str) -> dict:
-    """Train the replica ``config['replicate']`` into ``directory``; returns result.json's dict."""
+def open_replica(
+    config: dict, directory: Path, data: Dataset, lowlevel: str, env_extra: dict | None = None
+) -> Replica:
+    """A new replica, resumed from ``directory/checkpoint.pt`` when there is one, with
+    config.yaml, env.json (plus ``env_extra``) and seeds.json written: the start of a run,
+    solo or in a pack (nondet/pack.py)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     replica = new_replica(config, data)
@@ -183,9 +187,70 @@ def train_replica(config: dict, directory: Path, data: Dataset, lowlevel: str) -
     records.write_text(directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
     env = environment(config["device"], config["precision"], lowlevel)
     env["resumed_from_epoch"] = resumed_from
+    env.update(env_extra or {})
     records.write_json(directory / records.ENV_FILE, env)
     records.write_json(directory / records.SEEDS_FILE, replica.plan.as_record(lowlevel))
+    return replica
 
+
+def record_evaluation(
+    replica: Replica, directory: Path, config: dict, train_loss: float, accuracy: float,
+    cross_entropy: float,
+) -> None:
+    """Append the epoch's row to metrics.jsonl (``replica.epoch`` just completed)."""
+    row = {
+        "epoch": replica.epoch,
+        "test_accuracy": accuracy,
+        "test_cross_entropy": cross_entropy,
+        "train_loss": train_loss,
+        "lr": replica.optimizer.param_groups[0]["lr"],
+        "seconds": replica.train_seconds,
+    }
+    replica.metrics.append(row)
+    records.write_jsonl(Path(directory) / records.METRICS_FILE, replica.metrics)
+    log.info(
+        "%s epoch %d/%d  train_loss %.4f  test_acc %.2f%%  test_ce %.4f  lr %.4g  %.1fs",
+        Path(directory).name, replica.epoch, config["epochs"], train_loss, accuracy,
+        cross_entropy, row["lr"], replica.train_seconds,
+    )
+
+
+def write_checkpoint(replica: Replica, directory: Path) -> None:
+    records.write_torch(Path(directory) / records.CHECKPOINT_FILE, replica.state_dict())
+
+
+def finish_replica(
+    replica: Replica, config: dict, directory: Path, data: Dataset, lowlevel: str,
+    logits: torch.Tensor, accuracy: float, cross_entropy: float,
+) -> dict:
+    """Write logits, labels, weights and, last, result.json; remove the checkpoint."""
+    directory = Path(directory)
+    records.write_npy(directory / records.LOGITS_FILE, logits.cpu().numpy().astype(np.float32))
+    records.write_npy(directory / records.LABELS_FILE, data.y_test.cpu().numpy().astype(np.int64))
+    records.write_torch(
+        directory / records.WEIGHTS_FILE,
+        {k: v.detach().cpu() for k, v in replica.model.state_dict().items()},
+    )
+    result: dict[str, Any] = {
+        "test_accuracy": accuracy,
+        "test_cross_entropy": cross_entropy,
+        "train_seconds": replica.train_seconds,
+        "epochs": config["epochs"],
+        "replicate": config["replicate"],
+        "source": config["source"]["name"],
+        "lowlevel": lowlevel,
+    }
+    if replica.bitflip is not None:
+        result["bitflip"] = replica.bitflip
+    (directory / records.ERROR_FILE).unlink(missing_ok=True)
+    records.write_json(directory / records.RESULT_FILE, result)
+    (directory / records.CHECKPOINT_FILE).unlink(missing_ok=True)
+    return result
+
+
+def train_replica(config: dict, directory: Path, data: Dataset, lowlevel: str) -> dict:
+    """Train the replica ``config['replicate']`` into ``directory``; returns result.json's dict."""
+    replica = open_replica(config, directory, data, lowlevel)
     epochs = config["epochs"]
     logits = None
     while replica.epoch < epochs:
@@ -199,46 +264,12 @@ def train_replica(config: dict, directory: Path, data: Dataset, lowlevel: str) -
         last = replica.epoch == epochs
         if last or replica.epoch % config["eval_every"] == 0:
             logits, accuracy, cross_entropy = evaluate(replica.model, data, config)
-            row = {
-                "epoch": replica.epoch,
-                "test_accuracy": accuracy,
-                "test_cross_entropy": cross_entropy,
-                "train_loss": float(train_loss),
-                "lr": replica.optimizer.param_groups[0]["lr"],
-                "seconds": replica.train_seconds,
-            }
-            replica.metrics.append(row)
-            records.write_jsonl(directory / records.METRICS_FILE, replica.metrics)
-            log.info(
-                "%s epoch %d/%d  train_loss %.4f  test_acc %.2f%%  test_ce %.4f  lr %.4g  %.1fs",
-                directory.name, replica.epoch, epochs, row["train_loss"], accuracy,
-                cross_entropy, row["lr"], replica.train_seconds,
-            )
+            record_evaluation(replica, directory, config, float(train_loss), accuracy, cross_entropy)
         if not last and replica.epoch % config["checkpoint_every"] == 0:
-            records.write_torch(checkpoint, replica.state_dict())
+            write_checkpoint(replica, directory)
 
     if logits is None:  # epochs == 0: the untrained model
         logits, accuracy, cross_entropy = evaluate(replica.model, data, config)
     else:
         accuracy, cross_entropy = replica.metrics[-1]["test_accuracy"], replica.metrics[-1]["test_cross_entropy"]
-    records.write_npy(directory / records.LOGITS_FILE, logits.cpu().numpy().astype(np.float32))
-    records.write_npy(directory / records.LABELS_FILE, data.y_test.cpu().numpy().astype(np.int64))
-    records.write_torch(
-        directory / records.WEIGHTS_FILE,
-        {k: v.detach().cpu() for k, v in replica.model.state_dict().items()},
-    )
-    result: dict[str, Any] = {
-        "test_accuracy": accuracy,
-        "test_cross_entropy": cross_entropy,
-        "train_seconds": replica.train_seconds,
-        "epochs": epochs,
-        "replicate": config["replicate"],
-        "source": config["source"]["name"],
-        "lowlevel": lowlevel,
-    }
-    if replica.bitflip is not None:
-        result["bitflip"] = replica.bitflip
-    (directory / records.ERROR_FILE).unlink(missing_ok=True)
-    records.write_json(directory / records.RESULT_FILE, result)
-    checkpoint.unlink(missing_ok=True)
-    return result
+    return finish_replica(replica, config, directory, data, lowlevel, logits, accuracy, cross_entropy)

@@ -24,6 +24,8 @@ pooling (``x.mean(dim=(2, 3))``); dropout; linear classifier. Layers = stem + 2 
 Other models: ``linear`` and ``mlp`` (any input, flattened), ``conv1`` (one 3x3 conv hidden
 layer, 4x4 average pooling, linear classifier) -- see ``shallow.py``; ``vgg11`` and
 ``shufflenetv2_050`` (torchvision's, with the CIFAR adaptations) -- see ``torchvision_models.py``.
+The language model ``qrnn`` (tied-embedding QRNN with AWD-LSTM's regularisation, see ``qrnn.py``)
+is built by :func:`build_language_model` for a vocabulary size and returns per-token logits.
 
 Representations compared by CKA (:func:`representation_layers`, names in forward order):
 

@@ -1,0 +1,546 @@
+"""Train one language-model replica (``model=qrnn`` on ``dataset=ptb`` / ``synthetic_text``).
+
+    python launch.py -m +experiment=table2 scale=smoke     # init and dropout (stochastic ops)
+    python launch.py -m +experiment=table4 scale=smoke     # one-ULP bit flip
+    python launch.py -m +experiment=table2 dataset.root=/data/ptb   # the paper's scale, on a GPU
+
+Summers & Dinneen (2021, Sec. 3.3, Tables 2 and 4) run their protocol on a QRNN language model
+trained with the AWD-LSTM code of Merity et al. Two sources matter there: ``init`` (parameter
+initialisation) and the "stochastic operations", dropouts and variable-length BPTT sharing one
+seed: here the ``dropout`` source, whose generator draws every dropout mask *and* every BPTT
+length. ``bitflip`` moves one weight of the first QRNN layer by one ULP (Table 4). ``shuffle``,
+``augment`` and ``reduction`` have nothing to act on (the text is read in order) and are inert.
+
+The recipe (AWD-LSTM ``main.py``, as run for a QRNN on PTB), one epoch = one pass through the
+training stream cut into ``batch_size`` parallel streams:
+
+- window length: the base ``lm.bptt`` with probability 0.95, else half of it, plus N(0, 5^2)
+  jitter, truncated to an integer, at least 5 (:func:`bptt_length`; two float64 draws from the
+  dropout generator, a uniform then a normal, before the window's masks); the last window is
+  cut at the end of the stream;
+- the window's learning rate is the schedule's rate times length / bptt (``lr`` in
+  ``metrics.jsonl`` is the schedule's rate; ``train_loss`` the mean cross-entropy per training
+  token, without AR and TAR);
+- the hidden state is carried from window to window and detached (zeros at an epoch's start);
+- loss = cross-entropy + alpha * mean(h_drop^2) (AR, the last layer's output after output
+  dropout) + beta * mean((h_t - h_{t-1})^2) (TAR, before it); clip the gradient norm to
+  ``lm.clip``; SGD step (lr 30, no momentum, weight decay 1.2e-6 in the presets);
+- NT-ASGD (``lm.asgd``): after each epoch the validation cross-entropy is compared with the
+  best of all but the last ``lm.nonmono`` epochs; when it is worse, averaging starts: after every
+  later step the running mean a_k = a_{k-1} + (w_k - a_{k-1}) / k of the weights is updated (as
+  ``torch.optim.ASGD(t0=0, lambd=0)`` does). From then on the average is what is evaluated and
+  what ``weights.pt`` holds.
+
+Hyper-parameters of the paper's model, and where they come from (``conf/model/qrnn.yaml``,
+``conf/experiment/table2.yaml``, ``LMConfig`` in ``nondet/config.py``):
+
+==========================  ==========  ==================================================
+embedding / hidden / layers  256/512/3   the paper (Sec. 3.3); AWD's QRNN recipe: 400/1550/4
+dropout (output)             0.4         AWD main.py default (``--dropout``)
+hidden_dropout               0.3         AWD QRNN PTB recipe (``--dropouth 0.3``)
+input_dropout                0.4         AWD QRNN PTB recipe (``--dropouti 0.4``)
+embedding_dropout            0.1         AWD main.py default (``--dropoute``)
+weight_dropout               0.1         AWD QRNN PTB recipe (``--wdrop 0.1``)
+batch_size                   20          AWD QRNN PTB recipe (``--batch_size 20``)
+lm.bptt                      70          AWD main.py default
+lm.clip                      0.2         AWD QRNN PTB recipe (``--clip 0.2``; main.py: 0.25)
+lm.alpha / lm.beta           2 / 1       AWD main.py defaults (AR / TAR)
+optimizer                    SGD lr 30   AWD main.py defaults (``--lr 30``, ``--optimizer sgd``,
+                                         no momentum, ``--wdecay 1.2e-6``), then NT-ASGD
+lm.nonmono                   5           AWD main.py default
+epochs                       550         AWD QRNN PTB recipe (``--epochs 550``)
+eval / test batch            10 / 1      AWD main.py (``eval_batch_size``, ``test_batch_size``)
+==========================  ==========  ==================================================
+
+The AWD values were read from the salesforce/awd-lstm-lm README ("Penn Treebank (PTB) with
+QRNN": ``main.py --model QRNN --batch_size 20 --clip 0.2 --wdrop 0.1 --nhid 1550 --nlayers 4
+--emsize 400 --dropouth 0.3 --seed 9001 --dropouti 0.4 --epochs 550``, 58.3 test PPL) and
+``main.py``'s argument defaults. Not verified: the paper gives only the three sizes and the
+75.49 test PPL; that it kept every other value of the QRNN recipe (epochs included), trained
+without AWD's fine-tuning stage, and what its learning-rate decay points (``--when``, off by
+default) were, are assumptions.
+
+Deliberate differences from the AWD code: (1) the reported model is the one after the last
+epoch (under NT-ASGD, the average), not the checkpoint with the best validation loss (the
+validation perplexity of every epoch is in ``metrics.jsonl``); (2) torch's ASGD applies the
+previous step's learning rate (its ``eta`` lags by a step), here each step uses its own;
+(3) plain-PyTorch fo-pooling instead of the ``torchqrnn`` CUDA kernel (``nondet/models/qrnn.py``).
+
+Records (README, "The run directory"): the image contract with ``test_perplexity`` added to
+``metrics.jsonl`` and ``result.json``, and instead of ``logits.npy`` (N x V is too large for
+82k test tokens x 10k words): ``target_logprobs.npy`` (float32 (N,), log p(target) of every test
+token), ``predictions.npy`` (int64 (N,), argmax), ``logprobs_subset.npy`` (float32 (K, V),
+full log-probabilities at ``subset_positions.npy``, int64 (K,), K = ``lm.logprob_positions``
+positions drawn from a generator seeded by the data seed alone). Test tokens are in text order:
+the test stream is cut into ``lm.test_batch_size`` streams (the tail that does not fill the
+last row is dropped) and stream 0's targets come first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from nondet import records
+from nondet.backend import autocast, environment
+from nondet.config import LANGUAGE_MODELS, TEXT_DATASETS
+from nondet.models import build_language_model, set_dropout_generator
+from nondet.optim import build_optimizer, learning_rate
+from nondet.seeds import SeedPlan
+from nondet.text import TextCorpus
+from nondet.train import start_of_epoch
+
+log = logging.getLogger("nondet")
+
+# Variable-length BPTT (AWD-LSTM main.py).
+BPTT_FULL_PROBABILITY = 0.95
+BPTT_JITTER_SD = 5.0
+BPTT_MIN = 5
+# Sources with nothing to act on in a language model (text is read in order, no augmentation).
+INERT_SOURCES = ("shuffle", "augment", "reduction")
+
+
+def is_language_model(config: dict) -> bool:
+    return config["model"]["name"] in LANGUAGE_MODELS
+
+
+def check_config(config: dict) -> None:
+    """Configuration mistakes of a language-model run, before anything is trained (a no-op
+    for an image model on an image dataset)."""
+    model, dataset = config["model"]["name"], config["dataset"]["name"]
+    if model not in LANGUAGE_MODELS and dataset not in TEXT_DATASETS:
+        return
+    if model in LANGUAGE_MODELS and dataset not in TEXT_DATASETS:
+        raise ValueError(
+            f"model={model} is a language model and needs a text dataset, not dataset={dataset}: "
+            "use dataset=synthetic_text (embedded, no download) or dataset=ptb "
+            "dataset.root=DIR, or the paper's presets +experiment=table2 / table4 "
+            "(scale=smoke on a CPU)"
+        )
+    if dataset in TEXT_DATASETS and model not in LANGUAGE_MODELS:
+        raise ValueError(
+            f"dataset={dataset} is text; it needs a language model ({', '.join(LANGUAGE_MODELS)}), "
+            f"not model={model}"
+        )
+    lm = config["lm"]
+    if lm["bptt"] < 2:
+        raise ValueError(f"lm.bptt={lm['bptt']} must be at least 2")
+    for key in ("eval_batch_size", "test_batch_size"):
+        if lm[key] < 1:
+            raise ValueError(f"lm.{key}={lm[key]} must be positive")
+    if config["batch_size"] < 1:
+        raise ValueError(f"batch_size={config['batch_size']} must be positive")
+    for key in ("nonmono", "logprob_positions"):
+        if lm[key] < 0:
+            raise ValueError(f"lm.{key}={lm[key]} must not be negative")
+    if lm["clip"] < 0:
+        raise ValueError(f"lm.clip={lm['clip']} must not be negative (0 turns clipping off)")
+
+
+def inert_sources(config: dict) -> list[str]:
+    return [s for s in config["source"]["vary"] if s in INERT_SOURCES]
+
+
+# --------------------------------------------------------------------------- the data stream
+
+
+def batchify(tokens: torch.Tensor, streams: int) -> torch.Tensor:
+    """(L, streams): the token stream cut into ``streams`` contiguous parts, one per column
+    (the tail that does not fill a row is dropped), as AWD-LSTM's ``batchify``."""
+    length = len(tokens) // streams
+    if length < 2:
+        raise ValueError(
+            f"{len(tokens)} tokens cannot be cut into {streams} streams of at least 2 tokens; "
+            "use a smaller batch size or more data"
+        )
+    return tokens[: length * streams].view(streams, length).t().contiguous()
+
+
+def bptt_length(base: int, generator: torch.Generator) -> int:
+    """One window length of variable-length BPTT: two float64 draws from ``generator``."""
+    device = generator.device
+    u = torch.rand(1, generator=generator, dtype=torch.float64, device=device)
+    n = torch.randn(1, generator=generator, dtype=torch.float64, device=device)
+    u, n = torch.cat([u, n]).tolist()
+    mean = base if u < BPTT_FULL_PROBABILITY else base / 2.0
+    return max(BPTT_MIN, int(mean + BPTT_JITTER_SD * n))
+
+
+def subset_positions(n: int, k: int, data_seed: int) -> torch.Tensor:
+    """``min(k, n)`` sorted test positions from a generator seeded by the data seed alone, so
+    every run of a sweep stores the same positions."""
+    digest = hashlib.sha256(f"nondet.lm/subset/{data_seed}".encode()).digest()
+    g = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return torch.randperm(n, generator=g)[: min(k, n)].sort().values
+
+
+# --------------------------------------------------------------------------- the replica
+
+
+@dataclass
+class LMReplica:
+    """Everything a language-model replica's training depends on (all of it in the checkpoint)."""
+
+    plan: SeedPlan
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generators: dict[str, torch.Generator]
+    epoch: int = 0
+    step: int = 0
+    train_seconds: float = 0.0
+    bitflip: dict | None = None
+    metrics: list[dict] = field(default_factory=list)
+    # NT-ASGD: the running average of the parameters (None until averaging starts).
+    average: Optional[list[torch.Tensor]] = None
+    averaged_steps: int = 0
+    asgd_from_epoch: Optional[int] = None
+    valid_history: list[float] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "bitflip": self.bitflip,
+            "metrics": self.metrics,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generators": {name: g.get_state() for name, g in self.generators.items()},
+            "average": self.average,
+            "averaged_steps": self.averaged_steps,
+            "asgd_from_epoch": self.asgd_from_epoch,
+            "valid_history": self.valid_history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.step = state["step"]
+        self.train_seconds = state["train_seconds"]
+        self.bitflip = state["bitflip"]
+        self.metrics = list(state["metrics"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for name, generator_state in state["generators"].items():
+            self.generators[name].set_state(generator_state)
+        set_dropout_generator(self.model, self.generators["dropout"])
+        self.average = state["average"]
+        self.averaged_steps = state["averaged_steps"]
+        self.asgd_from_epoch = state["asgd_from_epoch"]
+        self.valid_history = list(state["valid_history"])
+
+
+def new_lm_replica(config: dict, corpus: TextCorpus) -> LMReplica:
+    """A freshly initialised replica: generators, model (from the init generator), optimizer."""
+    device = config["device"]
+    plan = SeedPlan.for_run(config["base_seed"], config["source"]["vary"], config["replicate"])
+    generators = plan.generators(device, before_onset=config["onset_epoch"] > 0)
+    model = build_language_model(
+        OmegaConf.create(config["model"]), corpus.vocab_size, generators["init"]
+    ).to(device)
+    set_dropout_generator(model, generators["dropout"])
+    optimizer = build_optimizer(config["optimizer"], model.parameters())
+    return LMReplica(plan=plan, model=model, optimizer=optimizer, generators=generators)
+
+
+@contextlib.contextmanager
+def averaged_weights(replica: LMReplica) -> Iterator[None]:
+    """Inside: the model holds the NT-ASGD average (when averaging has taken a step); the
+    trained weights are put back, bit for bit, on the way out."""
+    if replica.average is None or replica.averaged_steps == 0:
+        yield
+        return
+    params = list(replica.model.parameters())
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, a in zip(params, replica.average):
+            p.copy_(a)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+
+
+def _update_average(replica: LMReplica, params: list[torch.Tensor]) -> None:
+    replica.averaged_steps += 1
+    with torch.no_grad():
+        if replica.averaged_steps == 1:
+            for a, p in zip(replica.average, params):
+                a.copy_(p)
+        else:
+            mu = 1.0 / replica.averaged_steps
+            for a, p in zip(replica.average, params):
+                a.add_(p.sub(a).mul_(mu))
+
+
+def train_lm_epoch(replica: LMReplica, config: dict, stream: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """One pass over the batchified training stream (L, B); returns the mean cross-entropy per
+    token (a device scalar) and the schedule's learning rate at the last step."""
+    model, optimizer = replica.model, replica.optimizer
+    lm = config["lm"]
+    base, clip, alpha, beta = lm["bptt"], lm["clip"], lm["alpha"], lm["beta"]
+    dropout_generator = replica.generators["dropout"]
+    precision, device = config["precision"], config["device"]
+    max_lr = config["optimizer"]["lr"]
+    rows = stream.shape[0]
+    # The schedule sees the position in units of base-length windows.
+    nominal_steps = max(1, math.ceil((rows - 1) / base))
+    params = list(model.parameters())
+    model.train()
+    state = model.initial_state(stream.shape[1])
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    tokens = 0
+    scheduled = max_lr
+    i = 0
+    while i < rows - 2:
+        length = bptt_length(base, dropout_generator) if lm["variable_bptt"] else base
+        length = min(length, rows - 1 - i)
+        progress = replica.epoch * nominal_steps + i // base
+        scheduled = learning_rate(config["schedule"], max_lr, progress, nominal_steps, config["epochs"])
+        for group in optimizer.param_groups:
+            group["lr"] = scheduled * length / base
+        inputs, targets = stream[i : i + length], stream[i + 1 : i + 1 + length]
+        with autocast(precision, device):
+            out = model(inputs, state.detach())
+        state = out.state
+        raw_loss = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]).float(), targets.reshape(-1))
+        loss = raw_loss
+        if alpha:
+            loss = loss + alpha * out.last_dropped.float().pow(2).mean()
+        if beta:
+            loss = loss + beta * (out.last_raw[1:] - out.last_raw[:-1]).float().pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        if replica.average is not None:
+            _update_average(replica, params)
+        loss_sum += raw_loss.detach().double() * length
+        tokens += length
+        replica.step += 1
+        i += length
+    return loss_sum / max(tokens, 1), scheduled
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class LMEvaluation:
+    """Per-token results in text order (see the module docstring), on the CPU."""
+
+    target_logprobs: np.ndarray  # float32 (N,)
+    predictions: np.ndarray  # int64 (N,)
+    labels: np.ndarray  # int64 (N,)
+    subset_logprobs: Optional[np.ndarray]  # float32 (K, V)
+    subset_positions: Optional[np.ndarray]  # int64 (K,)
+
+    @property
+    def cross_entropy(self) -> float:
+        return float(-np.mean(self.target_logprobs.astype(np.float64)))
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.cross_entropy)
+
+    @property
+    def accuracy(self) -> float:
+        return float(100.0 * np.mean(self.predictions == self.labels))
+
+
+@torch.no_grad()
+def evaluate_lm(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    streams: int,
+    bptt: int,
+    precision: str,
+    positions: Optional[torch.Tensor] = None,
+) -> LMEvaluation:
+    """Walk ``streams`` parallel streams in windows of ``bptt``, carrying the state; every
+    target's log-probability and argmax, and the full log-probabilities at ``positions`` (text
+    order indices into the N targets)."""
+    model.eval()
+    data = batchify(tokens, streams)
+    rows = data.shape[0] - 1  # targets per stream
+    device = data.device
+    target_logprobs = torch.empty(rows, streams, dtype=torch.float32, device=device)
+    predictions = torch.empty(rows, streams, dtype=torch.int64, device=device)
+    windows = {}
+    subset = None
+    if positions is not None and len(positions):
+        # position p (text order) = stream * rows + time
+        stream_of, time_of = positions // rows, positions % rows
+        window_of = time_of // bptt
+        for w in window_of.unique().tolist():
+            chosen = (window_of == w).nonzero().view(-1)
+            flat = (time_of[chosen] - w * bptt) * streams + stream_of[chosen]
+            windows[w * bptt] = (chosen.to(device), flat.to(device))
+        subset = torch.empty(len(positions), model.vocab_size, dtype=torch.float32, device=device)
+    state = model.initial_state(streams)
+    for i in range(0, rows, bptt):
+        length = min(bptt, rows - i)
+        with autocast(precision, device.type):
+            out = model(data[i : i + length], state)
+        state = out.state
+        logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+        target_logprobs[i : i + length] = logprobs.gather(-1, data[i + 1 : i + 1 + length, :, None])[..., 0]
+        predictions[i : i + length] = out.logits.argmax(dim=-1)
+        if i in windows:
+            chosen, flat = windows[i]
+            subset[chosen] = logprobs.reshape(-1, logprobs.shape[-1])[flat]
+    labels = data[1:]
+    text_order = lambda t: t.t().reshape(-1).cpu().numpy()  # noqa: E731  (stream-major)
+    return LMEvaluation(
+        target_logprobs=text_order(target_logprobs).astype(np.float32),
+        predictions=text_order(predictions).astype(np.int64),
+        labels=text_order(labels).astype(np.int64),
+        subset_logprobs=None if subset is None else subset.cpu().numpy().astype(np.float32),
+        subset_positions=None if subset is None else positions.cpu().numpy().astype(np.int64),
+    )
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def _read_checkpoint(path: Path, device: str) -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # a truncated or foreign file: say what to do, keep it for inspection
+        raise records.CorruptRunError(
+            f"cannot read the checkpoint {path}: {e}. Delete it to restart this run from scratch."
+        ) from e
+
+
+def _start_averaging(replica: LMReplica, valid_cross_entropy: float, nonmono: int) -> None:
+    """NT-ASGD's trigger, as AWD-LSTM: worse than the best of all but the last ``nonmono``."""
+    history = replica.valid_history
+    if replica.average is None and len(history) > nonmono and valid_cross_entropy > min(history[: len(history) - nonmono]):
+        replica.average = [p.detach().clone() for p in replica.model.parameters()]
+        replica.averaged_steps = 0
+        replica.asgd_from_epoch = replica.epoch
+        log.info("epoch %d: validation stopped improving; averaging the weights (NT-ASGD)", replica.epoch)
+    history.append(valid_cross_entropy)
+
+
+def train_lm_replica(config: dict, directory: Path, corpus: TextCorpus, lowlevel: str) -> dict:
+    """Train the replica ``config['replicate']`` into ``directory``; returns result.json's dict."""
+    check_config(config)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    replica = new_lm_replica(config, corpus)
+    checkpoint = directory / records.CHECKPOINT_FILE
+    resumed_from = None
+    if checkpoint.exists():
+        replica.load_state_dict(_read_checkpoint(checkpoint, config["device"]))
+        resumed_from = replica.epoch
+        log.info("%s: resuming from the checkpoint of epoch %d", directory, replica.epoch)
+    inert = inert_sources(config)
+    if inert and replica.epoch == 0:
+        warnings.warn(
+            f"source varies {inert}, which a language model does not use (text is read in order, "
+            "without augmentation); those seeds change nothing",
+            stacklevel=2,
+        )
+
+    records.write_text(directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
+    env = environment(config["device"], config["precision"], lowlevel)
+    env["resumed_from_epoch"] = resumed_from
+    records.write_json(directory / records.ENV_FILE, env)
+    records.write_json(directory / records.SEEDS_FILE, replica.plan.as_record(lowlevel))
+
+    lm, epochs, precision = config["lm"], config["epochs"], config["precision"]
+    train_stream = batchify(corpus.train, config["batch_size"])
+    test_targets = lm["test_batch_size"] * (batchify(corpus.test, lm["test_batch_size"]).shape[0] - 1)
+    positions = subset_positions(test_targets, lm["logprob_positions"], config["dataset"]["data_seed"])
+
+    def evaluate(tokens: torch.Tensor, streams: int, subset: Optional[torch.Tensor] = None) -> LMEvaluation:
+        return evaluate_lm(replica.model, tokens, streams, lm["bptt"], precision, subset)
+
+    test = None
+    while replica.epoch < epochs:
+        start_of_epoch(replica, config)
+        began = time.perf_counter()
+        train_loss, scheduled_lr = train_lm_epoch(replica, config, train_stream)
+        if config["device"] == "cuda":
+            torch.cuda.synchronize()
+        replica.train_seconds += time.perf_counter() - began
+        replica.epoch += 1
+        last = replica.epoch == epochs
+        report = last or replica.epoch % config["eval_every"] == 0
+        valid = test = None
+        with averaged_weights(replica):
+            if lm["asgd"] or report:
+                valid = evaluate(corpus.valid, lm["eval_batch_size"])
+            if report:
+                test = evaluate(corpus.test, lm["test_batch_size"], positions)
+        if lm["asgd"]:
+            _start_averaging(replica, valid.cross_entropy, lm["nonmono"])
+        if report:
+            row = {
+                "epoch": replica.epoch,
+                "test_accuracy": test.accuracy,
+                "test_cross_entropy": test.cross_entropy,
+                "test_perplexity": test.perplexity,
+                "valid_cross_entropy": valid.cross_entropy,
+                "valid_perplexity": valid.perplexity,
+                "train_loss": float(train_loss),
+                "lr": scheduled_lr,
+                "averaging": replica.averaged_steps > 0,
+                "seconds": replica.train_seconds,
+            }
+            replica.metrics.append(row)
+            records.write_jsonl(directory / records.METRICS_FILE, replica.metrics)
+            log.info(
+                "%s epoch %d/%d  train_loss %.4f  test_ppl %.2f  valid_ppl %.2f  test_acc %.2f%%  "
+                "lr %.4g%s  %.1fs",
+                directory.name, replica.epoch, epochs, row["train_loss"], test.perplexity,
+                valid.perplexity, test.accuracy, scheduled_lr,
+                "  (averaged)" if row["averaging"] else "", replica.train_seconds,
+            )
+        if not last and replica.epoch % config["checkpoint_every"] == 0:
+            records.write_torch(checkpoint, replica.state_dict())
+
+    with averaged_weights(replica):
+        if test is None:  # epochs == 0: the untrained model
+            test = evaluate(corpus.test, lm["test_batch_size"], positions)
+        # clone: on the CPU .cpu() is the parameter itself, which the context then restores
+        weights = {k: v.detach().cpu().clone() for k, v in replica.model.state_dict().items()}
+    records.write_npy(directory / records.TARGET_LOGPROBS_FILE, test.target_logprobs)
+    records.write_npy(directory / records.PREDICTIONS_FILE, test.predictions)
+    records.write_npy(directory / records.LABELS_FILE, test.labels)
+    if test.subset_positions is not None:
+        records.write_npy(directory / records.LOGPROBS_SUBSET_FILE, test.subset_logprobs)
+        records.write_npy(directory / records.SUBSET_POSITIONS_FILE, test.subset_positions)
+    records.write_torch(directory / records.WEIGHTS_FILE, weights)
+    result: dict[str, Any] = {
+        "test_accuracy": test.accuracy,
+        "test_cross_entropy": test.cross_entropy,
+        "test_perplexity": test.perplexity,
+        "train_seconds": replica.train_seconds,
+        "epochs": epochs,
+        "replicate": config["replicate"],
+        "source": config["source"]["name"],
+        "lowlevel": lowlevel,
+        "asgd_from_epoch": replica.asgd_from_epoch,
+    }
+    if replica.bitflip is not None:
+        result["bitflip"] = replica.bitflip
+    (directory / records.ERROR_FILE).unlink(missing_ok=True)
+    records.write_json(directory / records.RESULT_FILE, result)
+    checkpoint.unlink(missing_ok=True)
+    return result

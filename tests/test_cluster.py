@@ -1,0 +1,378 @@
+"""Sweeps through hydra-submitit-launcher: the cluster presets, `hydra/launcher=submitit_local`, and
+on a real SLURM (scripts/slurm_local.sh, tests/slurm_fixture.py): every job of a sweep runs under
+SLURM and records its job id, a relaunch with more replicates trains only the new runs, a crashing
+run is reported as failed (error.txt with the job id, non-zero exit), and a job forced over its time
+limit is requeued by submitit and resumes from its checkpoint, bitwise-exact.
+
+About 2 minutes on 2 CPU cores, most of it the time-limit test, whose sweep is started before the
+other tests (module fixture) and checked last: Slurm's shortest limit is one minute and it looks at
+limits every 30 s, so its warning signal (USR2, `signal_delay_s` before the limit) reaches a job
+20-50 s after the job starts (`--signal=USR2@10` arrives with at most 10 + 30 s left), then a requeued
+job waits AuthInfo=cred_expire (10 s here) before it starts again.
+Deselect the SLURM tests with `-m "not slurm"`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import CONF, REPO, compose_config
+from nondet import records
+from test_resume_kill import assert_same_run
+
+# slurm_cluster is a fixture: imported so that pytest finds it in this module.
+try:
+    from slurm_fixture import slurm_cluster  # noqa: F401
+except ImportError:  # tests/ imported as a package
+    from tests.slurm_fixture import slurm_cluster  # noqa: F401
+
+# A run of a few seconds, most of which is starting Python; one thread, so two jobs share 2 cores.
+TINY = ["epochs=2", "dataset.train_size=256", "dataset.test_size=128", "model.width=16", "threads=1"]
+
+# The time-limit run: the embedded default, long enough to be stopped between its first checkpoint
+# and its end (~0.3 s an epoch), short enough to finish in the job after the requeue.
+LONG_EPOCHS = 12
+TIME_LIMIT_RUN = ["replicates=1", "threads=1", "checkpoint_every=1"]
+TIME_LIMIT_LAUNCHER = [
+    "hydra.launcher.timeout_min=1",
+    "hydra.launcher.signal_delay_s=10",  # USR2 20-50 s into the job: after Python has started
+    "hydra.launcher.max_num_timeout=5",
+]
+TIME_LIMIT_TEST = "test_job_over_its_time_limit_is_requeued_and_resumes_bitwise_exact"
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def start(output_root: Path, *args: str) -> subprocess.Popen:
+    """`python launch.py ARGS output_root=...` in the background, in its own process group."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "launch.py", *args, f"output_root={output_root}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+
+
+def wait(proc: subprocess.Popen, output_root: Path, timeout: float) -> str:
+    """Its output once it ends; on a timeout, kill it and cancel its SLURM jobs."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(proc, output_root)
+        out, _ = proc.communicate()
+        raise AssertionError(f"launch.py still running after {timeout:.0f} s:\n{out[-4000:]}")
+    return out
+
+
+def stop(proc: subprocess.Popen, output_root: Path) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    cancel_jobs(output_root)
+
+
+def cancel_jobs(output_root: Path) -> None:
+    """scancel every job the launcher submitted below output_root (.submitit/<job>[_<task>])."""
+    ids = {p.name.split("_")[0] for p in Path(output_root).glob("*/.submitit/*") if p.is_dir()}
+    if ids and shutil.which("scancel"):
+        subprocess.run(["scancel", *sorted(ids)], capture_output=True, check=False)
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in Path(root).rglob("result.json"))
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def summary_line(out: str) -> str:
+    (line,) = [line for line in out.splitlines() if line.startswith("Sweep ")]
+    return line.split(": ", 1)[1]
+
+
+def hydra_config(overrides, config_dir: Path):
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+# ------------------------------------------------------------------ presets (no SLURM needed)
+
+
+@pytest.fixture
+def conf_copy(tmp_path, monkeypatch):
+    """conf/ without anyone's personal conf/site/local.yaml, and no NONDET_SLURM_* settings."""
+    copy = tmp_path / "conf"
+    shutil.copytree(CONF, copy, ignore=lambda d, names: [n for n in names if d.endswith("site") and n.endswith(".yaml")])
+    for name in ("PARTITION", "ACCOUNT", "QOS"):
+        monkeypatch.delenv(f"NONDET_SLURM_{name}", raising=False)
+    return copy
+
+
+def test_gpu_preset_takes_partition_and_account_from_environment_site_file_and_command_line(conf_copy, monkeypatch):
+    launcher = hydra_config(["cluster=slurm"], conf_copy).hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.gpus_per_node == 1
+    for key in ("cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "max_num_timeout", "signal_delay_s"):
+        assert launcher[key] > 0, key
+    assert launcher.signal_delay_s < launcher.timeout_min * 60
+    assert len(launcher.setup) >= 1
+    assert launcher.partition is None and launcher.account is None and launcher.qos is None
+    assert hydra_config(["cluster=slurm"], conf_copy).device == "cuda"
+
+    monkeypatch.setenv("NONDET_SLURM_PARTITION", "gpu-env")
+    monkeypatch.setenv("NONDET_SLURM_ACCOUNT", "project-env")
+    monkeypatch.setenv("NONDET_SLURM_QOS", "normal")
+    launcher = hydra_config(["cluster=slurm"], conf_copy).hydra.launcher
+    assert (launcher.partition, launcher.account, launcher.qos) == ("gpu-env", "project-env", "normal")
+
+    # The personal site file overrides the preset; the command line overrides both.
+    (conf_copy / "site" / "local.yaml").write_text(
+        "# @package _global_\nhydra:\n  launcher:\n    partition: gpu-site\n    account: project-site\n"
+        "    setup: [module load cuda]\n"
+    )
+    launcher = hydra_config(["cluster=slurm"], conf_copy).hydra.launcher
+    assert (launcher.partition, launcher.account, launcher.qos) == ("gpu-site", "project-site", "normal")
+    assert list(launcher.setup) == ["module load cuda"]
+    launcher = hydra_config(
+        ["cluster=slurm", "hydra.launcher.partition=gpu-cli", "hydra.launcher.timeout_min=30"], conf_copy
+    ).hydra.launcher
+    assert (launcher.partition, launcher.account, launcher.timeout_min) == ("gpu-cli", "project-site", 30)
+
+
+def test_local_presets_compose(conf_copy):
+    local = hydra_config(["cluster=slurm_local"], conf_copy)
+    assert local.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert local.hydra.launcher.partition == "debug" and local.device == "cpu"
+    for launcher, target in (("submitit_local", "LocalLauncher"), ("basic", "BasicLauncher")):
+        cfg = hydra_config([f"hydra/launcher={launcher}"], conf_copy)
+        assert cfg.hydra.launcher._target_.endswith(target)
+    # The sweep directory comes from the sweep name, not the time.
+    assert hydra_config(["sweep_name=s1"], conf_copy).hydra.sweep.dir == "outputs/s1"
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep(tmp_path):
+    proc = start(tmp_path, "-m", "hydra/launcher=submitit_local", "source=init", "replicates=2", "device=cpu", *TINY)
+    out = wait(proc, tmp_path, timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    assert summary_line(out).startswith("2 runs trained now, 0 finished earlier (skipped), 0 failed")
+    assert len(run_dirs(tmp_path)) == 2
+    assert list((tmp_path / "default" / ".submitit").iterdir())
+
+
+# ------------------------------------------------------------------ on the local SLURM
+
+
+@dataclass
+class TimeLimitSweep:
+    root: Path
+    reference_root: Path
+    sweep: subprocess.Popen
+    reference: subprocess.Popen
+    run_dir: Path  # the long run's directory
+    held: threading.Thread | None = None
+    first_job: dict | None = None  # env.json of the long run's first job
+    hold_error: str | None = None
+
+
+def hold_over_time_limit(t: TimeLimitSweep) -> None:
+    """Hold the long run's job (SIGSTOP) from its first checkpoint until Slurm's time-limit warning
+    comes, so the job is over its limit whatever the machine's speed. Slurm sends USR2 20-50 s
+    into the job (at most 10 + 30 s before the limit) with a SIGCONT that lets the job go on, and
+    kills it from 60 s on; submitit's USR2 handler requeues it first."""
+    try:
+        deadline = time.monotonic() + 180
+        while not (t.run_dir / "checkpoint.pt").exists():
+            if t.sweep.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the long run ended, or wrote no checkpoint in 180 s")
+            time.sleep(0.02)
+        t.first_job = read_json(t.run_dir / "env.json")
+        pid = _training_process(t.root / "default", t.first_job["slurm"]["slurm_array_task_id"])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            held = time.monotonic()
+            while _process_state(pid) not in ("T", "") and time.monotonic() - held < 10:
+                time.sleep(0.01)  # the stop takes effect a moment after the signal
+            while _process_state(pid) == "T" and not _usr2_pending(pid):
+                if time.monotonic() - held > 75:
+                    raise RuntimeError("no USR2 from Slurm within 75 s")
+                time.sleep(0.1)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    except Exception as e:  # reported by the test
+        t.hold_error = f"{type(e).__name__}: {e}"
+
+
+@pytest.fixture(scope="module")
+def time_limit_sweep(slurm_cluster, tmp_path_factory):
+    """Launched before the other tests: a sweep of two runs as one job array under a one-minute
+    limit, the long run (LONG_EPOCHS) and a one-epoch run; beside it, the long run uninterrupted."""
+    root, reference_root = tmp_path_factory.mktemp("time_limit"), tmp_path_factory.mktemp("uninterrupted")
+    args = [*TIME_LIMIT_RUN, "cluster=slurm_local"]
+    run_dir = records.run_dir(compose_config([*args, f"epochs={LONG_EPOCHS}", f"output_root={root}"], tiny=False))
+    sweep = start(root, "-m", *args, f"epochs={LONG_EPOCHS},1", *TIME_LIMIT_LAUNCHER)
+    reference = start(reference_root, *TIME_LIMIT_RUN, f"epochs={LONG_EPOCHS}", "device=cpu")
+    t = TimeLimitSweep(root, reference_root, sweep, reference, run_dir)
+    t.held = threading.Thread(target=hold_over_time_limit, args=(t,), daemon=True)
+    t.held.start()
+    yield t
+    stop(sweep, root)
+    if reference.poll() is None:
+        os.killpg(reference.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_time_limit_sweep_first(request):
+    # Only when that test is selected; a SLURM that cannot start skips (or, under CI, fails) the
+    # SLURM tests themselves, through their own fixtures, never the others of this module.
+    if any(item.name == TIME_LIMIT_TEST for item in request.session.items):
+        try:
+            request.getfixturevalue("time_limit_sweep")
+        except (pytest.skip.Exception, pytest.fail.Exception):
+            pass
+
+
+@pytest.mark.slurm
+def test_sweep_runs_every_job_under_slurm_and_a_relaunch_trains_only_new_runs(slurm_cluster, tmp_path):
+    sweep = tmp_path / "default"
+    proc = start(tmp_path, "-m", "cluster=slurm_local", "source=init,shuffle", "replicates=2", *TINY)
+    out = wait(proc, tmp_path, timeout=300)
+    cancel_jobs(tmp_path)
+    assert proc.returncode == 0, out[-4000:]
+    assert summary_line(out) == (
+        "4 runs trained now, 0 finished earlier (skipped), 0 failed; "
+        "of the 4 trained now, 4 from scratch and 0 resumed from a checkpoint."
+    )
+    dirs = run_dirs(sweep)
+    assert len(dirs) == 4
+    envs = [read_json(d / "env.json") for d in dirs]
+    assert len({env["slurm_job_id"] for env in envs} - {None}) == 4  # one SLURM job per run
+    (array_id,) = {env["slurm"]["slurm_array_job_id"] for env in envs}  # ... as one job array
+    for env in envs:
+        task = f"{array_id}_{env['slurm']['slurm_array_task_id']}"
+        log = sweep / ".submitit" / task / f"{task}_0_log.out"
+        assert "Job completed successfully" in log.read_text(), log
+
+    # Raise `replicates` from 2 to 3: only the new init run trains; the others stay untouched.
+    written = {d: (d / "result.json").stat().st_mtime_ns for d in dirs}
+    proc = start(tmp_path, "-m", "cluster=slurm_local", "source=init", "replicates=3", *TINY)
+    out = wait(proc, tmp_path, timeout=300)
+    cancel_jobs(tmp_path)
+    assert proc.returncode == 0, out[-4000:]
+    assert summary_line(out).startswith("1 runs trained now, 4 finished earlier (skipped), 0 failed")
+    assert len(run_dirs(sweep)) == 5
+    assert {d: (d / "result.json").stat().st_mtime_ns for d in dirs} == written
+
+
+@pytest.mark.slurm
+def test_crashing_job_is_reported_failed_with_its_job_id(slurm_cluster, tmp_path):
+    args = ["cluster=slurm_local", "source=init", "replicates=2", *TINY]
+    # Replicate 1 raises inside its job: its directory holds a checkpoint that cannot be read.
+    crashing = records.run_dir(compose_config([*args, "replicate=1", f"output_root={tmp_path}"], tiny=False))
+    crashing.mkdir(parents=True)
+    (crashing / "checkpoint.pt").write_bytes(b"not a checkpoint")
+
+    proc = start(tmp_path, "-m", *args)
+    out = wait(proc, tmp_path, timeout=300)
+    cancel_jobs(tmp_path)
+    assert proc.returncode == 1, out[-4000:]
+    assert summary_line(out).startswith("1 runs trained now, 0 finished earlier (skipped), 1 failed")
+    assert str(crashing) in out and "relaunch the same command to retry the failed runs" in out
+
+    assert not (crashing / "result.json").exists()
+    error = (crashing / "error.txt").read_text()
+    header = re.fullmatch(r"# host (\S+), SLURM job (\d+) \(array task (\d+)_1\)", error.splitlines()[0])
+    assert header, error.splitlines()[0]
+    assert "Traceback (most recent call last)" in error and "CorruptRunError" in error
+    array_id = header[3]
+    assert (tmp_path / "default" / ".submitit" / f"{array_id}_1").is_dir()
+    (finished,) = run_dirs(tmp_path)
+    assert read_json(finished / "env.json")["slurm"]["slurm_array_job_id"] == array_id
+
+    # Fix the cause and relaunch the same command: only the failed run trains, and succeeds.
+    (crashing / "checkpoint.pt").unlink()
+    proc = start(tmp_path, "-m", *args)
+    out = wait(proc, tmp_path, timeout=300)
+    cancel_jobs(tmp_path)
+    assert proc.returncode == 0, out[-4000:]
+    assert summary_line(out).startswith("1 runs trained now, 1 finished earlier (skipped), 0 failed")
+    assert not (crashing / "error.txt").exists()
+
+
+def _training_process(sweep_dir: Path, array_task: str) -> int:
+    """The pid of the job's Python process (submitit's `_submit`) for one array task."""
+    folder = str(sweep_dir / ".submitit")
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (b"submitit.core._submit" in argv[:4] and any(a.decode().startswith(folder) for a in argv)
+                and f"SLURM_ARRAY_TASK_ID={array_task}".encode() in environ):
+            return int(proc.name)
+    raise AssertionError(f"no process of array task {array_task} below {folder}")
+
+
+def _status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # it ended
+        return ""
+
+
+def _process_state(pid: int) -> str:
+    """"T" while it is stopped, "" once it has ended."""
+    state = [line.split()[1] for line in _status(pid).splitlines() if line.startswith("State:")]
+    return state[0] if state else ""
+
+
+def _usr2_pending(pid: int) -> bool:
+    status = _status(pid)
+    pending = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd", "ShdPnd"))]
+    return any(mask & (1 << (signal.SIGUSR2 - 1)) for mask in pending)
+
+
+@pytest.mark.slurm
+def test_job_over_its_time_limit_is_requeued_and_resumes_bitwise_exact(time_limit_sweep):
+    """The long run's job, held past its time-limit warning (hold_over_time_limit), is requeued by
+    submitit's USR2 handler (Hydra's launcher resubmits the same job); started again, the job
+    resumes the run from checkpoint.pt, and the run ends bitwise identical to an uninterrupted one."""
+    t = time_limit_sweep
+    out = wait(t.sweep, t.root, timeout=300)
+    t.held.join(timeout=10)
+    assert t.hold_error is None, t.hold_error
+    reference_out = wait(t.reference, t.reference_root, timeout=120)
+    assert t.reference.returncode == 0, reference_out[-4000:]
+    assert t.sweep.returncode == 0, out[-4000:]
+    assert summary_line(out) == (
+        "2 runs trained now, 0 finished earlier (skipped), 0 failed; "
+        "of the 2 trained now, 1 from scratch and 1 resumed from a checkpoint."
+    )
+
+    env = read_json(t.run_dir / "env.json")
+    assert env["slurm_job_id"] == t.first_job["slurm_job_id"]  # the same job, requeued
+    restarts = int(t.first_job["slurm"].get("slurm_restart_count", 0))
+    assert int(env["slurm"]["slurm_restart_count"]) > restarts
+    assert 1 <= env["resumed_from_epoch"] < LONG_EPOCHS
+    task = f"{env['slurm']['slurm_array_job_id']}_{env['slurm']['slurm_array_task_id']}"
+    log = (t.root / "default" / ".submitit" / task / f"{task}_0_log.out").read_text()
+    assert "Caught signal SIGUSR2" in log and "this job is timed-out" in log
+    assert "Requeued job" in log and "Job completed successfully" in log
+    assert_same_run(t.run_dir, t.reference_root / t.run_dir.relative_to(t.root))

@@ -1,0 +1,320 @@
+"""Packs (``pack=P``): replicas trained together in one process, as one fused computation.
+
+The promise (nondet/pack.py): on the CPU in fp32 a replica trained in a pack is bitwise the
+replica trained alone (split convolutions; grouped ones differ by rounding and are checked for
+consistency instead), every run directory holds the solo contract, and resume works per replica.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from nondet import pack, records, train
+from nondet.data import load_dataset
+from nondet.job import run_job
+from nondet.models import SeededDropout
+from nondet.pipeline import random_crop_flip
+from nondet.seeds import make_generator
+
+CONTRACT = ["config.yaml", "env.json", "seeds.json", "metrics.jsonl", "logits.npy", "labels.npy",
+            "weights.pt", "result.json"]
+IMAGES = ["dataset.image_shape=[3,8,8]", "dataset.augment=true", "model.width=8"]
+MODELS = {
+    "linear": ["model=linear", "model.dropout=0.2"],
+    "mlp": ["model=mlp", "model.dropout=0.2"],
+    "conv1": ["model=conv1", *IMAGES],
+    "resnet6": ["model=resnet6", *IMAGES, "model.dropout=0.2"],
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids OpenMP's oversubscription
+    stalls (the comparisons are within a test, so the thread count is the same on both sides)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(config):
+    return run_job(OmegaConf.create(config))
+
+
+def solo_and_packed(make_config, tmp_path, *overrides, replicates=3):
+    """The same replicas trained one per job (pack=1) and as one pack; their directories."""
+    dirs = {}
+    for packs in (1, replicates):
+        root = f"output_root={tmp_path / f'pack{packs}'}"
+        config = make_config(f"pack={packs}", f"replicates={replicates}", root, *overrides)
+        for start in range(0, replicates, packs):
+            run({**config, "replicate": start})
+        dirs[packs] = [records.run_dir(config, r) for r in range(replicates)]
+    return dirs[1], dirs[replicates]
+
+
+def bits(directory):
+    return np.load(directory / "logits.npy").view(np.uint32)
+
+
+def weights(directory):
+    return torch.load(directory / "weights.pt")
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def metrics(directory):
+    return [{k: v for k, v in row.items() if k != "seconds"}
+            for row in records.read_metrics(directory / "metrics.jsonl")]
+
+
+def result(directory):
+    out = json.loads((directory / "result.json").read_text())
+    out.pop("train_seconds")
+    return out
+
+
+# --- exactness -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_a_packed_replica_is_bitwise_the_solo_replica(make_config, tmp_path, model):
+    solo, packed = solo_and_packed(make_config, tmp_path, "source=all", *MODELS[model])
+    for a, b in zip(solo, packed):
+        assert np.array_equal(bits(a), bits(b))
+        assert same_weights(weights(a), weights(b))
+        assert metrics(a) == metrics(b)
+        assert result(a) == result(b)  # bitflip record included
+        assert (a / "seeds.json").read_text() == (b / "seeds.json").read_text()
+    assert not np.array_equal(bits(packed[0]), bits(packed[1]))  # source=all: they do vary
+
+
+@pytest.mark.parametrize("optimizer", ["optimizer=adam", "optimizer.nesterov=true"])
+def test_optimizers_and_onset_are_bitwise_too(make_config, tmp_path, optimizer):
+    solo, packed = solo_and_packed(
+        make_config, tmp_path, "source=shuffle_reduction", optimizer, "onset_epoch=1", "epochs=3",
+        "batch_size=30", "shuffle_window=16", "eval_every=2", replicates=2,
+    )
+    for a, b in zip(solo, packed):
+        assert np.array_equal(bits(a), bits(b)) and metrics(a) == metrics(b)
+
+
+def test_source_none_gives_identical_replicas_in_a_pack(make_config, tmp_path):
+    config = make_config("source=none", "pack=3", "replicates=3", *MODELS["mlp"],
+                         f"output_root={tmp_path}")
+    assert len(run(config)["finished"]) == 3
+    dirs = [records.run_dir(config, r) for r in range(3)]
+    for directory in dirs[1:]:
+        assert np.array_equal(bits(directory), bits(dirs[0]))
+        assert same_weights(weights(directory), weights(dirs[0]))
+
+
+def test_grouped_convolutions_are_consistent_and_close_to_solo(make_config, tmp_path, monkeypatch):
+    """Grouped convolutions round differently from solo ones: not bitwise, but every replica
+    of a configuration sees kernels of one shape (a short last pack is filled with spares), so
+    a control is still bitwise constant across packs."""
+    solo = make_config("source=none", "pack=1", "replicates=1", *MODELS["resnet6"],
+                       f"output_root={tmp_path / 'solo'}")
+    run(solo)
+    monkeypatch.setattr(pack, "default_conv_mode", lambda device: "grouped")
+    config = make_config("source=none", "pack=3", "replicates=4", *MODELS["resnet6"],
+                         f"output_root={tmp_path / 'grouped'}")
+    run(config)
+    run({**config, "replicate": 3})  # the last pack: one replica and two spares
+    dirs = [records.run_dir(config, r) for r in range(4)]
+    for directory in dirs[1:]:
+        assert np.array_equal(bits(directory), bits(dirs[0]))
+    logits_solo = np.load(records.run_dir(solo) / "logits.npy")
+    logits_grouped = np.load(dirs[0] / "logits.npy")
+    assert np.allclose(logits_grouped, logits_solo, rtol=0, atol=1e-3)
+    env = json.loads((dirs[3] / "env.json").read_text())
+    assert env["pack"]["conv_mode"] == "grouped" and env["pack"]["members"] == [3]
+
+
+# --- the run directory contract ------------------------------------------------------------
+
+
+def test_a_packed_job_writes_the_solo_contract(make_config, tmp_path):
+    config = make_config("source=bitflip", "pack=2", "replicates=3", "epochs=3",
+                         f"output_root={tmp_path}")
+    outcome = run(config)
+    assert len(outcome["finished"]) == 2 and not outcome["failed"]
+    assert len(run({**config, "replicate": 2})["finished"]) == 1  # a short last pack
+    for replicate in range(3):
+        directory = records.run_dir(config, replicate)
+        for name in CONTRACT:
+            assert (directory / name).is_file(), name
+        assert not (directory / "checkpoint.pt").exists() and not list(directory.glob(".*.tmp"))
+        saved = yaml.safe_load((directory / "config.yaml").read_text())
+        assert saved["replicate"] == replicate and saved["pack"] == 2
+        env = json.loads((directory / "env.json").read_text())
+        assert env["pack"]["members"] == ([0, 1] if replicate < 2 else [2])
+        rows = records.read_metrics(directory / "metrics.jsonl")
+        assert [r["epoch"] for r in rows] == [1, 2, 3] and all(r["seconds"] > 0 for r in rows)
+        logits, labels = np.load(directory / "logits.npy"), np.load(directory / "labels.npy")
+        assert logits.dtype == np.float32 and logits.shape == (128, 10) and labels.dtype == np.int64
+        out = json.loads((directory / "result.json").read_text())
+        assert out["test_accuracy"] == pytest.approx(100.0 * float((logits.argmax(1) == labels).mean()))
+        assert out["replicate"] == replicate and out["bitflip"]["param"] in weights(directory)
+    # pack is part of a run's identity: tables never mix pack sizes silently
+    solo = make_config("source=bitflip", "pack=1", "replicates=3", "epochs=3", f"output_root={tmp_path}")
+    assert records.run_dir(solo, 0).parent != records.run_dir(config, 0).parent
+
+
+def test_finished_replicas_of_a_pack_are_skipped(make_config, tmp_path):
+    config = make_config("source=init", "pack=3", "replicates=3", f"output_root={tmp_path}")
+    run(config)
+    shutil.rmtree(records.run_dir(config, 1))
+    outcome = run(config)
+    assert outcome["finished"] == [str(records.run_dir(config, 1))] and len(outcome["skipped"]) == 2
+
+
+def test_a_failing_pack_leaves_error_txt_in_every_member(make_config, tmp_path, monkeypatch):
+    config = make_config("source=init", "pack=2", "replicates=2", f"output_root={tmp_path}")
+
+    def boom(group, data):
+        raise RuntimeError("boom in the pack")
+
+    monkeypatch.setattr(pack, "train_pack_epoch", boom)
+    outcome = run(config)
+    assert len(outcome["failed"]) == 2
+    for replicate in range(2):
+        assert "boom in the pack" in (records.run_dir(config, replicate) / "error.txt").read_text()
+
+
+def test_unpackable_models_train_one_after_another(make_config, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(pack, "unsupported_reason", lambda config: "no packed form (test)")
+    config = make_config("source=init", "pack=2", "replicates=2", f"output_root={tmp_path}")
+    with caplog.at_level("INFO", logger="nondet"):
+        assert len(run(config)["finished"]) == 2
+    assert "one after another" in caplog.text
+
+
+# --- resume --------------------------------------------------------------------------------
+
+
+def test_resume_inside_a_pack_is_bitwise_exact(make_config, tmp_path, monkeypatch):
+    overrides = ("source=all", "pack=3", "replicates=3", "epochs=4", *MODELS["mlp"])
+    whole = make_config(*overrides, f"output_root={tmp_path / 'whole'}")
+    run(whole)
+
+    broken = make_config(*overrides, f"output_root={tmp_path / 'broken'}")
+    real_epoch, calls = pack.train_pack_epoch, {"n": 0}
+
+    def dies_in_epoch_three(group, data):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # a kill: no error.txt, checkpoints of epoch 2 left behind
+        return real_epoch(group, data)
+
+    monkeypatch.setattr(pack, "train_pack_epoch", dies_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        run(broken)
+    monkeypatch.setattr(pack, "train_pack_epoch", real_epoch)
+    dirs = [records.run_dir(broken, r) for r in range(3)]
+    assert all((d / "checkpoint.pt").exists() and not records.is_done(d) for d in dirs)
+
+    # Mixed states: r0 finished (copied from the whole run), r1 at its checkpoint of epoch 2,
+    # r2 started over. r2 trains alone to epoch 2, then r1 and r2 go on together.
+    shutil.rmtree(dirs[0])
+    shutil.copytree(records.run_dir(whole, 0), dirs[0])
+    shutil.rmtree(dirs[2])
+    outcome = run(broken)
+    assert outcome["skipped"] == [str(dirs[0])] and len(outcome["finished"]) == 2
+    for replicate, directory in enumerate(dirs):
+        reference = records.run_dir(whole, replicate)
+        assert np.array_equal(bits(directory), bits(reference))
+        assert same_weights(weights(directory), weights(reference))
+        assert metrics(directory) == metrics(reference)
+    assert json.loads((dirs[1] / "env.json").read_text())["resumed_from_epoch"] == 2
+    assert json.loads((dirs[2] / "env.json").read_text())["resumed_from_epoch"] is None
+
+
+def test_a_pack_checkpoint_is_a_solo_checkpoint(make_config, tmp_path, monkeypatch):
+    """checkpoint.pt has the solo format: the solo loop resumes a replica a pack started."""
+    overrides = ("source=all", "pack=2", "replicates=2", "epochs=3", *MODELS["mlp"])
+    whole = make_config(*overrides, f"output_root={tmp_path / 'whole'}")
+    run(whole)
+    broken = make_config(*overrides, f"output_root={tmp_path / 'broken'}")
+    real_epoch = pack.train_pack_epoch
+
+    def dies_in_epoch_three(group, data):
+        if group.epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(group, data)
+
+    monkeypatch.setattr(pack, "train_pack_epoch", dies_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        run(broken)
+    directory = records.run_dir(broken, 1)
+    data = load_dataset(OmegaConf.create(broken["dataset"]), "cpu")
+    train.train_replica({**broken, "replicate": 1}, directory, data, "deterministic")
+    assert np.array_equal(bits(directory), bits(records.run_dir(whole, 1)))
+    assert metrics(directory) == metrics(records.run_dir(whole, 1))
+
+
+# --- the pieces ----------------------------------------------------------------------------
+
+
+def test_crop_flip_draws_match_the_solo_pipeline():
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    a, b = make_generator(5), make_generator(5)
+    expected = random_crop_flip(x, a)
+    offsets, flips = pack._crop_flip_draws(6, b, 4)
+    assert torch.equal(pack.crop_flip(x, offsets, flips), expected)
+    assert torch.equal(a.get_state(), b.get_state())
+
+
+def test_dropout_masks_match_seeded_dropout():
+    layer = SeededDropout(0.3, make_generator(2)).train()
+    x = torch.ones(4, 5)
+    assert torch.equal(layer(x), x * pack.dropout_mask((4, 5), 0.3, make_generator(2)))
+
+
+@pytest.mark.parametrize("batch", [1, 7, 16, 17, 32, 100, 513])
+def test_training_loss_reduces_like_cross_entropy(batch):
+    logits, labels = torch.randn(3, batch, 10) * 3, torch.randint(0, 10, (3, batch))
+    solo = torch.stack([F.cross_entropy(logits[p], labels[p]) for p in range(3)])
+    losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(3, batch)
+    assert torch.equal(pack._nll_mean_cpu(losses), solo)
+
+
+def test_the_step_loop_never_synchronises(make_config, monkeypatch):
+    config = make_config("source=all", "pack=2", "replicates=2", "model.dropout=0.2")
+    data = load_dataset(OmegaConf.create(config["dataset"]), "cpu")
+    group = pack.Pack([train.new_replica({**config, "replicate": r}, data) for r in range(2)], config, "split")
+    calls = []
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, _name=name, **k:
+                            calls.append(_name) or _real(self, *a, **k))
+    pack.train_pack_epoch(group, data)
+    assert calls == []
+
+
+@pytest.mark.slow
+def test_a_packed_sweep_from_the_command_line(tmp_path):
+    args = ["-m", "source=init,none", "replicates=3", "pack=2", "epochs=2", "dataset.train_size=256",
+            "dataset.test_size=128", "model.width=16", "device=cpu", f"output_root={tmp_path}"]
+    out = subprocess.run([sys.executable, "launch.py", *args], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted(p.parent for p in tmp_path.rglob("result.json"))
+    assert len(runs) == 6  # 2 sources x 3 replicates, in 2 x 2 jobs
+    assert len(list(tmp_path.rglob("pack-r0000-r0001"))) == 2
+    for directory in runs:
+        assert all((directory / name).is_file() for name in CONTRACT)
+    assert "6 runs trained now" in out.stdout
