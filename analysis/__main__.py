@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from analysis.load import MixedTestSetError, load_sweep
+from analysis.paper import paper_analyses
 from analysis.tables import latex_table, report, summary_frame
 
 
@@ -56,11 +57,17 @@ def main(argv: list[str] | None = None) -> int:
             sweep, args.cka_probe, args.cka_runs, args.cka_estimator, args.cka_batch, args.device
         )
     print(report(sweep, frame, args.bootstrap, args.seed, cka), end="")
+    # Table 5, Figure 2's numbers, the Sec. 4.2 check, PD: what the sweep's structure allows.
+    extra = paper_analyses(sweep, frame, args.bootstrap, args.seed)
+    for section in extra.sections:
+        print("\n" + section, end="")
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(args.csv, index=False)
         if cka is not None and len(cka):
             cka.to_csv(args.csv.with_name(args.csv.stem + "_cka" + args.csv.suffix), index=False)
+        for name, table in extra.tables.items():
+            table.to_csv(args.csv.with_name(f"{args.csv.stem}_{name}{args.csv.suffix}"), index=False)
     if args.latex:
         args.latex.parent.mkdir(parents=True, exist_ok=True)
         args.latex.write_text(latex_table(frame, sweep.display_keys))

@@ -8,6 +8,9 @@
   (Figure 1); only when CKA was computed.
 - ``cross_entropy_spread.{png,pdf}``: at each evaluated epoch, the width of the middle 95% of
   the runs' test cross-entropy and its SD, log-scale y (Figure 3), from ``metrics.jsonl``.
+- ``onset.{png,pdf}`` (Figure 2), ``instability.{png,pdf}`` (Figure 3, with the first 10 epochs)
+  and ``prediction_difference.{png,pdf}`` (Snapp & Shamir) when the sweep has their structure:
+  see ``analysis/paper.py``.
 
 Figures are built on ``matplotlib.figure.Figure`` directly, so no global pyplot state or
 backend is touched (safe inside a notebook or the end-of-sweep callback).
@@ -139,4 +142,7 @@ def write_figures(sweep: Sweep, frame: pd.DataFrame, out_dir: Path, cka: pd.Data
     if cka is not None and len(cka):
         paths += cka_bars(cka, keys, out_dir)
     paths += cross_entropy_spread(sweep, out_dir)
+    from analysis.paper import paper_figures  # Figures 2, 3 and PD, by the sweep's structure
+
+    paths += paper_figures(sweep, frame, out_dir)
     return paths

@@ -134,29 +134,28 @@ HEADER = ["case", "device", "precision", "lowlevel", "threads", "P", "conv", "pa
           "pack=P model-epochs/s", "ratio", "s/replica-epoch (pack=P, 50k images)", "TFLOP/s (pack=P)"]
 
 
-def run_case(args, case: str, device: str, precision: str, lowlevel: str) -> list:
+def run_case(args, case: str, device: str, precision: str, lowlevel: str, packs: int, conv_mode: str | None) -> list:
     configure_lowlevel(device, lowlevel == "nondeterministic", required=True)
     configure_precision(precision)
     if case == "mlp":
-        config = config_for([f"device={device}", f"precision={precision}", "source=init", f"pack={args.pack}"])
+        config = config_for([f"device={device}", f"precision={precision}", "source=init", f"pack={packs}"])
         data = load_dataset(OmegaConf.create(config["dataset"]), device)
-        images, conv_mode = None, "-"
+        images = None
     else:
         images = args.images if device == "cuda" else args.cpu_images
         config = config_for([
-            f"device={device}", f"precision={precision}", "source=init", f"pack={args.pack}",
+            f"device={device}", f"precision={precision}", "source=init", f"pack={packs}",
             "model=resnet14", "dataset=cifar10", "batch_size=512", "epochs=500",
         ])
         data = cifar_shaped(images, 1024, device)
-        conv_mode = args.conv_mode or packing.default_conv_mode(device)
     epochs = args.epochs if case == "mlp" or device == "cuda" else 1
-    result = measure(config, data, args.pack, epochs, args.repeats, conv_mode if conv_mode != "-" else "split")
+    result = measure(config, data, packs, epochs, args.repeats, conv_mode or "split")
     per_epoch = flops = "-"
     if images:
         scale = PAPER_IMAGES / images
         per_epoch = f"{scale / result['pack']:.3g} (pack=1: {scale / result['solo']:.3g})"
         flops = f"{3 * forward_flops(config, data) * images * result['pack'] / 1e12:.3g}"
-    cells = [case, device, precision, lowlevel, torch.get_num_threads(), args.pack, conv_mode,
+    cells = [case, device, precision, lowlevel, torch.get_num_threads(), packs, conv_mode or "-",
              f"{result['solo']:.3g} (median {result['solo_median']:.3g})",
              f"{result['pack']:.3g} (median {result['pack_median']:.3g})",
              f"{result['pack'] / result['solo']:.2f}x", per_epoch, flops]
@@ -173,18 +172,19 @@ def alternatives(args) -> None:
     from torch.func import functional_call, grad, vmap
 
     device = "cpu"
+    packs = int(packs.split(",")[-1])
     configure_lowlevel(device, False, required=True)
     configure_precision("fp32")
     print("\n## vmap over functional_call vs packed layers (default MLP, one training step)\n")
-    config = config_for(["device=cpu", "source=init", f"pack={args.pack}"])
+    config = config_for(["device=cpu", "source=init", f"pack={packs}"])
     data = load_dataset(OmegaConf.create(config["dataset"]), device)
-    replicas = [train.new_replica({**config, "replicate": r}, data) for r in range(args.pack)]
+    replicas = [train.new_replica({**config, "replicate": r}, data) for r in range(packs)]
     group = packing.Pack(replicas, config, "split")
     model = replicas[0].model
     params = {name: torch.stack([dict(r.model.named_parameters())[name].detach() for r in replicas])
               for name, _ in model.named_parameters()}
-    x = data.x_train[: 32 * args.pack].view(32, args.pack, -1)
-    y = data.y_train[: 32 * args.pack].view(32, args.pack)
+    x = data.x_train[: 32 * packs].view(32, packs, -1)
+    y = data.y_train[: 32 * packs].view(32, packs)
 
     def loss_of(p, xb, yb):
         return F.cross_entropy(functional_call(model, p, (xb,)), yb)
@@ -197,8 +197,8 @@ def alternatives(args) -> None:
             params[name].sub_(0.1 * grads[name])
 
     def step_packed():
-        logits = group.model(x.flatten(1)).unflatten(1, (args.pack, -1))
-        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(32, args.pack)
+        logits = group.model(x.flatten(1)).unflatten(1, (packs, -1))
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(32, packs)
         for p in group.params:
             p.grad = None
         losses.mean(0).sum().backward()
@@ -208,15 +208,14 @@ def alternatives(args) -> None:
         for _ in range(20):
             step()
         best = min(seconds(device, 1, lambda: [step() for _ in range(100)]) for _ in range(args.repeats))
-        print(f"- {name}: {best / 100 * 1e6:.0f} us per step for {args.pack} replicas")
+        print(f"- {name}: {best / 100 * 1e6:.0f} us per step for {packs} replicas")
 
     print("\n## grouped vs split convolutions (ResNet-14, CIFAR-shaped, CPU)\n")
     config = config_for(["device=cpu", "source=init", "model=resnet14", "dataset=cifar10", "batch_size=128"])
     data = cifar_shaped(args.cpu_images // 2, 256, device)
-    packs = min(args.pack, 4)
     for mode in ("split", "grouped"):
-        result = measure(config, data, packs, 1, args.repeats, mode)
-        print(f"- {mode}, P={packs}: pack=1 {result['solo']:.3g}, pack=P {result['pack']:.3g} model-epochs/s "
+        result = measure(config, data, args.cpu_pack, 1, args.repeats, mode)
+        print(f"- {mode}, P={args.cpu_pack}: pack=1 {result['solo']:.3g}, pack=P {result['pack']:.3g} model-epochs/s "
               f"({result['pack'] / result['solo']:.2f}x) on {len(data.y_train)} images")
 
 
@@ -224,7 +223,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="mlp,resnet14")
     parser.add_argument("--device", default=None, help="cpu, cuda, or both when unset and CUDA is visible")
-    parser.add_argument("--pack", type=int, default=16)
+    parser.add_argument("--pack", default="16", help="P, or a list: 2,4,8,16")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=PAPER_IMAGES, help="ResNet-14 training images on a GPU")
@@ -232,7 +231,8 @@ def main() -> None:
     parser.add_argument("--cpu-pack", type=int, default=4, help="P for ResNet-14 on the CPU")
     parser.add_argument("--precisions", default="fp32,tf32,bf16", help="GPU precisions")
     parser.add_argument("--lowlevel", default="deterministic,nondeterministic", help="GPU low-level settings")
-    parser.add_argument("--conv-mode", default=None, help="grouped or split (default: split on CPU, grouped on CUDA)")
+    parser.add_argument("--conv-mode", default=None,
+                        help="grouped, split or both (grouped,split); default: split on CPU, grouped on CUDA")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--alternatives", action="store_true", help="the measurements behind the design")
     args = parser.parse_args()
@@ -250,19 +250,17 @@ def main() -> None:
         return
     print(row(HEADER))
     print(row(["---"] * len(HEADER)))
+    packs = [int(p) for p in args.pack.split(",")]
     for device in devices:
         for case in args.cases.split(","):
-            if device == "cpu":
-                packs = args.pack
-                if case == "resnet14":
-                    args.pack = args.cpu_pack
-                run_case(args, case, device, "fp32", "deterministic")
-                args.pack = packs
-                continue
-            for precision in args.precisions.split(","):
-                for lowlevel in args.lowlevel.split(","):
-                    run_case(args, case, device, precision, lowlevel)
-
+            sizes = [args.cpu_pack] if device == "cpu" and case == "resnet14" else packs
+            settings = [("fp32", "deterministic")] if device == "cpu" else [
+                (p, l) for p in args.precisions.split(",") for l in args.lowlevel.split(",")]
+            modes = [None] if case == "mlp" else (args.conv_mode or packing.default_conv_mode(device)).split(",")
+            for size in sizes:
+                for precision, lowlevel in settings:
+                    for mode in modes:
+                        run_case(args, case, device, precision, lowlevel, size, mode)
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,9 @@ metrics so far. ``train_replica`` trains it from scratch or from ``checkpoint.pt
 ``checkpoint_every`` epochs) and ends by writing the run-directory contract of DESIGN.md,
 ``result.json`` last. A resumed run ends bitwise identical to an uninterrupted one because every
 piece of state that feeds the computation — weights, optimizer, step, every generator — is in the
-checkpoint, and the learning rate is a pure function of the step.
+checkpoint, and the learning rate is a pure function of the step. ``open_replica``,
+``record_evaluation``, ``write_checkpoint`` and ``finish_replica`` are the run-directory steps,
+shared with packed training (``nondet/pack.py``), which trains P replicas at once.
 
 Onset (``onset_epoch=k``): every source uses the base seed for epochs < k and the varied sources
 switch to their replicate seeds at the start of epoch k; a bit flip is made at the start of

@@ -117,17 +117,20 @@ def hydra_config(overrides, config_dir: Path):
 def conf_copy(tmp_path, monkeypatch):
     """conf/ without anyone's personal conf/site/local.yaml, and no NONDET_SLURM_* settings."""
     copy = tmp_path / "conf"
-    shutil.copytree(CONF, copy, ignore=lambda d, names: [n for n in names if d.endswith("site") and n.endswith(".yaml")])
+    shutil.copytree(CONF, copy, ignore=shutil.ignore_patterns("local.yaml"))
     for name in ("PARTITION", "ACCOUNT", "QOS"):
         monkeypatch.delenv(f"NONDET_SLURM_{name}", raising=False)
     return copy
 
 
-def test_gpu_preset_takes_partition_and_account_from_environment_site_file_and_command_line(conf_copy, monkeypatch):
+def test_gpu_preset_takes_partition_and_account_from_environment_site_file_or_command_line(
+    conf_copy, monkeypatch
+):
     launcher = hydra_config(["cluster=slurm"], conf_copy).hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 1
-    for key in ("cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "max_num_timeout", "signal_delay_s"):
+    for key in ("cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "max_num_timeout",
+                "signal_delay_s"):
         assert launcher[key] > 0, key
     assert launcher.signal_delay_s < launcher.timeout_min * 60
     assert len(launcher.setup) >= 1
@@ -142,16 +145,22 @@ def test_gpu_preset_takes_partition_and_account_from_environment_site_file_and_c
 
     # The personal site file overrides the preset; the command line overrides both.
     (conf_copy / "site" / "local.yaml").write_text(
-        "# @package _global_\nhydra:\n  launcher:\n    partition: gpu-site\n    account: project-site\n"
+        "# @package _global_\noutput_root: /scratch/nondet\n"
+        "hydra:\n  launcher:\n    partition: gpu-site\n    account: project-site\n"
         "    setup: [module load cuda]\n"
     )
-    launcher = hydra_config(["cluster=slurm"], conf_copy).hydra.launcher
+    cfg = hydra_config(["cluster=slurm"], conf_copy)
+    launcher = cfg.hydra.launcher
     assert (launcher.partition, launcher.account, launcher.qos) == ("gpu-site", "project-site", "normal")
     assert list(launcher.setup) == ["module load cuda"]
-    launcher = hydra_config(
-        ["cluster=slurm", "hydra.launcher.partition=gpu-cli", "hydra.launcher.timeout_min=30"], conf_copy
-    ).hydra.launcher
+    assert cfg.output_root == "/scratch/nondet" and cfg.hydra.sweep.dir == "/scratch/nondet/default"
+    cfg = hydra_config(
+        ["cluster=slurm", "hydra.launcher.partition=gpu-cli", "hydra.launcher.timeout_min=30", "device=cpu"],
+        conf_copy,
+    )
+    launcher = cfg.hydra.launcher
     assert (launcher.partition, launcher.account, launcher.timeout_min) == ("gpu-cli", "project-site", 30)
+    assert cfg.device == "cpu"
 
 
 def test_local_presets_compose(conf_copy):
@@ -167,7 +176,8 @@ def test_local_presets_compose(conf_copy):
 
 @pytest.mark.slow
 def test_submitit_local_sweep(tmp_path):
-    proc = start(tmp_path, "-m", "hydra/launcher=submitit_local", "source=init", "replicates=2", "device=cpu", *TINY)
+    proc = start(tmp_path, "-m", "hydra/launcher=submitit_local", "source=init", "replicates=2",
+                 "device=cpu", *TINY)
     out = wait(proc, tmp_path, timeout=300)
     assert proc.returncode == 0, out[-4000:]
     assert summary_line(out).startswith("2 runs trained now, 0 finished earlier (skipped), 0 failed")
@@ -223,9 +233,11 @@ def hold_over_time_limit(t: TimeLimitSweep) -> None:
 def time_limit_sweep(slurm_cluster, tmp_path_factory):
     """Launched before the other tests: a sweep of two runs as one job array under a one-minute
     limit, the long run (LONG_EPOCHS) and a one-epoch run; beside it, the long run uninterrupted."""
-    root, reference_root = tmp_path_factory.mktemp("time_limit"), tmp_path_factory.mktemp("uninterrupted")
+    root = tmp_path_factory.mktemp("time_limit")
+    reference_root = tmp_path_factory.mktemp("uninterrupted")
     args = [*TIME_LIMIT_RUN, "cluster=slurm_local"]
-    run_dir = records.run_dir(compose_config([*args, f"epochs={LONG_EPOCHS}", f"output_root={root}"], tiny=False))
+    long_run = compose_config([*args, f"epochs={LONG_EPOCHS}", f"output_root={root}"], tiny=False)
+    run_dir = records.run_dir(long_run)
     sweep = start(root, "-m", *args, f"epochs={LONG_EPOCHS},1", *TIME_LIMIT_LAUNCHER)
     reference = start(reference_root, *TIME_LIMIT_RUN, f"epochs={LONG_EPOCHS}", "device=cpu")
     t = TimeLimitSweep(root, reference_root, sweep, reference, run_dir)
@@ -284,7 +296,9 @@ def test_sweep_runs_every_job_under_slurm_and_a_relaunch_trains_only_new_runs(sl
 def test_crashing_job_is_reported_failed_with_its_job_id(slurm_cluster, tmp_path):
     args = ["cluster=slurm_local", "source=init", "replicates=2", *TINY]
     # Replicate 1 raises inside its job: its directory holds a checkpoint that cannot be read.
-    crashing = records.run_dir(compose_config([*args, "replicate=1", f"output_root={tmp_path}"], tiny=False))
+    crashing = records.run_dir(
+        compose_config([*args, "replicate=1", f"output_root={tmp_path}"], tiny=False)
+    )
     crashing.mkdir(parents=True)
     (crashing / "checkpoint.pt").write_bytes(b"not a checkpoint")
 
@@ -345,7 +359,8 @@ def _process_state(pid: int) -> str:
 
 def _usr2_pending(pid: int) -> bool:
     status = _status(pid)
-    pending = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd", "ShdPnd"))]
+    pending = [int(line.split()[1], 16) for line in status.splitlines()
+               if line.startswith(("SigPnd", "ShdPnd"))]
     return any(mask & (1 << (signal.SIGUSR2 - 1)) for mask in pending)
 
 

@@ -77,7 +77,9 @@ def test_sigkill_after_a_checkpoint_then_relaunch_is_bitwise_exact(tmp_path):
     try:
         deadline = time.monotonic() + 120
         while not list(killed_root.rglob("checkpoint.pt")):
-            assert proc.poll() is None, f"the run ended before its first checkpoint:\n{proc.stdout.read()[-3000:]}"
+            if proc.poll() is not None:
+                out = proc.stdout.read()[-3000:]
+                raise AssertionError(f"the run ended before its first checkpoint:\n{out}")
             assert time.monotonic() < deadline, "no checkpoint.pt after 120 s"
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGKILL)

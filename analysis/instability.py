@@ -1,0 +1,250 @@
+"""Instability: Figure 3 (a bit flip over the course of training) and the claim of Sec. 4.2.
+
+    python -m analysis outputs/fig3 --figures figs/fig3       # instability.{png,pdf}
+    python -m analysis outputs/table8                         # Table 8, then the Sec. 4.2 check
+    python -m analysis.instability outputs/table8             # the check alone; exit 0 if it holds
+
+Figure 3: for every group of bit-flip runs with per-epoch metrics (``metrics.jsonl``), the SD
+over runs of the test cross-entropy at each evaluated epoch and the width of its middle 95%
+(2.5th to 97.5th percentile), on a log scale; the top row over all epochs, the bottom row over
+the first 10. Zeros (bitwise-identical runs) cannot be drawn on a log axis and are left out,
+with "(0 at k epochs)" in the legend.
+
+Sec. 4.2 (and Table 8): a linear model is convex, and a one-ULP change to one weight leaves its
+trajectory within rounding of the unperturbed one: the paper's linear bit-flip runs have accuracy
+SD 0 (no test prediction changes) and cross-entropy SD ~3e-8, against 0.28 / 0.0055 with one
+fully-connected hidden layer and 0.14 / 0.0024 with one convolutional hidden layer. The check
+needs bit-flip groups of a linear model and of at least one deeper model that share every other
+key; it holds when (1) no test prediction of any linear bit-flip run differs from another's
+(accuracy SD 0 follows), and (2) every deeper model's cross-entropy SD is at least
+``MIN_RATIO`` (100, two orders of magnitude) times the linear one's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import Group, Sweep, load_sweep
+from analysis.metrics import accuracy, cross_entropy, sd
+from analysis.tables import format_number
+
+MIN_RATIO = 100.0
+ZOOM_EPOCHS = 10
+LINEAR = "linear"
+
+
+def is_bitflip(group: Group) -> bool:
+    return group.params.get("source.name") == "bitflip"
+
+
+def per_epoch(group: Group, metric: str = "test_cross_entropy") -> tuple[np.ndarray, np.ndarray]:
+    """(epochs (E,), values (R, E)) of ``metric`` over the epochs every run of the group evaluated."""
+    per_run = [{row["epoch"]: row[metric] for row in run.metrics if "epoch" in row and metric in row} for run in group.runs]
+    epochs = sorted(set.intersection(*(set(m) for m in per_run))) if per_run else []
+    values = np.array([[m[e] for e in epochs] for m in per_run], dtype=float).reshape(len(per_run), len(epochs))
+    return np.array(epochs, dtype=int), values
+
+
+def spread_by_epoch(group: Group) -> pd.DataFrame:
+    """Per evaluated epoch: SD (ddof=1) and middle-95% width of the test cross-entropy over runs."""
+    epochs, values = per_epoch(group)
+    if len(group.runs) < 2 or not len(epochs):
+        return pd.DataFrame(columns=["epoch", "cross_entropy_sd", "cross_entropy_range95"])
+    low, high = np.percentile(values, [2.5, 97.5], axis=0)
+    sds = np.array([sd(values[:, j]) for j in range(values.shape[1])])
+    return pd.DataFrame({"epoch": epochs, "cross_entropy_sd": sds, "cross_entropy_range95": high - low})
+
+
+def figure3_groups(sweep: Sweep) -> list[Group]:
+    """Bit-flip groups with at least two runs and two evaluated epochs, when they hold at least
+    two models (Figure 3 compares models; any sweep's spread over epochs is
+    ``cross_entropy_spread.png``)."""
+    groups = [g for g in sweep.groups if is_bitflip(g) and len(g.runs) >= 2 and len(per_epoch(g)[0]) >= 2]
+    return groups if len({_model(g) for g in groups}) >= 2 else []
+
+
+def instability_figure(sweep: Sweep, out_dir: Path) -> list[Path]:
+    """instability.{png,pdf}: Figure 3 for the bit-flip groups of the sweep (none: no file)."""
+    from matplotlib.figure import Figure
+
+    from analysis.figures import _save
+
+    groups = figure3_groups(sweep)
+    if not groups:
+        return []
+    keys = [k for k in sweep.display_keys if k != "source.name"] or ["source.name"]
+    fig = Figure(figsize=(10.0, 7.0), layout="constrained")
+    axes = fig.subplots(2, 2)
+    for group in groups:
+        spread = spread_by_epoch(group)
+        label = group.label(keys)
+        for row, limit in ((0, None), (1, ZOOM_EPOCHS)):
+            shown = spread if limit is None else spread[spread["epoch"] <= limit]
+            for col, column in ((0, "cross_entropy_range95"), (1, "cross_entropy_sd")):
+                values = shown[column].to_numpy(dtype=float)
+                zeros = int(np.sum(values == 0))
+                suffix = f" (0 at {zeros} epochs)" if zeros else ""
+                axes[row, col].plot(
+                    shown["epoch"], np.where(values > 0, values, np.nan), marker=".", label=label + suffix
+                )
+    titles = ("Width of the middle 95% of runs", "SD over runs")
+    for row, when in ((0, "all epochs"), (1, f"first {ZOOM_EPOCHS} epochs")):
+        for col in (0, 1):
+            ax = axes[row, col]
+            ax.set_yscale("log")
+            ax.set_xlabel("epoch")
+            ax.set_title(f"{titles[col]}, {when}")
+            ax.legend(fontsize="small")
+        axes[row, 0].set_ylabel("test cross-entropy (nats)")
+    fig.suptitle("A one-ULP bit flip during training: spread of test cross-entropy over runs")
+    return _save(fig, out_dir, "instability")
+
+
+def instability_markdown(sweep: Sweep, epochs: tuple[int, ...] = (1, 2, 3, 5, 10)) -> str:
+    """Cross-entropy SD of each bit-flip group at a few epochs and at the end (Figure 3 as numbers)."""
+    groups = figure3_groups(sweep)
+    keys = [k for k in sweep.display_keys if k != "source.name"] or ["source.name"]
+    spreads = {g.label(keys): spread_by_epoch(g) for g in groups}
+    last = max(int(s["epoch"].max()) for s in spreads.values())
+    shown = sorted({e for e in epochs if e < last} | {last})
+    lines = [
+        "Figure 3: SD over bit-flip runs of the test cross-entropy at epoch:",
+        "",
+        "| Group | " + " | ".join(str(e) for e in shown) + " |",
+        "| --- | " + " | ".join("---:" for _ in shown) + " |",
+    ]
+    for label, spread in spreads.items():
+        by_epoch = dict(zip(spread["epoch"], spread["cross_entropy_sd"]))
+        lines.append("| " + label + " | " + " | ".join(format_number(by_epoch.get(e, np.nan), 4) for e in shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --- the claim of Sec. 4.2 ------------------------------------------------------------------
+
+
+@dataclass
+class InstabilityCheck:
+    """The outcome of the Sec. 4.2 check for one linear bit-flip group."""
+
+    label: str
+    runs: int
+    changed_examples: int  # test examples whose prediction differs between some runs
+    test_examples: int
+    accuracy_sd: float
+    cross_entropy_sd: float
+    deeper: dict[str, float] = field(default_factory=dict)  # deeper model -> cross-entropy SD
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        if self.cross_entropy_sd == 0:
+            return {m: (np.inf if v > 0 else np.nan) for m, v in self.deeper.items()}
+        return {m: v / self.cross_entropy_sd for m, v in self.deeper.items()}
+
+    @property
+    def predictions_unchanged(self) -> bool:
+        return self.changed_examples == 0
+
+    @property
+    def deeper_much_larger(self) -> bool:
+        return bool(self.deeper) and all(r >= MIN_RATIO for r in self.ratios.values())
+
+    @property
+    def holds(self) -> bool:
+        return self.predictions_unchanged and self.deeper_much_larger
+
+
+def _model(group: Group) -> str | None:
+    return group.params.get("model.name")
+
+
+def _context(group: Group) -> tuple:
+    """Every key but the model's: groups that differ only in their model compare."""
+    return tuple((k, v) for k, v in group.key if not k.startswith("model."))
+
+
+def instability_checks(sweep: Sweep) -> list[InstabilityCheck]:
+    """One check per linear bit-flip group with at least two runs and a deeper bit-flip group
+    that shares every non-model key."""
+    checks = []
+    keys = [k for k in sweep.display_keys if not k.startswith("model.")]
+    for group in sweep.groups:
+        if not (is_bitflip(group) and _model(group) == LINEAR and len(group.runs) >= 2):
+            continue
+        deeper_groups = [
+            g for g in sweep.groups
+            if is_bitflip(g) and _model(g) not in (None, LINEAR) and _context(g) == _context(group) and len(g.runs) >= 2
+        ]
+        if not deeper_groups:
+            continue
+        logits, labels = group.logits, group.labels
+        predictions = np.argmax(logits, axis=-1)
+        changed = int(np.count_nonzero((predictions != predictions[0]).any(axis=0)))
+        checks.append(
+            InstabilityCheck(
+                label=group.label(keys),
+                runs=len(group.runs),
+                changed_examples=changed,
+                test_examples=len(labels),
+                accuracy_sd=sd(accuracy(logits, labels)),
+                cross_entropy_sd=sd(cross_entropy(logits, labels)),
+                deeper={_model(g): sd(cross_entropy(g.logits, g.labels)) for g in deeper_groups},
+            )
+        )
+    return checks
+
+
+def checks_markdown(checks: list[InstabilityCheck]) -> str:
+    lines = ["Sec. 4.2 check: instability comes with depth (paper: linear bit-flip runs have "
+             "accuracy SD 0 and cross-entropy SD ~3e-8; one hidden layer ~1e4 times more)."]
+    for c in checks:
+        verdict = "HOLDS" if c.holds else "DOES NOT HOLD"
+        lines += [
+            "",
+            f"- {c.label}, linear, {c.runs} bit-flip runs: {verdict}",
+            f"  - test predictions that differ between runs: {c.changed_examples} of "
+            f"{c.test_examples} ({'none' if c.predictions_unchanged else 'some'}); "
+            f"accuracy SD {format_number(c.accuracy_sd, 4)}; cross-entropy SD {c.cross_entropy_sd:.2g}",
+        ]
+        for model, value in c.deeper.items():
+            ratio = c.ratios[model]
+            ok = ratio >= MIN_RATIO
+            lines.append(
+                f"  - {model}: cross-entropy SD {value:.2g}, {ratio:.3g} times the linear model's "
+                f"({'>=' if ok else '<'} {MIN_RATIO:g})"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.instability",
+        description="Check the claim of Sec. 4.2 on a sweep with linear and deeper bit-flip runs "
+        "(exit 0: holds, 1: does not hold, 2: the sweep has no such runs).",
+    )
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR", type=Path)
+    args = p.parse_args(argv)
+    try:
+        sweep = load_sweep(args.sweep_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    checks = instability_checks(sweep)
+    if not checks:
+        print(
+            f"No linear bit-flip group with a deeper bit-flip group to compare below {args.sweep_dir} "
+            "(python launch.py -m +experiment=table8 trains them).",
+            file=sys.stderr,
+        )
+        return 2
+    print(checks_markdown(checks), end="")
+    return 0 if all(c.holds for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
