@@ -180,7 +180,7 @@ def pd_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]
     fig = Figure(figsize=(4.0 * cols, 3.6 * rows_n), layout="constrained")
     panels = list(np.atleast_1d(fig.subplots(rows_n, cols)).ravel())
     for extra in panels[n_panels:]:
-        extra.set_visible(False)
+        fig.delaxes(extra)
     panel = iter(panels)
     if ACTIVATION in axes:
         ax = next(panel)
@@ -191,6 +191,9 @@ def pd_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]
             ax.bar(np.arange(len(activations)) + (s - (len(sources) - 1) / 2) * width,
                    [means.get(a, np.nan) for a in activations], width, label=source)
         ax.set_xticks(np.arange(len(activations)), activations)
+        positive = frame["prediction_difference"][frame["prediction_difference"] > 0]
+        if len(positive) and positive.max() > 100 * positive.min():  # bit flips next to seeds
+            ax.set_yscale("log")
         averaged = [k for k in axes if k != ACTIVATION]
         ax.set_title("PD by activation" + (f"\n(mean over {', '.join(averaged)})" if averaged else ""), fontsize="medium")
         ax.set_ylabel("prediction difference")
@@ -209,6 +212,8 @@ def pd_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]
                 if full_at is not None:
                     x = np.where(np.isinf(x), full_at, x)
                 ax.plot(x, means.to_numpy(dtype=float), marker="o", label=str(activation) or None)
+            if axis == "model.width" and rows[axis].min() > 0 and rows[axis].max() >= 4 * rows[axis].min():
+                ax.set_xscale("log", base=2)
             if axis == WINDOW:
                 ax.set_xscale("log", base=2)
                 ticks = sorted(set(np.where(np.isinf(rows["_window"]), full_at, rows["_window"])))

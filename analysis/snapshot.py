@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -243,9 +242,3 @@ def table5_markdown(frame: pd.DataFrame, notes: list[str], n_boot: int = 1000) -
             lines.append("| " + " | ".join(cells) + " |")
     lines += [f"- note: {n}" for n in notes]
     return "\n".join(lines) + "\n"
-
-
-def write_table5_csv(frame: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
-    return path

@@ -98,6 +98,8 @@ def unsupported_reason(config: dict) -> str | None:
     name = config["model"]["name"]
     if name not in PACKABLE_MODELS:
         return f"model={name} has no fused packed form (it has {', '.join(sorted(PACKABLE_MODELS))})"
+    if config["schedule"]["name"] == "snapshot":
+        return "schedule=snapshot takes its snapshots in the solo loop"
     return None
 
 

@@ -21,14 +21,14 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from nondet import records
+from nondet import onset, records, snapshot
 from nondet.backend import autocast, configure_precision, environment
 from nondet.bitflip import flip_one_ulp
 from nondet.data import Dataset
@@ -109,9 +109,12 @@ def start_of_epoch(replica: Replica, config: dict) -> None:
         replica.bitflip = flip_one_ulp(replica.model, replica.generators["bitflip"])
 
 
-def train_epoch(replica: Replica, config: dict, data: Dataset) -> torch.Tensor:
+def train_epoch(
+    replica: Replica, config: dict, data: Dataset, after_step: Callable[[int], None] | None = None
+) -> torch.Tensor:
     """One pass over the training set; returns the mean training loss as a device scalar
-    (no host synchronisation inside the loop)."""
+    (no host synchronisation inside the loop). ``after_step(step)`` runs after every optimizer
+    step (snapshots are taken there)."""
     model, optimizer, generators = replica.model, replica.optimizer, replica.generators
     n = len(data.y_train)
     bounds = batch_bounds(n, config["batch_size"])
@@ -139,6 +142,8 @@ def train_epoch(replica: Replica, config: dict, data: Dataset) -> torch.Tensor:
         optimizer.step()
         loss_sum += loss.detach() * (stop - start)
         replica.step += 1
+        if after_step is not None:
+            after_step(replica.step)
     return loss_sum / n
 
 
@@ -250,15 +255,18 @@ def finish_replica(
     return result
 
 
-def train_replica(config: dict, directory: Path, data: Dataset, lowlevel: str) -> dict:
-    """Train the replica ``config['replicate']`` into ``directory``; returns result.json's dict."""
-    replica = open_replica(config, directory, data, lowlevel)
+def train_epochs(
+    replica: Replica, config: dict, directory: Path, data: Dataset, stop: int,
+    after_step: Callable[[int], None] | None = None, on_epoch: Callable[[], None] | None = None,
+) -> torch.Tensor | None:
+    """Train until ``replica.epoch == stop``: evaluate every ``eval_every`` epochs and at the
+    last epoch, checkpoint every ``checkpoint_every``. Returns the last evaluation's logits."""
     epochs = config["epochs"]
     logits = None
-    while replica.epoch < epochs:
+    while replica.epoch < stop:
         start_of_epoch(replica, config)
         began = time.perf_counter()
-        train_loss = train_epoch(replica, config, data)
+        train_loss = train_epoch(replica, config, data, after_step)
         if config["device"] == "cuda":
             torch.cuda.synchronize()
         replica.train_seconds += time.perf_counter() - began
@@ -269,8 +277,57 @@ def train_replica(config: dict, directory: Path, data: Dataset, lowlevel: str) -
             record_evaluation(replica, directory, config, float(train_loss), accuracy, cross_entropy)
         if not last and replica.epoch % config["checkpoint_every"] == 0:
             write_checkpoint(replica, directory)
+        if on_epoch is not None:
+            on_epoch()
+    return logits
 
-    if logits is None:  # epochs == 0: the untrained model
+
+def fork_from_prefix(replica: Replica, config: dict, directory: Path, data: Dataset) -> None:
+    """Bring a replica to the onset epoch from the shared prefix (nondet/onset.py): load it when
+    another job has trained it, else train it here and share it."""
+    onset_epoch = config["onset_epoch"]
+    shared = onset.prefix_checkpoint(config, onset_epoch)
+    lock = onset.Lock(shared.with_name(shared.name + ".lock"))
+    if not onset.wait_for(shared, lock):
+        with onset.held(lock):
+            if not shared.exists():
+                latest = onset.latest_prefix_checkpoint(config, onset_epoch)
+                if latest is not None and latest[0] > replica.epoch:
+                    replica.load_state_dict(_load_checkpoint(latest[1], config["device"]))
+                log.info("%s: training the shared prefix up to epoch %d", directory.name, onset_epoch)
+                train_epochs(replica, config, directory, data, onset_epoch, on_epoch=lock.refresh)
+                records.write_torch(shared, replica.state_dict())
+                return
+    log.info("%s: forking from the shared prefix at epoch %d", directory.name, onset_epoch)
+    replica.load_state_dict(_load_checkpoint(shared, config["device"]))
+
+
+def train_replica(config: dict, directory: Path, data: Dataset, lowlevel: str) -> dict:
+    """Train the replica ``config['replicate']`` into ``directory``; returns result.json's dict."""
+    directory = Path(directory)
+    replica = open_replica(config, directory, data, lowlevel)
+    epochs = config["epochs"]
+    if 0 < config["onset_epoch"] <= epochs and replica.epoch < config["onset_epoch"]:
+        fork_from_prefix(replica, config, directory, data)
+
+    steps_per_epoch = len(batch_bounds(len(data.y_train), config["batch_size"]))
+    snapshots = snapshot.snapshot_steps(config["schedule"], epochs * steps_per_epoch)
+
+    def take_snapshot(step: int) -> None:
+        if step in snapshots:
+            logits, _, _ = evaluate(replica.model, data, config)
+            replica.model.train()
+            path = snapshot.snapshot_path(directory, snapshots.index(step) + 1)
+            records.write_npy(path, logits.cpu().numpy().astype(np.float32))
+
+    logits = train_epochs(replica, config, directory, data, epochs, take_snapshot if snapshots else None)
+    if snapshots:  # the run's prediction is the snapshot ensemble
+        members = snapshot.load_snapshots(directory, len(snapshots))
+        logits = snapshot.ensemble_log_probabilities([torch.from_numpy(m) for m in members])
+        labels = data.y_test.cpu()
+        accuracy = float((logits.argmax(1) == labels).double().mean() * 100.0)
+        cross_entropy = float(F.cross_entropy(logits, labels))
+    elif logits is None:  # epochs == 0: the untrained model
         logits, accuracy, cross_entropy = evaluate(replica.model, data, config)
     else:
         accuracy, cross_entropy = replica.metrics[-1]["test_accuracy"], replica.metrics[-1]["test_cross_entropy"]

@@ -1,0 +1,106 @@
+"""Snapshot ensembles and the shared prefix of onset sweeps (the paper's Sec. 5 and Fig. 2)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from nondet import onset, records, snapshot, train
+from nondet.job import run_job
+from nondet.optim import learning_rate
+
+
+def run(config):
+    return run_job(OmegaConf.create(config))
+
+
+def test_snapshot_learning_rate_restarts_at_cycle_boundaries():
+    schedule = {"name": "snapshot", "cycles": 4}
+    steps_per_epoch, epochs = 10, 10  # T = 100, cycles of 25 steps
+    lrs = [learning_rate(schedule, 0.4, step, steps_per_epoch, epochs) for step in range(100)]
+    for start in (0, 25, 50, 75):
+        assert lrs[start] == 0.4  # each cycle starts at the maximum ...
+        assert lrs[start + 24] == pytest.approx(0.4 * 0.5 * (1 + math.cos(math.pi * 24 / 25)))
+        assert all(a > b for a, b in zip(lrs[start:start + 25], lrs[start + 1:start + 25]))
+    assert snapshot.snapshot_steps(schedule, 100) == [25, 50, 75, 100]
+    # T not divisible by M: cycles of ceil(T/M) steps, the last one cut short at the end.
+    assert snapshot.snapshot_steps({"name": "snapshot", "cycles": 3}, 100) == [34, 68, 100]
+    assert snapshot.snapshot_steps({"name": "cosine", "cycles": 3}, 100) == []
+
+
+def test_snapshot_run_saves_each_cycle_and_stores_the_ensemble(make_config):
+    config = make_config("schedule=snapshot", "schedule.cycles=3", "epochs=3", "source=init")
+    run(config)
+    directory = records.run_dir(config)
+    members = snapshot.load_snapshots(directory, 3)
+    assert not (directory / "snapshots" / "4").exists()
+    assert all(m.shape == members[0].shape and m.dtype == np.float32 for m in members)
+    assert not np.array_equal(members[0], members[2])
+    logits = np.load(directory / "logits.npy")
+    probabilities = np.mean([torch.softmax(torch.from_numpy(m).double(), 1).numpy() for m in members], 0)
+    assert np.allclose(np.exp(logits.astype(np.float64)), probabilities, atol=1e-6)
+    final = records.read_metrics(directory / "metrics.jsonl")[-1]
+    assert final["epoch"] == 3
+    labels = np.load(directory / "labels.npy")
+    result = records.read_json(directory / "result.json")
+    assert result["test_accuracy"] == pytest.approx(100 * np.mean(logits.argmax(1) == labels))
+
+
+def test_onset_forks_from_one_shared_prefix_and_equals_a_run_from_scratch(make_config, tmp_path, monkeypatch):
+    prefix_trainings = []
+    real = train.train_epochs
+
+    def counting(replica, config, directory, data, stop, *args, **kwargs):
+        if stop == config["onset_epoch"]:
+            prefix_trainings.append(directory)
+        return real(replica, config, directory, data, stop, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epochs", counting)
+    for replicate in range(3):
+        run(make_config("source=shuffle", "onset_epoch=2", "epochs=4", f"replicate={replicate}",
+                        f"output_root={tmp_path / 'shared'}"))
+    assert len(prefix_trainings) == 1
+    assert onset.prefix_checkpoint(make_config("source=shuffle", "onset_epoch=2", "epochs=4",
+                                               f"output_root={tmp_path / 'shared'}"), 2).exists()
+    monkeypatch.setattr(train, "train_epochs", real)
+
+    finals = []
+    for replicate in range(3):
+        forked = make_config("source=shuffle", "onset_epoch=2", "epochs=4", f"replicate={replicate}",
+                             f"output_root={tmp_path / 'shared'}")
+        alone = make_config("source=shuffle", "onset_epoch=2", "epochs=4", f"replicate={replicate}",
+                            f"output_root={tmp_path / f'alone{replicate}'}")
+        run(alone)
+        a = np.load(records.run_dir(forked) / "logits.npy")
+        b = np.load(records.run_dir(alone) / "logits.npy")
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+        wa = torch.load(records.run_dir(forked) / "weights.pt")
+        wb = torch.load(records.run_dir(alone) / "weights.pt")
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+        finals.append(a)
+    assert not np.array_equal(finals[0], finals[1])  # the sources do vary after the onset
+
+
+def test_prefix_is_shared_across_sources_and_onsets(make_config):
+    a = make_config("source=shuffle", "onset_epoch=2", "replicate=0")
+    b = make_config("source=augment", "onset_epoch=5", "replicate=7")
+    c = make_config("source=shuffle", "onset_epoch=2", "model.width=17")
+    assert onset.prefix_hash(a) == onset.prefix_hash(b) != onset.prefix_hash(c)
+
+
+def test_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
+    path = tmp_path / "x.lock"
+    first, second = onset.Lock(path), onset.Lock(path, stale_seconds=3600)
+    assert first.try_acquire()
+    assert not second.try_acquire()
+    first.release()
+    assert second.try_acquire()
+    import os
+    os.utime(path, (0, 0))  # its holder died long ago
+    third = onset.Lock(path, stale_seconds=60)
+    assert not third.try_acquire()  # moves the stale lock away ...
+    assert third.try_acquire()  # ... and takes it on the next try
