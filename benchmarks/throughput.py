@@ -172,7 +172,7 @@ def alternatives(args) -> None:
     from torch.func import functional_call, grad, vmap
 
     device = "cpu"
-    packs = int(packs.split(",")[-1])
+    packs = int(args.pack.split(",")[-1])
     configure_lowlevel(device, False, required=True)
     configure_precision("fp32")
     print("\n## vmap over functional_call vs packed layers (default MLP, one training step)\n")

@@ -149,7 +149,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         pending.append((replica_config, directory))
 
     if config["pack"] > 1 and pending:
-        reason = pack.unsupported_reason(config)
+        reason = pack.sequential_reason(config, data)
         if reason is None:
             pack.train_pack(pending, data, lowlevel, finished=finished, failed=failed)
             return outcome

@@ -37,9 +37,11 @@ Exactness, measured on the CPU in strict fp32 (tests/test_pack.py, docs/benchmar
   bias gradient and the training loss reduce in the solo order.
 - ``conv1`` and the ResNets on the CPU: ``conv_mode="split"`` (the CPU default) runs one
   convolution per replica and is bitwise identical too; ``"grouped"`` (one grouped convolution,
-  the CUDA default) differs from solo by float32 rounding (see docs/benchmarks.md) and can depend
-  on how many replicas share the call, so ``pack`` is part of a run's identity (its group hash)
-  and tables never mix pack sizes silently.
+  the CUDA default) differs from solo by float32 rounding (see docs/benchmarks.md) and may depend
+  on how many replicas share the call. So ``pack`` is part of a run's identity (its group hash:
+  tables never mix pack sizes silently), and where the arithmetic may depend on P (grouped
+  convolutions, anything on CUDA) a pack short of P members is filled with spare copies, so every
+  replica of a configuration is computed by kernels of one shape (``fills_pack``).
 - On a GPU nothing is promised bitwise against solo (cuBLAS/cuDNN pick kernels by shape);
   ``benchmarks/gpu_checks.py`` measures it.
 
@@ -47,8 +49,9 @@ Resume: each replica resumes from its own checkpoint; finished replicas are skip
 If the replicas of a job stand at different epochs (one was restarted from scratch, say), the
 ones behind train as a pack until they reach the next ones, then all continue together.
 
-Models whose layers are not all listed here (vgg11, shufflenetv2_050: max-pooling and channel
-shuffles would mix replicas) are trained one after another in the job instead, with a log line.
+The job trains its replicas one after another instead, with a log line, for models without a
+packed form (vgg11, shufflenetv2_050: max-pooling and channel shuffles would mix replicas) and,
+on the CPU, for convolutional models too large to gain from a pack (``sequential_reason``).
 """
 
 from __future__ import annotations
@@ -79,6 +82,9 @@ log = logging.getLogger("nondet")
 
 # Models whose every layer has a packed form below.
 PACKABLE_MODELS = frozenset({"linear", "mlp", "conv1", "resnet6", "resnet10", "resnet14", "resnet18"})
+# On the CPU, convolutional packs whose first-layer output per replica exceeds this many bytes
+# train one replica at a time instead (see sequential_reason).
+CPU_CONV_ACTIVATIONS = 128 * 1024
 # Per-step sources: replicas whose generator is in the same state share it within a pack.
 SHARED_SOURCES = ("shuffle", "augment", "dropout", "reduction")
 # Modules that act on each channel (or element) alone, so the folded replica axis passes through.
@@ -93,13 +99,26 @@ class NotPackableError(TypeError):
     pass
 
 
-def unsupported_reason(config: dict) -> str | None:
-    """Why ``config`` cannot be trained as one fused pack, or None when it can."""
+def sequential_reason(config: dict, data: Dataset) -> str | None:
+    """Why the job should train its replicas one after another rather than as one fused pack,
+    or None when a pack is the way.
+
+    Besides models with no packed form: on the CPU a pack of convolutional models pays only while
+    each replica's activations are small (measured: about 1.3-1.5x at 128 KiB of first-layer
+    output per replica, 0.9x from 512 KiB, docs/benchmarks.md); beyond that the replicas are
+    trained one after another. On the CPU the split convolutions are the solo computation, so
+    the results are bitwise the same either way.
+    """
     name = config["model"]["name"]
     if name not in PACKABLE_MODELS:
-        return f"model={name} has no fused packed form (it has {', '.join(sorted(PACKABLE_MODELS))})"
-    if config["schedule"]["name"] == "snapshot":
-        return "schedule=snapshot takes its snapshots in the solo loop"
+        return f"model={name} has no packed form (packable: {', '.join(sorted(PACKABLE_MODELS))})"
+    if config["device"] == "cpu" and name not in ("linear", "mlp") and len(data.input_shape) == 3:
+        _, height, width = data.input_shape
+        size = config["batch_size"] * config["model"]["width"] * height * width * 4
+        if size > CPU_CONV_ACTIVATIONS:
+            return (f"on the CPU a pack of {name} with {size // 1024} KiB of activations per "
+                    "replica and layer is slower than one replica at a time (docs/benchmarks.md); "
+                    "the results are bitwise the same either way")
     return None
 
 

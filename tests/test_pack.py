@@ -196,7 +196,7 @@ def test_a_failing_pack_leaves_error_txt_in_every_member(make_config, tmp_path, 
 
 
 def test_unpackable_models_train_one_after_another(make_config, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(pack, "unsupported_reason", lambda config: "no packed form (test)")
+    monkeypatch.setattr(pack, "sequential_reason", lambda config, data: "no packed form (test)")
     config = make_config("source=init", "pack=2", "replicates=2", f"output_root={tmp_path}")
     with caplog.at_level("INFO", logger="nondet"):
         assert len(run(config)["finished"]) == 2
@@ -318,3 +318,17 @@ def test_a_packed_sweep_from_the_command_line(tmp_path):
     for directory in runs:
         assert all((directory / name).is_file() for name in CONTRACT)
     assert "6 runs trained now" in out.stdout
+
+
+def test_large_convolutional_packs_train_one_at_a_time_on_the_cpu(make_config):
+    """On the CPU a pack of big convolutional models is slower (docs/benchmarks.md); the split
+    convolutions are the solo computation, so training them one at a time changes no result."""
+    from types import SimpleNamespace
+
+    small = make_config("model=resnet6", "dataset.image_shape=[3,8,8]", "pack=4")
+    big = make_config("model=resnet14", "dataset.image_shape=[3,32,32]", "pack=4", "batch_size=512")
+    assert pack.sequential_reason(small, SimpleNamespace(input_shape=(3, 8, 8))) is None
+    assert "slower" in pack.sequential_reason(big, SimpleNamespace(input_shape=(3, 32, 32)))
+    assert pack.sequential_reason(make_config("pack=4"), SimpleNamespace(input_shape=(32,))) is None
+    assert "no packed form" in pack.sequential_reason(
+        make_config("model=vgg11", "dataset.image_shape=[3,32,32]", "pack=4"), SimpleNamespace(input_shape=(3, 32, 32)))

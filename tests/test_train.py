@@ -123,11 +123,11 @@ def test_resume_is_bitwise_exact(make_config, tmp_path, monkeypatch):
     real_epoch = train.train_epoch
     calls = {"n": 0}
 
-    def dies_in_epoch_three(replica, config, data):
+    def dies_in_epoch_three(replica, config, data, *args):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # stands in for a kill: no error.txt, nothing cleaned up
-        return real_epoch(replica, config, data)
+        return real_epoch(replica, config, data, *args)
 
     monkeypatch.setattr(train, "train_epoch", dies_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
