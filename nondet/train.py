@@ -178,6 +178,8 @@ def open_replica(
     solo or in a pack (nondet/pack.py)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    # config.yaml first: a run that fails on its checkpoint is still found by the analysis.
+    records.write_text(directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
     replica = new_replica(config, data)
     checkpoint = directory / records.CHECKPOINT_FILE
     resumed_from = None
@@ -191,7 +193,6 @@ def open_replica(
             stacklevel=2,
         )
 
-    records.write_text(directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
     env = environment(config["device"], config["precision"], lowlevel)
     env["resumed_from_epoch"] = resumed_from
     env.update(env_extra or {})
