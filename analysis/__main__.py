@@ -4,7 +4,9 @@
     python -m analysis outputs/table1 --csv table1.csv --latex table1.tex --figures figs/
     python -m analysis outputs/table1 --cka --cka-probe 1000 --cka-runs 25 --figures figs/
 
-Prints the markdown of ``analysis.summarize`` (plus the CKA table with ``--cka``). Exit status:
+Prints the markdown of ``analysis.summarize`` (plus the CKA table with ``--cka``), then what the
+sweep's structure allows (``analysis/paper.py``: Table 5, Figure 2, Figure 3, the Sec. 4.2
+check, prediction differences; ``--csv`` also writes ``<stem>_table5.csv``). Exit status:
 0 when the table was written (missing or failed runs are listed, not fatal), 1 when no finished
 run was found, 2 on bad arguments or a group that mixes test sets.
 """

@@ -170,6 +170,7 @@ def alternatives(args) -> None:
     """The measurements behind nondet/pack.py's choices, on this machine's CPU."""
     import torch.nn.functional as F
     from torch.func import functional_call, grad, vmap
+    from torch.optim.sgd import sgd as sgd_update
 
     device = "cpu"
     packs = int(args.pack.split(",")[-1])
@@ -191,10 +192,14 @@ def alternatives(args) -> None:
 
     vmapped = vmap(grad(loss_of), in_dims=(0, 1, 1))
 
-    def step_vmap():
+    buffers = [None] * len(params)
+
+    def step_vmap():  # the same update as the pack's: torch's functional SGD on stacked tensors
         grads = vmapped(params, x, y)
-        for name in params:
-            params[name].sub_(0.1 * grads[name])
+        group = replicas[0].optimizer.param_groups[0]
+        sgd_update(list(params.values()), [grads[name] for name in params], buffers, lr=0.1,
+                   weight_decay=group["weight_decay"], momentum=group["momentum"], dampening=0.0,
+                   nesterov=group["nesterov"], maximize=False)
 
     def step_packed():
         logits = group.model(x.flatten(1)).unflatten(1, (packs, -1))

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nondet import lm, pack, records
-from nondet.backend import configure_lowlevel, configure_precision, resolve_device
+from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, configure_precision, resolve_device
 from nondet.config import TEXT_DATASETS
 from nondet.data import Dataset, load_dataset
 from nondet.seeds import check_sources
@@ -111,6 +111,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     lowlevel = configure_lowlevel(
         config["device"], "lowlevel" in config["source"]["vary"], config["source"]["lowlevel_required"]
     )
+    if config["onset_epoch"] > 0 and lowlevel == LOWLEVEL_NONDETERMINISTIC:
+        # Deterministic until the onset epoch; nondet.train.start_of_epoch switches it.
+        configure_lowlevel(config["device"], False, True)
     configure_precision(config["precision"])
     if config["threads"]:
         torch.set_num_threads(config["threads"])

@@ -60,6 +60,7 @@ import copy
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -701,11 +702,11 @@ def _train_segment(members: list[tuple[train.Replica, dict]], data: Dataset, sto
 
 
 def train_pack(
-    jobs: list[tuple[dict, object]],
+    jobs: list[tuple[dict, Path]],
     data: Dataset,
     lowlevel: str,
-    finished: Callable[[object, dict], None],
-    failed: Callable[[object], None],
+    finished: Callable[[Path, dict], None],
+    failed: Callable[[Path], None],
     conv_mode: str | None = None,
 ) -> None:
     """Train the unfinished replicas ``jobs`` = [(config, directory)] of one job as a pack.
@@ -728,7 +729,7 @@ def train_pack(
             failed(directory)
             continue
         members.append((replica, {"config": config, "directory": directory, "lowlevel": lowlevel}))
-    log.info("pack of %d replicas (%s convolutions) in one process", len(members), conv_mode)
+    log.info("a pack of %d replicas in one process (conv_mode=%s)", len(members), conv_mode)
     epochs = jobs[0][0]["epochs"]
     while members:
         start = min(r.epoch for r, _ in members)
@@ -742,9 +743,10 @@ def train_pack(
         except Exception:
             for _, member in behind:
                 failed(member["directory"])
-            members = [m for m in members if m not in behind]
-            continue
+            stop = epochs
         if stop == epochs:
             for _, member in behind:
-                finished(member["directory"], member["result"])
-            members = [m for m in members if m not in behind]
+                if "result" in member:
+                    finished(member["directory"], member["result"])
+            gone = {id(m) for m in behind}
+            members = [m for m in members if id(m) not in gone]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from nondet import onset, records, snapshot
-from nondet.backend import autocast, configure_precision, environment
+from nondet.backend import autocast, configure_lowlevel, configure_precision, environment
 from nondet.bitflip import flip_one_ulp
 from nondet.data import Dataset
 from nondet.models import build_model, set_dropout_generator
@@ -97,6 +97,9 @@ def new_replica(config: dict, data: Dataset) -> Replica:
 def start_of_epoch(replica: Replica, config: dict) -> None:
     """At the onset epoch the varied sources switch to their replicate seeds; bit flip."""
     onset = config["onset_epoch"]
+    if replica.plan.varies("lowlevel") and config["device"] == "cuda":
+        # Kernels stay deterministic through the shared prefix, free from the onset epoch on.
+        configure_lowlevel("cuda", replica.epoch >= onset, required=True)
     if replica.epoch != onset:
         return
     if onset > 0:

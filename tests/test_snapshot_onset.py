@@ -104,3 +104,18 @@ def test_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
     third = onset.Lock(path, stale_seconds=60)
     assert not third.try_acquire()  # moves the stale lock away ...
     assert third.try_acquire()  # ... and takes it on the next try
+
+
+def test_lowlevel_is_deterministic_until_the_onset_epoch(make_config, monkeypatch):
+    from nondet.data import load_dataset
+
+    config = make_config("source=all", "onset_epoch=2", "replicate=1")
+    data = load_dataset(OmegaConf.create(config["dataset"]), "cpu")
+    replica = train.new_replica(config, data)
+    calls = []
+    monkeypatch.setattr(train, "configure_lowlevel", lambda device, free, required: calls.append(free))
+    on_gpu = {**config, "device": "cuda"}  # the switch only matters on CUDA; record it there
+    for epoch in range(4):
+        replica.epoch = epoch
+        train.start_of_epoch(replica, on_gpu)
+    assert calls == [False, False, True, True]
