@@ -109,7 +109,7 @@ def test_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
 def test_lowlevel_is_deterministic_until_the_onset_epoch(make_config, monkeypatch):
     from nondet.data import load_dataset
 
-    config = make_config("source=all", "onset_epoch=2", "replicate=1")
+    config = make_config("source=lowlevel", "onset_epoch=2", "replicate=1")
     data = load_dataset(OmegaConf.create(config["dataset"]), "cpu")
     replica = train.new_replica(config, data)
     calls = []
