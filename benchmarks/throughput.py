@@ -131,7 +131,8 @@ def row(cells: list) -> str:
 
 
 HEADER = ["case", "device", "precision", "lowlevel", "threads", "P", "conv", "pack=1 model-epochs/s",
-          "pack=P model-epochs/s", "ratio", "s/replica-epoch (pack=P, 50k images)", "TFLOP/s (pack=P)"]
+          "pack=P model-epochs/s", "ratio", "s/replica-epoch (pack=P, 50k images)", "TFLOP/s (pack=P)",
+          "peak GPU memory"]
 
 
 def run_case(args, case: str, device: str, precision: str, lowlevel: str, packs: int, conv_mode: str | None) -> list:
@@ -149,6 +150,8 @@ def run_case(args, case: str, device: str, precision: str, lowlevel: str, packs:
         ])
         data = cifar_shaped(images, 1024, device)
     epochs = args.epochs if case == "mlp" or device == "cuda" else 1
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     result = measure(config, data, packs, epochs, args.repeats, conv_mode or "split")
     per_epoch = flops = "-"
     if images:
@@ -158,7 +161,8 @@ def run_case(args, case: str, device: str, precision: str, lowlevel: str, packs:
     cells = [case, device, precision, lowlevel, torch.get_num_threads(), packs, conv_mode or "-",
              f"{result['solo']:.3g} (median {result['solo_median']:.3g})",
              f"{result['pack']:.3g} (median {result['pack_median']:.3g})",
-             f"{result['pack'] / result['solo']:.2f}x", per_epoch, flops]
+             f"{result['pack'] / result['solo']:.2f}x", per_epoch, flops,
+             f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device == "cuda" else "-"]
     print(row(cells), flush=True)
     return cells
 

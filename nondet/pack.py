@@ -113,6 +113,8 @@ def sequential_reason(config: dict, data: Dataset) -> str | None:
     name = config["model"]["name"]
     if name not in PACKABLE_MODELS:
         return f"model={name} has no packed form (packable: {', '.join(sorted(PACKABLE_MODELS))})"
+    if config["schedule"]["name"] == "snapshot":
+        return "schedule=snapshot takes its snapshots in the solo loop"
     if config["device"] == "cpu" and name not in ("linear", "mlp") and len(data.input_shape) == 3:
         _, height, width = data.input_shape
         size = config["batch_size"] * config["model"]["width"] * height * width * 4
@@ -665,6 +667,9 @@ def _train_segment(members: list[tuple[train.Replica, dict]], data: Dataset, sto
             for replica in replicas:
                 train.start_of_epoch(replica, config)
             pack = Pack(replicas, config, conv_mode)
+        else:  # nothing changes in the replicas then, but the low-level switch of an onset sweep
+            for replica in replicas:
+                train.start_of_epoch(replica, config)
         began = time.perf_counter()
         train_loss = train_pack_epoch(pack, data)
         if config["device"] == "cuda":
@@ -672,9 +677,10 @@ def _train_segment(members: list[tuple[train.Replica, dict]], data: Dataset, sto
         seconds = (time.perf_counter() - began) / len(members)  # amortised over the pack
         pack.epoch += 1
         last = pack.epoch == epochs
+        for replica in replicas:  # spares too: start_of_epoch reads the epoch
+            replica.epoch = pack.epoch
         for replica, _ in members:
             replica.train_seconds += seconds
-            replica.epoch = pack.epoch
         if last or pack.epoch % config["eval_every"] == 0:
             logits, accuracy, cross_entropy = evaluate_pack(pack, data)
             losses = train_loss.tolist()
@@ -725,6 +731,9 @@ def train_pack(
     for config, directory in jobs:
         try:
             replica = train.open_replica(config, directory, data, lowlevel, env)
+            if 0 < config["onset_epoch"] <= config["epochs"] and replica.epoch < config["onset_epoch"]:
+                # the shared prefix of an onset sweep, trained once for all (nondet/onset.py)
+                train.fork_from_prefix(replica, config, Path(directory), data)
         except Exception:
             failed(directory)
             continue

@@ -102,7 +102,7 @@ def test_a_packed_replica_is_bitwise_the_solo_replica(make_config, tmp_path, mod
     assert not np.array_equal(bits(packed[0]), bits(packed[1]))  # source=all: they do vary
 
 
-@pytest.mark.parametrize("optimizer", ["optimizer=adam", "optimizer.nesterov=true"])
+@pytest.mark.parametrize("optimizer", ["optimizer=adam", "optimizer.nesterov=true", "precision=bf16"])
 def test_optimizers_and_onset_are_bitwise_too(make_config, tmp_path, optimizer):
     solo, packed = solo_and_packed(
         make_config, tmp_path, "source=shuffle_reduction", optimizer, "onset_epoch=1", "epochs=3",
@@ -332,3 +332,10 @@ def test_large_convolutional_packs_train_one_at_a_time_on_the_cpu(make_config):
     assert pack.sequential_reason(make_config("pack=4"), SimpleNamespace(input_shape=(32,))) is None
     assert "no packed form" in pack.sequential_reason(
         make_config("model=vgg11", "dataset.image_shape=[3,32,32]", "pack=4"), SimpleNamespace(input_shape=(3, 32, 32)))
+
+
+def test_snapshot_schedules_train_one_at_a_time(make_config):
+    from types import SimpleNamespace
+
+    config = make_config("schedule=snapshot", "pack=4")
+    assert "snapshot" in pack.sequential_reason(config, SimpleNamespace(input_shape=(32,)))
