@@ -94,32 +94,19 @@ def is_lm_run(directory: Path) -> bool:
     ).exists()
 
 
-def _read(path: Path, ndim: int, kind: str) -> np.ndarray:
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise records.CorruptRunError(f"cannot read {path.name}: {e}") from e
-    if array.ndim != ndim or array.dtype.kind not in kind:
-        raise records.CorruptRunError(
-            f"{path.name} has shape {array.shape} and dtype {array.dtype}, "
-            f"expected {ndim} dimensions of kind {kind!r}"
-        )
-    return array
-
-
 def read_lm_arrays(directory: Path, n_labels: int) -> LMArrays:
     """The arrays of a finished LM run; ``CorruptRunError`` when one is unreadable or the
     lengths disagree with the ``n_labels`` test targets."""
     directory = Path(directory)
-    target = _read(directory / records.TARGET_LOGPROBS_FILE, 1, "f")
-    predictions = _read(directory / records.PREDICTIONS_FILE, 1, "iu")
+    target = records.read_array(directory / records.TARGET_LOGPROBS_FILE, 1, "f")
+    predictions = records.read_array(directory / records.PREDICTIONS_FILE, 1, "iu")
     for name, array in (("target_logprobs.npy", target), ("predictions.npy", predictions)):
         if len(array) != n_labels:
             raise records.CorruptRunError(f"{name} has {len(array)} tokens but labels.npy has {n_labels}")
     subset = positions = None
     if (directory / records.LOGPROBS_SUBSET_FILE).exists():
-        subset = _read(directory / records.LOGPROBS_SUBSET_FILE, 2, "f")
-        positions = _read(directory / records.SUBSET_POSITIONS_FILE, 1, "iu")
+        subset = records.read_array(directory / records.LOGPROBS_SUBSET_FILE, 2, "f")
+        positions = records.read_array(directory / records.SUBSET_POSITIONS_FILE, 1, "iu")
         if len(subset) != len(positions):
             raise records.CorruptRunError(
                 f"logprobs_subset.npy has {len(subset)} rows but subset_positions.npy has {len(positions)}"

@@ -259,20 +259,6 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def _read_array(path: Path, ndim: int, kind: str) -> np.ndarray:
-    """Memory-map a .npy file; a truncated file fails here because the map would overrun it."""
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise records.CorruptRunError(f"cannot read {path.name}: {e}") from e
-    if array.ndim != ndim or array.dtype.kind not in kind:
-        raise records.CorruptRunError(
-            f"{path.name} has shape {array.shape} and dtype {array.dtype}, "
-            f"expected {ndim} dimensions of kind {kind!r}"
-        )
-    return array
-
-
 def _last_line(path: Path) -> str:
     try:
         lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
@@ -315,8 +301,8 @@ def read_run(directory: Path) -> Run | RunProblem:
             raise records.CorruptRunError(f"{records.RESULT_FILE} does not hold a JSON object")
         if is_lm_run(directory):
             return _read_lm_run(directory, config, key, result, replicate)
-        logits = _read_array(directory / records.LOGITS_FILE, 2, "f")
-        labels = _read_array(directory / records.LABELS_FILE, 1, "iu")
+        logits = records.read_array(directory / records.LOGITS_FILE, 2, "f")
+        labels = records.read_array(directory / records.LABELS_FILE, 1, "iu")
         if len(labels) != len(logits):
             raise records.CorruptRunError(
                 f"logits.npy has {len(logits)} rows but labels.npy has {len(labels)}"
@@ -334,7 +320,7 @@ def read_run(directory: Path) -> Run | RunProblem:
 def _read_lm_run(directory: Path, config: dict, key: tuple, result: dict, replicate) -> Run | RunProblem:
     """A finished language-model run: labels, per-token arrays (analysis/lm.py), no logits."""
     try:
-        labels = _read_array(directory / records.LABELS_FILE, 1, "iu")
+        labels = records.read_array(directory / records.LABELS_FILE, 1, "iu")
         arrays = read_lm_arrays(directory, len(labels))
         metrics = records.read_metrics(directory / records.METRICS_FILE)
         seeds_path = directory / records.SEEDS_FILE

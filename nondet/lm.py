@@ -100,7 +100,7 @@ from nondet.models import build_language_model, set_dropout_generator
 from nondet.optim import build_optimizer, learning_rate
 from nondet.seeds import SeedPlan
 from nondet.text import TextCorpus
-from nondet.train import start_of_epoch
+from nondet.train import Replica, start_of_epoch
 
 log = logging.getLogger("nondet")
 
@@ -190,18 +190,10 @@ def subset_positions(n: int, k: int, data_seed: int) -> torch.Tensor:
 
 
 @dataclass
-class LMReplica:
-    """Everything a language-model replica's training depends on (all of it in the checkpoint)."""
+class LMReplica(Replica):
+    """A language-model replica: the image replica's state plus NT-ASGD's (all of it in the
+    checkpoint)."""
 
-    plan: SeedPlan
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    generators: dict[str, torch.Generator]
-    epoch: int = 0
-    step: int = 0
-    train_seconds: float = 0.0
-    bitflip: dict | None = None
-    metrics: list[dict] = field(default_factory=list)
     # NT-ASGD: the running average of the parameters (None until averaging starts).
     average: Optional[list[torch.Tensor]] = None
     averaged_steps: int = 0
@@ -210,14 +202,7 @@ class LMReplica:
 
     def state_dict(self) -> dict:
         return {
-            "epoch": self.epoch,
-            "step": self.step,
-            "train_seconds": self.train_seconds,
-            "bitflip": self.bitflip,
-            "metrics": self.metrics,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generators": {name: g.get_state() for name, g in self.generators.items()},
+            **super().state_dict(),
             "average": self.average,
             "averaged_steps": self.averaged_steps,
             "asgd_from_epoch": self.asgd_from_epoch,
@@ -225,16 +210,7 @@ class LMReplica:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch = state["epoch"]
-        self.step = state["step"]
-        self.train_seconds = state["train_seconds"]
-        self.bitflip = state["bitflip"]
-        self.metrics = list(state["metrics"])
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for name, generator_state in state["generators"].items():
-            self.generators[name].set_state(generator_state)
-        set_dropout_generator(self.model, self.generators["dropout"])
+        super().load_state_dict(state)
         self.average = state["average"]
         self.averaged_steps = state["averaged_steps"]
         self.asgd_from_epoch = state["asgd_from_epoch"]

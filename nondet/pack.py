@@ -77,7 +77,7 @@ from nondet.models.layers import GlobalAvgPool
 from nondet.models.resnet import BasicBlock, ResNet
 from nondet.models.shallow import MLP, Conv1Net, LinearClassifier
 from nondet.optim import learning_rate
-from nondet.pipeline import batch_bounds, epoch_order, within_batch_permutation
+from nondet.pipeline import batch_bounds, crop_flip, crop_flip_draws, epoch_order, within_batch_permutation
 
 log = logging.getLogger("nondet")
 
@@ -500,30 +500,6 @@ class Pack:
         return distinct, torch.tensor(which, device=self.config["device"])
 
 
-def _crop_flip_draws(batch: int, generator: torch.Generator, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The draws of ``nondet.pipeline.random_crop_flip`` for a batch: offsets (2, B), flips (B,)."""
-    offsets = torch.randint(0, 2 * pad + 1, (2, batch), generator=generator, device=generator.device)
-    flips = torch.randint(0, 2, (batch,), generator=generator, device=generator.device).bool()
-    return offsets, flips
-
-
-def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """``random_crop_flip`` with its draws given: x (N, C, H, W), offsets (2, N), flips (N,)."""
-    batch, channels, height, width = x.shape
-    device = x.device
-    offsets, flips = offsets.to(device), flips.to(device)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    rows = offsets[0, :, None] + torch.arange(height, device=device)
-    cols = offsets[1, :, None] + torch.arange(width, device=device)
-    cols = torch.where(flips[:, None], cols.flip(1), cols)
-    return padded[
-        torch.arange(batch, device=device)[:, None, None, None],
-        torch.arange(channels, device=device)[None, :, None, None],
-        rows[:, None, :, None],
-        cols[:, None, None, :],
-    ]
-
-
 def _nll_mean_cpu(losses: torch.Tensor) -> torch.Tensor:
     """The mean over the last axis as torch's CPU ``nll_loss(reduction='mean')`` computes it:
     a cascade of 8 partial sums, each level flushed every 2**k additions, then one division.
@@ -586,7 +562,7 @@ def train_pack_epoch(pack: Pack, data: Dataset) -> torch.Tensor:
         index = orders[:, start:stop].gather(1, perms[reduction_of]).t()  # (B, P)
         x, y = data.x_train[index], data.y_train[index]  # (B, P, ...), (B, P)
         if augment:
-            draws = [_crop_flip_draws(size, g, 4) for g in augmenters]
+            draws = [crop_flip_draws(size, g, 4) for g in augmenters]
             offsets = torch.stack([o for o, _ in draws]).to(device)[augment_of]  # (P, 2, B)
             flips = torch.stack([f for _, f in draws]).to(device)[augment_of]  # (P, B)
             x = crop_flip(

@@ -59,13 +59,17 @@ def within_batch_permutation(size: int, generator: torch.Generator) -> torch.Ten
     return torch.randperm(size, generator=generator, device=generator.device)
 
 
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random ``pad``-pixel-shifted crop of the zero-padded image and a horizontal flip with
-    probability 1/2, independently per example. ``x``: (B, C, H, W), any dtype; same out."""
-    batch, channels, height, width = x.shape
-    device = x.device
+def crop_flip_draws(batch: int, generator: torch.Generator, pad: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """The augment source's draws for a batch: crop offsets (2, batch) in [0, 2 pad], flips (batch,)."""
     offsets = torch.randint(0, 2 * pad + 1, (2, batch), generator=generator, device=generator.device)
     flips = torch.randint(0, 2, (batch,), generator=generator, device=generator.device).bool()
+    return offsets, flips
+
+
+def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Crop each zero-padded image at its offsets and flip it where ``flips``: one gather."""
+    batch, channels, height, width = x.shape
+    device = x.device
     offsets, flips = offsets.to(device), flips.to(device)
     padded = F.pad(x, (pad, pad, pad, pad))
     rows = offsets[0, :, None] + torch.arange(height, device=device)
@@ -77,3 +81,9 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) 
         rows[:, None, :, None],
         cols[:, None, None, :],
     ]
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random ``pad``-pixel-shifted crop of the zero-padded image and a horizontal flip with
+    probability 1/2, independently per example. ``x``: (B, C, H, W), any dtype; same out."""
+    return crop_flip(x, *crop_flip_draws(x.shape[0], generator, pad), pad)

@@ -149,3 +149,17 @@ def read_metrics(path: Path) -> list[dict]:
         raise CorruptRunError(
             f"cannot read {path}: {e}. Delete the run directory {path.parent} to retrain it."
         ) from e
+
+
+def read_array(path: Path, ndim: int, kind: str) -> np.ndarray:
+    """Memory-map a .npy file; a truncated file fails here because the map would overrun it."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise CorruptRunError(f"cannot read {path.name}: {e}") from e
+    if array.ndim != ndim or array.dtype.kind not in kind:
+        raise CorruptRunError(
+            f"{path.name} has shape {array.shape} and dtype {array.dtype}, "
+            f"expected {ndim} dimensions of kind {kind!r}"
+        )
+    return array

@@ -24,7 +24,7 @@ from nondet import pack, records, train
 from nondet.data import load_dataset
 from nondet.job import run_job
 from nondet.models import SeededDropout
-from nondet.pipeline import random_crop_flip
+from nondet.pipeline import crop_flip, crop_flip_draws, random_crop_flip
 from nondet.seeds import make_generator
 
 CONTRACT = ["config.yaml", "env.json", "seeds.json", "metrics.jsonl", "logits.npy", "labels.npy",
@@ -273,8 +273,8 @@ def test_crop_flip_draws_match_the_solo_pipeline():
     x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
     a, b = make_generator(5), make_generator(5)
     expected = random_crop_flip(x, a)
-    offsets, flips = pack._crop_flip_draws(6, b, 4)
-    assert torch.equal(pack.crop_flip(x, offsets, flips), expected)
+    offsets, flips = crop_flip_draws(6, b, 4)
+    assert torch.equal(crop_flip(x, offsets, flips), expected)
     assert torch.equal(a.get_state(), b.get_state())
 
 
