@@ -106,7 +106,12 @@ class SummaryCallback(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         print(f"\nSweep {sweep_dir}: {sweep_counts(sweep_dir, self.started)}.\n", flush=True)
-        print(analysis.summarize(sweep_dir), flush=True)
+        try:
+            print(analysis.summarize(sweep_dir), flush=True)
+        except analysis.MixedTestSetError as e:
+            # Every run is kept; the table needs runs of one group to share a test set.
+            print(f"No table: {e}", flush=True)
+            sys.exit(1)
         # analysis finds runs by their config.yaml; a run can fail before writing it (a corrupt
         # checkpoint, a model that cannot be built), so those are listed here.
         early = [d for d in failed_runs(sweep_dir) if not (d / CONFIG_FILE).exists()]
