@@ -9,6 +9,7 @@ default, required to see a one-ULP bit flip), TF32, or bfloat16 autocast.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import socket
@@ -82,6 +83,7 @@ def autocast(precision: str, device: str):
     return contextlib.nullcontext()
 
 
+@functools.cache  # one subprocess per process, not one per run
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(

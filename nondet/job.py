@@ -2,10 +2,11 @@
 
 ``launch.py`` hands every job of a sweep to ``run_job``. With ``pack > 1`` the replicas train
 together in one fused computation (``nondet/pack.py``) when the model has a packed form, else
-one after another. Finished replicas (``result.json`` present) are skipped; unfinished ones resume from their checkpoint; a replica that raises leaves
-``error.txt`` with the traceback and the sweep goes on. Mistakes in the configuration itself
-(unknown source, ``device=cuda`` without a GPU, missing dataset files) raise before anything is
-trained, with a message that says what to do.
+one after another. Finished replicas (``result.json`` present) are skipped; unfinished ones
+resume from their checkpoint; a replica that raises leaves ``error.txt`` with the traceback and
+the sweep goes on. Mistakes in the configuration itself (unknown source, ``device=cuda``
+without a GPU, missing dataset files) raise before anything is trained, with a message that says
+what to do.
 """
 
 from __future__ import annotations
