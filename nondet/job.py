@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,18 +35,29 @@ log = logging.getLogger("nondet")
 _DATA_CACHE: dict[str, Dataset] = {}
 
 
-def resolved_config(cfg: DictConfig) -> dict:
+def resolved_config(cfg: DictConfig, *, concrete_device: bool = True) -> dict:
     """The job's configuration as a plain dict, interpolations resolved, ``device`` made
     concrete (``auto`` -> ``cpu`` or ``cuda``) so runs on different hardware never share a
     directory. Works on the task config and on Hydra's full config (the ``hydra`` node is left
-    out)."""
+    out). ``concrete_device=False`` leaves ``device`` as written (for a machine other than the
+    one that will run the job)."""
     config = {
         key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
         for key in cfg
         if key != "hydra"
     }
-    config["device"] = resolve_device(config["device"])
+    if concrete_device:
+        config["device"] = resolve_device(config["device"])
     return config
+
+
+def job_run_dirs(cfg: DictConfig) -> list[Path] | None:
+    """The run directories a job will write, computed on any machine (the launching one), or
+    None when they depend on the machine that runs it (``device=auto``)."""
+    config = resolved_config(cfg, concrete_device=False)
+    if config["device"] not in ("cpu", "cuda"):
+        return None
+    return [records.run_dir(config, r) for r in replicas_of_job(config)]
 
 
 def replicas_of_job(config: dict) -> range:

@@ -1,7 +1,8 @@
 """Sweeps through hydra-submitit-launcher: the cluster presets, `hydra/launcher=submitit_local`, and
 on a real SLURM (scripts/slurm_local.sh, tests/slurm_fixture.py): every job of a sweep runs under
-SLURM and records its job id, a relaunch with more replicates trains only the new runs, a crashing
-run is reported as failed (error.txt with the job id, non-zero exit), and a job forced over its time
+SLURM and records its job id, a relaunch with more replicates submits and trains only the new runs, a
+crashing run is reported as failed (error.txt with the job id, non-zero exit), a job killed outside
+Python is reported at the end of the sweep and resumed by a relaunch, and a job forced over its time
 limit is requeued by submitit and resumes from its checkpoint, bitwise-exact.
 
 About 2 minutes on 2 CPU cores, most of it the time-limit test, whose sweep is started before the
@@ -100,6 +101,11 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def submissions(sweep_dir: Path) -> set[str]:
+    """The SLURM jobs (or job arrays) submitted for a sweep: .submitit/<id> and <id>_<task>."""
+    return {p.name.split("_")[0] for p in (sweep_dir / ".submitit").iterdir() if p.is_dir()}
+
+
 def summary_line(out: str) -> str:
     (line,) = [line for line in out.splitlines() if line.startswith("Sweep ")]
     return line.split(": ", 1)[1]
@@ -183,6 +189,14 @@ def test_submitit_local_sweep(tmp_path):
     assert summary_line(out).startswith("2 runs trained now, 0 finished earlier (skipped), 0 failed")
     assert len(run_dirs(tmp_path)) == 2
     assert list((tmp_path / "default" / ".submitit").iterdir())
+
+    # nondet's local launcher (hydra_plugins/nondet_launcher) submits no job whose runs are all finished.
+    proc = start(tmp_path, "-m", "hydra/launcher=submitit_local", "source=init", "replicates=3",
+                 "device=cpu", "hydra.launcher._target_=hydra_plugins.nondet_launcher.launcher.LocalLauncher", *TINY)
+    out = wait(proc, tmp_path, timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    assert "2 of 3 jobs not submitted: every run of theirs is finished" in out
+    assert summary_line(out).startswith("1 runs trained now, 2 finished earlier (skipped), 0 failed")
 
 
 # ------------------------------------------------------------------ on the local SLURM
@@ -276,6 +290,7 @@ def test_sweep_runs_every_job_under_slurm_and_a_relaunch_trains_only_new_runs(sl
     envs = [read_json(d / "env.json") for d in dirs]
     assert len({env["slurm_job_id"] for env in envs} - {None}) == 4  # one SLURM job per run
     (array_id,) = {env["slurm"]["slurm_array_job_id"] for env in envs}  # ... as one job array
+    assert submissions(sweep) == {array_id}
     for env in envs:
         task = f"{array_id}_{env['slurm']['slurm_array_task_id']}"
         log = sweep / ".submitit" / task / f"{task}_0_log.out"
@@ -290,6 +305,17 @@ def test_sweep_runs_every_job_under_slurm_and_a_relaunch_trains_only_new_runs(sl
     assert summary_line(out).startswith("1 runs trained now, 4 finished earlier (skipped), 0 failed")
     assert len(run_dirs(sweep)) == 5
     assert {d: (d / "result.json").stat().st_mtime_ns for d in dirs} == written
+    # ... and only its job is submitted (hydra_plugins/nondet_launcher).
+    assert "2 of 3 jobs not submitted: every run of theirs is finished" in out
+    assert len(submissions(sweep)) == 2 and array_id in submissions(sweep)
+
+    # Relaunched once more with nothing left to train, it submits nothing at all.
+    proc = start(tmp_path, "-m", "cluster=slurm_local", "source=init", "replicates=3", *TINY)
+    out = wait(proc, tmp_path, timeout=120)
+    assert proc.returncode == 0, out[-4000:]
+    assert "3 of 3 jobs not submitted" in out
+    assert summary_line(out) == "0 runs trained now, 5 finished earlier (skipped), 0 failed."
+    assert len(submissions(sweep)) == 2
 
 
 @pytest.mark.slurm
@@ -327,6 +353,61 @@ def test_crashing_job_is_reported_failed_with_its_job_id(slurm_cluster, tmp_path
     assert proc.returncode == 0, out[-4000:]
     assert summary_line(out).startswith("1 runs trained now, 1 finished earlier (skipped), 0 failed")
     assert not (crashing / "error.txt").exists()
+
+
+@pytest.mark.slurm
+def test_job_killed_outside_python_is_reported_and_a_relaunch_resumes_it(slurm_cluster, tmp_path):
+    """A job whose training process is SIGKILLed (as the kernel's OOM killer does) produces no
+    result: the sweep still ends with its summary, the killed run gets error.txt saying what
+    happened, the command exits 1, and a relaunch submits only that job, which resumes the run
+    from its checkpoint."""
+    args = ["cluster=slurm_local", "replicates=1", "threads=1", "checkpoint_every=1"]
+    long_run = compose_config([*args, "epochs=40", f"output_root={tmp_path}"], tiny=False)
+    run_dir = records.run_dir(long_run)
+    proc = start(tmp_path, "-m", *args, "epochs=40,1")
+    try:
+        deadline = time.monotonic() + 180
+        while not (run_dir / "checkpoint.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint in 180 s"
+            time.sleep(0.02)
+        task = read_json(run_dir / "env.json")["slurm"]["slurm_array_task_id"]
+        os.kill(_training_process(tmp_path / "default", task), signal.SIGKILL)
+        out = wait(proc, tmp_path, timeout=180)
+    finally:
+        stop(proc, tmp_path)
+    assert proc.returncode == 1, out[-4000:]
+    assert summary_line(out).startswith("1 runs trained now, 0 finished earlier (skipped), 1 failed")
+    assert f"- failed: {run_dir.parent.name}/{run_dir.name}: The job was killed outside Python" in out
+    assert "relaunch the same command to retry the failed runs" in out
+    error = (run_dir / "error.txt").read_text().splitlines()
+    assert re.fullmatch(r"# SLURM job \d+_\d+ ended without a result \(state: FAILED\)", error[0]), error[0]
+    assert "has not produced any output (state: FAILED)" in error[2]
+    assert error[-1].startswith("The job was killed outside Python (state FAILED")
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "result.json").exists()
+
+    proc = start(tmp_path, "-m", *args, "epochs=40,1")
+    out = wait(proc, tmp_path, timeout=300)
+    cancel_jobs(tmp_path)
+    assert proc.returncode == 0, out[-4000:]
+    assert "1 of 2 jobs not submitted" in out
+    assert summary_line(out) == (
+        "1 runs trained now, 1 finished earlier (skipped), 0 failed; "
+        "of the 1 trained now, 0 from scratch and 1 resumed from a checkpoint."
+    )
+    assert not (run_dir / "error.txt").exists()
+    assert read_json(run_dir / "env.json")["resumed_from_epoch"] >= 1
+
+
+@pytest.mark.slurm
+def test_job_that_raises_a_configuration_error_ends_the_sweep_with_its_message(slurm_cluster, tmp_path):
+    """A mistake reported by the job before it trains (here device=cuda on a node without a GPU)
+    ends the launching command with the job's message, as under the basic launcher."""
+    proc = start(tmp_path, "-m", "cluster=slurm_local", "device=cuda", "replicates=1", *TINY)
+    out = wait(proc, tmp_path, timeout=180)
+    cancel_jobs(tmp_path)
+    assert proc.returncode == 1, out[-4000:]
+    assert "device=cuda, but no CUDA GPU is visible to PyTorch" in out
+    assert not run_dirs(tmp_path)
 
 
 def _training_process(sweep_dir: Path, array_task: str) -> int:

@@ -1,0 +1,182 @@
+"""The submitit launchers (``hydra/launcher=submitit_slurm`` / ``submitit_local``), made sweep-aware.
+
+hydra-submitit-launcher's own launchers submit every job of a sweep and then read the results
+in order, raising at the first job that produced none. For a protocol that is relaunched until
+every run is done, that has two costs, which these subclasses remove:
+
+- **Finished jobs are not submitted.** A job whose runs all hold ``result.json`` would only start
+  Python on a node to skip them; a relaunch of a 700-run sweep with 690 done submits 10 jobs.
+  The run directories are computed from the job's composed config, exactly as the job would
+  (``nondet.job.job_run_dirs``); a job whose directories depend on the node (``device=auto``)
+  is submitted as before.
+- **A job killed outside Python does not end the sweep.** Out of memory, ``scancel``, a node
+  failure or a time limit with no requeue left leave no result; the job's unfinished runs get
+  ``error.txt`` saying so (with submitit's report and the job's last stderr lines) and the sweep
+  goes on to the end-of-sweep summary, which lists them as failed and exits 1. A relaunch
+  resumes them from their last checkpoint. A job that raised inside Python (a configuration
+  mistake, reported before anything is trained) still ends the sweep with its traceback, as
+  under the basic launcher.
+
+The cluster presets (conf/cluster/) select them with ``hydra.launcher._target_``; every
+parameter of hydra-submitit-launcher's configs works unchanged. With a plain
+``hydra/launcher=submitit_slurm`` (or ``submitit_local``) add
+``hydra.launcher._target_=hydra_plugins.nondet_launcher.launcher.SlurmLauncher``
+(``LocalLauncher``) to get them. Hydra instantiates launchers only from the ``hydra_plugins``
+namespace, hence this package's place; it imports nondet lazily, so Hydra's plugin discovery
+stays fast in every application of the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from omegaconf import OmegaConf
+
+
+log = logging.getLogger(__name__)
+
+
+def _has_results(sweep_dir: Path) -> bool:
+    from nondet.records import RESULT_FILE
+
+    return next(sweep_dir.rglob(RESULT_FILE), None) is not None
+
+
+def killed_report(job: Any, error: Exception, executor: str) -> str:
+    """error.txt for the runs of a job that ended without a result: where, why, and the last line
+    (what the sweep summary shows) saying what to do."""
+    state = getattr(job, "state", "UNKNOWN")
+    where = "SLURM job" if executor == "slurm" else "local submitit job"
+    return (
+        f"# {where} {job.job_id} ended without a result (state: {state})\n"
+        f"{error}\n"
+        f"The job was killed outside Python (state {state}: out of memory, scancel, a node failure, "
+        f"or a time limit with no requeue left); relaunch the same command to resume from the last "
+        f"checkpoint.\n"
+    )
+
+
+class _SweepAware:
+    """The launch of BaseSubmititLauncher with the two changes of the module docstring."""
+
+    _EXECUTOR: str
+
+    def _executor(self) -> Any:
+        # As in BaseSubmititLauncher.launch: init parameters, then the queue's parameters with the
+        # executor's prefix for those that are not common to every queue.
+        import submitit
+
+        params = self.params
+        specific_init_keys = {"max_num_timeout"}
+        init_params = {"folder": params["submitit_folder"]}
+        init_params.update(
+            {f"{self._EXECUTOR}_{k}": v for k, v in params.items() if k in specific_init_keys}
+        )
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init_params)
+        common = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{
+            k if k in common else f"{self._EXECUTOR}_{k}": v
+            for k, v in params.items()
+            if k not in specific_init_keys | {"submitit_folder"}
+        })
+        return executor
+
+    def _finished(self, overrides: Sequence[str]) -> list[Path] | None:
+        """The job's run directories when every one is finished, else None."""
+        from nondet import records
+        from nondet.job import job_run_dirs
+
+        try:
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            directories = job_run_dirs(config)
+        except Exception as e:  # the job itself will report it
+            log.debug("cannot tell the run directories of %s: %s", overrides, e)
+            return None
+        if directories and all(records.is_done(d) for d in directories):
+            return directories
+        return None
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
+
+        returns: dict[int, JobReturn] = {}
+        submit: list[tuple[int, Sequence[str]]] = []
+        check = _has_results(sweep_dir)  # a new sweep has nothing to skip: compose nothing
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            finished = self._finished(overrides) if check else None
+            if finished is None:
+                submit.append((idx, overrides))
+                continue
+            returns[idx] = JobReturn(
+                overrides=list(overrides),
+                status=JobStatus.COMPLETED,
+                _return_value={"finished": [], "skipped": [str(d) for d in finished], "failed": []},
+            )
+        if returns:
+            log.info("%d of %d jobs not submitted: every run of theirs is finished",
+                     len(returns), len(job_overrides))
+        if submit:
+            for idx, overrides in submit:
+                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            params = [
+                (list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
+                for idx, overrides in submit
+            ]
+            jobs = self._executor().map_array(self, *zip(*params))
+            for (idx, overrides), job in zip(submit, jobs):
+                returns[idx] = self._collect(job, overrides)
+        return [returns[idx] for idx in sorted(returns)]
+
+    def _collect(self, job: Any, overrides: Sequence[str]) -> JobReturn:
+        """The job's JobReturn; for a job killed outside Python, error.txt in its unfinished runs."""
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
+        from nondet import records
+
+        try:
+            return job.results()[0]
+        except FailedJobError as e:  # raised inside Python: the sweeper re-raises it
+            return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e)
+        except UncompletedJobError as e:
+            failed = []
+            try:
+                from nondet.job import job_run_dirs
+
+                config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                directories = job_run_dirs(config) or []
+            except Exception:
+                directories = []
+            for directory in directories:
+                if records.is_done(directory):
+                    continue
+                directory.mkdir(parents=True, exist_ok=True)
+                records.write_text(directory / records.ERROR_FILE, killed_report(job, e, self._EXECUTOR))
+                failed.append(str(directory))
+            log.error("job %s (%s) ended without a result: %s", job.job_id,
+                      " ".join(filter_overrides(overrides)), str(e).splitlines()[0])
+            if not directories:  # nowhere to record it: the run directories depend on the node
+                return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e)
+            return JobReturn(
+                overrides=list(overrides),
+                status=JobStatus.COMPLETED,
+                _return_value={"finished": [], "skipped": [], "failed": failed},
+            )
+
+
+class SlurmLauncher(_SweepAware, submitit_launcher.SlurmLauncher):
+    pass
+
+
+class LocalLauncher(_SweepAware, submitit_launcher.LocalLauncher):
+    pass
