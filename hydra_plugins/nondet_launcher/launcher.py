@@ -39,7 +39,6 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
-
 log = logging.getLogger(__name__)
 
 
@@ -88,20 +87,24 @@ class _SweepAware:
         })
         return executor
 
-    def _finished(self, overrides: Sequence[str]) -> list[Path] | None:
-        """The job's run directories when every one is finished, else None."""
-        from nondet import records
+    def _run_dirs(self, overrides: Sequence[str]) -> list[Path] | None:
+        """The run directories of a job, from its composed config; None when they cannot be known
+        here (they depend on the node, or the config does not compose: the job will say why)."""
         from nondet.job import job_run_dirs
 
         try:
             config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            directories = job_run_dirs(config)
-        except Exception as e:  # the job itself will report it
+            return job_run_dirs(config)
+        except Exception as e:
             log.debug("cannot tell the run directories of %s: %s", overrides, e)
             return None
-        if directories and all(records.is_done(d) for d in directories):
-            return directories
-        return None
+
+    def _finished(self, overrides: Sequence[str]) -> list[Path] | None:
+        """The job's run directories when every one is finished, else None."""
+        from nondet.records import is_done
+
+        directories = self._run_dirs(overrides)
+        return directories if directories and all(is_done(d) for d in directories) else None
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -150,13 +153,7 @@ class _SweepAware:
             return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e)
         except UncompletedJobError as e:
             failed = []
-            try:
-                from nondet.job import job_run_dirs
-
-                config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-                directories = job_run_dirs(config) or []
-            except Exception:
-                directories = []
+            directories = self._run_dirs(overrides) or []
             for directory in directories:
                 if records.is_done(directory):
                     continue
