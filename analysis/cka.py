@@ -18,7 +18,7 @@ Two HSIC estimators:
 
 ``batch_size`` splits the probe into consecutive minibatches and sums HSIC over them before
 normalising (Nguyen et al., 2021, minibatch CKA; use it with ``debiased``, whose per-batch
-estimates are unbiased). It bounds memory by R * n * batch_size per layer instead of R * n^2.
+estimates are unbiased); a last batch too small for the estimator joins the one before it. It bounds memory by R * n * batch_size per layer instead of R * n^2.
 
 Every representation is centered and scaled by its largest absolute centered value before its
 Gram matrix is formed: CKA is invariant to both, and this keeps tiny (1e-200) or huge inputs
@@ -95,18 +95,32 @@ def centered_gram(gram: torch.Tensor, debiased: bool) -> torch.Tensor:
     return gram - means[:, None] - means[None, :]
 
 
+def batch_bounds(n: int, batch_size: int | None, debiased: bool) -> list[tuple[int, int]]:
+    """(start, stop) of the probe's minibatches; a last batch too small for the estimator (under
+    4 examples debiased, 2 standard) joins the one before it."""
+    size = n if batch_size is None else int(batch_size)
+    if size < 1:
+        raise ValueError(f"CKA batch size must be positive, got {size}")
+    bounds = [(s, min(s + size, n)) for s in range(0, n, size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < (4 if debiased else 2):
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def gram_features(x, debiased: bool = False, batch_size: int | None = None, device="cpu") -> torch.Tensor:
     """One representation -> its centered Gram matrices, flattened and concatenated over batches.
 
-    The inner product of two such vectors (same probe, same batches) is the summed HSIC.
+    The inner product of two such vectors (same probe, same batches) is the summed HSIC: each
+    batch's centered Gram is divided by the square root of its estimator's normaliser
+    (n_b (n_b - 3) debiased, (n_b - 1)^2 standard), so a short last batch counts as one HSIC
+    estimate like the others, not in proportion to its size squared.
     """
     x = _prepared(x, device)
-    n = len(x)
-    size = n if batch_size is None else int(batch_size)
-    grams = [
-        centered_gram(x[s : s + size] @ x[s : s + size].T, debiased).reshape(-1)
-        for s in range(0, n, size)
-    ]
+    grams = []
+    for start, stop in batch_bounds(len(x), batch_size, debiased):
+        b = stop - start
+        norm = math.sqrt(b * (b - 3)) if debiased else b - 1
+        grams.append(centered_gram(x[start:stop] @ x[start:stop].T, debiased).reshape(-1) / norm)
     return torch.cat(grams)
 
 

@@ -22,10 +22,14 @@ Definitions (accuracy in percent, cross-entropy in nats, probabilities = softmax
   ensembling helps.
 - ``prediction_difference`` (PD, Snapp & Shamir): mean over examples and classes of
   |p_i - p_j|, the absolute difference of the two models' probabilities.
-- ``relative_prediction_difference``: mean over examples and classes of
-  |p_i - p_j| / ((p_i + p_j) / 2), each difference divided by the mean probability the two
-  models give (Shamir et al.'s relative PD, taken per class). Dividing the mean PD by the mean
-  probability instead would give C * PD, since probabilities average to 1/C. Lies in [0, 2].
+- ``relative_prediction_difference``: mean over examples of |p_i - p_j| / ((p_i + p_j) / 2), each
+  difference divided by the mean probability the two models give. For two classes this is
+  Shamir et al.'s binary relative PD, on the positive class's probability (class 1). For more
+  classes it is taken per class and averaged over examples and classes (dividing the mean PD by
+  the mean probability instead would give C * PD, since probabilities average to 1/C); rare
+  classes' small probabilities weigh as much as the predicted class's there, so multiclass values
+  sit high (about 0.9 for unrelated 10-class models) and compare only with each other. Lies in
+  [0, 2].
 """
 
 from __future__ import annotations
@@ -186,6 +190,11 @@ def _log_cosh(x: np.ndarray) -> np.ndarray:
     return np.where(x < 20.0, np.log(np.cosh(np.minimum(x, 20.0))), x - np.log(2.0))
 
 
+def relative_classes(classes: int) -> int:
+    """How many classes relative PD averages over: the positive one for binary problems."""
+    return 1 if classes == 2 else classes
+
+
 def ensemble_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Two-model ensemble gains and prediction differences, averaged over all pairs.
 
@@ -246,7 +255,9 @@ def ensemble_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]
             diff = np.subtract(p_i, p_later, out=diff_buf[:k, :, :width])
             diff = np.abs(diff, out=diff)
             pd_sum += diff.sum()
-            where = np.greater(total, 0.0, out=mask_buf[:k, :, :width]) if underflow else True
+            if classes == 2:  # the positive class only (see the module docstring)
+                diff, total = diff[:, 1:], total[:, 1:]
+            where = np.greater(total, 0.0, out=mask_buf[:k, : total.shape[1], :width]) if underflow else True
             rel_sum += np.divide(diff, total, out=diff, where=where).sum()
     pairs = runs * (runs - 1) // 2
     # Each run is in R - 1 pairs, so sum over pairs of (c_i + c_j) / 2 = (R - 1) / 2 * sum_i c_i;
@@ -258,7 +269,7 @@ def ensemble_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]
         "ensemble_delta_cross_entropy": float(-ens_gain / (pairs * n)) + 0.0,  # + 0.0: no -0.0
         "prediction_difference": float(pd_sum / (pairs * n * classes)),
         # |p_i - p_j| / ((p_i + p_j) / 2) = 2 |p_i - p_j| / total
-        "relative_prediction_difference": float(2.0 * rel_sum / (pairs * n * classes)),
+        "relative_prediction_difference": float(2.0 * rel_sum / (pairs * n * relative_classes(classes))),
     }
 
 

@@ -45,16 +45,36 @@ def test_matches_reference_formulas(reps, estimator):
     assert cka.linear_cka(x, y, estimator) == pytest.approx(reference_cka(x, y, estimator), rel=1e-6, abs=1e-9)
 
 
-def test_minibatch_cka_sums_hsic_over_batches(reps):
+def biased_hsic(k: np.ndarray, l: np.ndarray) -> float:
+    """tr(K H L H) / (n - 1)^2."""
+    n = len(k)
+    h = np.eye(n) - 1.0 / n
+    return np.trace(k @ h @ l @ h) / (n - 1) ** 2
+
+
+@pytest.mark.parametrize(
+    "estimator, batch_size, batches",
+    [
+        ("debiased", 10, [(0, 10), (10, 20), (20, 30), (30, 40), (40, 50)]),
+        ("debiased", 15, [(0, 15), (15, 30), (30, 45), (45, 50)]),  # a short last batch: one estimate
+        ("debiased", 16, [(0, 16), (16, 32), (32, 50)]),  # 2 left over: too few, joins the last
+        ("standard", 20, [(0, 20), (20, 40), (40, 50)]),
+        ("standard", 24, [(0, 24), (24, 48), (48, 50)]),  # 2 left over: enough for the standard one
+        ("standard", 49, [(0, 50)]),  # 1 left over joins
+    ],
+)
+def test_minibatch_cka_sums_hsic_over_batches(reps, estimator, batch_size, batches):
+    """Nguyen et al.'s minibatch CKA: one HSIC estimate per batch, summed unweighted."""
     x, y = reps
-    batches = [slice(s, s + 10) for s in range(0, 50, 10)]
+    hsic_of = song_hsic if estimator == "debiased" else biased_hsic
     hsic = {
-        (a, b): sum(song_hsic(u[s] @ u[s].T, v[s] @ v[s].T) for s in batches)
+        (a, b): sum(hsic_of(u[s:e] @ u[s:e].T, v[s:e] @ v[s:e].T) for s, e in batches)
         for a, u in (("x", x), ("y", y))
         for b, v in (("x", x), ("y", y))
     }
     want = hsic["x", "y"] / np.sqrt(hsic["x", "x"] * hsic["y", "y"])
-    assert cka.linear_cka(x, y, "debiased", batch_size=10) == pytest.approx(want, rel=1e-6)
+    assert cka.batch_bounds(50, batch_size, estimator == "debiased") == batches
+    assert cka.linear_cka(x, y, estimator, batch_size=batch_size) == pytest.approx(want, rel=1e-9)
 
 
 @pytest.mark.parametrize("estimator", cka.ESTIMATORS)

@@ -33,7 +33,8 @@ def reference(logits: np.ndarray, labels: np.ndarray) -> dict:
         d_acc.append(100.0 * np.mean(np.argmax(ens, 1) == labels) - (acc[i] + acc[j]) / 2)
         d_ce.append(-np.mean(np.log(ens[np.arange(n), labels])) - (ce[i] + ce[j]) / 2)
         pd.append(np.mean(np.abs(probs[i] - probs[j])))
-        rel.append(np.mean(np.abs(probs[i] - probs[j]) / ((probs[i] + probs[j]) / 2)))
+        ratio = np.abs(probs[i] - probs[j]) / ((probs[i] + probs[j]) / 2)
+        rel.append(np.mean(ratio[:, 1] if ratio.shape[1] == 2 else ratio))  # binary: positive class
     return {
         "n_runs": runs,
         "accuracy_mean": np.mean(acc),
@@ -59,6 +60,24 @@ def test_group_metrics_match_pairwise_loops(ties):
     assert tuple(got) == metrics.COLUMNS
     for k, v in want.items():
         assert got[k] == pytest.approx(v, rel=TOL, abs=TOL), k
+
+
+@pytest.mark.parametrize("runs", [2, 5])
+def test_binary_metrics_match_pairwise_loops(runs):
+    rng = np.random.default_rng(5)
+    logits = random_logits(rng, runs=runs, n=257, classes=2, ties=False)
+    labels = rng.integers(0, 2, 257)
+    got, want = metrics.group_metrics(logits, labels), reference(logits, labels)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=TOL, abs=TOL), k
+
+
+def test_binary_relative_pd_is_shamirs_on_the_positive_class():
+    # p(positive) 0.9 vs 0.8: PD 0.1, relative PD 0.1 / 0.85.
+    logits = np.log(np.array([[[0.1, 0.9]], [[0.2, 0.8]]]))
+    got = metrics.ensemble_metrics(logits, np.array([1]))
+    assert got["prediction_difference"] == pytest.approx(0.1, rel=1e-12)
+    assert got["relative_prediction_difference"] == pytest.approx(0.1 / 0.85, rel=1e-12)
 
 
 def test_pair_tiles_do_not_change_results(monkeypatch):
