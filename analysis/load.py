@@ -150,6 +150,16 @@ class SweepStatus:
             f"{self.unfinished} unfinished"
         )
 
+    @property
+    def advice(self) -> str:
+        """What to do about the failed and corrupt runs."""
+        todo = []
+        if self.failed:
+            todo.append("relaunch the same command to retry the failed runs")
+        if self.corrupt:
+            todo.append("delete the corrupt runs' directories (listed above) and relaunch to train them again")
+        return "; ".join(todo)
+
 
 # --- configuration keys -------------------------------------------------------------------
 

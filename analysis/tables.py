@@ -155,7 +155,9 @@ def status_lines(sweep: Sweep) -> list[str]:
             return str(path)
 
     found = sweep.n_finished + len(sweep.problems)
-    if not sweep.problems:
+    if not found:
+        lines = [f"No run directories (config.yaml) below {sweep.root}."]
+    elif not sweep.problems:
         lines = [f"All {found} runs found below {sweep.root} are finished and readable."]
     else:
         counts = {s: sum(p.status == s for p in sweep.problems) for s in ("unfinished", "failed", "corrupt")}
@@ -165,6 +167,9 @@ def status_lines(sweep: Sweep) -> list[str]:
             f"left out: {summary}:"
         ]
         lines += [f"- {p.status}: {rel(p.path)}: {p.reason}" for p in sweep.problems]
+        if counts["corrupt"]:
+            lines.append("- corrupt runs are kept as they are, never overwritten: delete a corrupt "
+                         "run's directory and relaunch to train it again.")
     lines += [f"- note: {n}" for n in sweep.notes]
     return lines
 
@@ -180,7 +185,8 @@ def report(sweep: Sweep, frame: pd.DataFrame, n_boot: int, seed: int, cka: pd.Da
             f"SD ± SD of the SD over {n_boot} bootstrap resamples of the runs (seed {seed}); SDs "
             "with ddof=1. Pairwise columns average over all pairs of runs in a row; ensembles "
             "average the two models' softmax probabilities; PD = mean |p_i - p_j| over examples "
-            "and classes, relative PD = mean |p_i - p_j| / ((p_i + p_j) / 2).",
+            "and classes, relative PD = mean |p_i - p_j| / ((p_i + p_j) / 2) (for two classes: "
+            "of the positive class's probability).",
         ]
         if "ppl_mean" in frame:
             parts += ["", lm.LM_NOTE]

@@ -122,6 +122,6 @@ class SummaryCallback(Callback):
         if not status.ok or early:
             # Finished runs stay where they are; a relaunch retries only the failed ones.
             more = f" (and {len(early)} failed before writing {CONFIG_FILE})" if early else ""
-            print(f"\n{status}{more}: relaunch the same command to retry the failed runs.",
-                  flush=True)
+            advice = status.advice or "relaunch the same command to retry the failed runs"
+            print(f"\n{status}{more}: {advice}.", flush=True)
             sys.exit(1)

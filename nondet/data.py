@@ -306,7 +306,7 @@ def _load_cifar10(cfg: DatasetConfig):
         # OSError (URLError): a download attempted without internet.
         if isinstance(exc, RuntimeError) and "not found" not in str(exc):
             raise
-        raise _cifar10_error(root, exc) from exc
+        raise _cifar10_error(root, exc) from None  # the message says all; no chained traceback
     out = []
     for ds in splits:
         # .data is (N, 32, 32, 3) HWC uint8; the models want CHW
@@ -338,7 +338,7 @@ def _load_mnist(cfg: DatasetConfig):
     except (RuntimeError, OSError) as exc:
         if isinstance(exc, RuntimeError) and "not found" not in str(exc) and "downloading" not in str(exc):
             raise
-        raise _mnist_error(root, exc) from exc
+        raise _mnist_error(root, exc) from None
     out = []
     for ds in splits:
         out.append(ds.data.to(torch.uint8).unsqueeze(1).contiguous())  # (N, 28, 28) -> (N, 1, 28, 28)

@@ -94,12 +94,30 @@ def by_scale(paper: Any, smoke: Any, *, _root_: DictConfig) -> Any:
     return smoke if scale == "smoke" else paper
 
 
+def _job_subdir_or_placeholder(*, _root_: DictConfig) -> str:
+    # A config that cannot name its run (device=cuda without a GPU, replicate out of range) gets
+    # a placeholder directory for Hydra's files, so that run_job raises the mistake itself, as a
+    # plain message, instead of Hydra wrapping it in an interpolation error on hydra.sweep.subdir.
+    try:
+        return job_subdir(resolved_config(_root_))
+    except (ValueError, RuntimeError):
+        return "invalid-config"
+
+
+def pack_step(pack: int) -> int:
+    """``${nondet.pack_step:${pack}}``: the sweep's step over ``replicate``, checked."""
+    if not isinstance(pack, int) or pack < 1:
+        raise ValueError(f"pack={pack} must be at least 1 (1 = one replica per process)")
+    return pack
+
+
 def register_resolvers() -> None:
-    """``${nondet.job_subdir:}`` (hydra.run.dir / sweep.subdir) and ``${by_scale:...}``."""
+    """``${nondet.job_subdir:}`` (hydra.run.dir / sweep.subdir), ``${nondet.pack_step:...}``
+    (the sweep over replicate) and ``${by_scale:...}``."""
     if not OmegaConf.has_resolver("nondet.job_subdir"):
-        OmegaConf.register_new_resolver(
-            "nondet.job_subdir", lambda *, _root_: job_subdir(resolved_config(_root_))
-        )
+        OmegaConf.register_new_resolver("nondet.job_subdir", _job_subdir_or_placeholder)
+    if not OmegaConf.has_resolver("nondet.pack_step"):
+        OmegaConf.register_new_resolver("nondet.pack_step", pack_step)
     if not OmegaConf.has_resolver("by_scale"):
         OmegaConf.register_new_resolver("by_scale", by_scale)
 
@@ -113,6 +131,41 @@ def _dataset(config: dict) -> Dataset:
         load = load_corpus if config["dataset"]["name"] in TEXT_DATASETS else load_dataset
         _DATA_CACHE[key] = load(OmegaConf.create(config["dataset"]), config["device"])
     return _DATA_CACHE[key]
+
+
+def inert_sources(config: dict, data) -> dict[str, str]:
+    """The varied sources that cannot change anything in this configuration, with why."""
+    vary = config["source"]["vary"]
+    inert = {}
+    if "augment" in vary and not (config["dataset"]["augment"] and getattr(data, "is_image", False)):
+        inert["augment"] = (
+            "dataset.augment is false (set dataset.augment=true)" if not config["dataset"]["augment"]
+            else "the data are not images (crop and flip need images)"
+        )
+    if "dropout" in vary:
+        model = config["model"]
+        if lm.is_language_model(config):
+            rates = [model[k] for k in ("dropout", "input_dropout", "hidden_dropout",
+                                        "embedding_dropout", "weight_dropout")]
+            if not any(rates) and not config["lm"]["variable_bptt"]:
+                inert["dropout"] = "every dropout rate is 0 and lm.variable_bptt is false"
+        elif not model["dropout"]:
+            inert["dropout"] = "model.dropout is 0 (set model.dropout=0.1, say)"
+    return inert
+
+
+def check_sources_vary_something(config: dict, data) -> None:
+    """A sweep whose varied sources are all inert would report zero spread as if it were a
+    finding (augment without augmentation, dropout at rate 0): refuse it, saying what to set."""
+    vary = config["source"]["vary"]
+    inert = inert_sources(config, data)
+    if vary and set(vary) <= set(inert):
+        reasons = "; ".join(f"{s}: {why}" for s, why in inert.items())
+        raise ValueError(
+            f"source={config['source']['name']} varies {list(vary)}, which cannot change anything "
+            f"here ({reasons}); every replicate would be identical to the control. Turn the "
+            f"source on, or use another source."
+        )
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
@@ -131,6 +184,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     if config["threads"]:
         torch.set_num_threads(config["threads"])
     data = _dataset(config)
+    check_sources_vary_something(config, data)
 
     outcome: dict[str, list[str]] = {"finished": [], "skipped": [], "failed": []}
 

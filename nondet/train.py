@@ -169,7 +169,7 @@ def _load_checkpoint(path: Path, device: str) -> dict:
         return torch.load(path, map_location=device, weights_only=False)
     except Exception as e:  # a truncated or foreign file: say what to do, keep it for inspection
         raise records.CorruptRunError(
-            f"cannot read the checkpoint {path}: {e}. Delete it to restart this run from scratch."
+            f"cannot read the checkpoint {path}; delete it to restart this run from scratch ({e})"
         ) from e
 
 

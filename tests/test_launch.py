@@ -73,9 +73,33 @@ def test_a_failed_run_is_reported_and_the_sweep_exits_nonzero(tmp_path):
         (["source=lowlevel"], "source=reduction"),
         (["model.widht=3"], "widht"),
         (["dataset=cifar10", "dataset.root=/nonexistent"], "cifar-10"),
+        # A source that cannot vary anything would report zero spread as a finding.
+        (["source=augment"], "dataset.augment is false (set dataset.augment=true)"),
+        (["source=dropout"], "model.dropout is 0"),
+        # The mistake itself, not an interpolation error about hydra.sweep.subdir.
+        (["replicate=5"], "ValueError: replicate=5 is outside range(0, replicates=2)"),
+        (["-m", "pack=0"], "pack=0 must be at least 1"),
     ],
 )
 def test_bad_input_gets_a_clear_error(tmp_path, args, message):
     out = launch(*args, f"output_root={tmp_path}", *SMALL)
     assert out.returncode != 0
     assert message in out.stdout + out.stderr
+
+
+def test_inert_sources_are_refused_only_when_nothing_else_varies():
+    from types import SimpleNamespace
+
+    from conftest import compose_config
+    from nondet.job import check_sources_vary_something, inert_sources
+
+    features, images = SimpleNamespace(is_image=False), SimpleNamespace(is_image=True)
+    everything = compose_config(["source=all"])
+    assert set(inert_sources(everything, features)) == {"augment", "dropout"}
+    check_sources_vary_something(everything, features)  # init, shuffle, ... still vary
+    augment = compose_config(["source=augment", "dataset.augment=true"])
+    assert inert_sources(augment, features) == {"augment": "the data are not images (crop and flip need images)"}
+    assert inert_sources(augment, images) == {}
+    assert inert_sources(compose_config(["source=dropout", "model.dropout=0.1"]), features) == {}
+    with pytest.raises(ValueError, match="cannot change anything here"):
+        check_sources_vary_something(compose_config(["source=dropout"]), features)

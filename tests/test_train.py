@@ -186,7 +186,7 @@ def test_corrupt_checkpoint_says_what_to_do(make_config):
     (directory / "checkpoint.pt").write_bytes(b"not a checkpoint")
     outcome = run(config)
     assert outcome["failed"]
-    assert "Delete it to restart this run from scratch" in (directory / "error.txt").read_text()
+    assert "delete it to restart this run from scratch" in (directory / "error.txt").read_text()
     assert (directory / "checkpoint.pt").exists()  # kept for inspection
 
 
