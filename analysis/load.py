@@ -16,6 +16,7 @@ keys of ``nondet.records.NON_IDENTITY_KEYS`` (``replicate``, ``replicates``, the
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -413,6 +414,26 @@ def _result_mismatch_notes(group: Group) -> list[str]:
     return notes
 
 
+def _divergence_notes(group: Group, label: str) -> list[str]:
+    """Runs that diverged (non-finite test cross-entropy or logits): they stay in the table, as
+    outcomes of the recipe, but their NaN or saturated metrics should not pass unnoticed."""
+    diverged = []
+    for run in group.runs:
+        ce = run.result.get("test_cross_entropy")
+        bad_ce = isinstance(ce, (int, float)) and not math.isfinite(ce)
+        bad_logits = run.logits is not None and not np.isfinite(run.logits).all()
+        if bad_ce or bad_logits:
+            diverged.append(run.path.name)
+    if not diverged:
+        return []
+    shown = ", ".join(diverged[:8]) + (", ..." if len(diverged) > 8 else "")
+    return [
+        f"{label}: {len(diverged)} of {len(group.runs)} runs diverged (non-finite test "
+        f"cross-entropy or logits: {shown}); their metrics are NaN or meaningless: lower the "
+        f"learning rate, or check the recipe"
+    ]
+
+
 def load_sweep(sweep_dir: Path) -> Sweep:
     """Find, read and group every run below ``sweep_dir``.
 
@@ -438,4 +459,5 @@ def load_sweep(sweep_dir: Path) -> Sweep:
         members = group.runs + problems_by_key[group.key]
         sweep.notes += _completeness_notes(members, group.label(keys))
         sweep.notes += _result_mismatch_notes(group)
+        sweep.notes += _divergence_notes(group, group.label(keys))
     return sweep

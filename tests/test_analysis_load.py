@@ -110,6 +110,11 @@ def test_missing_failed_and_corrupt_runs_are_reported_and_left_out(broken_sweep)
     for p in sweep.problems:
         assert str(p.path.relative_to(broken_sweep)) in text
     assert "ValueError: loss is nan" in text
+    assert "delete a corrupt run's directory and relaunch to train it again" in text
+    assert status.advice == (
+        "relaunch the same command to retry the failed runs; delete the corrupt runs' directories "
+        "(listed above) and relaunch to train them again"
+    )
 
 
 def test_all_runs_found_message_and_status(clean_sweep):
@@ -195,3 +200,14 @@ def test_python_dash_m_analysis(clean_sweep):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == analysis.summarize(clean_sweep)
+
+
+def test_diverged_runs_are_kept_and_named(tmp_path, labels):
+    config = source_config(tmp_path, "init")
+    logits = random_logits(np.random.default_rng(7), 3, N, C)
+    logits[1] = np.nan  # what a run whose loss went to NaN evaluates to
+    write_group(config, logits, labels)
+    text = analysis.summarize(tmp_path)
+    assert "1 of 3 runs diverged (non-finite test cross-entropy or logits: r0001)" in text
+    assert "lower the learning rate" in text
+    assert len(load_sweep(tmp_path).groups[0].runs) == 3
