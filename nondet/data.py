@@ -277,6 +277,20 @@ def _load_synthetic(cfg: DatasetConfig):
 # --------------------------------------------------------------------------- torchvision
 
 
+def _torchvision_splits(dataset_cls, cfg: DatasetConfig, error, missing: tuple[str, ...]) -> list:
+    """The train and test splits of a torchvision dataset; files that are not there raise
+    ``error(root, cause)``, whose message says where to get them (no chained traceback)."""
+    root = os.path.expanduser(cfg.root)
+    try:
+        return [dataset_cls(root, train=train, download=cfg.download and train) for train in (True, False)]
+    except (RuntimeError, OSError) as exc:
+        # RuntimeError: torchvision's "Dataset not found or corrupted" / "metadata file not found";
+        # OSError (URLError): a download attempted without internet.
+        if isinstance(exc, RuntimeError) and not any(m in str(exc) for m in missing):
+            raise
+        raise error(root, exc) from None
+
+
 def _cifar10_error(root: str, cause: Exception) -> DatasetNotFoundError:
     folder = os.path.join(os.path.abspath(root), "cifar-10-batches-py")
     missing = [f for f in CIFAR10_FILES if not os.path.isfile(os.path.join(folder, f))]
@@ -298,15 +312,7 @@ def _cifar10_error(root: str, cause: Exception) -> DatasetNotFoundError:
 def _load_cifar10(cfg: DatasetConfig):
     from torchvision.datasets import CIFAR10  # lazily: torchvision is slow to import
 
-    root = os.path.expanduser(cfg.root)
-    try:
-        splits = [CIFAR10(root, train=train, download=cfg.download and train) for train in (True, False)]
-    except (RuntimeError, OSError) as exc:
-        # RuntimeError: torchvision's "Dataset not found or corrupted" / "metadata file not found";
-        # OSError (URLError): a download attempted without internet.
-        if isinstance(exc, RuntimeError) and "not found" not in str(exc):
-            raise
-        raise _cifar10_error(root, exc) from None  # the message says all; no chained traceback
+    splits = _torchvision_splits(CIFAR10, cfg, _cifar10_error, ("not found",))
     out = []
     for ds in splits:
         # .data is (N, 32, 32, 3) HWC uint8; the models want CHW
@@ -332,13 +338,7 @@ def _mnist_error(root: str, cause: Exception) -> DatasetNotFoundError:
 def _load_mnist(cfg: DatasetConfig):
     from torchvision.datasets import MNIST  # lazily: torchvision is slow to import
 
-    root = os.path.expanduser(cfg.root)
-    try:
-        splits = [MNIST(root, train=train, download=cfg.download and train) for train in (True, False)]
-    except (RuntimeError, OSError) as exc:
-        if isinstance(exc, RuntimeError) and "not found" not in str(exc) and "downloading" not in str(exc):
-            raise
-        raise _mnist_error(root, exc) from None
+    splits = _torchvision_splits(MNIST, cfg, _mnist_error, ("not found", "downloading"))
     out = []
     for ds in splits:
         out.append(ds.data.to(torch.uint8).unsqueeze(1).contiguous())  # (N, 28, 28) -> (N, 1, 28, 28)

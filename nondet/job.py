@@ -62,9 +62,7 @@ def job_run_dirs(cfg: DictConfig) -> list[Path] | None:
 
 def replicas_of_job(config: dict) -> range:
     """The replicate indices a job trains: ``pack`` of them from ``replicate`` on."""
-    start, pack, replicates = config["replicate"], config["pack"], config["replicates"]
-    if pack < 1:
-        raise ValueError(f"pack={pack} must be at least 1")
+    start, pack, replicates = config["replicate"], pack_step(config["pack"]), config["replicates"]
     if not 0 <= start < replicates:
         raise ValueError(f"replicate={start} is outside range(0, replicates={replicates})")
     return range(start, min(start + pack, replicates))
