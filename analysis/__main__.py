@@ -7,8 +7,8 @@
 Prints the markdown of ``analysis.summarize`` (plus the CKA table with ``--cka``), then what the
 sweep's structure allows (``analysis/paper.py``: Table 5, Figure 2, Figure 3, the Sec. 4.2
 check, prediction differences; ``--csv`` also writes ``<stem>_table5.csv``). Exit status:
-0 when the table was written (missing or failed runs are listed, not fatal), 1 when no finished
-run was found, 2 on bad arguments or a group that mixes test sets.
+0 when the table was written (missing or failed runs, and a group that mixes test sets, are
+listed, not fatal), 1 when no finished run was found, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from analysis.load import MixedTestSetError, load_sweep
+from analysis.load import load_sweep
 from analysis.paper import paper_analyses
 from analysis.tables import latex_table, report, summary_frame
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         sweep = load_sweep(args.sweep_dir)
-    except (FileNotFoundError, MixedTestSetError) as e:
+    except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     frame = summary_frame(sweep, args.bootstrap, args.seed)

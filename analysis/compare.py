@@ -19,6 +19,12 @@ t-test, sign-flip permutation test, bootstrap over pairs, d_z, and pairs needed 
 One sentence says whether the difference is distinguishable from run-to-run noise: yes when the
 t-test, the permutation test and the CI all say so at alpha, no when none does, otherwise
 borderline.
+
+No verdict comes from a non-finite value: runs whose metric is NaN or infinite (diverged runs,
+with ``--metric test_cross_entropy``) are left out and named, and with fewer than two finite
+runs in an arm the comparison is refused. The notes the sweep's table gives on either
+configuration (diverged runs, missing replicates, runs left out as corrupt or unreadable, runs
+that saw different data) are printed too.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import yaml
 from scipy import stats
 from scipy.special import gammaln
 
-from analysis.load import Group, MixedTestSetError, display_keys, format_value, hashable, load_sweep
+from analysis.load import Group, MixedTestSetError, Run, display_keys, format_value, hashable, load_sweep
 from analysis.metrics import accuracy, cross_entropy
 
 LOGIT_METRICS = {
@@ -80,6 +86,7 @@ def select_group(directory: Path, filters: list[str], flag: str) -> Group:
     chosen = [g for g in sweep.groups if all(_matches(g.params, k, v) for k, v in parsed)]
     if len(chosen) == 1:
         return chosen[0]
+    _refuse_left_out_group(sweep.refused, parsed, chosen)
     candidates = chosen or sweep.groups
     keys = display_keys([g.key for g in candidates])
     listing = "\n".join(
@@ -91,6 +98,48 @@ def select_group(directory: Path, filters: list[str], flag: str) -> Group:
     else:
         what = f"has {len(chosen)} configurations matching " + " ".join(filters) if filters else f"holds {len(chosen)} configurations"
     raise SelectionError(f"{directory} {what}; pick one with {flag} KEY=VALUE:\n{listing}")
+
+
+def _refuse_left_out_group(refused: list[tuple[Group, str]], parsed: list[list[str]], chosen: list[Group]) -> None:
+    """A filter that matches only a configuration the table leaves out (its runs mix test sets)
+    gets the table's reason, not 'no configuration matches'."""
+    matching = [reason for g, reason in refused if all(_matches(g.params, k, v) for k, v in parsed)]
+    if matching and not chosen:
+        raise SelectionError(matching[0])
+
+
+def finite_arm(group: Group, values: np.ndarray, metric: str, arm: str) -> tuple[list[Run], np.ndarray, list[str]]:
+    """The runs of an arm whose metric is finite, their values, and a note naming the others.
+
+    A diverged run's cross-entropy is NaN or infinite: it would turn every statistic into NaN
+    (and a NaN difference into a "yes"). It is left out, named; fewer than 2 left is refused.
+    """
+    finite = np.isfinite(values)
+    runs = [r for r, ok in zip(group.runs, finite) if ok]
+    if finite.all():
+        return runs, values, []
+    bad = [r.path.name for r, ok in zip(group.runs, finite) if not ok]
+    shown = ", ".join(bad[:8]) + (", ..." if len(bad) > 8 else "")
+    if len(runs) < 2:
+        raise SelectionError(
+            f"{arm}: only {len(runs)} of {len(values)} runs have a finite {metric} (non-finite: "
+            f"{shown}; diverged runs): too few to compare. Compare another metric (test_accuracy), "
+            f"or lower the learning rate"
+        )
+    note = (
+        f"{arm}: {len(bad)} of {len(values)} runs left out: their {metric} is not finite "
+        f"({shown}; diverged runs). The comparison is of the runs that did not diverge; how often "
+        f"each configuration diverges is a difference of its own"
+    )
+    return runs, values[finite], [note]
+
+
+def arm_notes(group: Group, arm: str) -> list[str]:
+    """What the sweep's table says about the arm's configuration, and its runs left out."""
+    notes = [f"{arm}: {n}" for n in group.notes]
+    notes += [f"{arm}: {p.status} run left out: {p.path}: {p.reason}" for p in group.problems
+              if p.status in ("corrupt", "unreadable")]
+    return notes
 
 
 def run_values(group: Group, metric: str) -> np.ndarray:
@@ -223,6 +272,8 @@ def compare_samples(
 ) -> Comparison:
     """Every statistic of the module docstring for samples ``a`` and ``b`` (B - A)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("the samples hold NaN or infinite values (diverged runs?): leave them out first")
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"need at least 2 runs per arm (an SD needs two), got {len(a)} and {len(b)}")
     if paired and len(a) != len(b):
@@ -289,7 +340,8 @@ def verdict(c: Comparison) -> str:
     """One plain sentence: is the difference distinguishable from run-to-run noise?"""
     arms = f"{len(c.a)} pairs of runs" if c.paired else f"{len(c.a)} and {len(c.b)} runs"
     change = f"B - A = {c.difference:+.4g}"
-    spread = np.concatenate([c.b - c.a] if c.paired else [c.a - c.a.mean(), c.b - c.b.mean()])
+    # Deterministic arms read the same whether or not the runs are paired.
+    spread = np.concatenate([c.a - c.a.mean(), c.b - c.b.mean()])
     if not np.any(spread != 0):
         if c.difference == 0:
             return f"No: every run gives the same {c.metric} in both arms: there is neither noise nor a difference."
@@ -376,11 +428,13 @@ def main(argv: list[str] | None = None) -> int:
         group_b = select_group(args.dir_b, args.group_b, "--group-b")
         if group_a.runs[0].path == group_b.runs[0].path:
             raise SelectionError("A and B are the same configuration; pick different ones with --group-a / --group-b")
-        a, b = run_values(group_a, args.metric), run_values(group_b, args.metric)
-        notes = []
+        notes = arm_notes(group_a, "A") + arm_notes(group_b, "B")
+        runs_a, a, dropped_a = finite_arm(group_a, run_values(group_a, args.metric), args.metric, "A")
+        runs_b, b, dropped_b = finite_arm(group_b, run_values(group_b, args.metric), args.metric, "B")
+        notes += dropped_a + dropped_b
         if args.paired:
-            index_a = {r.replicate: i for i, r in enumerate(group_a.runs)}
-            index_b = {r.replicate: i for i, r in enumerate(group_b.runs)}
+            index_a = {r.replicate: i for i, r in enumerate(runs_a)}
+            index_b = {r.replicate: i for i, r in enumerate(runs_b)}
             shared = sorted(set(index_a) & set(index_b) - {None})
             dropped = len(a) + len(b) - 2 * len(shared)
             if dropped:

@@ -6,12 +6,18 @@
 A run is any directory below the sweep directory that holds ``config.yaml`` (at any depth; hidden
 directories such as ``.hydra`` or ``.submitit`` are skipped). Everything is read from the run's
 files, never from folder names. A run is *done* when ``result.json`` is present (DESIGN.md);
-otherwise it is *failed* (``error.txt``) or *unfinished*. A done run whose files cannot be read
-is *corrupt*. Only readable done runs enter the tables; the others are reported with a reason.
+otherwise it is *failed* (``error.txt``) or *unfinished*. A done run whose files cannot be read,
+or whose logits contradict its own result.json, is *corrupt*; one this user may not read is
+*unreadable* (not corrupt: its owner can make it readable); a done run that lost its
+``config.yaml`` is *broken* (a relaunch restores it). Only readable done runs enter the tables;
+the others are reported with a reason.
 
 Runs are grouped by every configuration key (flattened with dots: ``model.name``) except the
 keys of ``nondet.records.NON_IDENTITY_KEYS`` (``replicate``, ``replicates``, the output location
-...). Seeds live in ``seeds.json`` and so never split a group.
+...). Seeds live in ``seeds.json`` and so never split a group. Runs of one configuration that
+saw different data (``data_sha256`` in env.json) are never pooled: they become separate rows
+(``data_sha256`` shows which). A configuration whose runs were evaluated on different test sets
+is left out of the tables with a note.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ class MixedTestSetError(ValueError):
 
 @dataclass
 class RunProblem:
-    """A run left out of the tables: ``status`` is ``unfinished``, ``failed`` or ``corrupt``."""
+    """A run left out of the tables: ``status`` is ``unfinished``, ``failed``, ``corrupt``,
+    ``unreadable`` (permissions) or ``broken`` (done, but config.yaml is missing)."""
 
     path: Path
     status: str
@@ -63,6 +70,7 @@ class Run:
     seeds: dict | None
     # A language-model run (analysis/lm.py): per-token arrays instead of logits.
     lm: LMArrays | None = None
+    data_sha256: str | None = None  # env.json's hash of the data's content (None: not recorded)
 
     @property
     def replicate(self) -> int | None:
@@ -75,6 +83,8 @@ class Group:
 
     key: tuple  # ((dotted key, hashable value), ...), sorted by key
     runs: list[Run]
+    notes: list[str] = field(default_factory=list)  # diverged runs, ...: shown by compare too
+    problems: list[RunProblem] = field(default_factory=list)  # its runs left out, with why
 
     @property
     def params(self) -> dict:
@@ -117,6 +127,8 @@ class Sweep:
     groups: list[Group]
     problems: list[RunProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Groups left out of the tables (their runs were evaluated on different test sets), with why.
+    refused: list[tuple[Group, str]] = field(default_factory=list)
 
     @property
     def n_finished(self) -> int:
@@ -135,20 +147,23 @@ class SweepStatus:
     failed: int
     unfinished: int
     corrupt: int
+    broken: int = 0
+    unreadable: int = 0
 
     @property
     def total(self) -> int:
-        return self.finished + self.failed + self.unfinished + self.corrupt
+        return self.finished + self.failed + self.unfinished + self.corrupt + self.broken + self.unreadable
 
     @property
     def ok(self) -> bool:
         """No run failed or is unreadable (unfinished runs may still be running or resumable)."""
-        return self.failed == 0 and self.corrupt == 0
+        return self.failed == 0 and self.corrupt == 0 and self.broken == 0 and self.unreadable == 0
 
     def __str__(self) -> str:
+        more = "".join(f", {n} {s}" for s, n in (("broken", self.broken), ("unreadable", self.unreadable)) if n)
         return (
             f"{self.finished} finished, {self.failed} failed, {self.corrupt} corrupt, "
-            f"{self.unfinished} unfinished"
+            f"{self.unfinished} unfinished{more}"
         )
 
     @property
@@ -159,7 +174,21 @@ class SweepStatus:
             todo.append("relaunch the same command to retry the failed runs")
         if self.corrupt:
             todo.append("delete the corrupt runs' directories (listed above) and relaunch to train them again")
+        if self.broken:
+            todo.append(BROKEN_ADVICE)
+        if self.unreadable:
+            todo.append(UNREADABLE_ADVICE)
         return "; ".join(todo)
+
+
+BROKEN_ADVICE = (
+    "relaunch the same command to restore the broken runs' config.yaml (kept results are "
+    "checked, and retrained if they do not hold up)"
+)
+UNREADABLE_ADVICE = (
+    "the unreadable runs are not corrupt, do not delete them: ask their owner to make them "
+    "readable (chmod -R a+rX DIR)"
+)
 
 
 # --- configuration keys -------------------------------------------------------------------
@@ -246,14 +275,21 @@ def sort_groups(groups: list[Group], keys: list[str]) -> list[Group]:
 # --- finding and reading runs -------------------------------------------------------------
 
 
-def find_run_dirs(root: Path) -> Iterator[Path]:
-    """Every directory at or below ``root`` holding config.yaml, skipping hidden directories.
+def find_run_dirs(root: Path, unlistable: list[Path] | None = None) -> Iterator[Path]:
+    """Every directory at or below ``root`` holding config.yaml (or result.json: a run that lost
+    its config.yaml), skipping hidden directories. Directories this user may not list are
+    appended to ``unlistable``.
 
     A run directory is a leaf: nothing below it is searched.
     """
     root = Path(root)
-    for directory, subdirs, files in os.walk(root):
-        if records.CONFIG_FILE in files:
+
+    def onerror(e: OSError) -> None:
+        if unlistable is not None and e.filename is not None:
+            unlistable.append(Path(e.filename))
+
+    for directory, subdirs, files in os.walk(root, onerror=onerror):
+        if records.CONFIG_FILE in files or records.RESULT_FILE in files:
             subdirs[:] = []
             yield Path(directory)
             continue
@@ -263,6 +299,8 @@ def find_run_dirs(root: Path) -> Iterator[Path]:
 def _read_config(path: Path) -> dict:
     try:
         config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except PermissionError as e:
+        raise records.cannot_read(path, e) from e
     except Exception as e:  # yaml and omegaconf raise many types; all mean "unreadable"
         raise records.CorruptRunError(f"cannot read {path}: {e}") from e
     if not isinstance(config, dict):
@@ -291,21 +329,53 @@ def _unfinished_reason(directory: Path, config: dict | None) -> str:
     return f"no result.json (not started, running, or killed before its first checkpoint){progress}"
 
 
+def _left_out(directory: Path, e: Exception, key: tuple | None = None, replicate=None) -> RunProblem:
+    """A done run that cannot enter the tables: unreadable (permissions) or corrupt."""
+    if isinstance(e, (records.UnreadableRunError, PermissionError)):
+        reason = str(e) if isinstance(e, records.UnreadableRunError) else str(records.cannot_read(
+            Path(e.filename or directory), e))
+        return RunProblem(directory, "unreadable", reason, key, replicate)
+    return RunProblem(directory, "corrupt", str(e), key, replicate)
+
+
 def read_run(directory: Path) -> Run | RunProblem:
     """Read one run directory: a ``Run`` when it is done and readable, else a ``RunProblem``."""
     directory = Path(directory)
-    config = None
+    try:
+        return _read_run(directory)
+    except PermissionError as e:  # a stat or listing refused outside the file readers
+        return _left_out(directory, e)
+
+
+def _read_run(directory: Path) -> Run | RunProblem:
+    if not (directory / records.CONFIG_FILE).exists():
+        return RunProblem(
+            directory, "broken",
+            "result.json is present but config.yaml is missing, so the run cannot be grouped: "
+            "relaunch the same command to restore config.yaml (the kept result is checked first, "
+            "and retrained if it does not hold up)",
+        )
     try:
         config = _read_config(directory / records.CONFIG_FILE)
         key = group_key(config)
     except records.CorruptRunError as e:
-        return RunProblem(directory, "corrupt", str(e))
+        return _left_out(directory, e)
     replicate = config.get("replicate")
     if not (directory / records.RESULT_FILE).exists():
         if (directory / records.ERROR_FILE).exists():
             reason = _last_line(directory / records.ERROR_FILE)
             return RunProblem(directory, "failed", reason, key, replicate)
         return RunProblem(directory, "unfinished", _unfinished_reason(directory, config), key, replicate)
+    return read_done_run(directory, config, key)
+
+
+def read_done_run(directory: Path, config: dict, key: tuple | None = None) -> Run | RunProblem:
+    """The files of a done run (result.json present) whose configuration is ``config``: a ``Run``
+    when every one is readable and consistent, else a ``RunProblem`` saying why. A relaunch
+    checks a run that lost its config.yaml with it (``nondet.job``)."""
+    directory = Path(directory)
+    key = group_key(config) if key is None else key
+    replicate = config.get("replicate")
     try:
         result = records.read_json(directory / records.RESULT_FILE)
         if not isinstance(result, dict):
@@ -320,12 +390,34 @@ def read_run(directory: Path) -> Run | RunProblem:
             )
         if len(labels) and (labels.min() < 0 or labels.max() >= logits.shape[1]):
             raise records.CorruptRunError(f"labels.npy holds classes outside [0, {logits.shape[1]})")
+        contradiction = records.result_contradiction(result, labels, np.argmax(logits, axis=1), logits)
+        if contradiction:
+            raise records.CorruptRunError(_contradiction_reason(directory, contradiction))
         metrics = records.read_metrics(directory / records.METRICS_FILE)
         seeds_path = directory / records.SEEDS_FILE
         seeds = records.read_json(seeds_path) if seeds_path.exists() else None
+        data_sha256 = _data_sha256(directory)
     except records.CorruptRunError as e:
-        return RunProblem(directory, "corrupt", str(e), key, replicate)
-    return Run(directory, config, key, result, logits, labels, metrics, seeds)
+        return _left_out(directory, e, key, replicate)
+    return Run(directory, config, key, result, logits, labels, metrics, seeds, data_sha256=data_sha256)
+
+
+def _contradiction_reason(directory: Path, contradiction: str) -> str:
+    return (
+        f"{contradiction}: the two come from different evaluations, so neither can be trusted. "
+        f"Delete the run directory {directory} and relaunch to retrain it."
+    )
+
+
+def _data_sha256(directory: Path) -> str | None:
+    """env.json's ``data_sha256`` (the data the run trained and was tested on); None when the
+    run predates it (or has no env.json)."""
+    path = directory / records.ENV_FILE
+    if not path.exists():
+        return None
+    env = records.read_json(path)
+    value = env.get("data_sha256") if isinstance(env, dict) else None
+    return str(value) if value is not None else None
 
 
 def _read_lm_run(directory: Path, config: dict, key: tuple, result: dict, replicate) -> Run | RunProblem:
@@ -333,12 +425,16 @@ def _read_lm_run(directory: Path, config: dict, key: tuple, result: dict, replic
     try:
         labels = records.read_array(directory / records.LABELS_FILE, 1, "iu")
         arrays = read_lm_arrays(directory, len(labels))
+        contradiction = records.result_contradiction(result, labels, arrays.predictions)
+        if contradiction:
+            raise records.CorruptRunError(_contradiction_reason(directory, contradiction))
         metrics = records.read_metrics(directory / records.METRICS_FILE)
         seeds_path = directory / records.SEEDS_FILE
         seeds = records.read_json(seeds_path) if seeds_path.exists() else None
+        data_sha256 = _data_sha256(directory)
     except records.CorruptRunError as e:
-        return RunProblem(directory, "corrupt", str(e), key, replicate)
-    return Run(directory, config, key, result, None, labels, metrics, seeds, lm=arrays)
+        return _left_out(directory, e, key, replicate)
+    return Run(directory, config, key, result, None, labels, metrics, seeds, lm=arrays, data_sha256=data_sha256)
 
 
 def scan_runs(root: Path) -> tuple[list[Run], list[RunProblem]]:
@@ -346,10 +442,16 @@ def scan_runs(root: Path) -> tuple[list[Run], list[RunProblem]]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
-    runs, problems = [], []
-    for directory in find_run_dirs(root):
+    runs, problems, unlistable = [], [], []
+    for directory in find_run_dirs(root, unlistable):
         item = read_run(directory)
         (runs if isinstance(item, Run) else problems).append(item)
+    for directory in unlistable:
+        problems.append(RunProblem(
+            directory, "unreadable",
+            f"permission denied listing {directory}: runs below it, if any, are not in the tables. "
+            f"They are not corrupt: ask the owner to make it readable (chmod -R a+rX {directory})",
+        ))
     return runs, problems
 
 
@@ -357,7 +459,9 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
     """Finished / failed / unfinished / corrupt run counts (the end-of-sweep callback's exit code)."""
     runs, problems = scan_runs(sweep_dir)
     counts = Counter(p.status for p in problems)
-    return SweepStatus(len(runs), counts["failed"], counts["unfinished"], counts["corrupt"])
+    return SweepStatus(
+        len(runs), counts["failed"], counts["unfinished"], counts["corrupt"], counts["broken"], counts["unreadable"]
+    )
 
 
 def _check_test_set(runs: list[Run]) -> None:
@@ -393,27 +497,6 @@ def _completeness_notes(members: list, label: str) -> list[str]:
     return notes
 
 
-def _result_mismatch_notes(group: Group) -> list[str]:
-    """Runs whose result.json accuracy disagrees with their logits by more than half an example:
-    the logits are the contract, but a mismatch means the two came from different evaluations."""
-    notes = []
-    labels = group.labels
-    for run in group.runs:
-        reported = run.result.get("test_accuracy")
-        if not isinstance(reported, (int, float)) or not len(labels):
-            continue
-        lm = run.lm is not None  # a language model's argmax is stored in predictions.npy
-        predictions = run.lm.predictions if lm else np.argmax(run.logits, axis=1)
-        computed = 100.0 * float(np.mean(predictions == labels))
-        if abs(computed - reported) > 50.0 / len(labels):
-            notes.append(
-                f"{run.path}: result.json says test_accuracy {reported:.4f} but "
-                f"{'predictions.npy' if lm else 'logits.npy'} gives "
-                f"{computed:.4f}; the tables use the logits"
-            )
-    return notes
-
-
 def _divergence_notes(group: Group, label: str) -> list[str]:
     """Runs that diverged (non-finite test cross-entropy or logits): they stay in the table, as
     outcomes of the recipe, but their NaN or saturated metrics should not pass unnoticed."""
@@ -434,30 +517,73 @@ def _divergence_notes(group: Group, label: str) -> list[str]:
     ]
 
 
+def _split_by_data(key: tuple, runs: list[Run], label: str) -> tuple[list[tuple[tuple, list[Run]]], list[str]]:
+    """The runs of one configuration, split by the data they saw (env.json ``data_sha256``).
+
+    Runs that saw different data are never pooled: each hash becomes its own row, its key
+    extended by ``data_sha256`` (12 hex digits; ``unrecorded`` for runs made before nondet
+    recorded it, whose data cannot be checked against the others). One value: one group, as is.
+    """
+    by_data: dict[str | None, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_data[run.data_sha256].append(run)
+    if len(by_data) == 1:
+        return [(key, runs)], []
+    parts, described = [], []
+    for sha, members in sorted(by_data.items(), key=lambda item: (item[0] is None, str(item[0]))):
+        short = sha[:12] if sha else "unrecorded"
+        parts.append((tuple(sorted(key + (("data_sha256", short),))), members))
+        names = ", ".join(r.path.name for r in members[:6]) + (", ..." if len(members) > 6 else "")
+        described.append(f"{len(members)} with {short} ({names})")
+    note = (
+        f"{label}: its runs saw different data (env.json data_sha256: {'; '.join(described)}): "
+        f"they are not pooled; each data_sha256 is its own row. Move the runs of the data you "
+        f"do not want out of the sweep directory"
+    )
+    return parts, [note]
+
+
 def load_sweep(sweep_dir: Path) -> Sweep:
     """Find, read and group every run below ``sweep_dir``.
 
-    Raises ``MixedTestSetError`` when the runs of a group have different test sets, and
+    A configuration whose runs were evaluated on different test sets is left out, in
+    ``Sweep.refused`` and a note; runs that saw different data are split into rows. Raises
     ``FileNotFoundError`` when ``sweep_dir`` is not a directory.
     """
     runs, problems = scan_runs(sweep_dir)
     by_key: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         by_key[run.key].append(run)
-    groups = []
-    for key, members in by_key.items():
-        members.sort(key=lambda r: (r.replicate is None, r.replicate or 0, str(r.path)))
-        _check_test_set(members)
-        groups.append(Group(key, members))
-    keys = display_keys([g.key for g in groups]) if groups else ["source.name"]
-    groups = sort_groups(groups, keys)
-    sweep = Sweep(Path(sweep_dir), groups, sorted(problems, key=lambda p: str(p.path)))
     problems_by_key = defaultdict(list)
     for p in problems:
         problems_by_key[p.key].append(p)
+    candidates = [
+        Group(key, members, problems=sorted(problems_by_key[key], key=lambda p: str(p.path)))
+        for key, members in by_key.items()
+    ]
+    label_keys = display_keys([g.key for g in candidates]) if candidates else ["source.name"]
+    groups, refused, notes = [], [], []
+    for whole in candidates:
+        label = whole.label(label_keys)
+        whole.notes += _completeness_notes(whole.runs + whole.problems, label)
+        parts, data_notes = _split_by_data(whole.key, whole.runs, label)
+        whole.notes += data_notes
+        for key, members in parts:
+            members.sort(key=lambda r: (r.replicate is None, r.replicate or 0, str(r.path)))
+            group = Group(key, members, list(whole.notes), whole.problems)
+            try:
+                _check_test_set(members)
+            except MixedTestSetError as e:
+                reason = f"{label}: left out of the tables: {e}"
+                group.notes.append(reason)
+                refused.append((group, reason))
+                continue
+            groups.append(group)
+    keys = display_keys([g.key for g in groups]) if groups else ["source.name"]
+    groups = sort_groups(groups, keys)
     for group in groups:
-        members = group.runs + problems_by_key[group.key]
-        sweep.notes += _completeness_notes(members, group.label(keys))
-        sweep.notes += _result_mismatch_notes(group)
-        sweep.notes += _divergence_notes(group, group.label(keys))
-    return sweep
+        group.notes += _divergence_notes(group, group.label(keys))
+    seen = set()
+    for group in groups + [g for g, _ in refused]:
+        notes += [n for n in group.notes if not (n in seen or seen.add(n))]
+    return Sweep(Path(sweep_dir), groups, sorted(problems, key=lambda p: str(p.path)), notes, refused)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import lm
-from analysis.load import Sweep, cell, load_sweep
+from analysis.load import BROKEN_ADVICE, UNREADABLE_ADVICE, Sweep, cell, load_sweep
 from analysis.metrics import COLUMNS, group_metrics
 
 # (column, header, decimals, column holding its SD-of-SD or None)
@@ -160,7 +160,8 @@ def status_lines(sweep: Sweep) -> list[str]:
     elif not sweep.problems:
         lines = [f"All {found} runs found below {sweep.root} are finished and readable."]
     else:
-        counts = {s: sum(p.status == s for p in sweep.problems) for s in ("unfinished", "failed", "corrupt")}
+        statuses = ("unfinished", "failed", "corrupt", "broken", "unreadable")
+        counts = {s: sum(p.status == s for p in sweep.problems) for s in statuses}
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         lines = [
             f"{sweep.n_finished} of {found} runs found below {sweep.root} are in the table; "
@@ -170,6 +171,10 @@ def status_lines(sweep: Sweep) -> list[str]:
         if counts["corrupt"]:
             lines.append("- corrupt runs are kept as they are, never overwritten: delete a corrupt "
                          "run's directory and relaunch to train it again.")
+        if counts["broken"]:
+            lines.append(f"- broken runs: {BROKEN_ADVICE}.")
+        if counts["unreadable"]:
+            lines.append(f"- {UNREADABLE_ADVICE}.")
     lines += [f"- note: {n}" for n in sweep.notes]
     return lines
 
@@ -201,7 +206,7 @@ def report(sweep: Sweep, frame: pd.DataFrame, n_boot: int, seed: int, cka: pd.Da
 def summarize(sweep_dir: Path, n_boot: int = 1000, seed: int = 0) -> str:
     """The markdown table of a sweep plus the list of missing / failed runs (or 'all N found').
 
-    Raises ``analysis.load.MixedTestSetError`` when a group mixes test sets.
+    A group that mixes test sets is left out with a note.
     """
     sweep = load_sweep(sweep_dir)
     if sweep.n_finished + len(sweep.problems) == 0:

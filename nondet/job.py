@@ -2,8 +2,9 @@
 
 ``launch.py`` hands every job of a sweep to ``run_job``. With ``pack > 1`` the replicas train
 together in one fused computation (``nondet/pack.py``) when the model has a packed form, else
-one after another. Finished replicas (``result.json`` present) are skipped; unfinished ones
-resume from their checkpoint; a replica that raises leaves ``error.txt`` with the traceback and
+one after another. Finished replicas (``result.json`` present) are skipped; a finished replica
+that lost its ``config.yaml`` gets it back (``restore_config``); unfinished ones resume from
+their checkpoint; a replica that raises leaves ``error.txt`` with the traceback and
 the sweep goes on. Mistakes in the configuration itself (unknown source, ``device=cuda``
 without a GPU, missing dataset files) raise before anything is trained, with a message that says
 what to do.
@@ -26,7 +27,7 @@ from nondet import lm, pack, records
 from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, configure_precision, resolve_device
 from nondet.config import TEXT_DATASETS
 from nondet.data import Dataset, load_dataset
-from nondet.seeds import check_sources
+from nondet.seeds import SeedPlan, check_sources
 from nondet.text import load_corpus
 from nondet.train import train_replica
 
@@ -166,6 +167,32 @@ def check_sources_vary_something(config: dict, data) -> None:
         )
 
 
+def restore_config(config: dict, directory: Path) -> str | None:
+    """Rewrite the config.yaml a finished run lost (the analysis cannot group a run without it),
+    after checking that what it kept is this configuration's run: result.json, logits and labels
+    readable and consistent (the analysis's own checks), seeds.json the seeds of this replicate.
+    Returns None when restored, else why the run must be trained again."""
+    from analysis.load import RunProblem, read_done_run  # the analysis reads runs; lazily
+
+    kept = read_done_run(directory, config)
+    if isinstance(kept, RunProblem):
+        return kept.reason
+    plan = SeedPlan.for_run(config["base_seed"], config["source"]["vary"], config["replicate"])
+    expected = {k: v for k, v in plan.as_record("").items() if k != "lowlevel"}
+    recorded = {k: v for k, v in (kept.seeds or {}).items() if k != "lowlevel"}
+    if recorded != expected:
+        return f"{records.SEEDS_FILE} does not hold this replicate's seeds {expected['seeds']}"
+    records.write_text(directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
+    return None
+
+
+def _set_aside_result(directory: Path) -> Path:
+    """Move a result that cannot be trusted out of the way of a retraining, keeping it."""
+    kept = directory / f"{records.RESULT_FILE}.untrusted"
+    os.replace(directory / records.RESULT_FILE, kept)
+    return kept
+
+
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Train (or skip, or resume) the replicas of one job; returns counts and directories."""
     config = resolved_config(cfg)
@@ -210,6 +237,15 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     for replicate in replicas:
         replica_config = {**config, "replicate": replicate}
         directory = records.run_dir(replica_config)
+        if records.is_done(directory) and not records.is_whole(directory):
+            why = restore_config(replica_config, directory)
+            if why is None:
+                log.warning("%s: config.yaml was missing; rewritten from this job's configuration "
+                            "(result, logits and seeds checked)", directory)
+            else:
+                kept = _set_aside_result(directory)
+                log.warning("%s: config.yaml was missing and the run's files do not hold up (%s); "
+                            "training it again (the old result.json is kept as %s)", directory, why, kept.name)
         if records.is_done(directory):
             log.info("%s: finished already, skipped", directory)
             outcome["skipped"].append(str(directory))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -43,6 +44,22 @@ SUBSET_POSITIONS_FILE = "subset_positions.npy"
 
 class CorruptRunError(RuntimeError):
     """A run directory holds a file that cannot be read; the message says what to delete."""
+
+
+class UnreadableRunError(CorruptRunError):
+    """A run's file exists but this user may not read it: the run is not corrupt, and deleting
+    it would lose a finished result; whoever owns it can make it readable."""
+
+
+def cannot_read(path: Path, e: Exception) -> CorruptRunError:
+    """The error for a run file that failed to read: unreadable (permissions) or corrupt."""
+    path = Path(path)
+    if isinstance(e, PermissionError):
+        return UnreadableRunError(
+            f"cannot read {path}: permission denied. The run is not corrupt: ask its owner to make "
+            f"it readable (chmod -R a+rX {path.parent}), or read it as that user."
+        )
+    return CorruptRunError(f"cannot read {path}: {e}. Delete the run directory {path.parent} to retrain it.")
 
 
 # --- identity ------------------------------------------------------------------------------
@@ -81,10 +98,27 @@ def run_dir(config: Mapping[str, Any], replicate: int | None = None) -> Path:
 # --- atomic writes -------------------------------------------------------------------------
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where Linux allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (briefly process-wide)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600 whatever the umask; a run's files get the mode open() would
+        # give them (0644 under umask 022), so colleagues sharing the sweep can read it.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -129,13 +163,17 @@ def is_done(directory: Path) -> bool:
     return (Path(directory) / RESULT_FILE).is_file()
 
 
+def is_whole(directory: Path) -> bool:
+    """Done, and with the config.yaml that lets the analysis find and group it. A done run that
+    lost its config.yaml is not skipped by a relaunch: ``nondet.job`` restores it."""
+    return is_done(directory) and (Path(directory) / CONFIG_FILE).is_file()
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
-        raise CorruptRunError(
-            f"cannot read {path}: {e}. Delete the run directory {Path(path).parent} to retrain it."
-        ) from e
+        raise cannot_read(path, e) from e
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -145,16 +183,56 @@ def read_metrics(path: Path) -> list[dict]:
         return []
     try:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except ValueError as e:
-        raise CorruptRunError(
-            f"cannot read {path}: {e}. Delete the run directory {path.parent} to retrain it."
-        ) from e
+    except (OSError, ValueError) as e:
+        raise cannot_read(path, e) from e
+
+
+def result_contradiction(
+    result: Mapping[str, Any], labels: np.ndarray, predictions: np.ndarray, logits: np.ndarray | None = None
+) -> str | None:
+    """Why a run's result.json cannot come from the same evaluation as its stored arrays (the
+    accuracy off by more than half an example, or the cross-entropy of ``logits`` off by more
+    than float32 rounding), or None when they agree. Such a run is corrupt: neither can be
+    trusted. Non-finite numbers (a diverged run) are not compared."""
+    n = len(labels)
+    if not n:
+        return None
+    source = PREDICTIONS_FILE if logits is None else LOGITS_FILE
+
+    def finite_number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    reported = result.get("test_accuracy")
+    if finite_number(reported):
+        computed = 100.0 * float(np.mean(np.asarray(predictions) == np.asarray(labels)))
+        if abs(computed - reported) > 50.0 / n:
+            return f"result.json says test_accuracy {reported:.4f} but {source} gives {computed:.4f}"
+    reported = result.get("test_cross_entropy")
+    if logits is not None and finite_number(reported):
+        computed = _cross_entropy(logits, labels)
+        if math.isfinite(computed) and abs(computed - reported) > 1e-3 * max(1.0, abs(reported)):
+            return f"result.json says test_cross_entropy {reported:.6g} but {source} gives {computed:.6g}"
+    return None
+
+
+def _cross_entropy(logits: np.ndarray, labels: np.ndarray, rows: int = 8192) -> float:
+    """Mean negative log-likelihood of ``labels`` (nats, float64), a block of rows at a time."""
+    total = 0.0
+    for start in range(0, len(labels), rows):
+        x = np.asarray(logits[start : start + rows], dtype=np.float64)
+        y = np.asarray(labels[start : start + rows])
+        top = x.max(axis=1, keepdims=True)
+        log_total = np.log(np.exp(x - top).sum(axis=1)) + top[:, 0]
+        total += float(np.sum(log_total - x[np.arange(len(y)), y]))
+    return total / len(labels)
 
 
 def read_array(path: Path, ndim: int, kind: str) -> np.ndarray:
     """Memory-map a .npy file; a truncated file fails here because the map would overrun it."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except PermissionError as e:
+        raise cannot_read(path, e) from e
     except (OSError, ValueError, EOFError) as e:
         raise CorruptRunError(f"cannot read {path.name}: {e}") from e
     if array.ndim != ndim or array.dtype.kind not in kind:

@@ -11,7 +11,8 @@ import pytest
 
 import analysis
 from analysis import __main__ as cli
-from analysis.load import MixedTestSetError, display_keys, load_sweep, sweep_status
+from analysis import compare
+from analysis.load import display_keys, load_sweep, sweep_status
 from analysis.metrics import COLUMNS
 from fake_runs import fake_config, metrics_rows, random_logits, write_group, write_run
 from nondet import records
@@ -133,13 +134,20 @@ def test_replicates_without_a_directory_are_named(tmp_path, labels):
     assert "2 of 4 replicates have no run directory (1, 3)" in text
 
 
-def test_mixed_test_sets_raise(clean_sweep, tmp_path, labels):
+def test_a_group_that_mixes_test_sets_is_left_out_not_the_whole_table(clean_sweep, tmp_path, labels, capsys):
     config = source_config(tmp_path, "init", replicate=9, replicates=R)
     other = (labels + 1) % C
     write_run(records.run_dir(config), config, random_logits(np.random.default_rng(5), 1, N, C)[0], other)
-    with pytest.raises(MixedTestSetError, match="different test sets"):
-        load_sweep(clean_sweep)
-    assert cli.main([str(clean_sweep)]) == 2
+    sweep = load_sweep(clean_sweep)
+    assert [g.params["source.name"] for g in sweep.groups] == ["shuffle"]
+    assert [g.params["source.name"] for g, _ in sweep.refused] == ["init"]
+    assert cli.main([str(clean_sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "| shuffle |" in out and "| init |" not in out
+    assert "init: left out of the tables: runs of one configuration were evaluated on different test sets" in out
+    # compare names the reason instead of "no configuration matches".
+    assert compare.main([str(clean_sweep), str(clean_sweep), "--group-a", "source=init", "--group-b", "source=shuffle"]) == 2
+    assert "different test sets" in capsys.readouterr().err
 
 
 def test_display_keys_show_what_differs():

@@ -4,7 +4,8 @@ hydra-submitit-launcher's own launchers submit every job of a sweep and then rea
 in order, raising at the first job that produced none. For a protocol that is relaunched until
 every run is done, that has two costs, which these subclasses remove:
 
-- **Finished jobs are not submitted.** A job whose runs all hold ``result.json`` would only start
+- **Finished jobs are not submitted.** A job whose runs all hold ``result.json`` (and the
+  ``config.yaml`` the analysis needs: a run that lost it is submitted, to restore it) would only start
   Python on a node to skip them; a relaunch of a 700-run sweep with 690 done submits 10 jobs.
   The run directories are computed from the job's composed config, exactly as the job would
   (``nondet.job.job_run_dirs``); a job whose directories depend on the node (``device=auto``)
@@ -101,10 +102,10 @@ class _SweepAware:
 
     def _finished(self, overrides: Sequence[str]) -> list[Path] | None:
         """The job's run directories when every one is finished, else None."""
-        from nondet.records import is_done
+        from nondet.records import is_whole
 
         directories = self._run_dirs(overrides)
-        return directories if directories and all(is_done(d) for d in directories) else None
+        return directories if directories and all(is_whole(d) for d in directories) else None
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
