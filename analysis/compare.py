@@ -78,7 +78,7 @@ def select_group(directory: Path, filters: list[str], flag: str) -> Group:
     """The one group below ``directory`` that matches every ``KEY=VALUE`` filter."""
     sweep = load_sweep(directory)
     if not sweep.groups:
-        raise SelectionError(f"no finished runs below {directory}")
+        raise SelectionError(sweep.refused[0][1] if sweep.refused else f"no finished runs below {directory}")
     for f in filters:
         if "=" not in f:
             raise SelectionError(f"{flag} takes KEY=VALUE (e.g. source.name=init), got {f!r}")
@@ -134,11 +134,13 @@ def finite_arm(group: Group, values: np.ndarray, metric: str, arm: str) -> tuple
     return runs, values[finite], [note]
 
 
-def arm_notes(group: Group, arm: str) -> list[str]:
-    """What the sweep's table says about the arm's configuration, and its runs left out."""
+def arm_notes(group: Group, arm: str, shown: int = 10) -> list[str]:
+    """What the sweep's table says about the arm's configuration, and its runs left out (corrupt,
+    unreadable, failed, unfinished: a selection the comparison does not see)."""
     notes = [f"{arm}: {n}" for n in group.notes]
-    notes += [f"{arm}: {p.status} run left out: {p.path}: {p.reason}" for p in group.problems
-              if p.status in ("corrupt", "unreadable")]
+    notes += [f"{arm}: {p.status} run left out: {p.path}: {p.reason}" for p in group.problems[:shown]]
+    if len(group.problems) > shown:
+        notes.append(f"{arm}: and {len(group.problems) - shown} more runs left out (python -m analysis lists them)")
     return notes
 
 
