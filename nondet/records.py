@@ -151,6 +151,34 @@ def read_metrics(path: Path) -> list[dict]:
         ) from e
 
 
+def read_checkpoint(path: Path, device: str) -> dict:
+    """A training checkpoint (``checkpoint.pt``, an onset prefix), loaded as plain data only.
+
+    ``weights_only=True``: tensors, numbers, strings and containers, which is all a checkpoint
+    holds. A pickled object of any other type is refused without being run, so a checkpoint
+    planted in a shared sweep directory cannot execute code on the next relaunch.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a checkpoint's mapping")
+    except Exception as e:  # truncated, foreign, or carrying code: keep it for inspection
+        if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e):
+            # torch's message is a paragraph; its one useful line names the refused object
+            named = [line for line in str(e).splitlines() if "GLOBAL" in line]
+            reason = f"it carries a pickled object, refused without running it: {named[0].strip()}"
+        else:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CorruptRunError(
+            f"cannot read the checkpoint {path} ({reason}); delete it to restart this run from scratch"
+        ) from None
+    return state
+
+
 def read_array(path: Path, ndim: int, kind: str) -> np.ndarray:
     """Memory-map a .npy file; a truncated file fails here because the map would overrun it."""
     try:
