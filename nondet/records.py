@@ -158,8 +158,6 @@ def read_checkpoint(path: Path, device: str) -> dict:
     holds. A pickled object of any other type is refused without being run, so a checkpoint
     planted in a shared sweep directory cannot execute code on the next relaunch.
     """
-    import pickle
-
     import torch
 
     try:
@@ -167,16 +165,31 @@ def read_checkpoint(path: Path, device: str) -> dict:
         if not isinstance(state, dict):
             raise TypeError(f"it holds a {type(state).__name__}, not a checkpoint's mapping")
     except Exception as e:  # truncated, foreign, or carrying code: keep it for inspection
-        if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e):
-            # torch's message is a paragraph; its one useful line names the refused object
-            named = [line for line in str(e).splitlines() if "GLOBAL" in line]
-            reason = f"it carries a pickled object, refused without running it: {named[0].strip()}"
-        else:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = _load_failure(e)
         raise CorruptRunError(
             f"cannot read the checkpoint {path} ({reason}); delete it to restart this run from scratch"
         ) from None
     return state
+
+
+def _load_failure(error: Exception) -> str:
+    """Why torch.load failed, in one line. With weights_only torch explains at length how to load
+    the file unsafely; the line worth showing names the refused object or the unreadable byte."""
+    import pickle
+
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not isinstance(error, pickle.UnpicklingError) or not lines or "Weights only" not in lines[0]:
+        return lines[0] if lines else type(error).__name__
+    marker = "WeightsUnpickler error:"
+    for line in lines:
+        if "GLOBAL" in line:
+            return f"it carries a pickled object, refused without running it: {line.replace(marker, '').strip()}"
+    after = [i for i, line in enumerate(lines) if marker in line]
+    if after:
+        detail = lines[after[0]].split(marker, 1)[1].strip() or (lines[after[0] + 1:] or [""])[0]
+        if detail and not detail.startswith("Check the documentation"):
+            return f"not a checkpoint: {detail}"
+    return "not a checkpoint"
 
 
 def read_array(path: Path, ndim: int, kind: str) -> np.ndarray:

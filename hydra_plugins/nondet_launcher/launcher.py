@@ -139,7 +139,12 @@ class _SweepAware:
             jobs = self._executor().map_array(self, *zip(*params))
             for (idx, overrides), job in zip(submit, jobs):
                 returns[idx] = self._collect(job, overrides)
-        return [returns[idx] for idx in sorted(returns)]
+        ordered = [returns[idx] for idx in sorted(returns)]
+        # The jobs ran elsewhere: hand their outcomes to the end-of-sweep summary of this process.
+        from nondet.callbacks import record_job_returns
+
+        record_job_returns(ordered)
+        return ordered
 
     def _collect(self, job: Any, overrides: Sequence[str]) -> JobReturn:
         """The job's JobReturn; for a job killed outside Python, error.txt in its unfinished runs."""
