@@ -156,8 +156,10 @@ def writable_sweep_dir(sweep_dir: Path) -> str | None:
     """None when the sweep directory can be written (created if need be), else why not."""
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=sweep_dir, prefix=".launch-", suffix=".tmp"):
-            pass
+        with tempfile.NamedTemporaryFile(dir=sweep_dir, prefix=".launch-", suffix=".tmp") as probe:
+            probe.write(b"\n")  # a full disk fails here, not only a read-only directory
+            probe.flush()
+            os.fsync(probe.fileno())
     except OSError as e:
         return e.strerror or str(e)
     return None

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import lm, pack, records
+from nondet import joblog, lm, pack, records
 from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, configure_precision, resolve_device
 from nondet.config import TEXT_DATASETS
 from nondet.data import Dataset, load_dataset
@@ -121,6 +121,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("nondet.pack_step", pack_step)
     if not OmegaConf.has_resolver("by_scale"):
         OmegaConf.register_new_resolver("by_scale", by_scale)
+    if not OmegaConf.has_resolver("nondet.hydra_files"):  # hydra.output_subdir
+        OmegaConf.register_new_resolver("nondet.hydra_files", joblog.hydra_files)
 
 
 def _dataset(config: dict) -> Dataset:

@@ -167,10 +167,13 @@ def run_locks(directories: Sequence[Path], heartbeat_seconds: float = HEARTBEAT_
     try:
         for directory in directories:
             lock = run_lock(directory)
-            if lock.try_acquire() or lock.try_acquire():  # the second try after a stale takeover
-                mine.append(lock)
-            else:
-                busy[Path(directory)] = lock.describe()
+            try:
+                if lock.try_acquire() or lock.try_acquire():  # the second after a stale takeover
+                    mine.append(lock)
+                else:
+                    busy[Path(directory)] = lock.describe()
+            except OSError:
+                pass  # an unwritable run directory: training it fails and says so, in one line
         beat = _Heartbeat(mine, heartbeat_seconds)
         beat.start()
         try:

@@ -5,6 +5,7 @@ disk or an unwritable sweep directory ends in one line, not a traceback, and kee
 from __future__ import annotations
 
 import errno
+import logging
 
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
@@ -86,3 +87,63 @@ def test_an_unwritable_sweep_directory_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"Cannot launch into {tmp_path / 'file' / 'sweep'}: ")
     assert "Nothing was trained or changed" in err[0]
+
+
+def test_an_unwritable_run_directory_fails_its_run_in_one_line(make_config, monkeypatch, caplog):
+    config = make_config("source=init", "epochs=1", "replicates=1")
+    directory = records.run_dir(config)
+
+    def read_only(path, data):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(records, "_atomic_write_bytes", read_only)
+    outcome = run_job(OmegaConf.create(config))  # no exception: the sweep goes on
+    assert outcome["failed"] == [str(directory)]
+    assert outcome["fixes"][str(directory)] == (
+        f"cannot write {directory / records.CONFIG_FILE} (Permission denied): make it writable, then relaunch")
+    assert "Traceback" not in caplog.text
+
+
+def test_hydras_job_log_and_record_give_way_to_an_unwritable_run_directory(tmp_path, capsys):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+    from nondet import joblog
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        hydra = compose("config", return_hydra_config=True).hydra
+    assert hydra.job_logging.handlers.file["class"] == "nondet.joblog.RunLogFile"
+    assert OmegaConf.to_yaml(hydra).count("${nondet.hydra_files:.hydra}") == 1
+
+    (tmp_path / "launch.log").mkdir()  # cannot be opened as a file, as in a read-only directory
+    handler = joblog.RunLogFile(str(tmp_path / "launch.log"))
+    handler.handle(logging.makeLogRecord({"msg": "epoch 1"}))  # dropped, no logging error
+    (tmp_path / ".hydra").write_text("")  # nor can .hydra/ be made
+    root = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}}})
+    assert joblog.hydra_files(".hydra", _root_=root) is None
+    assert joblog.hydra_files("record", _root_=root) == "record"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"nondet: cannot write {tmp_path / 'launch.log'} (Is a directory); this job logs to the console only",
+        f"nondet: cannot write Hydra's record of this job in {tmp_path / '.hydra'} (File exists); "
+        "the job goes on without it",
+    ]
+
+
+@pytest.mark.slow
+def test_relaunching_into_read_only_run_directories_keeps_the_sweep_going(make_config, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, TINY
+
+    config = make_config("source=init", "epochs=1", "replicates=1")
+    run_job(OmegaConf.create(config))  # finished earlier
+    finished = records.run_dir(config)
+    (finished / "launch.log").mkdir()  # root ignores file modes: unwritable by other means
+    command = [sys.executable, "launch.py", "-m", "source=init", *TINY, "epochs=1", "replicates=2",
+               f"output_root={config['output_root']}"]
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0 and "Traceback" not in again.stderr
+    assert f"nondet: cannot write {finished / 'launch.log'} (Is a directory)" in again.stderr
+    assert "1 runs trained now, 1 finished earlier (skipped), 0 failed" in again.stdout
