@@ -33,7 +33,11 @@ RUN_STALE_SECONDS = 180.0
 
 
 def _me() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": os.environ.get("SLURM_JOB_ID")}
+    env = os.environ
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": env.get("SLURM_JOB_ID")}
+    if "SLURM_ARRAY_JOB_ID" in env:  # the id submitit knows the job by
+        me["slurm_array_task"] = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID')}"
+    return me
 
 
 def _alive(pid: int) -> bool:
@@ -126,6 +130,14 @@ class Lock:
     def release(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+    def held_by_job(self, job_id: str, local: bool = False) -> bool:
+        """Whether the holder is the SLURM job (or array task) ``job_id``; with ``local``, the
+        process ``job_id`` of this host (submitit's local jobs)."""
+        holder = self.holder() or {}
+        if local:
+            return holder.get("host") == socket.gethostname() and str(holder.get("pid")) == str(job_id)
+        return str(job_id) in {str(holder.get(k)) for k in ("slurm_job", "slurm_array_task") if holder.get(k)}
 
     def describe(self) -> str:
         holder = self.holder() or {}

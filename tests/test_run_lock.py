@@ -114,3 +114,31 @@ def test_second_launch_counts_only_its_own_runs_and_waits_for_the_other(make_con
     assert "1 runs trained now, 0 finished earlier (skipped), 0 failed" in out
     assert "1 trained meanwhile by another launch of this sweep" in out
     assert "All 2 runs found" in out
+
+
+def test_a_killed_jobs_locks_are_released_and_other_launches_runs_left_alone(tmp_path):
+    from submitit.core.utils import UncompletedJobError
+
+    from hydra_plugins.nondet_launcher.launcher import _SweepAware
+
+    own, others, free = (tmp_path / name for name in ("own", "others", "free"))
+    for directory, job in ((own, "555"), (others, "777")):
+        directory.mkdir()
+        (directory / lock.RUN_LOCK).write_text(json.dumps({"host": "node", "pid": 9, "slurm_job": job}))
+
+    class Killed:
+        job_id, state = "555", "OUT_OF_MEMORY"
+
+        def results(self):
+            raise UncompletedJobError("job 555 has not produced any output (state: OUT_OF_MEMORY)")
+
+    class Launcher(_SweepAware):
+        _EXECUTOR = "slurm"
+
+        def _run_dirs(self, overrides):
+            return [own, others, free]
+
+    returned = Launcher()._collect(Killed(), ["source=init"])
+    assert returned.return_value["failed"] == [str(own), str(free)]
+    assert not (own / lock.RUN_LOCK).exists()  # a relaunch need not wait for the dead job
+    assert (others / lock.RUN_LOCK).exists() and not (others / records.ERROR_FILE).exists()

@@ -150,7 +150,7 @@ class _SweepAware:
         """The job's JobReturn; for a job killed outside Python, error.txt in its unfinished runs."""
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
-        from nondet import records
+        from nondet import lock, records
 
         try:
             return job.results()[0]
@@ -162,6 +162,11 @@ class _SweepAware:
             for directory in directories:
                 if records.is_done(directory):
                     continue
+                run_lock = lock.run_lock(directory)
+                if run_lock.held_by_job(job.job_id, local=self._EXECUTOR == "local"):
+                    run_lock.release()  # the killed job's: a relaunch must not wait for it
+                elif run_lock.is_held():
+                    continue  # another launch is training it (this job skipped it)
                 directory.mkdir(parents=True, exist_ok=True)
                 records.write_text(directory / records.ERROR_FILE, killed_report(job, e, self._EXECUTOR))
                 failed.append(str(directory))
