@@ -67,8 +67,12 @@ class Lock:
         except FileExistsError:
             self._take_over_if_stale()
             return False
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(_me()) + "\n")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(_me()) + "\n")
+        except OSError:  # a full disk: leave no empty lock behind to block the next launch
+            self.release()
+            raise
         return True
 
     def holder(self) -> dict | None:
@@ -112,7 +116,7 @@ class Lock:
         if not self.is_stale():
             return
         # One taker wins the rename; a loser that renamed a lock taken meanwhile puts it back.
-        aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
+        aside = self.path.with_name(f"{self.path.name}.stale-{socket.gethostname()}-{os.getpid()}")
         try:
             os.replace(self.path, aside)
         except FileNotFoundError:
