@@ -160,6 +160,10 @@ def writable_sweep_dir(sweep_dir: Path) -> str | None:
             probe.write(b"\n")  # a full disk fails here, not only a read-only directory
             probe.flush()
             os.fsync(probe.fileno())
+        record = sweep_dir / "multirun.yaml"  # Hydra rewrites it: a read-only copy fails too
+        if record.exists():
+            with open(record, "a"):
+                pass
     except OSError as e:
         return e.strerror or str(e)
     return None

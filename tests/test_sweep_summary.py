@@ -87,6 +87,9 @@ def test_an_unwritable_sweep_directory_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"Cannot launch into {tmp_path / 'file' / 'sweep'}: ")
     assert "Nothing was trained or changed" in err[0]
+    (tmp_path / "sweep" / "multirun.yaml").mkdir(parents=True)  # Hydra's record cannot be rewritten
+    assert launch(tmp_path / "sweep") == 1
+    assert capsys.readouterr().err.startswith(f"Cannot launch into {tmp_path / 'sweep'}: Is a directory.")
 
 
 def test_an_unwritable_run_directory_fails_its_run_in_one_line(make_config, monkeypatch, caplog):
