@@ -11,6 +11,9 @@ that no longer exists, the holder is an earlier incarnation of this SLURM job (r
 preemption or a time limit), or it has not been refreshed for ``stale_seconds`` (its holder, on
 another host, died). Holders refresh it: the onset prefix once per epoch, a run lock from a
 heartbeat thread.
+
+    python launch.py -m source=init,shuffle &   # two launches of one sweep at once:
+    python launch.py -m source=init,shuffle     # each run is trained once, by one of them
 """
 
 from __future__ import annotations
