@@ -7,9 +7,15 @@ submitit_slurm). Relaunching a sweep prints, for example:
     Sweep outputs/default: 22 runs trained now, 8 finished earlier (skipped), 0 failed; of the 22
     trained now, 21 from scratch and 1 resumed from a checkpoint.
 
-(one line). "Now" means: result.json written since the launch began (its time taken from the file
-system, so a cluster's clock skew does not matter); "resumed" reads env.json's
-``resumed_from_epoch``. Failed runs (error.txt, no result.json) make the command exit 1.
+(one line). The counts, the exit status and the advice are about the runs this command launched,
+as its jobs reported them (``run_job``'s outcome: finished, skipped, failed, busy): runs that
+another launch running at the same time trained are counted as such (the summary waits for them),
+and failures an earlier launch left in the same sweep directory are a note, not this command's
+failure. A failed run of this command makes it exit 1, with the advice that mends it (delete a
+corrupt checkpoint, free disk space, or relaunch). Under a launcher that reports no outcomes (a
+plain hydra-submitit launcher), "now" means result.json written since the launch began (its time
+taken from the file system, so a cluster's clock skew does not matter) and every failed run
+below the sweep directory counts.
 """
 
 from __future__ import annotations
@@ -23,10 +29,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from nondet.records import CONFIG_FILE, ENV_FILE, ERROR_FILE, RESULT_FILE
+from nondet.lock import wait_until_free
+from nondet.records import CONFIG_FILE, ENV_FILE, ERROR_FILE, RESULT_FILE, is_done
+
+# The outcomes (run_job's return values) of the jobs this command launched, as they come back:
+# from Hydra's on_job_end where jobs run in this process (basic launcher), from the sweep-aware
+# submitit launchers (hydra_plugins/nondet_launcher) where they run elsewhere.
+_OUTCOMES: list[dict] = []
+
+
+def record_job_returns(returns: list[JobReturn]) -> None:
+    for job_return in returns:
+        if job_return.status == JobStatus.COMPLETED and isinstance(job_return._return_value, dict):
+            _OUTCOMES.append(job_return._return_value)
+
+
+@dataclass
+class Launched:
+    """The runs of the jobs this command launched, by what the jobs did with them."""
+
+    finished: list[Path]
+    skipped: list[Path]
+    failed: list[Path]
+    busy: list[Path]  # being trained by another process when the job came to them
+    fixes: dict[Path, str]  # failed runs a relaunch alone cannot mend: what to do
+
+    @classmethod
+    def of(cls, outcomes: list[dict]) -> "Launched":
+        paths = lambda key: [Path(p).resolve() for o in outcomes for p in o.get(key, [])]  # noqa: E731
+        fixes = {Path(p).resolve(): fix for o in outcomes for p, fix in o.get("fixes", {}).items()}
+        return cls(paths("finished"), paths("skipped"), paths("failed"), paths("busy"), fixes)
+
+    def all(self) -> set[Path]:
+        return {*self.finished, *self.skipped, *self.failed, *self.busy}
 
 
 @dataclass
@@ -36,7 +75,8 @@ class SweepCounts:
     scratch: int = 0  # finished by this launch, trained from epoch 0
     resumed: int = 0  # finished by this launch, resumed from checkpoint.pt
     skipped: int = 0  # finished before this launch
-    failed: int = 0  # error.txt and no result.json (whenever it failed)
+    failed: int = 0  # error.txt and no result.json
+    by_other: int = 0  # finished meanwhile by another launch that was training them
 
     @property
     def trained(self) -> int:
@@ -48,6 +88,8 @@ class SweepCounts:
         if self.trained:
             text += (f"; of the {self.trained} trained now, {self.scratch} from scratch and "
                      f"{self.resumed} resumed from a checkpoint")
+        if self.by_other:
+            text += f"; {self.by_other} trained meanwhile by another launch of this sweep"
         return text
 
 
@@ -94,18 +136,69 @@ def last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
+def _resumed(directory: Path) -> bool:
+    try:
+        return json.loads((directory / ENV_FILE).read_text()).get("resumed_from_epoch") is not None
+    except (OSError, ValueError):
+        return False
+
+
+def launched_counts(launched: Launched) -> SweepCounts:
+    """The counts of the summary line, from what this command's jobs did."""
+    resumed = sum(_resumed(d) for d in launched.finished)
+    counts = SweepCounts(scratch=len(launched.finished) - resumed, resumed=resumed,
+                         skipped=len(launched.skipped), failed=len(launched.failed))
+    counts.by_other = sum(is_done(d) for d in launched.busy)
+    return counts
+
+
+def writable_sweep_dir(sweep_dir: Path) -> str | None:
+    """None when the sweep directory can be written (created if need be), else why not."""
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=sweep_dir, prefix=".launch-", suffix=".tmp") as probe:
+            probe.write(b"\n")  # a full disk fails here, not only a read-only directory
+            probe.flush()
+            os.fsync(probe.fileno())
+        record = sweep_dir / "multirun.yaml"  # Hydra rewrites it: a read-only copy fails too
+        if record.exists():
+            with open(record, "a"):
+                pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 class SummaryCallback(Callback):
     def __init__(self) -> None:
         self.started = time.time()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.started = filesystem_now(Path(config.hydra.sweep.dir))
+        _OUTCOMES.clear()
+        sweep_dir = Path(config.hydra.sweep.dir)
+        why = writable_sweep_dir(sweep_dir)
+        if why:  # Hydra would fail writing multirun.yaml there, with a traceback
+            print(f"Cannot launch into {sweep_dir}: {why}. Nothing was trained or changed; make it "
+                  f"writable, or write the sweep elsewhere (output_root=DIR). To read its results: "
+                  f"python -m analysis {sweep_dir}", file=sys.stderr, flush=True)
+            sys.exit(1)
+        self.started = filesystem_now(sweep_dir)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        record_job_returns([job_return])  # a job of this process (basic launcher)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         import analysis
+        from analysis.load import scan_runs
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        print(f"\nSweep {sweep_dir}: {sweep_counts(sweep_dir, self.started)}.\n", flush=True)
+        launched = Launched.of(_OUTCOMES) if _OUTCOMES else None
+        if launched and launched.busy:
+            print(f"\nWaiting for {len(launched.busy)} runs that another process is training "
+                  f"(a second launch of this sweep), e.g. {launched.busy[0]} ...", flush=True)
+            wait_until_free(launched.busy, is_done)
+        counts = launched_counts(launched) if launched else sweep_counts(sweep_dir, self.started)
+        print(f"\nSweep {sweep_dir}: {counts}.\n", flush=True)
         try:
             print(analysis.summarize(sweep_dir), flush=True)
         except analysis.MixedTestSetError as e:
@@ -118,10 +211,46 @@ class SummaryCallback(Callback):
         for directory in early:
             print(f"- failed before writing {CONFIG_FILE}: {directory}: "
                   f"{last_line(directory / ERROR_FILE)}", flush=True)
-        status = analysis.sweep_status(sweep_dir)
-        if not status.ok or early:
-            # Finished runs stay where they are; a relaunch retries only the failed ones.
-            more = f" (and {len(early)} failed before writing {CONFIG_FILE})" if early else ""
-            advice = status.advice or "relaunch the same command to retry the failed runs"
-            print(f"\n{status}{more}: {advice}.", flush=True)
+        _, problems = scan_runs(sweep_dir)
+        corrupt = [p.path.resolve() for p in problems if p.status == "corrupt"]
+        failed = [d.resolve() for d in failed_runs(sweep_dir)]
+        if launched is None:  # no outcomes: every failed or corrupt run counts
+            if failed or corrupt:
+                status = analysis.sweep_status(sweep_dir)
+                more = f" (and {len(early)} failed before writing {CONFIG_FILE})" if early else ""
+                advice = status.advice or "relaunch the same command to retry the failed runs"
+                print(f"\n{status}{more}: {advice}.", flush=True)
+                sys.exit(1)
+            return
+        mine = launched.all()
+        earlier = sorted({d for d in failed + corrupt if d not in mine})
+        if earlier:
+            print(f"\nNote: {len(earlier)} failed or corrupt runs below {sweep_dir} are not this "
+                  f"command's: an earlier launch left them, this one did not touch them (each is listed "
+                  f"above with what went wrong).", flush=True)
+        advice = own_advice(launched, [d for d in corrupt if d in mine])
+        if advice:
+            print("\n" + advice, flush=True)
             sys.exit(1)
+
+
+def own_advice(launched: Launched, corrupt: list[Path]) -> str:
+    """What to do about this command's runs that are not done ('' when all are)."""
+    lines, todo = [], []
+    retry = [d for d in launched.failed if d not in launched.fixes]
+    mend = [d for d in launched.failed if d in launched.fixes]
+    left = [d for d in launched.busy if not is_done(d)]
+    if retry:
+        todo.append(f"{len(retry)} failed: relaunch the same command to retry them")
+    if mend:
+        todo.append(f"{len(mend)} failed in a way a relaunch alone cannot mend: do what each says below")
+        lines += [f"- {d}: {launched.fixes[d]}" for d in mend]
+    if left:
+        todo.append(f"{len(left)} were left unfinished by another process that was training them: "
+                    f"relaunch the same command to train them")
+    if corrupt:
+        todo.append(f"{len(corrupt)} are corrupt: delete their directories (listed above) and relaunch "
+                    f"to train them again")
+    if not todo:
+        return ""
+    return "\n".join(["Of the runs this command launched, " + "; ".join(todo) + ".", *lines])

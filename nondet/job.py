@@ -12,10 +12,12 @@ what to do.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import socket
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import lm, pack, records
+from nondet import joblog, lm, pack, records
 from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, configure_precision, resolve_device
 from nondet.config import TEXT_DATASETS
 from nondet.data import Dataset, load_dataset
+from nondet.lock import run_locks
 from nondet.seeds import SeedPlan, check_sources
 from nondet.text import load_corpus
 from nondet.train import train_replica
@@ -119,6 +122,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("nondet.pack_step", pack_step)
     if not OmegaConf.has_resolver("by_scale"):
         OmegaConf.register_new_resolver("by_scale", by_scale)
+    if not OmegaConf.has_resolver("nondet.hydra_files"):  # hydra.output_subdir
+        OmegaConf.register_new_resolver("nondet.hydra_files", joblog.hydra_files)
 
 
 def _dataset(config: dict) -> Dataset:
@@ -211,17 +216,32 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     data = _dataset(config)
     check_sources_vary_something(config, data)
 
-    outcome: dict[str, list[str]] = {"finished": [], "skipped": [], "failed": []}
+    # busy: runs another live process is training (left to it); fixes: what to do about a failed
+    # run that a relaunch alone cannot mend, by directory.
+    outcome: dict[str, Any] = {"finished": [], "skipped": [], "failed": [], "busy": [], "fixes": {}}
 
     def failed(directory) -> None:  # called inside an ``except`` block
-        directory.mkdir(parents=True, exist_ok=True)
+        error = sys.exc_info()[1]
+        outcome["failed"].append(str(directory))
+        fix = failure_fix(error)
+        if fix:
+            outcome["fixes"][str(directory)] = fix
         env = os.environ  # where it failed: the job to look up (sacct -j, the .submitit logs)
         where = f"host {socket.gethostname()}, SLURM job {env.get('SLURM_JOB_ID', 'none')}"
         if "SLURM_ARRAY_JOB_ID" in env:
             where += f" (array task {env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']})"
-        records.write_text(directory / records.ERROR_FILE, f"# {where}\n{traceback.format_exc()}")
-        log.exception("%s: failed; the traceback is in %s", directory, records.ERROR_FILE)
-        outcome["failed"].append(str(directory))
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            records.write_text(directory / records.ERROR_FILE, f"# {where}\n{traceback.format_exc()}")
+        except OSError as e:  # a full disk or a read-only directory: say so, and go on
+            log.error("%s: failed (%s); its %s could not be written either (%s)", directory,
+                      one_line(error), records.ERROR_FILE, one_line(e))
+            outcome["fixes"].setdefault(str(directory), failure_fix(e) or one_line(error))
+            return
+        if isinstance(error, (OSError, records.CorruptRunError)):
+            log.error("%s: failed: %s", directory, one_line(error))
+        else:
+            log.exception("%s: failed; the traceback is in %s", directory, records.ERROR_FILE)
 
     def finished(directory, result: dict) -> None:
         log.info(
@@ -252,11 +272,32 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             continue
         pending.append((replica_config, directory))
 
+    # Each run is locked while it trains: a second launch of the sweep leaves it to this one.
+    with run_locks([directory for _, directory in pending]) as busy:
+        for directory, holder in busy.items():
+            log.info("%s: being trained by another process (%s); left to it", directory, holder)
+            outcome["busy"].append(str(directory))
+        mine = []
+        for replica_config, directory in pending:
+            if directory in busy:
+                continue
+            if records.is_done(directory):  # finished by another process since the check above
+                log.info("%s: finished already, skipped", directory)
+                outcome["skipped"].append(str(directory))
+                continue
+            mine.append((replica_config, directory))
+        _train(config, mine, data, lowlevel, finished, failed)
+    return outcome
+
+
+def _train(config: dict, pending: list, data, lowlevel: str, finished, failed) -> None:
+    """Train the job's pending replicas: fused as a pack where it has a packed form, else one
+    after another."""
     if config["pack"] > 1 and pending:
         reason = pack.sequential_reason(config, data)
         if reason is None:
             pack.train_pack(pending, data, lowlevel, finished=finished, failed=failed)
-            return outcome
+            return
         log.info("pack=%d: %s; training its replicas one after another", config["pack"], reason)
     train_one = lm.train_lm_replica if lm.is_language_model(config) else train_replica
     for replica_config, directory in pending:
@@ -266,4 +307,21 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             failed(directory)
             continue
         finished(directory, result)
-    return outcome
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def failure_fix(error: BaseException | None) -> str | None:
+    """What to do about a failed run when relaunching the same command cannot mend it."""
+    if isinstance(error, records.CorruptRunError):
+        return str(error)  # it names the file to delete
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return "the disk is full: free space, then relaunch the same command"
+    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = f" {error.filename}" if error.filename else ""
+        return f"cannot write{where} ({error.strerror}): make it writable, then relaunch"
+    return None

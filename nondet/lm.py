@@ -393,15 +393,6 @@ def evaluate_lm(
 # --------------------------------------------------------------------------- one run
 
 
-def _read_checkpoint(path: Path, device: str) -> dict:
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # a truncated or foreign file: say what to do, keep it for inspection
-        raise records.CorruptRunError(
-            f"cannot read the checkpoint {path}: {e}. Delete it to restart this run from scratch."
-        ) from e
-
-
 def _start_averaging(replica: LMReplica, valid_cross_entropy: float, nonmono: int) -> None:
     """NT-ASGD's trigger, as AWD-LSTM: worse than the best of all but the last ``nonmono``."""
     history = replica.valid_history
@@ -422,7 +413,7 @@ def train_lm_replica(config: dict, directory: Path, corpus: TextCorpus, lowlevel
     checkpoint = directory / records.CHECKPOINT_FILE
     resumed_from = None
     if checkpoint.exists():
-        replica.load_state_dict(_read_checkpoint(checkpoint, config["device"]))
+        replica.load_state_dict(records.read_checkpoint(checkpoint, config["device"]))
         resumed_from = replica.epoch
         log.info("%s: resuming from the checkpoint of epoch %d", directory, replica.epoch)
     inert = inert_sources(config)

@@ -8,22 +8,20 @@ the others wait for that file and fork from it. A replica forked this way ends b
 to one trained from scratch with the same onset, because the checkpoint holds everything the
 computation depends on.
 
-Jobs on different hosts coordinate through the shared file system: a lock file created with
-O_EXCL, refreshed while its holder trains, and taken over when it has not been refreshed for
-``stale_seconds`` (its holder died).
+Jobs on different hosts coordinate through the shared file system: a lock file
+(``nondet/lock.py``) created with O_EXCL, refreshed while its holder trains, and taken over when
+its holder died.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import socket
 import time
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
+from nondet.lock import Lock, held  # noqa: F401  (onset.Lock, onset.held: the prefix's lock)
 from nondet.records import identity
 
 PREFIX_DIR = ".prefix"
@@ -54,51 +52,6 @@ def latest_prefix_checkpoint(config: Mapping, before_or_at: int) -> tuple[int, P
         if epoch <= before_or_at:
             found.append((epoch, path))
     return max(found) if found else None
-
-
-class Lock:
-    """A lock file that works across hosts sharing a file system."""
-
-    def __init__(self, path: Path, stale_seconds: float = 600.0, poll_seconds: float = 1.0):
-        self.path = Path(path)
-        self.stale_seconds = stale_seconds
-        self.poll_seconds = poll_seconds
-
-    def try_acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if self._is_stale():
-                # Its holder stopped refreshing it: take it over (one taker wins the rename).
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(self.path, self.path.with_suffix(".stale"))
-            return False
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{socket.gethostname()} {os.getpid()}\n")
-        return True
-
-    def _is_stale(self) -> bool:
-        try:
-            return time.time() - self.path.stat().st_mtime > self.stale_seconds
-        except FileNotFoundError:
-            return False
-
-    def refresh(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(self.path)
-
-    def release(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-
-@contextlib.contextmanager
-def held(lock: Lock) -> Iterator[Lock]:
-    try:
-        yield lock
-    finally:
-        lock.release()
 
 
 def wait_for(path: Path, lock: Lock, timeout_seconds: float | None = None) -> bool:

@@ -227,6 +227,47 @@ def _cross_entropy(logits: np.ndarray, labels: np.ndarray, rows: int = 8192) -> 
     return total / len(labels)
 
 
+def read_checkpoint(path: Path, device: str) -> dict:
+    """A training checkpoint (``checkpoint.pt``, an onset prefix), loaded as plain data only.
+
+    ``weights_only=True``: tensors, numbers, strings and containers, which is all a checkpoint
+    holds. A pickled object of any other type is refused without being run, so a checkpoint
+    planted in a shared sweep directory cannot execute code on the next relaunch.
+    """
+    import torch
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a checkpoint's mapping")
+    except Exception as e:  # truncated, foreign, or carrying code: keep it for inspection
+        reason = _load_failure(e)
+        raise CorruptRunError(
+            f"cannot read the checkpoint {path} ({reason}); delete it to restart this run from scratch"
+        ) from None
+    return state
+
+
+def _load_failure(error: Exception) -> str:
+    """Why torch.load failed, in one line. With weights_only torch explains at length how to load
+    the file unsafely; the line worth showing names the refused object or the unreadable byte."""
+    import pickle
+
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not isinstance(error, pickle.UnpicklingError) or not lines or "Weights only" not in lines[0]:
+        return lines[0] if lines else type(error).__name__
+    marker = "WeightsUnpickler error:"
+    for line in lines:
+        if "GLOBAL" in line:
+            return f"it carries a pickled object, refused without running it: {line.replace(marker, '').strip()}"
+    after = [i for i, line in enumerate(lines) if marker in line]
+    if after:
+        detail = lines[after[0]].split(marker, 1)[1].strip() or (lines[after[0] + 1:] or [""])[0]
+        if detail and not detail.startswith("Check the documentation"):
+            return f"not a checkpoint: {detail}"
+    return "not a checkpoint"
+
+
 def read_array(path: Path, ndim: int, kind: str) -> np.ndarray:
     """Memory-map a .npy file; a truncated file fails here because the map would overrun it."""
     try:

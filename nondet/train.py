@@ -164,15 +164,6 @@ def evaluate(model: torch.nn.Module, data: Dataset, config: dict) -> tuple[torch
     return logits, float(accuracy), float(cross_entropy)
 
 
-def _load_checkpoint(path: Path, device: str) -> dict:
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # a truncated or foreign file: say what to do, keep it for inspection
-        raise records.CorruptRunError(
-            f"cannot read the checkpoint {path}; delete it to restart this run from scratch ({e})"
-        ) from e
-
-
 def open_replica(
     config: dict, directory: Path, data: Dataset, lowlevel: str, env_extra: dict | None = None
 ) -> Replica:
@@ -187,7 +178,7 @@ def open_replica(
     checkpoint = directory / records.CHECKPOINT_FILE
     resumed_from = None
     if checkpoint.exists():
-        replica.load_state_dict(_load_checkpoint(checkpoint, config["device"]))
+        replica.load_state_dict(records.read_checkpoint(checkpoint, config["device"]))
         resumed_from = replica.epoch
         log.info("%s: resuming from the checkpoint of epoch %d", directory, replica.epoch)
     if config["dataset"]["augment"] and not data.is_image and replica.epoch == 0:
@@ -297,13 +288,13 @@ def fork_from_prefix(replica: Replica, config: dict, directory: Path, data: Data
             if not shared.exists():
                 latest = onset.latest_prefix_checkpoint(config, onset_epoch)
                 if latest is not None and latest[0] > replica.epoch:
-                    replica.load_state_dict(_load_checkpoint(latest[1], config["device"]))
+                    replica.load_state_dict(records.read_checkpoint(latest[1], config["device"]))
                 log.info("%s: training the shared prefix up to epoch %d", directory.name, onset_epoch)
                 train_epochs(replica, config, directory, data, onset_epoch, on_epoch=lock.refresh)
                 records.write_torch(shared, replica.state_dict())
                 return
     log.info("%s: forking from the shared prefix at epoch %d", directory.name, onset_epoch)
-    replica.load_state_dict(_load_checkpoint(shared, config["device"]))
+    replica.load_state_dict(records.read_checkpoint(shared, config["device"]))
 
 
 def train_replica(config: dict, directory: Path, data: Dataset, lowlevel: str) -> dict:

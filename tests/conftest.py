@@ -27,6 +27,22 @@ register_configs()
 register_resolvers()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slurm are skipped unless asked for (CI=true or NONDET_TEST_SLURM=1): they
+    would submit jobs to any SLURM that answers, and may install one."""
+    try:
+        from slurm_fixture import slurm_opt_in
+    except ImportError:  # tests/ imported as a package
+        from tests.slurm_fixture import slurm_opt_in
+
+    reason = slurm_opt_in()
+    if reason is None:
+        return
+    for item in items:
+        if item.get_closest_marker("slurm") is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 def compose_config(overrides=(), tiny=True):
     """The resolved config (plain dict) that launch.py would see, with `overrides` applied."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -1,10 +1,17 @@
 """The local single-node SLURM (scripts/slurm_local.sh) as a pytest fixture, plus small job helpers.
 
 Test modules import what they use (`from slurm_fixture import slurm_cluster, sbatch, wait_job`); the
-`slurm_cluster` fixture is session-scoped. It uses a running cluster as it is; otherwise it runs
-`scripts/slurm_local.sh start` (which installs Slurm and munge with apt-get when missing, so it needs
-root) and stops the cluster again at the end of the session. When the cluster cannot be started the
-test is skipped with the reason, except under CI=true, where that is a failure: CI must run them.
+`slurm_cluster` fixture is session-scoped.
+
+The SLURM tests are opt-in (``slurm_opt_in``): they run only under ``CI=true`` or
+``NONDET_TEST_SLURM=1``, because they submit jobs to whatever SLURM answers (on a cluster's login
+node, the real cluster) and may install and start one. Opted in, the fixture uses a running
+cluster as it is; otherwise it runs `scripts/slurm_local.sh start` (which installs Slurm and munge
+with apt-get when missing, so it needs root) and stops the cluster again at the end of the
+session. When the cluster cannot be started the test is skipped with the reason, except under
+CI=true, where that is a failure: CI must run them.
+
+    NONDET_TEST_SLURM=1 python -m pytest -m slurm
 """
 
 from __future__ import annotations
@@ -45,8 +52,23 @@ class SlurmCluster:
     started_here: bool
 
 
+OPT_IN = "NONDET_TEST_SLURM"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes"}
+
+
 def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+    return _truthy(os.environ.get("CI"))
+
+
+def slurm_opt_in(environ=os.environ) -> str | None:
+    """None when the SLURM tests may run here (CI=true or NONDET_TEST_SLURM=1), else why not."""
+    if _truthy(environ.get("CI")) or _truthy(environ.get(OPT_IN)):
+        return None
+    return (f"SLURM tests are opt-in: they submit jobs to the SLURM that answers and may install "
+            f"one; run them with {OPT_IN}=1 python -m pytest -m slurm")
 
 
 def _run_script(command: str, timeout: float) -> subprocess.CompletedProcess:
@@ -101,6 +123,9 @@ def _default_partition() -> str:
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """A usable single-node SLURM; skips (fails under CI=true) when there is none and none can start."""
+    not_asked = slurm_opt_in()
+    if not_asked:
+        pytest.skip(not_asked)
     started_here, reason = _start_cluster()
     if reason:
         if _in_ci():

@@ -332,8 +332,15 @@ def test_a_run_leaves_the_global_rng_alone(tmp_path):
 
 
 def test_resume_is_bitwise_exact_with_averaging(tmp_path, monkeypatch):
-    # nonmono=0: NT-ASGD starts averaging once the validation loss rises (after epoch 3 here),
-    # so the checkpoint of epoch 4 holds a running average.
+    # NT-ASGD is made to start at the end of epoch 3, whatever the validation loss does on this
+    # CPU (the trigger sees a falling loss before, a rising one at epoch 3), so the checkpoint of
+    # epoch 4 holds a running average.
+    trigger = lm._start_averaging
+
+    def starts_after_epoch_three(replica, valid_cross_entropy, nonmono):
+        trigger(replica, -math.inf if replica.epoch < 3 else math.inf, nonmono)
+
+    monkeypatch.setattr(lm, "_start_averaging", starts_after_epoch_three)
     overrides = ("source=all", "replicate=1", "epochs=5", "lm.nonmono=0")
     whole = lm_config(tmp_path / "whole", *overrides)
     run(whole)
@@ -351,7 +358,7 @@ def test_resume_is_bitwise_exact_with_averaging(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run(broken)
     directory = records.run_dir(broken)
-    state = torch.load(directory / "checkpoint.pt", weights_only=False)
+    state = torch.load(directory / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 4 and state["averaged_steps"] > 0
     monkeypatch.setattr(lm, "train_lm_epoch", real)
     run(broken)

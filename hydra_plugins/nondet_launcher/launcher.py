@@ -140,13 +140,18 @@ class _SweepAware:
             jobs = self._executor().map_array(self, *zip(*params))
             for (idx, overrides), job in zip(submit, jobs):
                 returns[idx] = self._collect(job, overrides)
-        return [returns[idx] for idx in sorted(returns)]
+        ordered = [returns[idx] for idx in sorted(returns)]
+        # The jobs ran elsewhere: hand their outcomes to the end-of-sweep summary of this process.
+        from nondet.callbacks import record_job_returns
+
+        record_job_returns(ordered)
+        return ordered
 
     def _collect(self, job: Any, overrides: Sequence[str]) -> JobReturn:
         """The job's JobReturn; for a job killed outside Python, error.txt in its unfinished runs."""
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
-        from nondet import records
+        from nondet import lock, records
 
         try:
             return job.results()[0]
@@ -158,6 +163,11 @@ class _SweepAware:
             for directory in directories:
                 if records.is_done(directory):
                     continue
+                run_lock = lock.run_lock(directory)
+                if run_lock.held_by_job(job.job_id, local=self._EXECUTOR == "local"):
+                    run_lock.release()  # the killed job's: a relaunch must not wait for it
+                elif run_lock.is_held():
+                    continue  # another launch is training it (this job skipped it)
                 directory.mkdir(parents=True, exist_ok=True)
                 records.write_text(directory / records.ERROR_FILE, killed_report(job, e, self._EXECUTOR))
                 failed.append(str(directory))

@@ -1,0 +1,144 @@
+"""Two launches of one sweep at once: a run that another live process is training is left to it
+(its run directory is locked while it trains), a lock whose holder died is taken over, and the
+end-of-sweep summary counts only what this command trained, after waiting for the rest."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+
+from nondet import callbacks, lock, records
+from nondet.callbacks import SummaryCallback
+from nondet.job import run_job
+
+
+def run(config):
+    return run_job(OmegaConf.create(config))
+
+
+def hold(directory, pid, host=None, age=0.0):
+    """A run lock as another process would leave it."""
+    path = directory / lock.RUN_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid, "slurm_job": None}))
+    if age:
+        os.utime(path, (time.time() - age, time.time() - age))
+    return path
+
+
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_run_another_live_process_trains_is_left_to_it(make_config):
+    config = make_config("source=init", "epochs=1")
+    directory = records.run_dir(config)
+    hold(directory, os.getppid())  # a live process of this host
+    outcome = run(config)
+    assert outcome["busy"] == [str(directory)] and not outcome["finished"]
+    assert not (directory / records.CONFIG_FILE).exists()  # nothing written into its run
+    assert (directory / lock.RUN_LOCK).exists()  # its lock left alone
+    hold(directory, 1, host="another-host")  # on another host, refreshed just now
+    assert run(config)["busy"] == [str(directory)]
+
+
+def test_a_dead_holders_lock_is_taken_over_and_released_after_training(make_config):
+    config = make_config("source=init", "epochs=1")
+    directory = records.run_dir(config)
+    hold(directory, dead_pid())  # a process of this host that is gone (killed)
+    assert run(config)["finished"] == [str(directory)]
+    assert not (directory / lock.RUN_LOCK).exists()
+    assert not list(directory.glob(".training.lock*"))
+
+    other = records.run_dir({**config, "replicate": 1})
+    hold(other, 1, host="another-host", age=2 * lock.RUN_STALE_SECONDS)  # not refreshed: died
+    assert run({**config, "replicate": 1})["finished"] == [str(other)]
+
+
+def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    path = tmp_path / "r0000" / lock.RUN_LOCK
+    path.parent.mkdir()
+    path.write_text(json.dumps({"host": "node-that-was-preempted", "pid": 77, "slurm_job": "4242"}))
+    with lock.run_locks([path.parent]) as busy:
+        assert not busy and json.loads(path.read_text())["pid"] == os.getpid()
+
+
+def test_the_heartbeat_keeps_a_lock_fresh(tmp_path):
+    directory = tmp_path / "r0000"
+    with lock.run_locks([directory], heartbeat_seconds=0.05) as busy:
+        assert not busy
+        os.utime(directory / lock.RUN_LOCK, (0, 0))
+        time.sleep(0.3)
+        assert time.time() - (directory / lock.RUN_LOCK).stat().st_mtime < 5
+    assert not (directory / lock.RUN_LOCK).exists()
+
+
+def test_second_launch_counts_only_its_own_runs_and_waits_for_the_other(make_config, capsys, monkeypatch):
+    """Launch B comes while launch A trains r0000: B trains r0001 only, waits for A's r0000, and
+    says 1 trained now and 1 trained by the other launch (not 2 trained now)."""
+    monkeypatch.setattr(callbacks, "wait_until_free", functools.partial(lock.wait_until_free, poll_seconds=0.05))
+    configs = [make_config("source=init", "epochs=1", "replicates=2", f"replicate={r}") for r in (0, 1)]
+    first = records.run_dir(configs[0])
+    lock_path = hold(first, os.getpid())  # launch A (alive) trains r0000
+    sweep = OmegaConf.create({"hydra": {"sweep": {"dir": str(first.parent.parent)}}})
+    summary = SummaryCallback()
+    summary.on_multirun_start(sweep)
+    for config in configs:
+        outcome = run(config)
+        summary.on_job_end(sweep, JobReturn(status=JobStatus.COMPLETED, _return_value=outcome))
+    assert not (first / records.RESULT_FILE).exists()  # B did not train A's run
+
+    def launch_a_finishes():
+        time.sleep(0.5)
+        lock_path.unlink()
+        run(configs[0])
+
+    a = threading.Thread(target=launch_a_finishes)
+    a.start()
+    summary.on_multirun_end(sweep)  # waits for r0000, then summarises; exits 0
+    a.join()
+    out = capsys.readouterr().out
+    assert "Waiting for 1 runs that another process is training" in out
+    assert "1 runs trained now, 0 finished earlier (skipped), 0 failed" in out
+    assert "1 trained meanwhile by another launch of this sweep" in out
+    assert "All 2 runs found" in out
+
+
+def test_a_killed_jobs_locks_are_released_and_other_launches_runs_left_alone(tmp_path):
+    from submitit.core.utils import UncompletedJobError
+
+    from hydra_plugins.nondet_launcher.launcher import _SweepAware
+
+    own, others, free = (tmp_path / name for name in ("own", "others", "free"))
+    for directory, job in ((own, "555"), (others, "777")):
+        directory.mkdir()
+        (directory / lock.RUN_LOCK).write_text(json.dumps({"host": "node", "pid": 9, "slurm_job": job}))
+
+    class Killed:
+        job_id, state = "555", "OUT_OF_MEMORY"
+
+        def results(self):
+            raise UncompletedJobError("job 555 has not produced any output (state: OUT_OF_MEMORY)")
+
+    class Launcher(_SweepAware):
+        _EXECUTOR = "slurm"
+
+        def _run_dirs(self, overrides):
+            return [own, others, free]
+
+    returned = Launcher()._collect(Killed(), ["source=init"])
+    assert returned.return_value["failed"] == [str(own), str(free)]
+    assert not (own / lock.RUN_LOCK).exists()  # a relaunch need not wait for the dead job
+    assert (others / lock.RUN_LOCK).exists() and not (others / records.ERROR_FILE).exists()
