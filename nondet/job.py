@@ -32,7 +32,7 @@ from nondet.data import Dataset, load_dataset
 from nondet.lock import run_locks
 from nondet.seeds import SeedPlan, check_sources
 from nondet.text import load_corpus
-from nondet.train import train_replica
+from nondet.train import train_job
 
 log = logging.getLogger("nondet")
 
@@ -141,7 +141,13 @@ def inert_sources(config: dict, data) -> dict[str, str]:
     """The varied sources that cannot change anything in this configuration, with why."""
     vary = config["source"]["vary"]
     inert = {}
-    if "augment" in vary and not (config["dataset"]["augment"] and getattr(data, "is_image", False)):
+    if lm.is_language_model(config):
+        text = "a language model reads its text in order, in windows that are not shuffled"
+        for source, why in (("shuffle", text), ("reduction", text),
+                            ("augment", "text has no augmentation (crop and flip are for images)")):
+            if source in vary:
+                inert[source] = why
+    elif "augment" in vary and not (config["dataset"]["augment"] and getattr(data, "is_image", False)):
         inert["augment"] = (
             "dataset.augment is false (set dataset.augment=true)" if not config["dataset"]["augment"]
             else "the data are not images (crop and flip need images)"
@@ -163,6 +169,9 @@ def check_sources_vary_something(config: dict, data) -> None:
     finding (augment without augmentation, dropout at rate 0): refuse it, saying what to set."""
     vary = config["source"]["vary"]
     inert = inert_sources(config, data)
+    if inert and not set(vary) <= set(inert):
+        log.warning("source=%s: %s vary nothing here (%s)", config["source"]["name"], sorted(inert),
+                    "; ".join(f"{s}: {why}" for s, why in inert.items()))
     if vary and set(vary) <= set(inert):
         reasons = "; ".join(f"{s}: {why}" for s, why in inert.items())
         raise ValueError(
@@ -291,22 +300,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(config: dict, pending: list, data, lowlevel: str, finished, failed) -> None:
-    """Train the job's pending replicas: fused as a pack where it has a packed form, else one
-    after another."""
-    if config["pack"] > 1 and pending:
-        reason = pack.sequential_reason(config, data)
-        if reason is None:
-            pack.train_pack(pending, data, lowlevel, finished=finished, failed=failed)
-            return
-        log.info("pack=%d: %s; training its replicas one after another", config["pack"], reason)
-    train_one = lm.train_lm_replica if lm.is_language_model(config) else train_replica
-    for replica_config, directory in pending:
-        try:
-            result = train_one(replica_config, directory, data, lowlevel)
-        except Exception:
-            failed(directory)
-            continue
-        finished(directory, result)
+    """Train the job's pending replicas through the one run lifecycle (``nondet.train``), with
+    the step and evaluation of the model's family."""
+    family = lm.LMFamily() if lm.is_language_model(config) else pack.ImageFamily()
+    train_job(pending, data, lowlevel, family, finished=finished, failed=failed)
 
 
 def one_line(error: BaseException) -> str:
