@@ -66,7 +66,8 @@ def job_run_dirs(cfg: DictConfig) -> list[Path] | None:
 
 def replicas_of_job(config: dict) -> range:
     """The replicate indices a job trains: ``pack`` of them from ``replicate`` on."""
-    start, pack, replicates = config["replicate"], pack_step(config["pack"]), config["replicates"]
+    start, replicates = config["replicate"], config["replicates"]
+    pack = pack_step(config["pack"], replicates)
     if not 0 <= start < replicates:
         raise ValueError(f"replicate={start} is outside range(0, replicates={replicates})")
     return range(start, min(start + pack, replicates))
@@ -77,7 +78,7 @@ def job_subdir(config: dict) -> str:
     directory: the run directory itself for one replica, a pack directory beside them else."""
     replicas = replicas_of_job(config)
     group = records.group_dirname(config)
-    if len(replicas) == 1 and config["pack"] == 1:
+    if len(replicas) == 1 and pack_step(config["pack"], config["replicates"]) == 1:
         return f"{group}/r{replicas[0]:04d}"
     return f"{group}/pack-r{replicas[0]:04d}-r{replicas[-1]:04d}"
 
@@ -106,10 +107,21 @@ def _job_subdir_or_placeholder(*, _root_: DictConfig) -> str:
         return "invalid-config"
 
 
-def pack_step(pack: int) -> int:
-    """``${nondet.pack_step:${pack}}``: the sweep's step over ``replicate``, checked."""
-    if not isinstance(pack, int) or pack < 1:
-        raise ValueError(f"pack={pack} must be at least 1 (1 = one replica per process)")
+# pack=auto: the replicas of a job, at most. On 2 CPU cores a pack of 16 default MLPs trains 4.7x
+# faster than one at a time, 32 only 5.7x (docs/benchmarks.md); 16 keeps a sweep of 100 in 7 jobs.
+AUTO_PACK = 16
+
+
+def pack_step(pack: Any, replicates: int) -> int:
+    """``${nondet.pack_step:${pack},${replicates}}``: the sweep's step over ``replicate``, i.e. how
+    many replicas one job trains. ``auto``: up to ``AUTO_PACK``; the job fuses them where the model
+    has a packed form that pays on its device and is bitwise the solo computation, and trains them
+    one after another otherwise (``nondet.pack.ImageFamily.apart``). The step depends on
+    ``replicates`` alone, so the launching machine and the job's node always agree on it."""
+    if pack == "auto":
+        return max(1, min(AUTO_PACK, replicates))
+    if not isinstance(pack, int) or isinstance(pack, bool) or pack < 1:
+        raise ValueError(f"pack={pack} must be auto or at least 1 (1 = one replica per process)")
     return pack
 
 

@@ -80,7 +80,6 @@ last row is dropped) and stream 0's targets come first.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -97,7 +96,7 @@ from nondet.backend import autocast
 from nondet.config import LANGUAGE_MODELS, TEXT_DATASETS
 from nondet.models import build_language_model, set_dropout_generator
 from nondet.optim import build_optimizer, learning_rate
-from nondet.seeds import SeedPlan
+from nondet.seeds import SeedPlan, hashed_seed, make_generator
 from nondet.text import TextCorpus
 from nondet.train import Replica
 
@@ -180,8 +179,7 @@ def bptt_length(base: int, generator: torch.Generator) -> int:
 def subset_positions(n: int, k: int, data_seed: int) -> torch.Tensor:
     """``min(k, n)`` sorted test positions from a generator seeded by the data seed alone, so
     every run of a sweep stores the same positions."""
-    digest = hashlib.sha256(f"nondet.lm/subset/{data_seed}".encode()).digest()
-    g = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    g = make_generator(hashed_seed("nondet.lm/subset", data_seed))
     return torch.randperm(n, generator=g)[: min(k, n)].sort().values
 
 

@@ -401,7 +401,8 @@ def fills_pack(config: dict, conv_mode: str) -> bool:
     resumed pack would not repeat itself. The CPU's split convolutions and per-replica GEMMs are
     the solo computation whatever P is, and need no spares.
     """
-    return config["pack"] > 1 and (conv_mode == "grouped" or config["device"] == "cuda")
+    explicit = config["pack"] != "auto" and config["pack"] > 1
+    return explicit and (conv_mode == "grouped" or config["device"] == "cuda")
 
 
 def new_replica(config: dict, data: Dataset) -> train.Replica:
@@ -475,6 +476,9 @@ class ImageFamily:
         """Why this job's replicas train one at a time, or None when they train as one pack."""
         if config["pack"] == 1:
             return "pack=1"
+        if config["pack"] == "auto" and config["device"] != "cpu":
+            return ("pack=auto fuses replicas on the CPU only, where a pack is bitwise the solo "
+                    "computation (set pack=P to fuse them on a GPU)")
         return sequential_reason(config, data)
 
     def _mode(self, config: dict) -> str:

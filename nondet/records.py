@@ -66,8 +66,15 @@ def cannot_read(path: Path, e: Exception) -> CorruptRunError:
 
 
 def identity(config: Mapping[str, Any]) -> dict:
-    """The part of a resolved config (plain dict) that determines what a run computes."""
-    return {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS and k != "hydra"}
+    """The part of a resolved config (plain dict) that determines what a run computes.
+
+    ``pack`` counts only where a pack may compute otherwise than one replica alone: an explicit
+    ``pack=P`` on a GPU. On the CPU a packed replica is bitwise the solo one, and ``pack=auto``
+    fuses only there, so the pack size neither splits a group nor moves a run's directory."""
+    kept = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS and k != "hydra"}
+    if "pack" in kept and (kept["pack"] == "auto" or kept.get("device") == "cpu"):
+        kept["pack"] = 1
+    return kept
 
 
 def config_hash(config: Mapping[str, Any], length: int = 10) -> str:

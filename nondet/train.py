@@ -374,8 +374,8 @@ def train_job(
         return
     config = jobs[0][0]
     apart = family.apart(config, data)
-    if apart is not None and config["pack"] > 1:
-        log.info("pack=%d: %s; training its replicas one after another", config["pack"], apart)
+    if apart is not None and len(jobs) > 1:
+        log.info("pack=%s: %s; training its replicas one after another", config["pack"], apart)
     env = None if apart is not None else family.env(config, [c["replicate"] for c, _ in jobs])
     members = []
     for replica_config, directory in jobs:

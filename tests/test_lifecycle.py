@@ -53,6 +53,27 @@ def test_a_sweep_finished_by_the_old_code_is_found_finished(old_runs):
         assert len(outcome["skipped"]) >= 1
 
 
+def test_the_default_pack_finds_the_old_code_s_sweep_finished(old_runs):
+    config = compose_config([f"output_root={old_runs}", "sweep_name=finished", "source=init",
+                             "replicates=2", "pack=auto"])
+    outcome = run(config)  # one job: both replicates
+    assert outcome["finished"] == [] and outcome["failed"] == [] and len(outcome["skipped"]) == 2
+
+
+def test_pack_auto_packs_a_job_bitwise_as_one_replica_per_job(tmp_path):
+    overrides = ["source=all", "model.dropout=0.1", "replicates=3", "epochs=2"]
+    auto = compose_config([f"output_root={tmp_path / 'auto'}", *overrides, "pack=auto"])
+    outcome = run(auto)
+    assert len(outcome["finished"]) == 3
+    for replicate in range(3):
+        solo = compose_config([f"output_root={tmp_path / 'solo'}", *overrides, f"replicate={replicate}"])
+        run(solo)
+        packed, alone = records.run_dir(auto, replicate), records.run_dir(solo)
+        assert packed.relative_to(tmp_path / "auto") == alone.relative_to(tmp_path / "solo")
+        assert json.loads((packed / "env.json").read_text())["pack"]["members"] == [0, 1, 2]
+        assert np.load(packed / "logits.npy").tobytes() == np.load(alone / "logits.npy").tobytes()
+
+
 def test_the_old_code_s_runs_are_trained_again_bit_for_bit(old_runs, tmp_path):
     fresh = tmp_path / "fresh"
     for replicate in (0, 1):
