@@ -460,4 +460,25 @@ def load_sweep(sweep_dir: Path) -> Sweep:
         sweep.notes += _completeness_notes(members, group.label(keys))
         sweep.notes += _result_mismatch_notes(group)
         sweep.notes += _divergence_notes(group, group.label(keys))
+    sweep.notes += _data_content_notes(groups, keys)
     return sweep
+
+
+def _data_content_notes(groups: list[Group], keys: list[str]) -> list[str]:
+    """Rows that differ only in the content of their data file (``dataset.sha256``): the file
+    was rewritten between launches, so their runs are kept apart, never pooled."""
+    by_rest = defaultdict(list)
+    for group in groups:
+        by_rest[tuple(kv for kv in group.key if kv[0] != "dataset.sha256")].append(group)
+    notes = []
+    for same in by_rest.values():
+        if len(same) > 1:
+            rows = "; ".join(
+                f"{g.label(keys)}: {len(g.runs)} runs, SHA-256 "
+                f"{str(g.params.get('dataset.sha256') or 'not recorded')[:12]}" for g in same
+            )
+            notes.append(
+                f"dataset.path={same[0].params.get('dataset.path')} had different contents for "
+                f"different runs; each content is its own row, not pooled ({rows})"
+            )
+    return notes
