@@ -174,7 +174,10 @@ def data_fingerprint(dataset: dict) -> Optional[str]:
     path = dataset.get("path") if dataset.get("name") == "npz" else None
     if not path or not os.path.isfile(os.path.expanduser(path)):
         return None
-    return file_sha256(os.path.expanduser(path))
+    try:
+        return file_sha256(os.path.expanduser(path))
+    except OSError:  # unreadable: loading it says so, in one line
+        return None
 
 
 def data_sha256(data) -> str:
