@@ -154,7 +154,8 @@ def hydra_job(tmp_path):
     """A job's task config and Hydra state, as Hydra sets them up for ``run_job``."""
     def make(mode: RunMode, *overrides: str):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("config", overrides=[*SMALL, "source=init", *overrides],
+            cfg = compose("config", overrides=[*SMALL, "source=init",
+                                               f"output_root={tmp_path / 'default'}", *overrides],
                           return_hydra_config=True)
         cfg.hydra.mode = mode
         HydraConfig.instance().set_config(cfg)
@@ -177,11 +178,11 @@ def test_runs_go_below_hydra_sweep_dir_and_run_dir(hydra_job, tmp_path):
     cfg, task = hydra_job(RunMode.RUN, f"hydra.run.dir={single}")
     (directory,) = run_job(task)["finished"]
     assert Path(directory).parent.parent == single
+    assert not (tmp_path / "default").exists()
     # The default run directory is the run's own: its runs go to output_root/sweep_name.
-    cfg, task = hydra_job(RunMode.RUN, f"output_root={tmp_path / 'default'}")
+    cfg, task = hydra_job(RunMode.RUN, "replicate=1")
     (directory,) = run_job(task)["finished"]
-    assert Path(directory).parent.parent == tmp_path / "default" / "default"
-    assert not (REPO / "outputs" / "default" / Path(directory).parent.name).exists()
+    assert Path(directory) == tmp_path / "default" / "default" / Path(directory).parent.name / "r0001"
 
 
 @pytest.mark.slow
