@@ -473,12 +473,14 @@ def _data_content_notes(groups: list[Group], keys: list[str]) -> list[str]:
     notes = []
     for same in by_rest.values():
         if len(same) > 1:
-            rows = "; ".join(
-                f"{g.label(keys)}: {len(g.runs)} runs, SHA-256 "
-                f"{str(g.params.get('dataset.sha256') or 'not recorded')[:12]}" for g in same
+            contents = "; ".join(
+                f"{str(g.params.get('dataset.sha256') or 'not recorded')[:12]}: {len(g.runs)} runs"
+                for g in same
             )
+            label = same[0].label([k for k in keys if k != "dataset.sha256"])
             notes.append(
-                f"dataset.path={same[0].params.get('dataset.path')} had different contents for "
-                f"different runs; each content is its own row, not pooled ({rows})"
+                f"{label}: dataset.path={same[0].params.get('dataset.path')} had different "
+                f"contents for different runs (SHA-256 {contents}); each content is its own row, "
+                f"never pooled"
             )
     return notes
