@@ -94,6 +94,20 @@ def last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
+def swept_values(config: DictConfig):
+    """``(key, value)`` for each value a ``-m`` sweep on the command line gives a key whose range
+    is checked (``-m replicates=0,4``): the composed config holds none of them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from nondet.config import RANGES
+
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    for override in overrides:
+        if override.is_sweep_override() and override.key_or_group in RANGES:
+            for value in override.sweep_iterator():
+                yield override.key_or_group, value
+
+
 def check_or_exit(config: DictConfig) -> None:
     """Exit with one line (naming the key and what it accepts) for a configuration mistake, before
     the launcher starts any job: an unknown key, a value out of range, a preset that cannot
@@ -106,6 +120,8 @@ def check_or_exit(config: DictConfig) -> None:
     try:
         check_range("scale", config.get("scale"))  # first: presets resolve their values by it
         check_config(resolved_config(config, concrete_device=False))
+        for key, value in swept_values(config):
+            check_range(key, value)
     except (ValueError, OmegaConfBaseException) as e:
         # An interpolation error wraps the mistake (by_scale's, pack_step's): say the mistake.
         cause = e

@@ -117,6 +117,15 @@ def test_values_out_of_range_are_refused_when_composed(override, message):
     assert pytest.importorskip("re").search(message, text), text
 
 
+@pytest.mark.parametrize("sweep", ["replicates=4,0", "epochs=2,-1", "eval_every=range(0,2)"])
+def test_a_value_out_of_range_in_a_sweep_is_refused_before_the_sweep_starts(sweep):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True)
+    cfg.hydra.overrides.task = [sweep]  # as `python launch.py -m SWEEP` records it
+    with pytest.raises(SystemExit, match="out of range"):
+        check_or_exit(cfg)
+
+
 def test_every_preset_passes_the_checks():
     for preset in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
         check_config(compose_config([f"+experiment={preset}", "scale=smoke"], tiny=False))
