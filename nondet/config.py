@@ -2,7 +2,9 @@
 
 The primary config (``conf/config.yaml``) lists ``schema`` first in its defaults, so every group
 file is merged into a typed node: a misspelt key such as ``model.widht=3`` or a string where a
-number belongs fails when Hydra composes the config, not an hour into a cluster job.
+number belongs fails when Hydra composes the config, not an hour into a cluster job. What a type
+cannot say (a key added with ``+``, a value out of range) ``check_config`` refuses, in one line,
+when the command starts (``nondet.callbacks.CheckCallback``) and in every job.
 
 Used by ``launch.py`` (``register_configs()`` before ``@hydra.main``) and by the tests, which
 compose the real configs with ``hydra.compose``.
