@@ -96,6 +96,7 @@ from omegaconf import OmegaConf
 from nondet import records
 from nondet.backend import autocast, environment
 from nondet.config import LANGUAGE_MODELS, TEXT_DATASETS
+from nondet.data import data_sha256
 from nondet.models import build_language_model, set_dropout_generator
 from nondet.optim import build_optimizer, learning_rate
 from nondet.seeds import SeedPlan
@@ -427,6 +428,7 @@ def train_lm_replica(config: dict, directory: Path, corpus: TextCorpus, lowlevel
     records.write_text(directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
     env = environment(config["device"], config["precision"], lowlevel)
     env["resumed_from_epoch"] = resumed_from
+    env["data_sha256"] = data_sha256(corpus)
     records.write_json(directory / records.ENV_FILE, env)
     records.write_json(directory / records.SEEDS_FILE, replica.plan.as_record(lowlevel))
 

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from nondet import onset, records, snapshot
 from nondet.backend import autocast, configure_lowlevel, configure_precision, environment
 from nondet.bitflip import flip_one_ulp
-from nondet.data import Dataset
+from nondet.data import Dataset, data_sha256
 from nondet.models import build_model, set_dropout_generator
 from nondet.optim import build_optimizer, learning_rate
 from nondet.pipeline import batch_bounds, epoch_order, random_crop_flip, within_batch_permutation
@@ -189,6 +189,7 @@ def open_replica(
 
     env = environment(config["device"], config["precision"], lowlevel)
     env["resumed_from_epoch"] = resumed_from
+    env["data_sha256"] = data_sha256(data)
     env.update(env_extra or {})
     records.write_json(directory / records.ENV_FILE, env)
     records.write_json(directory / records.SEEDS_FILE, replica.plan.as_record(lowlevel))

@@ -77,8 +77,8 @@ def test_a_failed_run_is_reported_and_the_sweep_exits_nonzero(tmp_path):
         (["source=augment"], "dataset.augment is false (set dataset.augment=true)"),
         (["source=dropout"], "model.dropout is 0"),
         # The mistake itself, not an interpolation error about hydra.sweep.subdir.
-        (["replicate=5"], "ValueError: replicate=5 is outside range(0, replicates=2)"),
-        (["-m", "pack=0"], "pack=0 must be at least 1"),
+        (["replicate=5"], "replicate=5 is outside range(0, replicates=2)"),
+        (["-m", "pack=0"], "pack=0 is out of range: pack must be an integer >= 1"),
     ],
 )
 def test_bad_input_gets_a_clear_error(tmp_path, args, message):
