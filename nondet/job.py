@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import lm, pack, records
+from nondet import lm, logger, pack, records
 from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, configure_precision, resolve_device
 from nondet.config import TEXT_DATASETS
 from nondet.data import Dataset, load_dataset
@@ -171,6 +171,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     config = resolved_config(cfg)
     check_sources(config["source"]["vary"])
     lm.check_config(config)  # model / dataset kinds match; a no-op for image runs
+    logger.check_logger(config)
     replicas = replicas_of_job(config)
     lowlevel = configure_lowlevel(
         config["device"], "lowlevel" in config["source"]["vary"], config["source"]["lowlevel_required"]
