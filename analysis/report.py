@@ -320,7 +320,8 @@ def render(
     keys = sweep.display_keys
     counts = Counter(p.status for p in sweep.problems)
     badges = [f"<span>{sweep.n_finished} finished</span>", f"<span>{len(sweep.groups)} groups</span>"]
-    badges += [f'<span class="bad">{counts[s]} {s}</span>' for s in ("failed", "corrupt", "unfinished") if counts[s]]
+    for status in ("failed", "corrupt", "unfinished"):
+        badges += [f'<span class="bad">{counts[status]} {status}</span>'] if counts[status] else []
     if len(frame):
         header, rows = _formatted_rows(frame, keys, " ± ")
         table = table_html(header, rows, len(keys), "summary") + (
