@@ -77,7 +77,44 @@ def sweep_figures(inputs: ReportInputs) -> list[tuple[Any, str]]:
     return [(fig, CAPTIONS.get(stem, f"{stem}.")) for stem, fig in figures]
 
 
-FIGURES: list[Callable[[ReportInputs], Any]] = [sweep_figures]
+def cka_heatmap(inputs: ReportInputs) -> tuple[Any, str] | None:
+    """With ``--cka``: mean CKA as a groups x layers heat map, which stays legible where the bars
+    of many groups crowd."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from analysis.figures import _labels
+
+    cka = inputs.cka
+    if cka is None or not len(cka):
+        return None
+    keys = [k for k in inputs.sweep.display_keys if k in cka.columns]
+    layers = list(dict.fromkeys(cka["layer"]))
+    groups = list(cka.groupby(keys, sort=False, dropna=False))
+    values = np.full((len(groups), len(layers)), np.nan)
+    for i, (_, rows) in enumerate(groups):
+        for row in rows.itertuples():
+            values[i, layers.index(row.layer)] = row.cka_mean
+    fig = Figure(figsize=(max(5.0, 0.9 * len(layers) + 3.5), max(2.5, 0.32 * len(groups) + 1.2)),
+                 layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(values, aspect="auto", cmap="viridis", vmax=1.0)
+    slanted = len(layers) > 8
+    ax.set_xticks(range(len(layers)), layers, rotation=45 if slanted else 0, ha="right" if slanted else "center")
+    ax.set_yticks(range(len(groups)), [_labels(rows.iloc[:1], keys)[0] for _, rows in groups])
+    if values.size <= 400:  # the numbers themselves, while they fit in their cells
+        middle = np.nanmean(values)
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7,
+                        color="white" if v < middle else "black")
+    fig.colorbar(image, ax=ax, label=f"mean linear CKA ({cka['estimator'].iloc[0]})")
+    return fig, ("Mean CKA between pairs of runs, per group (rows) and layer (columns). Darker "
+                 "cells: representations that differ more from run to run; compare a row's "
+                 "layers to see where the runs part ways.")
+
+
+FIGURES: list[Callable[[ReportInputs], Any]] = [sweep_figures, cka_heatmap]
 
 
 # --- pieces of the page -------------------------------------------------------------------
