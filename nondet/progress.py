@@ -57,7 +57,7 @@ def run_outcome(directory: Path) -> str:
 class SweepProgress:
     """The sweep's counts; ``line`` formats one run that ended."""
 
-    total: int
+    total: int | None  # None: the plan could not be read ("[17/?]", no ETA)
     started: float = field(default_factory=time.monotonic)
     ended: int = 0  # finished (now or earlier) or failed
     trained: int = 0  # finished or failed by this launch: the ETA's rate
@@ -65,22 +65,27 @@ class SweepProgress:
     def skipped(self, n: int) -> None:
         self.ended += n
 
+    @property
+    def count(self) -> str:
+        return f"[{self.ended}/{'?' if self.total is None else self.total}]"
+
     def eta(self) -> str:
+        if self.total is None or not self.trained:
+            return "ETA unknown" if self.total is None or self.ended < self.total else "done"
         left = self.total - self.ended
         if left <= 0:
             return "done"
-        if not self.trained:
-            return "ETA unknown"
         return "ETA " + format_duration((time.monotonic() - self.started) / self.trained * left)
 
     def line(self, label: str, directory: Path, counts: str = "") -> str:
         """Count the run as ended and say so: ``[17/24] init r0004 done 74.9% (1.2 s) — ETA 9 s``."""
         self.ended += 1
         self.trained += 1
-        self.total = max(self.total, self.ended)
+        if self.total is not None:
+            self.total = max(self.total, self.ended)
         name = f"{label} {Path(directory).name}".strip()
         middle = f" — {counts}" if counts else ""
-        return f"[{self.ended}/{self.total}] {name} {run_outcome(directory)}{middle} — {self.eta()}"
+        return f"{self.count} {name} {run_outcome(directory)}{middle} — {self.eta()}"
 
 
 # --- the sweep's plan, from its overrides -------------------------------------------------
@@ -90,37 +95,44 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("~+")
 
 
-def _parse(task_overrides: list[str]) -> list:
+def sweep_overrides(config: DictConfig) -> list[str]:
+    """What Hydra's basic sweeper expands, in its order: ``hydra.sweeper.params`` (the replicate
+    range, a preset's sources), then the command line's overrides, which win."""
+    params = OmegaConf.to_container(config.hydra.sweeper.params, resolve=True) or {}
+    return [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+
+
+def _parse(overrides: list[str]) -> dict[str, Any]:
+    """Parsed overrides by key, the last of a key winning (as in Hydra's basic sweeper)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    return OverridesParser.create().parse_overrides(list(task_overrides))
+    return {o.get_key_element().lstrip("~+"): o for o in OverridesParser.create().parse_overrides(list(overrides))}
 
 
-def swept_keys(task_overrides: list[str]) -> list[str]:
+def swept_keys(overrides: list[str]) -> list[str]:
     """The keys a multirun sweeps over (``source`` in ``-m source=init,shuffle``), but ``replicate``."""
-    keys = [o.get_key_element().lstrip("~+") for o in _parse(task_overrides) if o.is_sweep_override()]
-    return [k for k in keys if k != "replicate"]
+    return [k for k, o in _parse(overrides).items() if o.is_sweep_override() and k != "replicate"]
 
 
-def planned_runs(task_overrides: list[str], replicates: int, pack: Any) -> int:
-    """The runs a sweep will end with, from the multirun's command-line overrides: every
-    combination of the swept values trains ``replicates`` runs (its own value when
-    ``replicates`` is swept); an explicit ``replicate`` trains one job per value, ``pack`` runs
-    each."""
-    parsed = _parse(task_overrides)
+def planned_runs(overrides: list[str], replicates: int, pack: Any) -> int:
+    """The runs a sweep will end with (``sweep_overrides``): the job of each combination of
+    swept values trains the replicates from its ``replicate`` up to the next one in the sweep's
+    range (``pack`` of them for listed values), or ``replicates`` runs without a ``replicate``."""
+    parsed = _parse(overrides)
+    replicate = parsed.get("replicate")
+    step = getattr(replicate.value(), "step", None) if replicate is not None else None
+    step = step or (pack if isinstance(pack, int) and pack > 0 else 1)
     choices = [
-        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
-        else [f"{o.get_key_element()}={o.get_value_element_as_str()}"]
-        for o in parsed
+        [(k, v) for v in o.sweep_string_iterator()] if o.is_sweep_override() else [(k, o.get_value_element_as_str())]
+        for k, o in parsed.items()
     ]
-    step = pack if isinstance(pack, int) and pack > 0 else 1
     total = 0
     for combination in itertools.product(*choices):
-        values = {_key(o): o.split("=", 1)[1] for o in combination}
+        values = dict(combination)
         count = int(values.get("replicates", replicates))
         if "replicate" in values:
             start = int(values["replicate"])
-            count = max(0, min(start + int(values.get("pack", step)), count) - start)
+            count = max(0, min(start + int(step), count) - start)
         total += count
     return total
 
@@ -142,11 +154,11 @@ class ProgressCallback(Callback):
         self.where: tuple[str, int] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        overrides = list(config.hydra.overrides.task)
         try:
+            overrides = sweep_overrides(config)
             total, self.swept = planned_runs(overrides, config.replicates, config.pack), swept_keys(overrides)
-        except Exception:  # an override the plan cannot read: lines without a total, never a crash
-            total, self.swept = 0, []
+        except Exception:  # a sweep the plan cannot read: lines without a total, never a crash
+            total, self.swept = None, []
         self.progress = SweepProgress(total)
         # Jobs that run elsewhere (submitit) get a pickled copy of this callback: they stay silent,
         # the launcher's polling loop reports them.
@@ -162,7 +174,7 @@ class ProgressCallback(Callback):
         if job_return.status != JobStatus.COMPLETED:
             error = job_return._return_value  # .return_value would raise it
             first = (str(error).splitlines() or [type(error).__name__])[0]
-            print(f"[{self.progress.ended}/{self.progress.total}] {label} job failed: {first[:200]}", flush=True)
+            print(f"{self.progress.count} {label} job failed: {first[:200]}", flush=True)
             return
         outcome = job_return.return_value or {}
         self.progress.skipped(len(outcome.get("skipped", [])))
@@ -221,7 +233,7 @@ def wait_for_jobs(watched: list[WatchedJob], collect, progress: SweepProgress, s
                     done = returns[w.idx].status == JobStatus.COMPLETED
                     value = returns[w.idx].return_value if done else {}
                     w.dirs = [Path(d) for key in ("finished", "skipped", "failed") for d in value.get(key, [])]
-                    progress.total += len(w.dirs) - 1
+                    progress.total = None if progress.total is None else progress.total + len(w.dirs) - 1
         ended = []
         for w in watched:
             for d in w.dirs or []:
@@ -240,7 +252,7 @@ def wait_for_jobs(watched: list[WatchedJob], collect, progress: SweepProgress, s
         for label, d in ended:
             echo(progress.line(label, d, status), flush=True)
         if not ended and (counts, failed) != last:
-            echo(f"[{progress.ended}/{progress.total}] {status} — {progress.eta()}", flush=True)
+            echo(f"{progress.count} {status} — {progress.eta()}", flush=True)
         last = (counts, failed)
         if all(w.collected for w in watched):
             return returns

@@ -30,17 +30,20 @@ def run(root, source, replicate, finished=True):
 
 
 def test_the_plan_counts_runs_from_the_overrides():
-    assert planned_runs(["source=init,shuffle", "replicates=3"], 3, 1) == 6
-    assert planned_runs(["source=init,shuffle", "replicates=2,3"], 8, 1) == 10
-    assert planned_runs(["source=init", "replicate=0,4", "pack=4"], 6, 4) == 4 + 2
-    assert planned_runs(["+experiment=table1", "scale=smoke"], 5, "auto") == 5
+    # hydra.sweeper.params (the replicate range, a preset's sources), then the command line.
+    assert planned_runs(["replicate=range(0,3,1)", "source=init,shuffle", "replicates=3"], 3, 1) == 6
+    assert planned_runs(["replicate=range(0,6,4)", "source=init"], 6, 4) == 4 + 2  # packs of 4
+    preset = ["replicate=range(0,5,1)", "source=init,shuffle,reduction", "+experiment=table1", "scale=smoke"]
+    assert planned_runs(preset, 5, 1) == 15
+    assert planned_runs(["replicate=range(0,8,1)", "source=init", "replicate=1,2"], 8, 1) == 2
     assert [format_duration(s) for s in (9.4, 250, 7500)] == ["9 s", "4 min 10 s", "2 h 05 min"]
 
 
 def test_basic_launcher_prints_one_line_per_run_with_count_and_eta(tmp_path, capsys):
     callback = ProgressCallback()
-    sweep = OmegaConf.create({"replicates": 2, "pack": 1,
-                              "hydra": {"overrides": {"task": ["source=init,shuffle", "replicates=2"]}}})
+    sweep = OmegaConf.create({"replicates": 2, "pack": 1, "hydra": {
+        "sweeper": {"params": {"replicate": "range(0,${replicates},${pack})"}},
+        "overrides": {"task": ["source=init,shuffle", "replicates=2"]}}})
     callback.on_multirun_start(sweep)
     callback.progress.started = time.monotonic() - 10.0  # the first run took 10 s
 

@@ -151,13 +151,13 @@ class _SweepAware:
 
     def _wait(self, submit, jobs, returns: dict[int, JobReturn], since: float) -> dict[int, JobReturn]:
         """Collect the jobs as they end, with a progress line per run that ends (nondet/progress.py)."""
-        from nondet.progress import POLL_S, SweepProgress, WatchedJob, job_label, swept_keys, wait_for_jobs
+        from nondet.progress import POLL_S, SweepProgress, WatchedJob, job_label, swept_keys, sweep_overrides, wait_for_jobs
 
         skipped = sum(len(r.return_value.get("skipped", [])) for r in returns.values())
         watched = [WatchedJob(idx, overrides, job, self._run_dirs(overrides))
                    for (idx, overrides), job in zip(submit, jobs)]
         try:
-            swept = swept_keys(list(self.config.hydra.overrides.task))
+            swept = swept_keys(sweep_overrides(self.config))
         except Exception:  # a label without the swept values is no reason to stop a sweep
             swept = []
         source = OmegaConf.select(self.config, "source.name", default="")
