@@ -221,6 +221,9 @@ def markdown_html(text: str) -> str:
     return "\n".join(out)
 
 
+NOTE_KINDS = ("failed", "unfinished", "corrupt", "note")  # how analysis.tables.status_lines starts its items
+
+
 def notes_html(sweep: Sweep) -> str:
     """``status_lines``: which runs are in the table, which were left out and why, and notes;
     long lists fold away behind their counts."""
@@ -228,9 +231,9 @@ def notes_html(sweep: Sweep) -> str:
     head, items = [l for l in lines if not l.startswith("- ")], [l[2:] for l in lines if l.startswith("- ")]
     parts = [f"<p>{esc(' '.join(head))}</p>"]
     if items:
-        kinds = Counter(i.split(":", 1)[0] for i in items)
-        lis = "".join(f'<li class="{esc(i.split(":", 1)[0])}">{esc(i)}</li>' for i in items)
-        summary = ", ".join(f"{n} {k}" for k, n in kinds.items())
+        kinds = [i.split(":", 1)[0] if i.split(":", 1)[0] in NOTE_KINDS else "" for i in items]
+        lis = "".join(f'<li class="{k}">{esc(i)}</li>' for k, i in zip(kinds, items))
+        summary = ", ".join(f"{n} {k}" for k, n in Counter(k for k in kinds if k).items())
         parts.append(f'<details{" open" if len(items) <= 20 else ""}><summary>Notes ({esc(summary)})'
                      f'</summary><ul class="notes">{lis}</ul></details>')
     return "\n".join(parts)
@@ -365,6 +368,10 @@ def render(
             f'<p class="small">SD ± SD of the SD over {inputs.n_boot} bootstrap resamples of the '
             f"runs (seed {inputs.seed}); SDs with ddof=1. Pairwise columns average over all pairs "
             "of runs in a row; ensembles average the two models' softmax probabilities.</p>")
+        if "ppl_mean" in frame:  # language models: what their columns mean
+            from analysis.lm import LM_NOTE
+
+            table += f'<p class="small">{esc(LM_NOTE)}</p>'
     else:
         table = f"<p>No finished runs below {esc(sweep.root)}.</p>"
     extra = "".join(f"<section>{markdown_html(s)}</section>" for s in sections)

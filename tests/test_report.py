@@ -24,8 +24,8 @@ SOURCES = ("init", "shuffle", "bitflip")
 
 
 def small_sweep(root, onsets=(0,)):
-    """Three sources x 3 replicates (x onsets) with per-epoch metrics and env.json, plus one failed
-    and one unfinished run."""
+    """Three sources x 3 replicates (x onsets) with per-epoch metrics and env.json, plus a failed,
+    an unfinished and a corrupt run."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 60)
     for source in SOURCES:
@@ -40,6 +40,7 @@ def small_sweep(root, onsets=(0,)):
                          sweep_name="s", replicates=5)
     write_run(records.run_dir(config, 3), dict(config, replicate=3), error="Traceback\nRuntimeError: boom")
     write_run(records.run_dir(config, 4), dict(config, replicate=4), result=False)
+    write_run(records.run_dir(config, 5), dict(config, replicate=5), result={"test_accuracy": 1.0})  # no logits
     return root / "s"
 
 
@@ -59,6 +60,7 @@ def test_report_is_one_self_contained_page_with_table_notes_figures_config_and_e
     summary = text.split('<table class="summary">', 1)[1].split("</table>", 1)[0]
     assert summary.count("<tr>") == 1 + len(SOURCES)
     assert "1 failed" in text and "1 unfinished" in text and "RuntimeError: boom" in text
+    assert "Notes (1 failed, 1 unfinished, 1 corrupt)" in text  # counts runs, not the advice line
     # Variability bars and the spread over epochs, each with its caption.
     assert len(images(text)) == text.count("<figcaption>") == 2
     for stem in ("variability", "cross_entropy_spread"):
