@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shlex
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -152,8 +153,9 @@ def figures_html(inputs: ReportInputs, functions: Iterable[Callable] | None = No
                     raise TypeError(f"returned {type(fig).__name__}, not a matplotlib Figure")
             images = [(png_data_uri(fig), caption) for fig, caption in pairs]
         except Exception as e:  # the rest of the page still stands; this figure is named
-            blocks.append(f'<p class="error">Figure {esc(name)} could not be drawn: '
-                          f"{esc(type(e).__name__)}: {esc(e)}</p>")
+            message = f"Figure {name} could not be drawn: {type(e).__name__}: {e}"
+            print(f"warning: {message}", file=sys.stderr)
+            blocks.append(f'<p class="error">{esc(message)}</p>')
             continue
         for uri, caption in images:
             blocks.append(f'<figure><img src="{uri}" alt="{esc(caption)}">'

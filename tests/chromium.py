@@ -16,6 +16,7 @@ import base64
 import fcntl
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -54,7 +55,8 @@ class _Pipe:
 
     def _message(self) -> dict:
         while b"\0" not in self.buffer:
-            if time.monotonic() > self.deadline:
+            readable, _, _ = select.select([self.read_fd], [], [], max(0.0, self.deadline - time.monotonic()))
+            if not readable:
                 raise TimeoutError("Chromium did not answer in time")
             chunk = os.read(self.read_fd, 1 << 16)
             if not chunk:
