@@ -177,7 +177,8 @@ class ProgressCallback(Callback):
             print(f"{self.progress.count} {label} job failed: {first[:200]}", flush=True)
             return
         outcome = job_return.return_value or {}
-        self.progress.skipped(len(outcome.get("skipped", [])))
+        # Finished earlier, or ("busy") being trained by another launch: counted, not reported.
+        self.progress.skipped(len(outcome.get("skipped", [])) + len(outcome.get("busy", [])))
         for directory in [*outcome.get("finished", []), *outcome.get("failed", [])]:
             print(self.progress.line(label, directory), flush=True)
 
@@ -232,7 +233,7 @@ def wait_for_jobs(watched: list[WatchedJob], collect, progress: SweepProgress, s
                 if w.dirs is None:  # the directories, now that the job has said them
                     done = returns[w.idx].status == JobStatus.COMPLETED
                     value = returns[w.idx].return_value if done else {}
-                    w.dirs = [Path(d) for key in ("finished", "skipped", "failed") for d in value.get(key, [])]
+                    w.dirs = [Path(d) for key in ("finished", "skipped", "failed", "busy") for d in value.get(key, [])]
                     progress.total = None if progress.total is None else progress.total + len(w.dirs) - 1
         ended = []
         for w in watched:

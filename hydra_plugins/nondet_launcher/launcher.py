@@ -153,7 +153,7 @@ class _SweepAware:
         """Collect the jobs as they end, with a progress line per run that ends (nondet/progress.py)."""
         from nondet.progress import POLL_S, SweepProgress, WatchedJob, job_label, swept_keys, sweep_overrides, wait_for_jobs
 
-        skipped = sum(len(r.return_value.get("skipped", [])) for r in returns.values())
+        skipped = sum(len(r.return_value.get("skipped", [])) for r in returns.values())  # not submitted
         watched = [WatchedJob(idx, overrides, job, self._run_dirs(overrides))
                    for (idx, overrides), job in zip(submit, jobs)]
         try:
