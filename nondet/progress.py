@@ -123,7 +123,8 @@ def planned_runs(overrides: list[str], replicates: int, pack: Any) -> int:
     step = getattr(replicate.value(), "step", None) if replicate is not None else None
     step = step or (pack if isinstance(pack, int) and pack > 0 else 1)
     choices = [
-        [(k, v) for v in o.sweep_string_iterator()] if o.is_sweep_override() else [(k, o.get_value_element_as_str())]
+        [(k, v) for v in o.sweep_string_iterator()] if o.is_sweep_override()
+        else [(k, o.get_value_element_as_str())]
         for k, o in parsed.items()
     ]
     total = 0
@@ -230,11 +231,16 @@ def wait_for_jobs(watched: list[WatchedJob], collect, progress: SweepProgress, s
             if not w.collected and w.job.done():
                 returns[w.idx] = collect(w.job, w.overrides)
                 w.collected = True
+                ret = returns[w.idx]
+                value = ret.return_value if ret.status == JobStatus.COMPLETED else {}
+                value = value if isinstance(value, dict) else {}
                 if w.dirs is None:  # the directories, now that the job has said them
-                    done = returns[w.idx].status == JobStatus.COMPLETED
-                    value = returns[w.idx].return_value if done else {}
-                    w.dirs = [Path(d) for key in ("finished", "skipped", "failed", "busy") for d in value.get(key, [])]
+                    w.dirs = [Path(d) for k in ("finished", "skipped", "failed", "busy") for d in value.get(k, [])]
                     progress.total = None if progress.total is None else progress.total + len(w.dirs) - 1
+                for d in value.get("busy", []):  # another launch is training it: done elsewhere
+                    if Path(d) not in reported:
+                        reported.add(Path(d))
+                        progress.skipped(1)
         ended = []
         for w in watched:
             for d in w.dirs or []:
