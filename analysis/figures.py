@@ -69,8 +69,12 @@ def variability_bars(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> lis
     from matplotlib.figure import Figure
 
     labels = _labels(frame, keys)
-    fig = Figure(figsize=(max(6.0, 0.6 * len(labels) + 3), 4.0), layout="constrained")
-    axes = fig.subplots(1, 2)
+    if len(labels) > 12:  # many groups: the two panels one above the other, each the page's width
+        fig = Figure(figsize=(max(6.0, 0.4 * len(labels) + 2), 8.0), layout="constrained")
+        axes = fig.subplots(2, 1)
+    else:
+        fig = Figure(figsize=(max(6.0, 0.6 * len(labels) + 3), 4.0), layout="constrained")
+        axes = fig.subplots(1, 2)
     x = np.arange(len(labels))
     for ax, column, title in (
         (axes[0], "accuracy", "Accuracy SD (%)"),

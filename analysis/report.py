@@ -48,8 +48,8 @@ class ReportInputs:
 # The figures of ``write_figures`` (analysis/figures.py, analysis/paper.py), by file stem: what
 # to read from each.
 CAPTIONS = {
-    "variability": "Run-to-run spread of each group: SD over runs of test accuracy (left) and "
-    "cross-entropy (right). Error bars are the bootstrap SD of the SD; groups whose bars overlap "
+    "variability": "Run-to-run spread of each group: SD over runs of test accuracy and of test "
+    "cross-entropy. Error bars are the bootstrap SD of the SD; groups whose bars overlap "
     "within them cannot be told apart with this many runs.",
     "cka": "Mean linear CKA between pairs of runs at each layer (error bars: SD over pairs). "
     "Lower bars: the runs learned less similar representations at that layer.",
