@@ -3,6 +3,7 @@
     python -m analysis outputs/default
     python -m analysis outputs/table1 --csv table1.csv --latex table1.tex --figures figs/
     python -m analysis outputs/table1 --cka --cka-probe 1000 --cka-runs 25 --figures figs/
+    python -m analysis outputs/table1 --report report.html    # one self-contained HTML page
 
 Prints the markdown of ``analysis.summarize`` (plus the CKA table with ``--cka``), then what the
 sweep's structure allows (``analysis/paper.py``: Table 5, Figure 2, Figure 3, the Sec. 4.2
@@ -31,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, metavar="FILE", help="raw numbers, DESIGN.md column names")
     p.add_argument("--latex", type=Path, metavar="FILE", help="the table as a booktabs tabular")
     p.add_argument("--figures", type=Path, metavar="DIR", help="PNG and PDF figures")
+    p.add_argument("--report", type=Path, metavar="FILE", help="one self-contained HTML page (analysis/report.py)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="resamples for *_sd_sd (1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (0)")
     cka = p.add_argument_group("representation similarity (needs weights.pt and the dataset)")
@@ -77,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         from analysis.figures import write_figures
 
         write_figures(sweep, frame, args.figures, cka)
+    if args.report:
+        from analysis.report import ReportInputs, write_report
+
+        inputs = ReportInputs(sweep, frame, cka, args.bootstrap, args.seed)
+        print(f"Report: {write_report(inputs, args.report, extra.sections)}", file=sys.stderr)
     return 0 if sweep.n_finished else 1
 
 

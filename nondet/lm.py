@@ -93,7 +93,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from nondet import records
+from nondet import logger, records
 from nondet.backend import autocast, environment
 from nondet.config import LANGUAGE_MODELS, TEXT_DATASETS
 from nondet.data import data_sha256
@@ -474,6 +474,7 @@ def train_lm_replica(config: dict, directory: Path, corpus: TextCorpus, lowlevel
             }
             replica.metrics.append(row)
             records.write_jsonl(directory / records.METRICS_FILE, replica.metrics)
+            logger.record_metrics(config, directory, replica.metrics)
             log.info(
                 "%s epoch %d/%d  train_loss %.4f  test_ppl %.2f  valid_ppl %.2f  test_acc %.2f%%  "
                 "lr %.4g%s  %.1fs",

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from nondet import onset, records, snapshot
+from nondet import logger, onset, records, snapshot
 from nondet.backend import autocast, configure_lowlevel, configure_precision, environment
 from nondet.bitflip import flip_one_ulp
 from nondet.data import Dataset, data_sha256
@@ -211,6 +211,7 @@ def record_evaluation(
     }
     replica.metrics.append(row)
     records.write_jsonl(Path(directory) / records.METRICS_FILE, replica.metrics)
+    logger.record_metrics(config, directory, replica.metrics)
     log.info(
         "%s epoch %d/%d  train_loss %.4f  test_acc %.2f%%  test_ce %.4f  lr %.4g  %.1fs",
         Path(directory).name, replica.epoch, config["epochs"], train_loss, accuracy,
