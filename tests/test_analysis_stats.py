@@ -172,3 +172,33 @@ def test_analysis_cli_writes_the_new_columns_and_csvs(tmp_path, capsys):
     assert list(classes["class"]) == [0, 1, 2] and (classes["examples"] == 100).all()
     best = pd.read_csv(tmp_path / "t_best_of_k.csv")
     assert list(best["k"]) == list(range(1, 9)) and best["expected_best"].is_monotonic_increasing
+
+
+def test_many_run_identities_and_sampled_pairs_match_all_pairs(monkeypatch):
+    from analysis import metrics, pairs
+    from fake_runs import random_logits
+
+    rng = np.random.default_rng(7)
+    for classes, ties in ((5, True), (2, False)):
+        logits = random_logits(rng, 9, 40, classes, ties=ties)
+        labels = rng.integers(0, classes, 40)
+        exact = metrics.ensemble_metrics(logits, labels)
+        assert pairs.spearman_mean(logits) == pytest.approx(metrics.spearman(logits), rel=1e-10)
+        assert pairs.prediction_difference_mean(logits, labels) == pytest.approx(exact["prediction_difference"], rel=1e-10)
+        i, j = np.triu_indices(9, k=1)  # every pair once: the sampled estimator's all-pairs mean
+        every = pairs.pair_values(logits, labels, i, j)
+        for column in pairs.SAMPLED_COLUMNS:
+            assert every[column].mean() == pytest.approx(exact[column], rel=1e-9, abs=1e-12)
+    # Above the threshold group_metrics switches paths and says so; sampled means within 4 SE.
+    monkeypatch.setattr(pairs, "EXACT_MAX_RUNS", 5)
+    logits = random_logits(rng, 12, 60, 4)
+    labels = rng.integers(0, 4, 60)
+    many = metrics.group_metrics(logits, labels, n_boot=10)
+    assert "2000 random pairs" in many.pop("pairs_note")
+    monkeypatch.setattr(pairs, "EXACT_MAX_RUNS", 100)
+    exact = metrics.group_metrics(logits, labels, n_boot=10)
+    assert many["spearman"] == pytest.approx(exact["spearman"], rel=1e-10)
+    i, j = pairs.sample_pairs(12, pairs.SAMPLED_PAIRS)
+    values = pairs.pair_values(logits, labels, i, j)
+    for column in pairs.SAMPLED_COLUMNS:
+        assert abs(many[column] - exact[column]) < 4 * values[column].std(ddof=1) / math.sqrt(len(i)) + 1e-12
