@@ -82,7 +82,7 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray, block: int = 64) -> np
     thousands of memory-mapped runs never need a float64 copy of them all."""
     if logits.ndim < 3:
         return -probabilities(logits, labels)[1].mean(axis=-1)
-    parts = [-probabilities(logits[s : s + block], labels)[1].mean(axis=-1) for s in range(0, len(logits), block)]
+    parts = pairs.blockwise(lambda s: -probabilities(logits[s : s + block], labels)[1].mean(axis=-1), range(0, len(logits), block))
     return np.concatenate(parts) if parts else np.zeros(0)
 
 

@@ -22,6 +22,8 @@ Up to ``EXACT_MAX_RUNS`` runs a group's pairwise columns average over all R(R-1)
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -41,22 +43,31 @@ PAIR_BLOCK = 16
 SAMPLED_COLUMNS = ("ensemble_delta_accuracy", "ensemble_delta_cross_entropy", "relative_prediction_difference")
 
 
+def blockwise(fn, starts) -> list:
+    """``[fn(s) for s in starts]`` on a thread per CPU: the sorts and ufuncs inside release the GIL,
+    so the blocks run in parallel without copying the (memory-mapped) logits to other processes."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(fn, starts))
+
+
 def spearman_mean(logits: np.ndarray) -> float:
     """Mean over pairs of Spearman's rho between the flattened N*C logits, in O(R) rankings."""
     runs = len(logits)
     if runs < 2:
         return math.nan
-    total = np.zeros(int(np.prod(logits.shape[1:])))
-    squares = 0.0
-    for start in range(0, runs, RUN_BLOCK):
-        ranks = average_ranks(np.asarray(logits[start : start + RUN_BLOCK]).reshape(-1, total.size))
+    size = int(np.prod(logits.shape[1:]))
+
+    def block(start: int) -> tuple[np.ndarray, float]:
+        ranks = average_ranks(np.asarray(logits[start : start + RUN_BLOCK]).reshape(-1, size))
         ranks -= ranks.mean(axis=1, keepdims=True)
         norms = np.linalg.norm(ranks, axis=1)
-        if not np.all(norms > 0):  # a constant run (or NaN): rho undefined, as in scipy
-            return math.nan
-        z = ranks / norms[:, None]
-        total += z.sum(axis=0)
-        squares += float(np.einsum("ij,ij->", z, z))
+        with np.errstate(divide="ignore", invalid="ignore"):  # a constant run: NaN, as in scipy
+            z = ranks / norms[:, None]
+        return z.sum(axis=0), float(np.einsum("ij,ij->", z, z))
+
+    parts = blockwise(block, range(0, runs, RUN_BLOCK))
+    total = np.sum([p[0] for p in parts], axis=0)
+    squares = sum(p[1] for p in parts)
     return float((total @ total - squares) / (runs * (runs - 1)))
 
 
@@ -67,12 +78,13 @@ def prediction_difference_mean(logits: np.ndarray, labels: np.ndarray) -> float:
         return math.nan
     weights = 2.0 * np.arange(runs) - runs + 1.0
     step = max(1, ELEMENT_BLOCK // (runs * classes))
-    total = 0.0
-    for start in range(0, n, step):
+
+    def block(start: int) -> float:
         probs = probabilities(np.asarray(logits[:, start : start + step]), labels[start : start + step])[0]
         ordered = np.sort(probs.reshape(runs, -1).T, axis=1)  # (examples x classes, R)
-        total += float((ordered @ weights).sum())
-    return total / (runs * (runs - 1) // 2 * n * classes)
+        return float((ordered @ weights).sum())
+
+    return sum(blockwise(block, range(0, n, step))) / (runs * (runs - 1) // 2 * n * classes)
 
 
 def sample_pairs(runs: int, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +99,8 @@ def pair_values(logits: np.ndarray, labels: np.ndarray, i: np.ndarray, j: np.nda
     """Per pair (i[k], j[k]): the ``SAMPLED_COLUMNS`` with ``analysis.metrics``' definitions."""
     n, classes = logits.shape[1:]
     out = {c: np.empty(len(i)) for c in SAMPLED_COLUMNS}
-    for start in range(0, len(i), PAIR_BLOCK):
+
+    def block(start: int) -> None:
         a, b = i[start : start + PAIR_BLOCK], j[start : start + PAIR_BLOCK]
         pa, la = probabilities(np.asarray(logits[a]), labels)
         pb, lb = probabilities(np.asarray(logits[b]), labels)
@@ -102,6 +115,8 @@ def pair_values(logits: np.ndarray, labels: np.ndarray, i: np.ndarray, j: np.nda
             diff, total = diff[..., 1:], total[..., 1:]
         ratio = np.divide(diff, total, out=np.zeros_like(diff), where=total > 0)
         out["relative_prediction_difference"][done] = 2.0 * ratio.sum(axis=(1, 2)) / (n * relative_classes(classes))
+
+    blockwise(block, range(0, len(i), PAIR_BLOCK))
     return out
 
 

@@ -205,7 +205,8 @@ def best_of_k(values: np.ndarray) -> pd.DataFrame:
     if runs == 0:
         return pd.DataFrame(columns=["k", "expected_best", "expected_best_sd", "inflation"])
     k = np.arange(1, runs + 1)[:, None]
-    cdf = (np.arange(runs + 1) / runs)[None, :] ** k  # (K, R+1): P(max <= v_(i))
+    # (K, R+1): P(max <= v_(i)) = (i/R)^k, as running products over k (no R^2 powers)
+    cdf = np.cumprod(np.broadcast_to(np.arange(runs + 1) / runs, (runs, runs + 1)), axis=0)
     weights = np.diff(cdf, axis=1)  # (K, R)
     mean = weights @ v
     var = np.maximum(weights @ (v - v[0]) ** 2 - (mean - v[0]) ** 2, 0.0)  # shifted for accuracy
