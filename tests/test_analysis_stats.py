@@ -110,6 +110,10 @@ def test_multibootstrap_matches_a_direct_loop():
     result = stats.multibootstrap(xa, xb, paired=False, n_boot=500)
     assert result["difference"] == pytest.approx(xb.mean() - xa.mean())
     assert result["ci"][0] < result["difference"] < result["ci"][1]
+    # Paired: both arms get the same runs and examples, so a constant shift is all that is left.
+    shifted = stats.multibootstrap(xa, xa + 1.0, paired=True, n_boot=200)
+    assert shifted["ci"] == pytest.approx((1.0, 1.0), abs=1e-12) and shifted["p"] == 0.0
+    assert stats.multibootstrap(xa, xa + 1.0, paired=False, n_boot=200)["ci"][0] < 1.0 - 1e-3
 
 
 def test_prob_better_matches_mann_whitney_and_a_direct_bootstrap():
