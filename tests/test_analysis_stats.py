@@ -206,3 +206,21 @@ def test_many_run_identities_and_sampled_pairs_match_all_pairs(monkeypatch):
     values = pairs.pair_values(logits, labels, i, j)
     for column in pairs.SAMPLED_COLUMNS:
         assert abs(many[column] - exact[column]) < 4 * values[column].std(ddof=1) / math.sqrt(len(i)) + 1e-12
+
+
+def test_figure_functions_return_a_figure_and_a_one_line_caption(tmp_path):
+    from matplotlib.figure import Figure
+
+    from analysis import stats_figures
+    from analysis.load import load_sweep
+    from analysis.tables import summary_frame
+
+    sweep = load_sweep(_sweep(tmp_path, "init", 5, 1.0, n=60))
+    frame = summary_frame(sweep, n_boot=10)
+    rates = [1.0 - stats.correct_matrix(g).mean(axis=0) for g in sweep.groups]
+    drawn = [
+        stats_figures.test_set_noise_figure(["init"], rates, frame),
+        stats_figures.best_of_k_figure(stats.best_of_k_table(sweep), sweep.display_keys),
+    ]
+    for fig, caption in drawn:
+        assert isinstance(fig, Figure) and caption and "\n" not in caption
