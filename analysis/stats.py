@@ -377,9 +377,16 @@ def compare_lines(
         )
         dominant = "test-set" if mb["sd_examples"] > mb["sd_runs"] else "training"
         remedy = "a larger test set" if dominant == "test-set" else "more runs"
+        shares = ""
+        if metric in ("test_accuracy", "accuracy"):  # each arm's own decomposition (the table's)
+            parts = [variance_components(correct_matrix(g)) for g in (group_a, group_b)]
+            shares = "; finite-test-set share of each arm's accuracy variance: " + ", ".join(
+                f"{arm} {min(100.0, 100.0 * p['test_set'] / p['observed']):.0f}%"
+                for arm, p in zip("AB", parts) if p["observed"] > 0
+            )
         lines.append(
             f"- noise in B - A: SD {mb['sd_examples']:.3g} from the finite test set, {mb['sd_runs']:.3g} "
-            f"from training runs: {dominant} noise dominates; {remedy} would tighten the comparison most"
+            f"from training runs: {dominant} noise dominates; {remedy} would tighten the comparison most{shares}"
         )
     elif xa is not None and xb is not None:
         lines.append("- multibootstrap skipped: the arms were evaluated on different test sets")
