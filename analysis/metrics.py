@@ -7,7 +7,9 @@ Every function takes the stacked test logits of R runs, shape (R, N, C), and the
 (N,). Pairwise metrics average over all R(R-1)/2 unordered pairs of runs without a Python loop
 over pairs: disagreement from per-example class counts, Spearman from one matrix product of
 standardised ranks, ensembles and prediction differences from batched array operations over
-chunks of pairs. With fewer than two runs every SD and pairwise metric is NaN.
+chunks of pairs. Above ``analysis.pairs.EXACT_MAX_RUNS`` runs, Spearman and PD come from exact
+identities linear in R and the ensemble columns from sampled pairs (analysis/pairs.py). With
+fewer than two runs every SD and pairwise metric is NaN.
 
 Definitions (accuracy in percent, cross-entropy in nats, probabilities = softmax of the logits):
 
