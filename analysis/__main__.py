@@ -7,7 +7,9 @@
 
 Prints the markdown of ``analysis.summarize`` (plus the CKA table with ``--cka``), then what the
 sweep's structure allows (``analysis/paper.py``: Table 5, Figure 2, Figure 3, the Sec. 4.2
-check, prediction differences; ``--csv`` also writes ``<stem>_table5.csv``). Exit status:
+check, prediction differences; ``--csv`` also writes ``<stem>_table5.csv``), and always
+``<stem>_classes.csv`` (per-class accuracy mean and SD) and ``<stem>_best_of_k.csv``
+(analysis/stats.py). Exit status:
 0 when the table was written (missing or failed runs, and a group that mixes test sets, are
 listed, not fatal), 1 when no finished run was found, 2 on bad arguments.
 """
@@ -18,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from analysis import stats
 from analysis.load import load_sweep
 from analysis.paper import paper_analyses
 from analysis.tables import latex_table, report, summary_frame
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         frame.to_csv(args.csv, index=False)
         if cka is not None and len(cka):
             cka.to_csv(args.csv.with_name(args.csv.stem + "_cka" + args.csv.suffix), index=False)
+        extra.tables["classes"] = stats.class_table(sweep)  # group x class accuracy mean and SD
+        extra.tables["best_of_k"] = stats.best_of_k_table(sweep)
         for name, table in extra.tables.items():
             table.to_csv(args.csv.with_name(f"{args.csv.stem}_{name}{args.csv.suffix}"), index=False)
     if args.latex:

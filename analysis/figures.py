@@ -11,6 +11,7 @@
 - ``onset.{png,pdf}`` (Figure 2), ``instability.{png,pdf}`` (Figure 3, with the first 10 epochs)
   and ``prediction_difference.{png,pdf}`` (Snapp & Shamir) when the sweep has their structure:
   see ``analysis/paper.py``.
+- ``test_set_noise.{png,pdf}`` and ``best_of_k.{png,pdf}``: see ``analysis/stats_figures.py``.
 
 Figures are built on ``matplotlib.figure.Figure`` directly, so no global pyplot state or
 backend is touched (safe inside a notebook or the end-of-sweep callback).
@@ -182,4 +183,7 @@ def write_figures(sweep: Sweep, frame: pd.DataFrame, out_dir: Path, cka: pd.Data
     from analysis.paper import paper_figures  # Figures 2, 3 and PD, by the sweep's structure
 
     paths += paper_figures(sweep, frame, out_dir)
+    from analysis.stats_figures import write_stats_figures  # test-set noise, best of k
+
+    paths += write_stats_figures(sweep, frame, out_dir)
     return paths
