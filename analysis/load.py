@@ -586,4 +586,27 @@ def load_sweep(sweep_dir: Path) -> Sweep:
     seen = set()
     for group in groups + [g for g, _ in refused]:
         notes += [n for n in group.notes if not (n in seen or seen.add(n))]
+    notes += _data_content_notes(groups, keys)
     return Sweep(Path(sweep_dir), groups, sorted(problems, key=lambda p: str(p.path)), notes, refused)
+
+
+def _data_content_notes(groups: list[Group], keys: list[str]) -> list[str]:
+    """Rows that differ only in the content of their data file (``dataset.sha256``): the file
+    was rewritten between launches, so their runs are kept apart, never pooled."""
+    by_rest = defaultdict(list)
+    for group in groups:
+        by_rest[tuple(kv for kv in group.key if kv[0] != "dataset.sha256")].append(group)
+    notes = []
+    for same in by_rest.values():
+        if len(same) > 1:
+            contents = "; ".join(
+                f"{str(g.params.get('dataset.sha256') or 'not recorded')[:12]}: {len(g.runs)} runs"
+                for g in same
+            )
+            label = same[0].label([k for k in keys if k != "dataset.sha256"])
+            notes.append(
+                f"{label}: dataset.path={same[0].params.get('dataset.path')} had different "
+                f"contents for different runs (SHA-256 {contents}); each content is its own row, "
+                f"never pooled"
+            )
+    return notes

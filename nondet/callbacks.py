@@ -169,6 +169,54 @@ def writable_sweep_dir(sweep_dir: Path) -> str | None:
     return None
 
 
+def swept_values(config: DictConfig):
+    """``(key, value)`` for each value a ``-m`` sweep on the command line gives a key whose range
+    is checked (``-m replicates=0,4``): the composed config holds none of them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from nondet.config import RANGES
+
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    for override in overrides:
+        if override.is_sweep_override() and override.key_or_group in RANGES:
+            for value in override.sweep_iterator():
+                yield override.key_or_group, value
+
+
+def check_or_exit(config: DictConfig) -> None:
+    """Exit with one line (naming the key and what it accepts) for a configuration mistake, before
+    the launcher starts any job: an unknown key, a value out of range, a preset that cannot
+    resolve (``scale=tiny``, ``-m pack=0``)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nondet.config import check_config, check_range
+    from nondet.job import resolved_config
+
+    try:
+        check_range("scale", config.get("scale"))  # first: presets resolve their values by it
+        check_config(resolved_config(config, concrete_device=False))
+        for key, value in swept_values(config):
+            check_range(key, value)
+    except (ValueError, OmegaConfBaseException) as e:
+        # An interpolation error wraps the mistake (by_scale's, pack_step's): say the mistake.
+        cause = e
+        while isinstance(cause, OmegaConfBaseException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        sys.exit(f"Error in the configuration: {str(cause).splitlines()[0]}")
+
+
+class CheckCallback(Callback):
+    """``hydra.callbacks.check``: the configuration checks of ``nondet.config.check_config`` when
+    the command starts, so a mistake is one line instead of a traceback per job."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_or_exit(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # The sweeper resolves hydra.sweeper.params (``${nondet.pack_step:${pack},${replicates}}``) next.
+        check_or_exit(config)
+
+
 class SummaryCallback(Callback):
     def __init__(self) -> None:
         self.started = time.time()
@@ -201,6 +249,9 @@ class SummaryCallback(Callback):
         print(f"\nSweep {sweep_dir}: {counts}.\n", flush=True)
         try:
             print(analysis.summarize(sweep_dir), flush=True)
+            from analysis.report import report_command
+
+            print(f"HTML report: {report_command(sweep_dir)}", flush=True)
         except analysis.MixedTestSetError as e:
             # Every run is kept; the table needs runs of one group to share a test set.
             print(f"No table: {e}", flush=True)

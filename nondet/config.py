@@ -2,7 +2,9 @@
 
 The primary config (``conf/config.yaml``) lists ``schema`` first in its defaults, so every group
 file is merged into a typed node: a misspelt key such as ``model.widht=3`` or a string where a
-number belongs fails when Hydra composes the config, not an hour into a cluster job.
+number belongs fails when Hydra composes the config, not an hour into a cluster job. What a type
+cannot say (a key added with ``+``, a value out of range) ``check_config`` refuses, in one line,
+when the command starts (``nondet.callbacks.CheckCallback``) and in every job.
 
 Used by ``launch.py`` (``register_configs()`` before ``@hydra.main``) and by the tests, which
 compose the real configs with ``hydra.compose``.
@@ -176,8 +178,144 @@ class NondetConfig:
     checkpoint_every: int = 1
     # torch.set_num_threads for the run (null = torch's default); recorded in env.json.
     threads: Optional[int] = None
+    # Per-epoch metrics also as TensorBoard event files in each run directory (nondet/logger.py):
+    # none or tensorboard (pip install -e .[tensorboard]). Not part of a run's identity.
+    logger: str = "none"
 
 
 def register_configs() -> None:
     """Register the typed primary config as ``schema`` (first in conf/config.yaml's defaults)."""
     ConfigStore.instance().store(name="schema", node=NondetConfig)
+
+
+# --- checks that a type cannot express ------------------------------------------------------
+
+# Keys nondet adds to a resolved config itself (never typed on the command line).
+DERIVED_KEYS = frozenset({"dataset.sha256"})
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, said in one line that names the key and what it accepts."""
+
+
+def _at_least(low):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low, f"an integer >= {low}"
+
+
+def _optional(check):
+    ok, text = check
+    return (lambda v: v is None or ok(v)), f"null or {text}"
+
+
+def _fraction(upper_open: bool):
+    ok = (lambda v: 0 <= v < 1) if upper_open else (lambda v: 0 <= v <= 1)
+    return ok, "in [0, 1)" if upper_open else "in [0, 1]"
+
+
+def _choice(options):
+    return (lambda v: v in options), f"one of {', '.join(options)}"
+
+
+_POSITIVE = (lambda v: v > 0), "> 0"
+_NONNEGATIVE = (lambda v: v >= 0), ">= 0"
+
+# key -> (accepts(value), the allowed range in words). Checked when the config is composed.
+RANGES = {
+    "replicates": _at_least(1),
+    "epochs": _at_least(1),
+    "batch_size": _at_least(1),
+    "eval_every": _at_least(1),
+    "checkpoint_every": _at_least(1),
+    # "auto" leaves the pack size to nondet where a version offers it.
+    "pack": ((lambda v: v == "auto" or _at_least(1)[0](v)), "auto or an integer >= 1"),
+    "threads": _optional(_at_least(1)),
+    "shuffle_window": _optional(_at_least(1)),
+    "onset_epoch": _at_least(0),
+    "scale": _choice(SCALES),
+    "precision": _choice(PRECISIONS),
+    "device": _choice(DEVICES),
+    "model.width": _at_least(1),
+    "model.depth": _at_least(1),
+    "model.dropout": _fraction(True),
+    "model.input_dropout": _fraction(True),
+    "model.hidden_dropout": _fraction(True),
+    "model.embedding_dropout": _fraction(True),
+    "model.weight_dropout": _fraction(True),
+    "dataset.train_size": _optional(_at_least(1)),
+    "dataset.test_size": _optional(_at_least(1)),
+    "dataset.valid_size": _optional(_at_least(1)),
+    "dataset.num_classes": _at_least(2),
+    "dataset.input_dim": _at_least(1),
+    "dataset.label_noise": _fraction(False),
+    "optimizer.lr": _POSITIVE,
+    "optimizer.momentum": _NONNEGATIVE,
+    "optimizer.weight_decay": _NONNEGATIVE,
+    "schedule.warmup_epochs": _NONNEGATIVE,
+    "schedule.cycles": _at_least(1),
+}
+
+
+def _flat(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and "_target_" not in value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def unknown_keys(config: dict) -> list[str]:
+    """Keys of a resolved config that the schema does not declare (``+model.widht=3``). A node
+    with a ``_target_`` takes any arguments of the class it names, so its keys are not checked."""
+    from omegaconf import OmegaConf
+
+    known = set(_flat(OmegaConf.to_container(OmegaConf.structured(NondetConfig))))
+    given = {k for k in _flat({k: v for k, v in config.items() if k != "hydra"})}
+    return sorted(given - known - DERIVED_KEYS)
+
+
+def check_range(key: str, value) -> None:
+    """``ConfigError`` when ``value`` is outside the range ``RANGES`` allows for ``key``."""
+    accepts, allowed = RANGES[key]
+    try:
+        ok = accepts(value)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{key}={value} is out of range: {key} must be {allowed}")
+
+
+def check_config(config: dict) -> None:
+    """Raise ``ConfigError`` for a key the schema does not know or a value out of its range.
+
+    Run when the config is composed (``nondet.callbacks.CheckCallback``, before anything
+    trains) and again by every job (``nondet.job.run_job``), whatever launched it."""
+    unknown = unknown_keys(config)
+    if unknown:
+        key = unknown[0]
+        group, _, _ = key.rpartition(".")
+        from omegaconf import OmegaConf
+
+        schema = OmegaConf.to_container(OmegaConf.structured(NondetConfig))
+        node = schema
+        for part in group.split(".") if group else []:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        valid = ", ".join(sorted(node)) if isinstance(node, dict) else ""
+        where = f"the keys of {group} are" if group else "the top-level keys are"
+        raise ConfigError(
+            f"{key} is not a configuration key (a typo?); {where}: {valid}"
+            + (f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else "")
+        )
+    flat = _flat(config)
+    for key in RANGES.keys() & flat.keys():
+        check_range(key, flat[key])
+    if not 0 <= config["replicate"] < config["replicates"]:
+        raise ConfigError(
+            f"replicate={config['replicate']} is outside range(0, replicates={config['replicates']})"
+        )
+    if config["onset_epoch"] > config["epochs"]:
+        raise ConfigError(
+            f"onset_epoch={config['onset_epoch']} is out of range: onset_epoch must be in "
+            f"0 .. epochs={config['epochs']}"
+        )

@@ -33,6 +33,9 @@ Sizes default to 4096 train / 2048 test examples.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import logging
 import math
 import os
 import zipfile
@@ -45,6 +48,8 @@ import torch.nn.functional as F
 
 from nondet.config import DatasetConfig
 from nondet.seeds import hashed_seed, make_generator
+
+log = logging.getLogger("nondet")
 
 SYNTHETIC_TRAIN_SIZE = 4096
 SYNTHETIC_TEST_SIZE = 2048
@@ -79,6 +84,9 @@ class Dataset:
     # images and raw units for float images. None for feature vectors.
     mean: Optional[torch.Tensor]
     std: Optional[torch.Tensor]
+    # SHA-256 of what was loaded: the file's bytes for a file dataset (npz), else set by
+    # ``data_sha256``. Recorded in each run's env.json as ``data_sha256``.
+    sha256: Optional[str] = None
 
     @property
     def is_image(self) -> bool:
@@ -125,13 +133,66 @@ def load_dataset(cfg: DatasetConfig, device: torch.device | str = "cpu") -> Data
     }
     if cfg.name not in loaders:
         raise ValueError(f"unknown dataset {cfg.name!r}; choose one of {sorted(loaders)}")
-    name, x_train, y_train, x_test, y_test, num_classes = loaders[cfg.name](cfg)
+    name, x_train, y_train, x_test, y_test, num_classes, *sha256 = loaders[cfg.name](cfg)
     if cfg.name != "synthetic":
         x_train, y_train = _first(x_train, y_train, cfg.train_size, "train_size")
         x_test, y_test = _first(x_test, y_test, cfg.test_size, "test_size")
+    classes = torch.unique(y_train).tolist()
+    if len(classes) < 2:
+        # Every run would predict the one class: 100% accuracy with SD 0, a finding of nothing.
+        raise ValueError(
+            f"dataset={cfg.name}: the training set has a single class ({classes[0]}); a classifier "
+            "needs at least two (check y_train, or a train_size that keeps too few examples)"
+        )
     mean, std = channel_stats(x_train) if x_train.dim() == 4 else (None, None)
-    data = Dataset(name, x_train, y_train, x_test, y_test, num_classes, mean, std)
+    data = Dataset(name, x_train, y_train, x_test, y_test, num_classes, mean, std, *sha256)
     return data.to(device)
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+_FILE_SHA256: dict[tuple, str] = {}
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes, remembered per (path, size, mtime) within a process: a sweep
+    names every job's runs from it without reading the file again."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_SHA256:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_SHA256[key] = digest.hexdigest()
+    return _FILE_SHA256[key]
+
+
+def data_fingerprint(dataset: dict) -> Optional[str]:
+    """The content of a user's data file, as part of the runs' identity (``dataset.sha256``);
+    None for data that the configuration itself determines (generated data, torchvision's
+    checksummed files) or a file that is not there (loading it says so)."""
+    path = dataset.get("path") if dataset.get("name") == "npz" else None
+    if not path or not os.path.isfile(os.path.expanduser(path)):
+        return None
+    try:
+        return file_sha256(os.path.expanduser(path))
+    except OSError:  # unreadable: loading it says so, in one line
+        return None
+
+
+def data_sha256(data) -> str:
+    """``data_sha256`` of env.json: the loaded file's SHA-256, or one of the tensors (in order,
+    with their shapes and dtypes) for data generated or read from a dataset's own files."""
+    if getattr(data, "sha256", None) is None:
+        digest = hashlib.sha256()
+        for field in dataclasses.fields(data):
+            value = getattr(data, field.name)
+            if isinstance(value, torch.Tensor) and field.name not in ("mean", "std"):
+                digest.update(f"{field.name}{tuple(value.shape)}{value.dtype}".encode())
+                digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        data.sha256 = digest.hexdigest()
+    return data.sha256
 
 
 def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -363,8 +424,11 @@ def _load_npz(cfg: DatasetConfig):
     path = os.path.expanduser(cfg.path)
     if not os.path.isfile(path):
         raise ValueError(f"dataset.path={cfg.path!r}: no such file ({os.path.abspath(path)})")
+    with open(path, "rb") as f:  # hashed as read: the runs record the bytes they trained on
+        raw = f.read()
+    sha256 = hashlib.sha256(raw).hexdigest()
     try:
-        archive = np.load(path, allow_pickle=False)
+        archive = np.load(io.BytesIO(raw), allow_pickle=False)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         # ValueError: neither zip nor .npy, so numpy took it for a pickle and refused it
         raise ValueError(f"{path}: not a readable .npz archive (write it with np.savez): {exc}") from exc
@@ -384,7 +448,7 @@ def _load_npz(cfg: DatasetConfig):
 
     xs, ys = [], []
     for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        x, y = _channels_first(arrays[f"x_{split}"], f"{path}: x_{split}"), arrays[f"y_{split}"]
         if x.ndim not in (2, 4):
             raise ValueError(
                 f"{path}: x_{split} has shape {x.shape}; expected (N, D) features or (N, C, H, W) images"
@@ -440,4 +504,17 @@ def _load_npz(cfg: DatasetConfig):
                 raise ValueError(f"{path}: x_{split} has values beyond float32's range (about 3.4e38)")
         out.append(t)
         out.append(torch.from_numpy(y.astype(np.int64)))
-    return ("npz", *out, num_classes)
+    return ("npz", *out, num_classes, sha256)
+
+
+IMAGE_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
+
+
+def _channels_first(x: np.ndarray, name: str) -> np.ndarray:
+    """(N, H, W, C) images, as PIL, matplotlib and TensorFlow store them, moved to (N, C, H, W):
+    taken as they are, crops and flips would act on the wrong axes."""
+    if x.ndim == 4 and x.shape[3] in IMAGE_CHANNELS and x.shape[1] not in IMAGE_CHANNELS:
+        log.warning("%s has shape %s: channel-last images, used as (N, C, H, W) = %s",
+                    name, x.shape, (x.shape[0], x.shape[3], *x.shape[1:3]))
+        return np.moveaxis(x, 3, 1)
+    return x

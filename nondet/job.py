@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import joblog, lm, pack, records
+from nondet import joblog, lm, logger, pack, records
 from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, configure_precision, resolve_device
-from nondet.config import TEXT_DATASETS
-from nondet.data import Dataset, load_dataset
+from nondet.config import TEXT_DATASETS, check_config
+from nondet.data import Dataset, data_fingerprint, load_dataset
 from nondet.lock import run_locks
 from nondet.seeds import SeedPlan, check_sources
 from nondet.text import load_corpus
@@ -52,7 +54,30 @@ def resolved_config(cfg: DictConfig, *, concrete_device: bool = True) -> dict:
     }
     if concrete_device:
         config["device"] = resolve_device(config["device"])
+    fingerprint = data_fingerprint(config["dataset"])
+    if fingerprint is not None:
+        # The data's content is part of the run's identity: a file rewritten in place names
+        # new run directories instead of pooling with the runs that saw the old content.
+        config["dataset"] = {**config["dataset"], "sha256": fingerprint}
     return config
+
+
+def runs_root(config: dict, hydra: DictConfig | None) -> Path:
+    """The directory a job's runs go below: Hydra's ``hydra.sweep.dir`` in a multirun; in a single
+    run ``hydra.run.dir`` (less the job's own subdirectory, which the default ends with); without
+    Hydra, ``output_root/sweep_name`` (what both default to)."""
+    if hydra is None:
+        return Path(config["output_root"]) / config["sweep_name"]
+    if hydra.mode == RunMode.MULTIRUN:
+        return Path(hydra.sweep.dir)
+    run, own = Path(hydra.run.dir), Path(job_subdir(config)).parts
+    return Path(*run.parts[: -len(own)]) if run.parts[-len(own):] == own else run
+
+
+def located(config: dict, root: Path) -> dict:
+    """``config`` with ``output_root``/``sweep_name`` naming ``root``, where its runs live, so
+    that every file of the run (config.yaml included) agrees on it."""
+    return {**config, "output_root": str(root.parent), "sweep_name": root.name}
 
 
 def job_run_dirs(cfg: DictConfig) -> list[Path] | None:
@@ -61,6 +86,8 @@ def job_run_dirs(cfg: DictConfig) -> list[Path] | None:
     config = resolved_config(cfg, concrete_device=False)
     if config["device"] not in ("cpu", "cuda"):
         return None
+    if "hydra" in cfg:
+        config = located(config, Path(cfg.hydra.sweep.dir))
     return [records.run_dir(config, r) for r in replicas_of_job(config)]
 
 
@@ -149,10 +176,29 @@ def _dataset(config: dict) -> Dataset:
     return _DATA_CACHE[key]
 
 
+def check_data_unchanged(config: dict, data) -> None:
+    """The data loaded must be the data the runs' directories were named for: a file rewritten
+    between composing the config and loading it would otherwise train under the old identity."""
+    named = config["dataset"].get("sha256")
+    if named is not None and getattr(data, "sha256", named) != named:
+        raise ValueError(
+            f"dataset.path={config['dataset']['path']} changed while this job started (its "
+            f"SHA-256 is now {data.sha256}, the runs were named for {named}); relaunch the command"
+        )
+
+
 def inert_sources(config: dict, data) -> dict[str, str]:
     """The varied sources that cannot change anything in this configuration, with why."""
     vary = config["source"]["vary"]
     inert = {}
+    onset, epochs = config["onset_epoch"], config["epochs"]
+    if onset >= epochs:
+        for source in vary:
+            inert[source] = f"onset_epoch={onset} >= epochs={epochs}, so no epoch varies (lower onset_epoch)"
+        return inert
+    if onset > 0 and "init" in vary:
+        inert["init"] = (f"the weights are initialised before onset_epoch={onset} "
+                         "(use onset_epoch=0 to vary init)")
     if lm.is_language_model(config):
         text = "a language model reads its text in order, in windows that are not shuffled"
         for source, why in (("shuffle", text), ("reduction", text),
@@ -222,8 +268,11 @@ def _set_aside_result(directory: Path) -> Path:
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Train (or skip, or resume) the replicas of one job; returns counts and directories."""
     config = resolved_config(cfg)
+    check_config(config)
+    config = located(config, runs_root(config, HydraConfig.get() if HydraConfig.initialized() else None))
     check_sources(config["source"]["vary"])
     lm.check_config(config)  # model / dataset kinds match; a no-op for image runs
+    logger.check_logger(config)
     replicas = replicas_of_job(config)
     lowlevel = configure_lowlevel(
         config["device"], "lowlevel" in config["source"]["vary"], config["source"]["lowlevel_required"]
@@ -235,6 +284,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     if config["threads"]:
         torch.set_num_threads(config["threads"])
     data = _dataset(config)
+    check_data_unchanged(config, data)
     check_sources_vary_something(config, data)
 
     # busy: runs another live process is training (left to it); fixes: what to do about a failed

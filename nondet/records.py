@@ -8,6 +8,7 @@ into place with ``os.replace``; ``result.json`` is written last.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -22,7 +23,7 @@ import numpy as np
 # Keys that say where or how a run is stored, not what is trained: they take no part in a run's
 # identity (its directory) nor in the grouping of runs into table rows.
 NON_IDENTITY_KEYS = frozenset(
-    {"replicate", "replicates", "sweep_name", "output_root", "checkpoint_every"}
+    {"replicate", "replicates", "sweep_name", "output_root", "checkpoint_every", "logger"}
 )
 
 CONFIG_FILE = "config.yaml"
@@ -64,9 +65,68 @@ def cannot_read(path: Path, e: Exception) -> CorruptRunError:
 
 # --- identity ------------------------------------------------------------------------------
 
+# Every key a run's identity held when identities were first hashed (version 1). A key added
+# since then takes part in a run's identity only when its value differs from the schema's
+# default, so that upgrading nondet neither moves finished runs to new directories (a relaunch
+# would retrain them) nor splits their table rows: a new key at its default means what older
+# versions did without it. Never add to this list; a new key needs nothing but its default.
+IDENTITY_V1_KEYS = frozenset(
+    f"{group}.{key}" for group, keys in {
+        "model": "name activation smelu_beta dropout width depth embedding_dim input_dropout "
+                 "hidden_dropout embedding_dropout weight_dropout",
+        "dataset": "name root download path augment train_size test_size input_dim num_classes "
+                   "image_shape teacher_width teacher_depth teacher_activation label_noise "
+                   "imbalance data_seed valid_size vocab_size hidden_states sentence_length",
+        "optimizer": "name lr momentum nesterov weight_decay betas eps",
+        "schedule": "name warmup_epochs cycles",
+        "source": "name vary lowlevel_required",
+        "lm": "bptt variable_bptt clip alpha beta asgd nonmono eval_batch_size test_batch_size "
+              "logprob_positions",
+    }.items() for key in keys.split()
+) | frozenset(
+    "replicates replicate base_seed pack precision device epochs batch_size onset_epoch "
+    "shuffle_window scale sweep_name output_root eval_every checkpoint_every threads".split()
+)
+
+_V1_GROUPS = frozenset(k.split(".")[0] for k in IDENTITY_V1_KEYS if "." in k)
+_NO_DEFAULT = object()
+
+
+@functools.lru_cache(maxsize=None)
+def _schema_defaults(schema: type) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(schema))
+
+
+def _default_of(path: tuple[str, ...]) -> Any:
+    from nondet import config as schema  # the schema of this version (a test may swap it)
+
+    node: Any = _schema_defaults(schema.NondetConfig)
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return _NO_DEFAULT
+        node = node[key]
+    return node
+
+
+def _drop_new_defaults(node: Mapping[str, Any], path: tuple[str, ...] = ()) -> dict:
+    out = {}
+    for key, value in node.items():
+        where = (*path, key)
+        if isinstance(value, Mapping):
+            inner = _drop_new_defaults(value, where)
+            if inner or not value or ".".join(where) in _V1_GROUPS:  # a new group at its defaults: gone
+                out[key] = inner
+        elif ".".join(where) in IDENTITY_V1_KEYS or _default_of(where) != value:
+            out[key] = value
+    return out
+
 
 def identity(config: Mapping[str, Any]) -> dict:
-    """The part of a resolved config (plain dict) that determines what a run computes.
+    """The part of a resolved config (plain dict) that determines what a run computes: every key
+    but where it is stored, less the keys added after version 1 that hold their default value
+    (see ``IDENTITY_V1_KEYS``). Names run directories and groups the analysis' table rows.
 
     ``pack`` counts only where a pack may compute otherwise than one replica alone: an explicit
     ``pack=P`` on a GPU. On the CPU a packed replica is bitwise the solo one, and ``pack=auto``
@@ -74,7 +134,7 @@ def identity(config: Mapping[str, Any]) -> dict:
     kept = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS and k != "hydra"}
     if "pack" in kept and (kept["pack"] == "auto" or kept.get("device") == "cpu"):
         kept["pack"] = 1
-    return kept
+    return _drop_new_defaults(kept)
 
 
 def config_hash(config: Mapping[str, Any], length: int = 10) -> str:

@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from nondet import onset, records, snapshot
+from nondet import logger, onset, records, snapshot
 from nondet.backend import configure_lowlevel, environment
 from nondet.bitflip import flip_one_ulp
+from nondet.data import data_sha256
 from nondet.models import set_dropout_generator
 from nondet.seeds import SeedPlan, generator_device, make_generator
 
@@ -181,6 +182,7 @@ def open_replica(
         )
     env = environment(config["device"], config["precision"], lowlevel)
     env["resumed_from_epoch"] = resumed_from
+    env["data_sha256"] = data_sha256(data)
     env.update(env_extra or {})
     records.write_json(directory / records.ENV_FILE, env)
     records.write_json(directory / records.SEEDS_FILE, replica.plan.as_record(lowlevel))
@@ -202,6 +204,7 @@ def record_evaluation(
     }
     replica.metrics.append(row)
     records.write_jsonl(Path(directory) / records.METRICS_FILE, replica.metrics)
+    logger.record_metrics(config, directory, replica.metrics)
     extra = "".join(f"  {k} {v:.4g}" for k, v in evaluation.row.items() if k.endswith("perplexity"))
     log.info(
         "%s epoch %d/%d  train_loss %.4f  test_acc %.2f%%  test_ce %.4f%s  lr %.4g  %.1fs",

@@ -487,4 +487,5 @@ def test_hydra_structured_config_works():
 
 def test_dataset_is_a_dataclass_with_the_agreed_fields():
     names = [f.name for f in dataclasses.fields(Dataset)]
-    assert names == ["name", "x_train", "y_train", "x_test", "y_test", "num_classes", "mean", "std"]
+    assert names == ["name", "x_train", "y_train", "x_test", "y_test", "num_classes", "mean", "std",
+                     "sha256"]

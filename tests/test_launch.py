@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -35,6 +36,10 @@ def test_sweep_trains_every_run_and_prints_the_summary(tmp_path):
     for source in ("init", "shuffle", "bitflip"):
         assert f"| {source} |" in text
     assert "All 6 runs" in text
+    # One progress line per run, the last with the full count, and the report's command.
+    assert len(re.findall(r"^\[\d/6\] \w+ r000[01] done .*% \(.* s\) — (ETA \d+ s|done)$", text, re.M)) == 6
+    assert re.search(r"^\[6/6\] bitflip r0001 done .* — done$", text, re.M)
+    assert f"HTML report: python -m analysis {tmp_path / 'default'} --report" in text
 
     # Relaunching finds every run finished, says so, and trains nothing.
     again = launch("-m", "source=init,shuffle,bitflip", f"output_root={tmp_path}", *SMALL)
@@ -77,8 +82,8 @@ def test_a_failed_run_is_reported_and_the_sweep_exits_nonzero(tmp_path):
         (["source=augment"], "dataset.augment is false (set dataset.augment=true)"),
         (["source=dropout"], "model.dropout is 0"),
         # The mistake itself, not an interpolation error about hydra.sweep.subdir.
-        (["replicate=5"], "ValueError: replicate=5 is outside range(0, replicates=2)"),
-        (["-m", "pack=0"], "pack=0 must be at least 1"),
+        (["replicate=5"], "replicate=5 is outside range(0, replicates=2)"),
+        (["-m", "pack=0"], "pack=0 is out of range: pack must be an integer >= 1"),
     ],
 )
 def test_bad_input_gets_a_clear_error(tmp_path, args, message):

@@ -100,10 +100,19 @@ def test_second_launch_counts_only_its_own_runs_and_waits_for_the_other(make_con
         summary.on_job_end(sweep, JobReturn(status=JobStatus.COMPLETED, _return_value=outcome))
     assert not (first / records.RESULT_FILE).exists()  # B did not train A's run
 
+    # Launch A's finished r0000, trained elsewhere beforehand: A moves it in, result.json last,
+    # and only then releases its lock, as a live launch does.
+    elsewhere = make_config("source=init", "epochs=1", "replicates=2", "replicate=0",
+                            f"output_root={first.parents[3] / 'elsewhere'}")
+    run(elsewhere)
+    trained = records.run_dir(elsewhere)
+
     def launch_a_finishes():
         time.sleep(0.5)
+        names = sorted(p.name for p in trained.iterdir() if p.name != records.RESULT_FILE)
+        for name in names + [records.RESULT_FILE]:
+            os.replace(trained / name, first / name)
         lock_path.unlink()
-        run(configs[0])
 
     a = threading.Thread(target=launch_a_finishes)
     a.start()
