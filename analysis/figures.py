@@ -6,8 +6,9 @@
   with the bootstrap SD of the SD as error bars (Table 1 as bars).
 - ``cka.{png,pdf}``: mean linear CKA between pairs of runs at each layer, one bar per group
   (Figure 1); only when CKA was computed.
-- ``cross_entropy_spread.{png,pdf}``: at each evaluated epoch, the width of the middle 95% of
-  the runs' test cross-entropy and its SD, log-scale y (Figure 3), from ``metrics.jsonl``.
+- ``cross_entropy_spread.{png,pdf}``: for every group of any sweep, at each evaluated epoch, the
+  width of the middle 95% of the runs' test cross-entropy and its SD, log-scale y, from
+  ``metrics.jsonl``. The paper's Figure 3 is the bit-flip case of this, ``instability.png``.
 - ``onset.{png,pdf}`` (Figure 2), ``instability.{png,pdf}`` (Figure 3, with the first 10 epochs)
   and ``prediction_difference.{png,pdf}`` (Snapp & Shamir) when the sweep has their structure:
   see ``analysis/paper.py``.
@@ -19,50 +20,20 @@ backend is touched (safe inside a notebook or the end-of-sweep callback).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
-from analysis.load import Group, Sweep
-
-# Inside ``collected()``, figures are handed over as (stem, figure) instead of written to files.
-_COLLECTED: ContextVar[list | None] = ContextVar("collected_figures", default=None)
-
-
-@contextmanager
-def collected() -> Iterator[list]:
-    """``with collected() as figures: write_figures(...)``: the (stem, Figure) pairs, no files
-    (the HTML report, ``analysis/report.py``, embeds them)."""
-    figures: list = []
-    token = _COLLECTED.set(figures)
-    try:
-        yield figures
-    finally:
-        _COLLECTED.reset(token)
-
-
-def _save(fig, out_dir: Path, stem: str) -> list[Path]:
-    figures = _COLLECTED.get()
-    if figures is not None:
-        figures.append((stem, fig))
-        return []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-    return paths
+from analysis.instability import per_epoch
+from analysis.load import Sweep
+from analysis.paper import paper_figures
+from analysis.render import row_label, save_figure
+from analysis.stats_figures import write_stats_figures
 
 
 def _labels(frame: pd.DataFrame, keys: list[str]) -> list[str]:
-    labels = []
-    for _, row in frame.iterrows():
-        parts = [str(row[k]) if k == "source.name" else f"{k}={row[k]}" for k in keys]
-        labels.append(", ".join(parts))
-    return labels
+    return [row_label([row[k] for k in keys], keys) for _, row in frame.iterrows()]
 
 
 def variability_bars(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
@@ -88,7 +59,7 @@ def variability_bars(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> lis
         ax.set_title(title)
         ax.set_ylim(bottom=0)
     fig.suptitle("Run-to-run variability (error bars: bootstrap SD of the SD)")
-    return _save(fig, out_dir, "variability")
+    return save_figure(fig, out_dir, "variability")
 
 
 def cka_bars(cka: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
@@ -117,19 +88,13 @@ def cka_bars(cka: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
     ax.set_ylabel(f"linear CKA ({cka['estimator'].iloc[0]})")
     ax.set_title("Representation similarity between pairs of runs (error bars: SD over pairs)")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, out_dir, "cka")
-
-
-def cross_entropy_by_epoch(group: Group) -> tuple[np.ndarray, np.ndarray]:
-    """(epochs (E,), test cross-entropy (R, E)) over the epochs every run of the group evaluated."""
-    per_run = [{row["epoch"]: row["test_cross_entropy"] for row in run.metrics if "epoch" in row} for run in group.runs]
-    epochs = sorted(set.intersection(*(set(m) for m in per_run))) if per_run else []
-    values = np.array([[m[e] for e in epochs] for m in per_run], dtype=float).reshape(len(per_run), len(epochs))
-    return np.array(epochs), values
+    return save_figure(fig, out_dir, "cka")
 
 
 def cross_entropy_spread(sweep: Sweep, out_dir: Path) -> list[Path]:
-    """Figure 3: per epoch, the 2.5-97.5 percentile width and the SD of test cross-entropy."""
+    """Every group's spread over training (not a figure of the paper; its Figure 3, the bit flip
+    alone, is ``instability.png``): per epoch, the 2.5-97.5 percentile width and the SD of the
+    runs' test cross-entropy."""
     from matplotlib.figure import Figure
 
     keys = sweep.display_keys
@@ -144,7 +109,7 @@ def cross_entropy_spread(sweep: Sweep, out_dir: Path) -> list[Path]:
             ax.set_prop_cycle(cycler(linestyle=["-", "--", ":"]) * cycler(color=colormaps["tab10"].colors))
     drawn = 0
     for group in sweep.groups:
-        epochs, values = cross_entropy_by_epoch(group)
+        epochs, values = per_epoch(group)
         if len(group.runs) < 2 or not len(epochs):
             continue
         low, high = np.percentile(values, [2.5, 97.5], axis=0)
@@ -167,7 +132,7 @@ def cross_entropy_spread(sweep: Sweep, out_dir: Path) -> list[Path]:
         fig.set_size_inches(12.0, max(4.0, 0.22 * drawn))
         fig.legend(*left.get_legend_handles_labels(), loc="outside right upper", fontsize="small")
     left.set_ylabel("test cross-entropy (nats)")
-    return _save(fig, out_dir, "cross_entropy_spread")
+    return save_figure(fig, out_dir, "cross_entropy_spread")
 
 
 def write_figures(sweep: Sweep, frame: pd.DataFrame, out_dir: Path, cka: pd.DataFrame | None = None) -> list[Path]:
@@ -180,10 +145,6 @@ def write_figures(sweep: Sweep, frame: pd.DataFrame, out_dir: Path, cka: pd.Data
     if cka is not None and len(cka):
         paths += cka_bars(cka, keys, out_dir)
     paths += cross_entropy_spread(sweep, out_dir)
-    from analysis.paper import paper_figures  # Figures 2, 3 and PD, by the sweep's structure
-
-    paths += paper_figures(sweep, frame, out_dir)
-    from analysis.stats_figures import write_stats_figures  # test-set noise, best of k
-
+    paths += paper_figures(sweep, frame, out_dir)  # Figures 2, 3 and PD, by the sweep's structure
     paths += write_stats_figures(sweep, frame, out_dir)
     return paths

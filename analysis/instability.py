@@ -32,7 +32,7 @@ import pandas as pd
 
 from analysis.load import Group, Sweep, load_sweep
 from analysis.metrics import accuracy, cross_entropy, sd
-from analysis.tables import format_number
+from analysis.render import format_number, markdown_table, save_figure
 
 MIN_RATIO = 100.0
 ZOOM_EPOCHS = 10
@@ -73,8 +73,6 @@ def instability_figure(sweep: Sweep, out_dir: Path) -> list[Path]:
     """instability.{png,pdf}: Figure 3 for the bit-flip groups of the sweep (none: no file)."""
     from matplotlib.figure import Figure
 
-    from analysis.figures import _save
-
     groups = figure3_groups(sweep)
     if not groups:
         return []
@@ -103,7 +101,7 @@ def instability_figure(sweep: Sweep, out_dir: Path) -> list[Path]:
             ax.legend(fontsize="small")
         axes[row, 0].set_ylabel("test cross-entropy (nats)")
     fig.suptitle("A one-ULP bit flip during training: spread of test cross-entropy over runs")
-    return _save(fig, out_dir, "instability")
+    return save_figure(fig, out_dir, "instability")
 
 
 def instability_markdown(sweep: Sweep, epochs: tuple[int, ...] = (1, 2, 3, 5, 10)) -> str:
@@ -113,16 +111,12 @@ def instability_markdown(sweep: Sweep, epochs: tuple[int, ...] = (1, 2, 3, 5, 10
     spreads = {g.label(keys): spread_by_epoch(g) for g in groups}
     last = max(int(s["epoch"].max()) for s in spreads.values())
     shown = sorted({e for e in epochs if e < last} | {last})
-    lines = [
-        "Figure 3: SD over bit-flip runs of the test cross-entropy at epoch:",
-        "",
-        "| Group | " + " | ".join(str(e) for e in shown) + " |",
-        "| --- | " + " | ".join("---:" for _ in shown) + " |",
-    ]
+    rows = []
     for label, spread in spreads.items():
         by_epoch = dict(zip(spread["epoch"], spread["cross_entropy_sd"]))
-        lines.append("| " + label + " | " + " | ".join(format_number(by_epoch.get(e, np.nan), 4) for e in shown) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([label] + [format_number(by_epoch.get(e, np.nan), 4) for e in shown])
+    table = markdown_table(["Group", *(str(e) for e in shown)], rows)
+    return "Figure 3: SD over bit-flip runs of the test cross-entropy at epoch:\n\n" + table + "\n"
 
 
 # --- the claim of Sec. 4.2 ------------------------------------------------------------------

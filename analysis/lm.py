@@ -13,15 +13,16 @@ log-probabilities at a data-seeded subset of positions (``logprobs_subset.npy`` 
   (bootstrap over runs, ``analysis.metrics.bootstrap_sd_sd``); likewise ``cross_entropy_*``
   (nats per token) and ``accuracy_*`` (next-token accuracy, percent).
 - ``disagreement``: percent of test tokens whose argmax predictions differ, averaged over all
-  pairs of runs (from per-token counts of equal predictions: no loop over pairs).
+  pairs of runs (``analysis.metrics.disagreement``, as for images).
 - ``ensemble_delta_ppl`` / ``ensemble_delta_cross_entropy``: over all pairs, the metric of the
   two-model ensemble minus the mean of the two models' metrics; negative when ensembling helps
   (lower perplexity is better). The ensemble mixes probabilities, so its probability of the
   target is (p_i + p_j) / 2 of the two target probabilities: exact for perplexity and
   cross-entropy with only the target log-probabilities stored. Its per-token gain in
-  log-likelihood is log cosh((log p_i - log p_j) / 2), computed from log-probabilities.
+  log-likelihood is log cosh((log p_i - log p_j) / 2) (``analysis.metrics.log_cosh``), computed
+  from log-probabilities.
 
-Only numpy (and ``analysis.metrics`` for the SDs); no torch.
+Only numpy (and ``analysis.metrics`` for the SDs, disagreement and log cosh); no torch.
 """
 
 
@@ -33,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from analysis.metrics import bootstrap_sd_sd, sd
+from analysis.metrics import bootstrap_sd_sd, disagreement, log_cosh, sd
 from nondet import records
 
 LM_COLUMNS = (
@@ -122,34 +123,6 @@ def cross_entropies(target_logprobs: np.ndarray) -> np.ndarray:
     return -np.mean(np.asarray(target_logprobs, dtype=np.float64), axis=-1)
 
 
-def disagreement(predictions: np.ndarray) -> float:
-    """Mean over pairs of runs of the percent of tokens whose predictions differ.
-
-    Per token, with n_w runs predicting word w, sum_w n_w (n_w - 1) / 2 of the R(R-1)/2 pairs
-    agree; the counts come from sorting each token's R predictions (O(R N log R), whatever the
-    vocabulary size).
-    """
-    runs, n = predictions.shape
-    if runs < 2 or n == 0:
-        return float("nan")
-    ordered = np.sort(np.asarray(predictions), axis=0)  # (R, N)
-    # Equal predictions are adjacent after sorting: a run of length c holds c(c-1)/2 pairs.
-    # Sum over runs c(c-1)/2 = sum over rows k of (number of earlier rows equal to row k),
-    # which for sorted columns is k - (start of k's block).
-    new_block = np.ones(ordered.shape, dtype=bool)
-    new_block[1:] = ordered[1:] != ordered[:-1]
-    index = np.broadcast_to(np.arange(runs)[:, None], ordered.shape)
-    block_start = np.maximum.accumulate(np.where(new_block, index, 0), axis=0)
-    agreeing = int((index - block_start).sum())
-    pairs = runs * (runs - 1) // 2
-    return float(100.0 * (1.0 - agreeing / (pairs * n)))
-
-
-def _log_cosh(x: np.ndarray) -> np.ndarray:
-    """log(cosh(x)) for x >= 0 without overflow: x + log1p(exp(-2x)) - log 2."""
-    return x + np.log1p(np.exp(-2.0 * x)) - np.log(2.0)
-
-
 def ensemble_gains(target_logprobs: np.ndarray) -> np.ndarray:
     """(R, R): entry (i, j), i < j, is the mean over tokens of log((p_i + p_j) / 2) -
     (log p_i + log p_j) / 2, the two-model ensemble's gain in log-likelihood per token; the
@@ -164,7 +137,7 @@ def ensemble_gains(target_logprobs: np.ndarray) -> np.ndarray:
         block = logp[:, start : start + tile]
         for i in range(runs - 1):
             half_gap = np.abs(block[i + 1 :] - block[i]) / 2.0
-            gains[i, i + 1 :] += _log_cosh(half_gap).sum(axis=1)
+            gains[i, i + 1 :] += log_cosh(half_gap).sum(axis=1)
     return gains / n
 
 

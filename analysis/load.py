@@ -34,6 +34,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from analysis.lm import LMArrays, is_lm_run, read_lm_arrays
+from analysis.render import format_value, row_label
 from nondet import records
 
 # The order of the paper's tables; sources not listed here follow, alphabetically.
@@ -112,11 +113,7 @@ class Group:
 
     def label(self, keys: list[str]) -> str:
         """A short row label from the given keys: ``init`` or ``init, model.width=64``."""
-        parts = []
-        for k in keys:
-            value = self.params.get(k)
-            parts.append(str(value) if k == "source.name" else f"{k}={format_value(value)}")
-        return ", ".join(parts) if parts else "all runs"
+        return row_label([self.params.get(k) for k in keys], keys) or "all runs"
 
 
 @dataclass
@@ -223,12 +220,6 @@ def group_key(config: Mapping[str, Any]) -> tuple:
 def cell(value: Any) -> Any:
     """A grouping value as a table cell: tuples (lists in the config) as ``[a,b]``."""
     return format_value(value) if isinstance(value, tuple) else value
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, tuple):
-        return "[" + ",".join(format_value(v) for v in value) + "]"
-    return str(value)
 
 
 def display_keys(keys: list[tuple]) -> list[str]:

@@ -16,7 +16,8 @@ Definitions (accuracy in percent, cross-entropy in nats, probabilities = softmax
 - ``*_sd``: standard deviation over runs, ddof=1. ``*_sd_sd``: the standard deviation (ddof=1) of
   that SD over ``n_boot`` bootstrap resamples of the runs (B=1000 and seed 0 by default; both
   metrics use the same resamples).
-- ``disagreement``: percent of test examples on which the argmax predictions of a pair differ.
+- ``disagreement``: percent of test examples on which the argmax predictions of a pair differ
+  (of test tokens, for language models: ``analysis/lm.py`` uses the same function).
 - ``spearman``: Spearman's rho between the flattened N*C logits of a pair (average ranks for
   ties, as ``scipy.stats.spearmanr``).
 - ``ensemble_delta_*``: metric of the two-model ensemble (mean of the two softmax probability
@@ -129,18 +130,26 @@ def _pair_mean(matrix: np.ndarray) -> float:
     return float(upper.mean()) if upper.size else float("nan")
 
 
-def disagreement(logits: np.ndarray) -> float:
-    """Mean over pairs of the percent of examples with different argmax predictions.
+def disagreement(predictions: np.ndarray) -> float:
+    """Mean over pairs of runs of the percent of examples (or tokens) whose predictions differ.
 
-    Per example, with n_c runs predicting class c, sum_c n_c (n_c - 1) / 2 of the R(R-1)/2 pairs
-    agree: O(R N C), no pairs materialised.
+    ``predictions`` (R, N): each run's argmax class. Per example, with n_c runs predicting class
+    c, sum_c n_c (n_c - 1) / 2 of the R(R-1)/2 pairs agree; the counts come from sorting each
+    example's R predictions (O(R N log R), whatever the number of classes: a language model's
+    vocabulary too), no pairs materialised.
     """
-    runs, n, classes = logits.shape
-    if runs < 2:
+    runs, n = predictions.shape
+    if runs < 2 or n == 0:
         return float("nan")
-    predictions = np.argmax(logits, axis=-1)  # (R, N)
-    counts = np.bincount((predictions + classes * np.arange(n)).ravel(), minlength=n * classes).reshape(n, classes)
-    agreeing = (counts * (counts - 1) // 2).sum()
+    ordered = np.sort(np.asarray(predictions), axis=0)  # (R, N)
+    # Equal predictions are adjacent after sorting: a run of length c holds c(c-1)/2 pairs.
+    # Sum over runs c(c-1)/2 = sum over rows k of (number of earlier rows equal to row k),
+    # which for sorted columns is k - (start of k's block).
+    new_block = np.ones(ordered.shape, dtype=bool)
+    new_block[1:] = ordered[1:] != ordered[:-1]
+    index = np.broadcast_to(np.arange(runs)[:, None], ordered.shape)
+    block_start = np.maximum.accumulate(np.where(new_block, index, 0), axis=0)
+    agreeing = int((index - block_start).sum())
     pairs = runs * (runs - 1) // 2
     return float(100.0 * (1.0 - agreeing / (pairs * n)))
 
@@ -194,7 +203,7 @@ def spearman(logits: np.ndarray) -> float:
     return _pair_mean(spearman_matrix(logits))
 
 
-def _log_cosh(x: np.ndarray) -> np.ndarray:
+def log_cosh(x: np.ndarray) -> np.ndarray:
     """log(cosh(x)) for x >= 0 without overflow: cosh(x) ~ e^x / 2 once e^-2x is below rounding."""
     return np.where(x < 20.0, np.log(np.cosh(np.minimum(x, 20.0))), x - np.log(2.0))
 
@@ -260,7 +269,7 @@ def ensemble_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]
             # the ensemble's gain in log-likelihood, exactly 0 for identical runs, computed from
             # log-probabilities so tiny probabilities survive.
             half_gap = np.abs(label_logp[i, start:stop] - label_logp[i + 1 :, start:stop]) / 2
-            ens_gain += _log_cosh(half_gap).sum()
+            ens_gain += log_cosh(half_gap).sum()
             diff = np.subtract(p_i, p_later, out=diff_buf[:k, :, :width])
             diff = np.abs(diff, out=diff)
             pd_sum += diff.sum()
@@ -305,7 +314,7 @@ def group_metrics(
         "cross_entropy_mean": float(ce.mean()) if len(ce) else float("nan"),
         "cross_entropy_sd": sd(ce),
         "cross_entropy_sd_sd": float(ce_sd_sd),
-        "disagreement": disagreement(logits),
+        "disagreement": disagreement(np.argmax(logits, axis=-1)),
     }
     if len(logits) > pairs.EXACT_MAX_RUNS:  # identities and sampled pairs: analysis/pairs.py
         many, note = pairs.many_run_metrics(logits, labels, seed)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.load import Sweep, format_value
-from analysis.tables import format_number
+from analysis.load import Sweep
+from analysis.render import format_number, markdown_table, row_label, save_figure
 
 ONSET = "onset_epoch"
 
@@ -36,10 +36,7 @@ def onset_lines(frame: pd.DataFrame, keys: list[str]) -> dict[str, pd.DataFrame]
         return {"all runs": frame.sort_values(ONSET)}
     for values, rows in frame.groupby(others, sort=False, dropna=False):
         values = values if isinstance(values, tuple) else (values,)
-        label = ", ".join(
-            str(v) if k == "source.name" else f"{k}={format_value(v)}" for k, v in zip(others, values)
-        )
-        lines[label] = rows.sort_values(ONSET)
+        lines[row_label(values, others)] = rows.sort_values(ONSET)
     return lines
 
 
@@ -47,30 +44,29 @@ def onset_markdown(frame: pd.DataFrame, keys: list[str]) -> str:
     """Accuracy SD / cross-entropy SD per line (columns) and onset epoch (rows)."""
     lines = onset_lines(frame, keys)
     onsets = sorted({int(v) for v in frame[ONSET]})
-    out = [
-        "Figure 2: accuracy SD (%) / cross-entropy SD of the final models against the onset epoch.",
-        "",
-        "| Onset epoch | " + " | ".join(lines) + " |",
-        "| ---: | " + " | ".join("---:" for _ in lines) + " |",
-    ]
+    rows = []
     for onset in onsets:
         cells = [str(onset)]
-        for rows in lines.values():
-            match = rows[rows[ONSET] == onset]
+        for group in lines.values():
+            match = group[group[ONSET] == onset]
             if not len(match):
                 cells.append("n/a")
                 continue
             r = match.iloc[0]
             cells.append(f"{format_number(r['accuracy_sd'], 2)} / {format_number(r['cross_entropy_sd'], 4)}")
-        out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
+        rows.append(cells)
+    return "\n".join(
+        [
+            "Figure 2: accuracy SD (%) / cross-entropy SD of the final models against the onset epoch.",
+            "",
+            markdown_table(["Onset epoch", *lines], rows, text_columns=0),
+        ]
+    ) + "\n"
 
 
 def onset_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
     """onset.{png,pdf}: accuracy SD and cross-entropy SD against the onset epoch, per source."""
     from matplotlib.figure import Figure
-
-    from analysis.figures import _save
 
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -91,4 +87,4 @@ def onset_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Pa
         ax.set_ylim(bottom=0)
         ax.legend(fontsize="small")
     fig.suptitle("Onset of nondeterminism (error bars: bootstrap SD of the SD)")
-    return _save(fig, out_dir, "onset")
+    return save_figure(fig, out_dir, "onset")

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from analysis.metrics import _at_labels, _log_cosh, average_ranks, probabilities, relative_classes
+from analysis.metrics import _at_labels, log_cosh, average_ranks, probabilities, relative_classes
 
 # Up to this many runs every pair is used, as before; the paper's largest rows have 100 runs.
 EXACT_MAX_RUNS = 100
@@ -109,7 +109,7 @@ def pair_values(logits: np.ndarray, labels: np.ndarray, i: np.ndarray, j: np.nda
         single = (np.argmax(pa, axis=-1) == labels).astype(float) + (np.argmax(pb, axis=-1) == labels)
         done = slice(start, start + len(a))
         out["ensemble_delta_accuracy"][done] = 100.0 * (ensemble.mean(axis=1) - single.mean(axis=1) / 2)
-        out["ensemble_delta_cross_entropy"][done] = -_log_cosh(np.abs(la - lb) / 2).mean(axis=1)
+        out["ensemble_delta_cross_entropy"][done] = -log_cosh(np.abs(la - lb) / 2).mean(axis=1)
         diff = np.abs(pa - pb)
         if classes == 2:
             diff, total = diff[..., 1:], total[..., 1:]

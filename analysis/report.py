@@ -29,8 +29,10 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from analysis.load import Sweep, flatten, format_value
-from analysis.tables import _formatted_rows, status_lines
+from analysis import stats_figures
+from analysis.load import Sweep, flatten
+from analysis.render import PM, collected, format_value, row_label
+from analysis.tables import status_lines, table_cells
 from nondet import records
 
 
@@ -45,17 +47,18 @@ class ReportInputs:
     seed: int = 0
 
 
-# The figures of ``write_figures`` (analysis/figures.py, analysis/paper.py), by file stem: what
-# to read from each.
+# The figures of ``write_figures`` (analysis/figures.py, analysis/paper.py,
+# analysis/stats_figures.py), by file stem: what to read from each.
 CAPTIONS = {
     "variability": "Run-to-run spread of each group: SD over runs of test accuracy and of test "
     "cross-entropy. Error bars are the bootstrap SD of the SD; groups whose bars overlap "
     "within them cannot be told apart with this many runs.",
     "cka": "Mean linear CKA between pairs of runs at each layer (error bars: SD over pairs). "
     "Lower bars: the runs learned less similar representations at that layer.",
-    "cross_entropy_spread": "How far apart the runs' test cross-entropy is at each epoch (width "
-    "of the middle 95%, left; SD, right; log scale). Where the lines rise, runs diverge; a flat "
-    "line means the spread was set early.",
+    "cross_entropy_spread": "How far apart the runs' test cross-entropy is at each epoch, for "
+    "every group (width of the middle 95%, left; SD, right; log scale). Where the lines rise, runs "
+    "diverge; a flat line means the spread was set early. Not a figure of the paper: its Figure 3 "
+    "is the bit-flip case, drawn separately when the sweep has it.",
     "onset": "Figure 2: spread of the final models against the epoch from which the source "
     "varies. A curve that stays high for late onsets means even late nondeterminism gives the "
     "full spread.",
@@ -65,13 +68,14 @@ CAPTIONS = {
     "prediction_difference": "Prediction difference (mean |p_i - p_j|) against activation, "
     "shuffle window and model size. Lower is more reproducible; smooth activations are expected "
     "below ReLU.",
+    **stats_figures.CAPTIONS,
 }
 
 
 def sweep_figures(inputs: ReportInputs) -> list[tuple[Any, str]]:
     """Variability bars, cross-entropy spread, CKA and the paper's figures, as the sweep's
     structure allows (the figures ``--figures DIR`` writes)."""
-    from analysis.figures import collected, write_figures
+    from analysis.figures import write_figures
 
     with collected() as figures:
         write_figures(inputs.sweep, inputs.frame, Path("."), inputs.cka)
@@ -83,8 +87,6 @@ def cka_heatmap(inputs: ReportInputs) -> tuple[Any, str] | None:
     of many groups crowd."""
     import numpy as np
     from matplotlib.figure import Figure
-
-    from analysis.figures import _labels
 
     cka = inputs.cka
     if cka is None or not len(cka):
@@ -102,7 +104,7 @@ def cka_heatmap(inputs: ReportInputs) -> tuple[Any, str] | None:
     image = ax.imshow(values, aspect="auto", cmap="viridis", vmax=1.0)
     slanted = len(layers) > 8
     ax.set_xticks(range(len(layers)), layers, rotation=45 if slanted else 0, ha="right" if slanted else "center")
-    ax.set_yticks(range(len(groups)), [_labels(rows.iloc[:1], keys)[0] for _, rows in groups])
+    ax.set_yticks(range(len(groups)), [row_label([rows.iloc[0][k] for k in keys], keys) for _, rows in groups])
     if values.size <= 400:  # the numbers themselves, while they fit in their cells
         middle = np.nanmean(values)
         for (i, j), v in np.ndenumerate(values):
@@ -365,7 +367,7 @@ def render(
     for status in ("failed", "corrupt", "unfinished"):
         badges += [f'<span class="bad">{counts[status]} {status}</span>'] if counts[status] else []
     if len(frame):
-        header, rows = _formatted_rows(frame, keys, " ± ")
+        header, rows = table_cells(frame, keys, PM)
         table = table_html(header, rows, len(keys), "summary") + (
             f'<p class="small">SD ± SD of the SD over {inputs.n_boot} bootstrap resamples of the '
             f"runs (seed {inputs.seed}); SDs with ddof=1. Pairwise columns average over all pairs "

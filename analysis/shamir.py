@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import Sweep
-from analysis.tables import format_number
+from analysis.render import format_number, markdown_table, save_figure
 
 ACTIVATION = "model.activation"
 WINDOW = "shuffle_window"
@@ -78,9 +78,7 @@ def pd_markdown(frame: pd.DataFrame, keys: list[str]) -> str:
     for source, rows in frame.groupby(SOURCE, sort=False):
         header = [k for k in row_keys] or ["setting"]
         columns = [f"window {_window_label(w)}" for w in windows] if WINDOW in frame else ["PD"]
-        out += ["", f"Source: {source}", "",
-                "| " + " | ".join(header + columns) + " |",
-                "| " + " | ".join(["---"] * len(header) + ["---:"] * len(columns)) + " |"]
+        table = []
         groups = rows.groupby(row_keys, sort=False, dropna=False) if row_keys else [((), rows)]
         for values, cells_rows in groups:
             values = values if isinstance(values, tuple) else (values,)
@@ -93,7 +91,8 @@ def pd_markdown(frame: pd.DataFrame, keys: list[str]) -> str:
                 r = match.iloc[0]
                 cells.append(f"{format_number(r['prediction_difference'], 4)} "
                              f"({format_number(r['relative_prediction_difference'], 3)})")
-            out.append("| " + " | ".join(cells) + " |")
+            table.append(cells)
+        out += ["", f"Source: {source}", "", markdown_table(header + columns, table, text_columns=len(header))]
     out += ["", *findings_lines(frame, keys)]
     return "\n".join(out) + "\n"
 
@@ -167,8 +166,6 @@ def pd_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]
     other varying axis (one panel per source, one line per activation)."""
     from matplotlib.figure import Figure
 
-    from analysis.figures import _save
-
     frame, axes = _prepared(frame, keys)
     sources = list(dict.fromkeys(frame[SOURCE]))
     line_axes = [a for a in axes if a != ACTIVATION]
@@ -224,4 +221,4 @@ def pd_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]
             if ACTIVATION in axes:
                 ax.legend(fontsize="small")
     fig.suptitle("Prediction difference between runs (Snapp & Shamir)")
-    return _save(fig, out_dir, "prediction_difference")
+    return save_figure(fig, out_dir, "prediction_difference")

@@ -38,9 +38,8 @@ import pandas as pd
 
 from analysis.load import Group, Sweep
 from analysis.metrics import group_metrics
-from analysis.tables import format_number
-
-SNAPSHOT_DIR = "snapshots"  # nondet.snapshot.SNAPSHOT_DIR; not imported, to keep torch out
+from analysis.render import markdown_table, with_error
+from nondet.records import LOGITS_FILE, SNAPSHOT_DIR
 MAX_MEMBERS = 5
 
 # (column, header, decimals)
@@ -120,7 +119,7 @@ def read_snapshots(group: Group) -> np.ndarray | None:
             return None
         if cycles != list(range(1, len(cycles) + 1)):
             raise ValueError(f"{directory}: snapshots {cycles} are not 1..M")
-        per_run.append(np.stack([np.load(directory / str(k) / "logits.npy") for k in cycles]))
+        per_run.append(np.stack([np.load(directory / str(k) / LOGITS_FILE) for k in cycles]))
     shapes = {a.shape for a in per_run}
     if len(shapes) != 1:
         raise ValueError(f"snapshot runs of one group hold different snapshots: shapes {sorted(shapes)}")
@@ -223,22 +222,15 @@ def table5_markdown(frame: pd.DataFrame, notes: list[str], n_boot: int = 1000) -
         "replacement from the pool (softmax probabilities averaged; SD ± bootstrap SD of the SD "
         f"over {n_boot} resamples of the ensembles; pairwise columns over pairs of ensembles).",
     ]
+    header = ["Ensemble", "Ensembles", "Pool", *(h for _, h, _ in TABLE5_COLUMNS)]
     for group, rows in frame.groupby("group", sort=False):
-        lines += [
-            "",
-            f"Group: {group}",
-            "",
-            "| Ensemble | Ensembles | Pool | " + " | ".join(h for _, h, _ in TABLE5_COLUMNS) + " |",
-            "| --- | ---: | ---: | " + " | ".join("---:" for _ in TABLE5_COLUMNS) + " |",
-        ]
+        table = []
         for _, row in rows.iterrows():
             cells = [str(row["ensemble"]), str(int(row["n_runs"])), str(int(row["pool"]))]
             for column, _, decimals in TABLE5_COLUMNS:
-                text = format_number(row[column], decimals)
-                error = f"{column}_sd"
-                if column.endswith("_sd") and error in row and text != "n/a":
-                    text += f" ± {format_number(row[error], decimals)}"
-                cells.append(text)
-            lines.append("| " + " | ".join(cells) + " |")
+                error = f"{column}_sd" if column.endswith("_sd") and f"{column}_sd" in row else None
+                cells.append(with_error(row[column], None if error is None else row[error], decimals))
+            table.append(cells)
+        lines += ["", f"Group: {group}", "", markdown_table(header, table)]
     lines += [f"- note: {n}" for n in notes]
     return "\n".join(lines) + "\n"

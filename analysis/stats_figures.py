@@ -16,6 +16,14 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
+from analysis.render import save_figure
+
+CAPTIONS = {
+    "test_set_noise": "Per-example error rates, and the observed accuracy SD next to what finite-test-set "
+    "noise alone predicts (Jordan 2024) and the distribution-wise SD.",
+    "best_of_k": "Expected best test accuracy of k runs (shaded: ± SD): how much reporting the best of k "
+    "seeds inflates a result.",
+}
 
 
 def test_set_noise_figure(labels: list[str], error_rates: list[np.ndarray], frame: pd.DataFrame):
@@ -46,9 +54,7 @@ def test_set_noise_figure(labels: list[str], error_rates: list[np.ndarray], fram
     right.set_ylabel("accuracy SD (%)")
     right.set_title("Observed vs independent-errors SD")
     right.legend(fontsize="small")
-    caption = ("Per-example error rates, and the observed accuracy SD next to what finite-test-set "
-               "noise alone predicts (Jordan 2024) and the distribution-wise SD.")
-    return fig, caption
+    return fig, CAPTIONS["test_set_noise"]
 
 
 def best_of_k_figure(table: pd.DataFrame, keys: list[str]):
@@ -68,14 +74,11 @@ def best_of_k_figure(table: pd.DataFrame, keys: list[str]):
     ax.set_ylabel("expected best test accuracy (%)")
     ax.set_title("Expected best of k runs (Dodge et al. 2020)")
     ax.legend(fontsize="small")
-    caption = "Expected best test accuracy of k runs (shaded: ± SD): how much reporting the best of k seeds inflates a result."
-    return fig, caption
+    return fig, CAPTIONS["best_of_k"]
 
 
 def write_stats_figures(sweep, frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """``test_set_noise.{png,pdf}`` and ``best_of_k.{png,pdf}`` for groups with two runs or more."""
-    from analysis.figures import _save
-
     keep = [len(g.runs) >= 2 for g in sweep.groups]
     if not any(keep):
         return []
@@ -83,8 +86,8 @@ def write_stats_figures(sweep, frame: pd.DataFrame, out_dir: Path) -> list[Path]
     keys = sweep.display_keys
     labels = [g.label(keys) for g in groups]
     rates = [1.0 - stats.correct_matrix(g).mean(axis=0) for g in groups]
-    paths = _save(test_set_noise_figure(labels, rates, frame[keep].reset_index(drop=True))[0], out_dir, "test_set_noise")
+    paths = save_figure(test_set_noise_figure(labels, rates, frame[keep].reset_index(drop=True))[0], out_dir, "test_set_noise")
     table = stats.best_of_k_table(sweep)
     table = table[table["k"].notna()]
-    paths += _save(best_of_k_figure(table, [k for k in keys if k in table.columns])[0], out_dir, "best_of_k")
+    paths += save_figure(best_of_k_figure(table, [k for k in keys if k in table.columns])[0], out_dir, "best_of_k")
     return paths

@@ -13,14 +13,14 @@ which runs are missing, failed or unreadable, and why.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from analysis import lm, stats
+from analysis import lm, render, stats
 from analysis.load import BROKEN_ADVICE, UNREADABLE_ADVICE, Sweep, cell, load_sweep
 from analysis.metrics import COLUMNS, group_metrics
+from analysis.render import PM, column_header, format_number, with_error
 
 # (column, header, decimals, column holding its SD-of-SD or None)
 MARKDOWN_COLUMNS = (
@@ -69,41 +69,22 @@ def summary_frame(sweep: Sweep, n_boot: int = 1000, seed: int = 0) -> pd.DataFra
     return frame
 
 
-def format_number(value: float, decimals: int) -> str:
-    """Fixed decimals; 'n/a' for NaN; scientific when nonzero but below the last decimal."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if decimals == 0:
-        return str(int(value))
-    if value != 0 and abs(value) < 0.5 * 10.0**-decimals:
-        return f"{value:.1e}"
-    return f"{value:.{decimals}f}"
-
-
-def _header(key: str) -> str:
-    return "Source" if key == "source.name" else key
-
-
-def _formatted_rows(frame: pd.DataFrame, keys: list[str], pm: str) -> tuple[list[str], list[list[str]]]:
+def table_cells(frame: pd.DataFrame, keys: list[str], pm: str = PM) -> tuple[list[str], list[list[str]]]:
+    """The run table as text: (header, rows of cells), SDs as ``SD`` + ``pm`` + ``SD of the SD``
+    (the markdown, LaTeX and HTML tables all show these cells)."""
     columns = lm.markdown_columns(frame, MARKDOWN_COLUMNS)
-    header = [_header(k) for k in keys] + [h for _, h, _, _ in columns]
+    header = [column_header(k) for k in keys] + [h for _, h, _, _ in columns]
     rows = []
     for _, row in frame.iterrows():
         cells = [str(row[k]) for k in keys]
         for column, _, decimals, error in columns:
-            text = format_number(row[column], decimals)
-            if error is not None and text != "n/a":
-                text = f"{text}{pm}{format_number(row[error], decimals)}"
-            cells.append(text)
+            cells.append(with_error(row[column], None if error is None else row[error], decimals, pm))
         rows.append(cells)
     return header, rows
 
 
 def markdown_table(frame: pd.DataFrame, keys: list[str]) -> str:
-    header, rows = _formatted_rows(frame, keys, " ± ")
-    align = ["---"] * len(keys) + ["---:"] * len(lm.markdown_columns(frame, MARKDOWN_COLUMNS))
-    lines = [header, align] + rows
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+    return render.markdown_table(*table_cells(frame, keys), text_columns=len(keys))
 
 
 _LATEX_ESCAPES = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}"}
@@ -115,13 +96,13 @@ def _latex_escape(text: str) -> str:
 
 def latex_table(frame: pd.DataFrame, keys: list[str]) -> str:
     """A booktabs ``tabular`` (``\\usepackage{booktabs}``) with the markdown table's cells."""
-    header, rows = _formatted_rows(frame, keys, " \N{PLUS-MINUS SIGN} ")
+    header, rows = table_cells(frame, keys, " \N{PLUS-MINUS SIGN} ")
 
     def tex(text: str) -> str:
         text = _latex_escape(text).replace("ρ", r"$\rho$").replace("Δ", r"$\Delta$")
         return text.replace(" \N{PLUS-MINUS SIGN} ", r" $\pm$ ")
 
-    spec = "l" * len(keys) + "r" * len(lm.markdown_columns(frame, MARKDOWN_COLUMNS))
+    spec = "l" * len(keys) + "r" * (len(header) - len(keys))
     body = [" & ".join(tex(c) for c in r) + r" \\" for r in rows]
     return "\n".join(
         [
@@ -142,21 +123,23 @@ def cka_markdown(cka: pd.DataFrame, keys: list[str]) -> str:
     """Rows = groups, columns = layers (forward order): mean CKA over pairs ± SD over pairs."""
     layers = list(dict.fromkeys(cka["layer"]))
     estimator = cka["estimator"].iloc[0]
-    lines = [
-        f"Linear CKA ({estimator} HSIC) between pairs of runs, mean ± SD over pairs; "
-        f"probe of {int(cka['probe_size'].iloc[0])} test examples.",
-        "",
-        "| " + " | ".join([_header(k) for k in keys] + ["Runs"] + layers) + " |",
-        "| " + " | ".join(["---"] * len(keys) + ["---:"] * (1 + len(layers))) + " |",
-    ]
-    for _, rows in cka.groupby(keys, sort=False, dropna=False):
-        by_layer = {r.layer: r for r in rows.itertuples()}
-        cells = [str(rows.iloc[0][k]) for k in keys] + [str(int(rows["n_runs"].iloc[0]))]
+    rows = []
+    for _, group in cka.groupby(keys, sort=False, dropna=False):
+        by_layer = {r.layer: r for r in group.itertuples()}
+        cells = [str(group.iloc[0][k]) for k in keys] + [str(int(group["n_runs"].iloc[0]))]
         for layer in layers:
             r = by_layer.get(layer)
-            cells.append("n/a" if r is None else f"{format_number(r.cka_mean, 4)} ± {format_number(r.cka_sd, 4)}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells.append("n/a" if r is None else f"{format_number(r.cka_mean, 4)}{PM}{format_number(r.cka_sd, 4)}")
+        rows.append(cells)
+    header = [column_header(k) for k in keys] + ["Runs"] + layers
+    return "\n".join(
+        [
+            f"Linear CKA ({estimator} HSIC) between pairs of runs, mean ± SD over pairs; "
+            f"probe of {int(cka['probe_size'].iloc[0])} test examples.",
+            "",
+            render.markdown_table(header, rows, text_columns=len(keys)),
+        ]
+    )
 
 
 def status_lines(sweep: Sweep) -> list[str]:

@@ -67,7 +67,7 @@ def main() -> None:
     parts = {
         "accuracy + cross-entropy": lambda: (metrics.accuracy(logits, labels), metrics.cross_entropy(logits, labels)),
         "bootstrap SD of SD (B=1000)": lambda: metrics.bootstrap_sd_sd(rng.standard_normal((2, args.runs))),
-        "disagreement": lambda: metrics.disagreement(logits),
+        "disagreement": lambda: metrics.disagreement(np.argmax(logits, axis=-1)),
         "spearman": lambda: metrics.spearman(logits),
         "ensembles + prediction difference": lambda: metrics.ensemble_metrics(logits, labels),
         "test-set decomposition + classes": lambda: stats.stats_columns(correct, labels, args.classes),

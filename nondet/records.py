@@ -41,6 +41,8 @@ TARGET_LOGPROBS_FILE = "target_logprobs.npy"
 PREDICTIONS_FILE = "predictions.npy"
 LOGPROBS_SUBSET_FILE = "logprobs_subset.npy"
 SUBSET_POSITIONS_FILE = "subset_positions.npy"
+# schedule=snapshot: snapshots/<k>/logits.npy, the model at the end of cycle k (nondet/snapshot.py).
+SNAPSHOT_DIR = "snapshots"
 
 
 class CorruptRunError(RuntimeError):

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from nondet.optim import cycle_length
-
-SNAPSHOT_DIR = "snapshots"
+from nondet.records import LOGITS_FILE, SNAPSHOT_DIR
 
 
 def snapshot_steps(schedule: Mapping, total_steps: int) -> list[int]:
@@ -32,7 +31,7 @@ def snapshot_steps(schedule: Mapping, total_steps: int) -> list[int]:
 
 
 def snapshot_path(directory: Path, k: int) -> Path:
-    return Path(directory) / SNAPSHOT_DIR / str(k) / "logits.npy"
+    return Path(directory) / SNAPSHOT_DIR / str(k) / LOGITS_FILE
 
 
 def ensemble_log_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:

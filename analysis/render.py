@@ -1,0 +1,92 @@
+"""How the analysis writes what it computed: numbers, markdown tables and figure files.
+
+    python -m analysis SWEEP_DIR [--figures DIR]    # every table and figure goes through here
+
+The leaf of the package: it imports nothing from ``analysis``, and every section that renders
+(``tables``, ``lm``, ``snapshot``, ``onset``, ``instability``, ``shamir``, ``stats_figures``,
+``figures``, ``report``) imports it, so a number is formatted, a table laid out and a figure
+saved one way everywhere. ``paper`` and ``figures`` only choose which sections a sweep has.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Iterator, Sequence
+
+PM = " ± "
+
+
+def format_number(value: float, decimals: int) -> str:
+    """Fixed decimals; 'n/a' for NaN; scientific when nonzero but below the last decimal."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if decimals == 0:
+        return str(int(value))
+    if value != 0 and abs(value) < 0.5 * 10.0**-decimals:
+        return f"{value:.1e}"
+    return f"{value:.{decimals}f}"
+
+
+def with_error(value: float, error: float | None, decimals: int, pm: str = PM) -> str:
+    """``value ± error`` at ``decimals``; the value alone when it is n/a or has no error."""
+    text = format_number(value, decimals)
+    if error is None or text == "n/a":
+        return text
+    return f"{text}{pm}{format_number(error, decimals)}"
+
+
+def format_value(value) -> str:
+    """A configuration value as text: lists (tuples once grouped) as ``[a,b]``."""
+    if isinstance(value, tuple):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def column_header(key: str) -> str:
+    """A configuration key as a table header: ``source.name`` is the paper's "Source"."""
+    return "Source" if key == "source.name" else key
+
+
+def row_label(values: Sequence, keys: Sequence[str]) -> str:
+    """A group's label for a legend: ``init, model.width=64`` (the source by its name alone)."""
+    return ", ".join(str(v) if k == "source.name" else f"{k}={format_value(v)}" for k, v in zip(keys, values))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> str:
+    """A markdown table: the first ``text_columns`` columns left-aligned, the rest numbers
+    (right-aligned). No trailing newline."""
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    return "\n".join("| " + " | ".join(str(c) for c in cells) + " |" for cells in [header, align, *rows])
+
+
+# Inside ``collected()``, figures are handed over as (stem, figure) instead of written to files.
+_COLLECTED: ContextVar[list | None] = ContextVar("collected_figures", default=None)
+
+
+@contextmanager
+def collected() -> Iterator[list]:
+    """``with collected() as figures: write_figures(...)``: the (stem, Figure) pairs, no files
+    (the HTML report, ``analysis/report.py``, embeds them)."""
+    figures: list = []
+    token = _COLLECTED.set(figures)
+    try:
+        yield figures
+    finally:
+        _COLLECTED.reset(token)
+
+
+def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
+    """``DIR/STEM.png`` and ``DIR/STEM.pdf`` (150 dpi, tight); inside ``collected()``, no file."""
+    figures = _COLLECTED.get()
+    if figures is not None:
+        figures.append((stem, fig))
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    return paths
