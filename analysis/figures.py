@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.instability import per_epoch
+from analysis.instability import spread_by_epoch
 from analysis.load import Sweep
 from analysis.paper import paper_figures
 from analysis.render import row_label, save_figure
@@ -109,13 +109,14 @@ def cross_entropy_spread(sweep: Sweep, out_dir: Path) -> list[Path]:
             ax.set_prop_cycle(cycler(linestyle=["-", "--", ":"]) * cycler(color=colormaps["tab10"].colors))
     drawn = 0
     for group in sweep.groups:
-        epochs, values = per_epoch(group)
-        if len(group.runs) < 2 or not len(epochs):
+        by_epoch = spread_by_epoch(group)
+        if not len(by_epoch):
             continue
-        low, high = np.percentile(values, [2.5, 97.5], axis=0)
+        epochs = by_epoch["epoch"].to_numpy()
+        spread = by_epoch["cross_entropy_range95"].to_numpy(dtype=float)
+        sd = by_epoch["cross_entropy_sd"].to_numpy(dtype=float)
         label = group.label(keys)
         # Log axes drop zeros (bitwise-identical runs); say so in the legend rather than vanish.
-        spread, sd = high - low, values.std(axis=0, ddof=1)
         suffix = " (all 0)" if not np.any(sd > 0) else ""
         left.plot(epochs, np.where(spread > 0, spread, np.nan), marker=".", label=label + suffix)
         right.plot(epochs, np.where(sd > 0, sd, np.nan), marker=".", label=label + suffix)
