@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from nondet.config import DEVICES, PRECISIONS
+
 # cuBLAS needs a fixed workspace to be deterministic; it must be set before cuBLAS starts, so
 # launch.py imports this module first thing.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -41,8 +43,8 @@ def resolve_device(name: str) -> str:
             f"False; torch {torch.__version__}, CUDA build {torch.version.cuda}). Run with "
             "device=cpu (or device=auto), or on a machine with a GPU and a CUDA build of torch."
         )
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device={name!r}: use auto, cpu or cuda")
+    if name not in DEVICES:
+        raise ValueError(f"device={name!r}: use {', '.join(DEVICES)}")
     return name
 
 
@@ -68,8 +70,8 @@ def configure_lowlevel(device: str, nondeterministic: bool, required: bool) -> s
 
 def configure_precision(precision: str) -> None:
     """TF32 on only for ``tf32``; ``fp32`` and ``bf16`` keep float32 matmuls strict."""
-    if precision not in ("fp32", "tf32", "bf16"):
-        raise ValueError(f"precision={precision!r}: use fp32, tf32 or bf16")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: use {', '.join(PRECISIONS)}")
     tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32

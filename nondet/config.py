@@ -17,24 +17,10 @@ from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
-ACTIVATIONS = ("relu", "smelu", "gelu", "silu", "softplus", "tanh", "leaky_relu")
-MODELS = (
-    "linear",
-    "mlp",
-    "conv1",
-    "resnet6",
-    "resnet10",
-    "resnet14",
-    "resnet18",
-    "vgg11",
-    "shufflenetv2_050",
-)
-# Language models (nondet/lm.py trains them on the text datasets).
-LANGUAGE_MODELS = ("qrnn",)
-DATASETS = ("synthetic", "cifar10", "mnist", "npz")
-TEXT_DATASETS = ("ptb", "synthetic_text")
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "cosine", "snapshot")
+# The names a key accepts where nothing else defines them (checked by RANGES below). Model,
+# activation, dataset, optimizer and schedule names are defined where they are built:
+# nondet.models (MODEL_NAMES, LANGUAGE_MODEL_NAMES, ACTIVATIONS), nondet.data, nondet.optim.
+TEXT_DATASETS = ("ptb", "synthetic_text")  # nondet/text.py loads them, nondet/lm.py trains on them
 PRECISIONS = ("fp32", "tf32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 SCALES = ("paper", "smoke")
@@ -98,18 +84,21 @@ class DatasetConfig:
 
 @dataclass
 class OptimizerConfig:
+    # Defaults: conf/optimizer/sgd.yaml (the default group); every optimizer file sets lr and
+    # weight_decay.
     name: str = "sgd"
-    lr: float = 0.1
+    lr: float = 0.2
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 0.0
+    weight_decay: float = 5.0e-4
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "constant"
+    name: str = "cosine"  # conf/config.yaml's default group
+    # cosine only (conf/schedule/cosine.yaml sets 1); 0 is what the other schedules hold.
     warmup_epochs: float = 0.0
     # snapshot: number of cosine cycles (snapshots) M.
     cycles: int = 5
@@ -166,8 +155,8 @@ class NondetConfig:
     pack: Any = "auto"
     precision: str = "fp32"
     device: str = "auto"
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: int = 12
+    batch_size: int = 32
     onset_epoch: int = 0
     shuffle_window: Optional[int] = None
     scale: str = "paper"

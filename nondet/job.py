@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nondet import joblog, lm, logger, pack, records
 from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, configure_precision, resolve_device
-from nondet.config import TEXT_DATASETS, check_config
+from nondet.config import SCALES, TEXT_DATASETS, check_config
 from nondet.data import Dataset, data_fingerprint, load_dataset
 from nondet.lock import run_locks
 from nondet.seeds import SeedPlan, check_sources
@@ -119,8 +119,8 @@ def by_scale(paper: Any, smoke: Any, *, _root_: DictConfig) -> Any:
     resolves those while merging, before ``scale`` is known; set them unconditionally.
     """
     scale = _root_.scale
-    if scale not in ("paper", "smoke"):
-        raise ValueError(f"scale={scale!r}: use paper or smoke")
+    if scale not in SCALES:
+        raise ValueError(f"scale={scale!r}: use {' or '.join(SCALES)}")
     return smoke if scale == "smoke" else paper
 
 

@@ -93,8 +93,8 @@ from omegaconf import OmegaConf
 
 from nondet import records, train
 from nondet.backend import autocast
-from nondet.config import LANGUAGE_MODELS, TEXT_DATASETS
-from nondet.models import build_language_model, set_dropout_generator
+from nondet.config import TEXT_DATASETS
+from nondet.models import LANGUAGE_MODEL_NAMES, build_language_model, set_dropout_generator
 from nondet.optim import build_optimizer, learning_rate
 from nondet.seeds import SeedPlan, hashed_seed, make_generator
 from nondet.text import TextCorpus
@@ -109,25 +109,25 @@ BPTT_MIN = 5
 
 
 def is_language_model(config: dict) -> bool:
-    return config["model"]["name"] in LANGUAGE_MODELS
+    return config["model"]["name"] in LANGUAGE_MODEL_NAMES
 
 
 def check_config(config: dict) -> None:
     """Configuration mistakes of a language-model run, before anything is trained (a no-op
     for an image model on an image dataset)."""
     model, dataset = config["model"]["name"], config["dataset"]["name"]
-    if model not in LANGUAGE_MODELS and dataset not in TEXT_DATASETS:
+    if model not in LANGUAGE_MODEL_NAMES and dataset not in TEXT_DATASETS:
         return
-    if model in LANGUAGE_MODELS and dataset not in TEXT_DATASETS:
+    if model in LANGUAGE_MODEL_NAMES and dataset not in TEXT_DATASETS:
         raise ValueError(
             f"model={model} is a language model and needs a text dataset, not dataset={dataset}: "
             "use dataset=synthetic_text (embedded, no download) or dataset=ptb "
             "dataset.root=DIR, or the paper's presets +experiment=table2 / table4 "
             "(scale=smoke on a CPU)"
         )
-    if dataset in TEXT_DATASETS and model not in LANGUAGE_MODELS:
+    if dataset in TEXT_DATASETS and model not in LANGUAGE_MODEL_NAMES:
         raise ValueError(
-            f"dataset={dataset} is text; it needs a language model ({', '.join(LANGUAGE_MODELS)}), "
+            f"dataset={dataset} is text; it needs a language model ({', '.join(LANGUAGE_MODEL_NAMES)}), "
             f"not model={model}"
         )
     if config["schedule"]["name"] == "snapshot":

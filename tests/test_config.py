@@ -26,15 +26,47 @@ def test_every_option_composes(group):
         assert config[group]["name"] == option
 
 
-def test_design_names_exist():
-    assert set(options("model")) >= {
-        "linear", "mlp", "conv1", "resnet6", "resnet10", "resnet14", "resnet18", "vgg11",
-        "shufflenetv2_050",
-    }
+def test_every_model_has_a_config_file_and_the_design_groups_exist():
+    from nondet.models import LANGUAGE_MODEL_NAMES, MODEL_NAMES
+
+    assert set(options("model")) == set(MODEL_NAMES) | set(LANGUAGE_MODEL_NAMES)
     assert set(options("dataset")) >= {"synthetic", "cifar10", "mnist", "npz"}
     assert set(options("optimizer")) >= {"sgd", "adam"}
     assert set(options("schedule")) >= {"constant", "cosine", "snapshot"}
     assert set(options("source")) >= {"none", "all", "shuffle_lowlevel", *SOURCES}
+
+
+def test_schema_defaults_are_the_yaml_defaults():
+    """conf/config.yaml's keys, and every key that each file of a group sets, have as schema
+    default the value of config.yaml or of its default group's file (keys only some files of a
+    group set keep the value the other files mean: dataset.train_size null is all of cifar10)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from nondet.config import NondetConfig
+
+    schema = OmegaConf.to_container(OmegaConf.structured(NondetConfig))
+    top = yaml.safe_load((CONF / "config.yaml").read_text())
+    for key in set(top) - {"defaults", "hydra"}:
+        assert schema[key] == top[key], key
+    chosen = {k: v for d in top["defaults"] if isinstance(d, dict) for k, v in d.items()}
+    for group in GROUPS:
+        files = {o: yaml.safe_load((CONF / group / f"{o}.yaml").read_text()) or {} for o in options(group)}
+        for key in set.intersection(*(set(f) for f in files.values())):
+            assert schema[group][key] == files[chosen[group]][key], f"{group}.{key}"
+
+
+def test_schema_defaults_keep_every_group_hash():
+    """Run directories of finished sweeps stay where they are."""
+    hashes = {
+        (): "none-mlp-synthetic-83ffc5f5e8",
+        ("schedule=constant",): "none-mlp-synthetic-95aebfb6a5",
+        ("optimizer=adam",): "none-mlp-synthetic-c9de4d8a11",
+        ("+experiment=table1",): "none-resnet14-cifar10-20dcdc8f40",
+        ("+experiment=table2", "scale=smoke"): "none-qrnn-synthetic_text-c20ea526f0",
+    }
+    for overrides, name in hashes.items():
+        assert records.group_dirname(compose_config(list(overrides), tiny=False)) == name, overrides
 
 
 def test_every_source_varies_known_sources():
