@@ -32,7 +32,11 @@ def parser() -> argparse.ArgumentParser:
         description="Aggregate the runs below SWEEP_DIR into the paper's tables and figures.",
     )
     p.add_argument("sweep_dir", metavar="SWEEP_DIR", type=Path)
-    p.add_argument("--csv", type=Path, metavar="FILE", help="raw numbers, DESIGN.md column names")
+    p.add_argument(
+        "--csv", type=Path, metavar="FILE",
+        help="the table's raw numbers, one row per group: the shown configuration keys, then the "
+        "columns of analysis.metrics.COLUMNS (analysis.lm.LM_COLUMNS) and analysis.stats.STATS_COLUMNS",
+    )
     p.add_argument("--latex", type=Path, metavar="FILE", help="the table as a booktabs tabular")
     p.add_argument("--figures", type=Path, metavar="DIR", help="PNG and PDF figures")
     p.add_argument("--report", type=Path, metavar="FILE", help="one self-contained HTML page (analysis/report.py)")

@@ -5,7 +5,7 @@
 
 A run is any directory below the sweep directory that holds ``config.yaml`` (at any depth; hidden
 directories such as ``.hydra`` or ``.submitit`` are skipped). Everything is read from the run's
-files, never from folder names. A run is *done* when ``result.json`` is present (DESIGN.md);
+files, never from folder names. A run is *done* when ``result.json`` is present (README.md, "The run directory");
 otherwise it is *failed* (``error.txt``) or *unfinished*. A done run whose files cannot be read,
 or whose logits contradict its own result.json, is *corrupt*; one this user may not read is
 *unreadable* (not corrupt: its owner can make it readable); a done run that lost its

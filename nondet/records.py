@@ -1,8 +1,9 @@
 """The run directory: where a run's files live, how they are written, and whether a run is done.
 
-A run's directory is a function of its resolved configuration alone (DESIGN.md): relaunching a
-sweep finds finished runs (``result.json`` present) and skips them, and finds unfinished runs
-(``checkpoint.pt`` present) and resumes them. Every file is written to a temporary name and moved
+A run's directory is a function of its resolved configuration alone: relaunching a sweep finds
+finished runs (``result.json`` present) and skips them, and finds unfinished runs
+(``checkpoint.pt`` present) and resumes them. The run-directory contract (every file, what it
+holds) is written once, in README.md, "The run directory". Every file is written to a temporary name and moved
 into place with ``os.replace``; ``result.json`` is written last.
 """
 

@@ -1,4 +1,4 @@
-"""Fake run directories that follow the run-directory contract of DESIGN.md, for tests.
+"""Fake run directories that follow the run-directory contract (README.md, "The run directory"), for tests.
 
     from fake_runs import fake_config, write_run, write_group
     config = fake_config(**{"source.name": "init", "source.vary": ["init"]}, output_root=str(tmp_path))

@@ -1,4 +1,4 @@
-"""Language modelling (issue 7): the QRNN, its seeded stochastic operations, the text data, the
+"""Language modelling: the QRNN, its seeded stochastic operations, the text data, the
 LM training loop's records and the Table 2 metrics. Exact comparisons where the protocol
 promises exactness (fo-pooling, control runs, resume); tolerances only for gradient checks."""
 

@@ -70,7 +70,8 @@ def killed_report(job: Any, error: Exception, executor: str) -> str:
 
 
 class _SweepAware:
-    """The launch of BaseSubmititLauncher with the two changes of the module docstring."""
+    """The launch of hydra-submitit-launcher 1.2.0's BaseSubmititLauncher (the version pyproject.toml
+    pins) with the two changes of the module docstring."""
 
     _EXECUTOR: str
 
