@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.instability import spread_by_epoch
+from analysis.instability import label_spread_axes, plot_spread, spread_by_epoch
 from analysis.load import Sweep
 from analysis.paper import paper_figures
 from analysis.render import row_label, save_figure
@@ -109,30 +109,20 @@ def cross_entropy_spread(sweep: Sweep, out_dir: Path) -> list[Path]:
             ax.set_prop_cycle(cycler(linestyle=["-", "--", ":"]) * cycler(color=colormaps["tab10"].colors))
     drawn = 0
     for group in sweep.groups:
-        by_epoch = spread_by_epoch(group)
-        if not len(by_epoch):
+        spread = spread_by_epoch(group)
+        if not len(spread):
             continue
-        epochs = by_epoch["epoch"].to_numpy()
-        spread = by_epoch["cross_entropy_range95"].to_numpy(dtype=float)
-        sd = by_epoch["cross_entropy_sd"].to_numpy(dtype=float)
-        label = group.label(keys)
-        # Log axes drop zeros (bitwise-identical runs); say so in the legend rather than vanish.
-        suffix = " (all 0)" if not np.any(sd > 0) else ""
-        left.plot(epochs, np.where(spread > 0, spread, np.nan), marker=".", label=label + suffix)
-        right.plot(epochs, np.where(sd > 0, sd, np.nan), marker=".", label=label + suffix)
+        plot_spread((left, right), spread, group.label(keys))
         drawn += 1
     if not drawn:
         return []
-    for ax, title in ((left, "Width of the middle 95% of runs"), (right, "SD over runs")):
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        if drawn <= 6:
-            ax.legend(fontsize="small")
-    if drawn > 6:  # one legend beside the axes instead of two that hide the lines
+    label_spread_axes((left, right))
+    if drawn <= 6:
+        left.legend(fontsize="small")
+        right.legend(fontsize="small")
+    else:  # one legend beside the axes instead of two that hide the lines
         fig.set_size_inches(12.0, max(4.0, 0.22 * drawn))
         fig.legend(*left.get_legend_handles_labels(), loc="outside right upper", fontsize="small")
-    left.set_ylabel("test cross-entropy (nats)")
     return save_figure(fig, out_dir, "cross_entropy_spread")
 
 

@@ -61,6 +61,26 @@ def spread_by_epoch(group: Group) -> pd.DataFrame:
     return pd.DataFrame({"epoch": epochs, "cross_entropy_sd": sds, "cross_entropy_range95": high - low})
 
 
+def plot_spread(axes, spread: pd.DataFrame, label: str) -> None:
+    """One group's ``spread_by_epoch`` as a line on each of two axes: the middle-95% width, the
+    SD. A log axis cannot show zeros (bitwise-identical runs): they are left out and counted in
+    the legend."""
+    for ax, column in zip(axes, ("cross_entropy_range95", "cross_entropy_sd")):
+        values = spread[column].to_numpy(dtype=float)
+        zeros = int(np.sum(values == 0))
+        suffix = f" (0 at {zeros} epochs)" if zeros else ""
+        ax.plot(spread["epoch"], np.where(values > 0, values, np.nan), marker=".", label=label + suffix)
+
+
+def label_spread_axes(axes, when: str = "") -> None:
+    """Log scale, titles and axis labels of the two axes ``plot_spread`` draws on."""
+    for ax, title in zip(axes, ("Width of the middle 95% of runs", "SD over runs")):
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(title + when)
+    axes[0].set_ylabel("test cross-entropy (nats)")
+
+
 def figure3_groups(sweep: Sweep) -> list[Group]:
     """Bit-flip groups with at least two runs and two evaluated epochs, when they hold at least
     two models (Figure 3 compares models; any sweep's spread over epochs is
@@ -81,25 +101,13 @@ def instability_figure(sweep: Sweep, out_dir: Path) -> list[Path]:
     axes = fig.subplots(2, 2)
     for group in groups:
         spread = spread_by_epoch(group)
-        label = group.label(keys)
         for row, limit in ((0, None), (1, ZOOM_EPOCHS)):
             shown = spread if limit is None else spread[spread["epoch"] <= limit]
-            for col, column in ((0, "cross_entropy_range95"), (1, "cross_entropy_sd")):
-                values = shown[column].to_numpy(dtype=float)
-                zeros = int(np.sum(values == 0))
-                suffix = f" (0 at {zeros} epochs)" if zeros else ""
-                axes[row, col].plot(
-                    shown["epoch"], np.where(values > 0, values, np.nan), marker=".", label=label + suffix
-                )
-    titles = ("Width of the middle 95% of runs", "SD over runs")
+            plot_spread(axes[row], shown, group.label(keys))
     for row, when in ((0, "all epochs"), (1, f"first {ZOOM_EPOCHS} epochs")):
-        for col in (0, 1):
-            ax = axes[row, col]
-            ax.set_yscale("log")
-            ax.set_xlabel("epoch")
-            ax.set_title(f"{titles[col]}, {when}")
+        label_spread_axes(axes[row], f", {when}")
+        for ax in axes[row]:
             ax.legend(fontsize="small")
-        axes[row, 0].set_ylabel("test cross-entropy (nats)")
     fig.suptitle("A one-ULP bit flip during training: spread of test cross-entropy over runs")
     return save_figure(fig, out_dir, "instability")
 
