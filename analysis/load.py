@@ -384,10 +384,7 @@ def read_done_run(directory: Path, config: dict, key: tuple | None = None) -> Ru
         contradiction = records.result_contradiction(result, labels, np.argmax(logits, axis=1), logits)
         if contradiction:
             raise records.CorruptRunError(_contradiction_reason(directory, contradiction))
-        metrics = records.read_metrics(directory / records.METRICS_FILE)
-        seeds_path = directory / records.SEEDS_FILE
-        seeds = records.read_json(seeds_path) if seeds_path.exists() else None
-        data_sha256 = _data_sha256(directory)
+        metrics, seeds, data_sha256 = _run_records(directory)
     except records.CorruptRunError as e:
         return _left_out(directory, e, key, replicate)
     return Run(directory, config, key, result, logits, labels, metrics, seeds, data_sha256=data_sha256)
@@ -398,6 +395,13 @@ def _contradiction_reason(directory: Path, contradiction: str) -> str:
         f"{contradiction}: the two come from different evaluations, so neither can be trusted. "
         f"Delete the run directory {directory} and relaunch to retrain it."
     )
+
+
+def _run_records(directory: Path) -> tuple[list[dict], dict | None, str | None]:
+    """metrics.jsonl's rows, seeds.json (None when absent) and env.json's ``data_sha256``."""
+    seeds_path = directory / records.SEEDS_FILE
+    seeds = records.read_json(seeds_path) if seeds_path.exists() else None
+    return records.read_metrics(directory / records.METRICS_FILE), seeds, _data_sha256(directory)
 
 
 def _data_sha256(directory: Path) -> str | None:
@@ -419,10 +423,7 @@ def _read_lm_run(directory: Path, config: dict, key: tuple, result: dict, replic
         contradiction = records.result_contradiction(result, labels, arrays.predictions)
         if contradiction:
             raise records.CorruptRunError(_contradiction_reason(directory, contradiction))
-        metrics = records.read_metrics(directory / records.METRICS_FILE)
-        seeds_path = directory / records.SEEDS_FILE
-        seeds = records.read_json(seeds_path) if seeds_path.exists() else None
-        data_sha256 = _data_sha256(directory)
+        metrics, seeds, data_sha256 = _run_records(directory)
     except records.CorruptRunError as e:
         return _left_out(directory, e, key, replicate)
     return Run(directory, config, key, result, None, labels, metrics, seeds, lm=arrays, data_sha256=data_sha256)
