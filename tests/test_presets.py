@@ -82,7 +82,7 @@ def test_preset_composes_and_its_sweep_expands(preset, scale):
         if scale == "smoke":
             # CPU-sized: no GPU-only source, no torchvision download, few epochs.
             assert job["source"]["name"] not in {"lowlevel", "shuffle_lowlevel", "shuffle_augment_lowlevel"}
-            assert job["dataset"]["name"] in {"synthetic", "synthetic_text"}
+            assert job["dataset"]["name"] in {"synthetic", "synthetic_text", "mnist1d"}  # generated
             assert job["threads"] == 1
             assert job["epochs"] <= 50
 
