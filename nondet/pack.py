@@ -35,7 +35,7 @@ Exactness, measured on the CPU in strict fp32 (tests/test_pack.py, docs/benchmar
   trained alone (logits, weights, metrics). The GEMMs are issued so that MKL runs, per replica,
   the same ``sgemm`` call (orientation, transposition) as ``F.linear`` and its autograd do; the
   bias gradient and the training loss reduce in the solo order.
-- ``conv1`` and the ResNets on the CPU: ``conv_mode="split"`` (the CPU default) runs one
+- ``conv1``, ``cnn1d`` and the ResNets on the CPU: ``conv_mode="split"`` (the CPU default) runs one
   convolution per replica and is bitwise identical too; ``"grouped"`` (one grouped convolution,
   the CUDA default) differs from solo by float32 rounding (see docs/benchmarks.md) and may depend
   on how many replicas share the call. So ``pack`` is part of a run's identity (its group hash:
