@@ -35,7 +35,7 @@ Exactness, measured on the CPU in strict fp32 (tests/test_pack.py, docs/benchmar
   trained alone (logits, weights, metrics). The GEMMs are issued so that MKL runs, per replica,
   the same ``sgemm`` call (orientation, transposition) as ``F.linear`` and its autograd do; the
   bias gradient and the training loss reduce in the solo order.
-- ``conv1`` and the ResNets on the CPU: ``conv_mode="split"`` (the CPU default) runs one
+- ``conv1``, ``cnn1d`` and the ResNets on the CPU: ``conv_mode="split"`` (the CPU default) runs one
   convolution per replica and is bitwise identical too; ``"grouped"`` (one grouped convolution,
   the CUDA default) differs from solo by float32 rounding (see docs/benchmarks.md) and may depend
   on how many replicas share the call. So ``pack`` is part of a run's identity (its group hash:
@@ -73,6 +73,7 @@ from nondet import train
 from nondet.backend import autocast
 from nondet.data import Dataset
 from nondet.models import SeededDropout, SmeLU
+from nondet.models.cnn1d import CNN1D
 from nondet.models.layers import GlobalAvgPool
 from nondet.models.resnet import BasicBlock, ResNet
 from nondet.models.shallow import MLP, Conv1Net, LinearClassifier
@@ -82,7 +83,7 @@ from nondet.pipeline import batch_bounds, crop_flip, crop_flip_draws, epoch_orde
 log = logging.getLogger("nondet")
 
 # Models whose every layer has a packed form below.
-PACKABLE_MODELS = frozenset({"linear", "mlp", "conv1", "resnet6", "resnet10", "resnet14", "resnet18"})
+PACKABLE_MODELS = frozenset({"linear", "mlp", "conv1", "cnn1d", "resnet6", "resnet10", "resnet14", "resnet18"})
 # On the CPU, convolutional packs whose first-layer output per replica exceeds this many bytes
 # train one replica at a time instead (see sequential_reason).
 CPU_CONV_ACTIVATIONS = 128 * 1024
@@ -92,7 +93,7 @@ SHARED_SOURCES = ("shuffle", "augment", "dropout", "reduction")
 _PER_CHANNEL = (
     nn.Sequential, nn.Identity, nn.AvgPool2d, GlobalAvgPool,
     nn.ReLU, nn.GELU, nn.SiLU, nn.Softplus, nn.Tanh, nn.LeakyReLU, SmeLU,
-    BasicBlock, ResNet, MLP, LinearClassifier, Conv1Net,
+    BasicBlock, ResNet, MLP, LinearClassifier, Conv1Net, CNN1D,
 )
 
 
@@ -217,12 +218,13 @@ class PackedLinear(nn.Module):
 
 class PackedConv2d(nn.Module):
     """P ``nn.Conv2d`` layers: (B, P*I, H, W) -> (B, P*O, H', W'); weight (P, O, I, k, k).
+    P ``nn.Conv1d`` layers likewise: (B, P*I, L) -> (B, P*O, L'); weight (P, O, I, k).
 
     ``mode="grouped"``: one convolution with ``groups=P``. ``mode="split"``: one convolution per
     replica on its channel slice, bitwise the solo convolution (on the CPU).
     """
 
-    def __init__(self, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None, mode: str) -> None:
+    def __init__(self, conv: nn.Conv1d | nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None, mode: str) -> None:
         super().__init__()
         if mode not in ("grouped", "split"):
             raise ValueError(f"conv_mode={mode!r}: use grouped or split")
@@ -232,16 +234,17 @@ class PackedConv2d(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias)
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.mode = mode
+        self.conv = F.conv1d if isinstance(conv, nn.Conv1d) else F.conv2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packs = self.weight.shape[0]
         if self.mode == "grouped" or packs == 1:
             bias = None if self.bias is None else self.bias.flatten()
-            return F.conv2d(x, self.weight.flatten(0, 1), bias, self.stride, self.padding,
+            return self.conv(x, self.weight.flatten(0, 1), bias, self.stride, self.padding,
                             self.dilation, self.groups * packs)
         slices = x.unflatten(1, (packs, -1)).unbind(1)
         outs = [
-            F.conv2d(slices[p], self.weight[p], None if self.bias is None else self.bias[p],
+            self.conv(slices[p], self.weight[p], None if self.bias is None else self.bias[p],
                      self.stride, self.padding, self.dilation, self.groups)
             for p in range(packs)
         ]
@@ -313,7 +316,7 @@ def _pack_children(module: nn.Module, sources: list[nn.Module], dropout_generato
                 _stack([m.weight for m in originals]),
                 None if child.bias is None else _stack([m.bias for m in originals]),
             )
-        elif isinstance(child, nn.Conv2d):
+        elif isinstance(child, (nn.Conv1d, nn.Conv2d)):
             packed = PackedConv2d(
                 child, _stack([m.weight for m in originals]),
                 None if child.bias is None else _stack([m.bias for m in originals]), conv_mode,
