@@ -22,6 +22,7 @@ MODELS = (
     "linear",
     "mlp",
     "conv1",
+    "cnn1d",
     "resnet6",
     "resnet10",
     "resnet14",
@@ -31,7 +32,7 @@ MODELS = (
 )
 # Language models (nondet/lm.py trains them on the text datasets).
 LANGUAGE_MODELS = ("qrnn",)
-DATASETS = ("synthetic", "cifar10", "mnist", "npz")
+DATASETS = ("synthetic", "cifar10", "mnist", "npz", "mnist1d")
 TEXT_DATASETS = ("ptb", "synthetic_text")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "snapshot")
@@ -88,6 +89,19 @@ class DatasetConfig:
     imbalance: float = 0.0
     # The data seed is not a source of nondeterminism: every run of a sweep sees the same data.
     data_seed: int = 0
+    # --- mnist1d only: the arguments of the mnist1d package's make_dataset, its defaults (its
+    # `seed` is data_seed, 42 in conf/dataset/mnist1d.yaml; see nondet/mnist1d.py) ---
+    num_samples: int = 5000
+    train_split: float = 0.8
+    template_len: int = 12
+    padding: List[int] = field(default_factory=lambda: [36, 60])
+    scale_coeff: float = 0.4
+    max_translation: int = 48
+    corr_noise_scale: float = 0.25
+    iid_noise_scale: float = 0.02
+    shear_scale: float = 0.75
+    shuffle_seq: bool = False
+    final_seq_length: int = 40
     # --- text datasets (nondet/text.py): sizes in tokens; ptb keeps the first k ---
     valid_size: Optional[int] = None
     # synthetic_text only: words (with <eos>), hidden states, mean sentence length.
