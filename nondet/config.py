@@ -189,7 +189,7 @@ class NondetConfig:
     sweep_name: str = "default"
     output_root: str = "outputs"
     eval_every: int = 1
-    checkpoint_every: int = 1
+    checkpoint_every: Any = "auto"  # auto (by elapsed time: nondet.train) or every k epochs
     # torch.set_num_threads for the run (null = torch's default); recorded in env.json.
     threads: Optional[int] = None
     # Per-epoch metrics also as TensorBoard event files in each run directory (nondet/logger.py):
@@ -239,7 +239,7 @@ RANGES = {
     "epochs": _at_least(1),
     "batch_size": _at_least(1),
     "eval_every": _at_least(1),
-    "checkpoint_every": _at_least(1),
+    "checkpoint_every": ((lambda v: v == "auto" or _at_least(1)[0](v)), "auto or an integer >= 1"),
     # "auto" leaves the pack size to nondet where a version offers it.
     "pack": ((lambda v: v == "auto" or _at_least(1)[0](v)), "auto or an integer >= 1"),
     "threads": _optional(_at_least(1)),

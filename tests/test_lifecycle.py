@@ -134,3 +134,22 @@ def test_a_corrupt_language_model_checkpoint_leaves_config_yaml(tmp_path):
     outcome = run(config)
     assert outcome["failed"] == [str(directory)]
     assert (directory / "config.yaml").exists() and (directory / "error.txt").exists()
+
+
+@pytest.mark.parametrize("seconds, kept", [(60.0, False), (0.0, True)])
+def test_checkpoint_every_auto_checkpoints_by_elapsed_time(tmp_path, monkeypatch, seconds, kept):
+    from nondet import pack, train
+
+    config = compose_config([f"output_root={tmp_path}", "source=init", "epochs=3", "checkpoint_every=auto"])
+    monkeypatch.setattr(train, "CHECKPOINT_SECONDS", seconds)
+    real_epoch = pack.train_pack_epoch
+
+    def dies_in_epoch_three(group, data, *args):
+        if group.epoch == 2:
+            raise KeyboardInterrupt  # a kill
+        return real_epoch(group, data, *args)
+
+    monkeypatch.setattr(pack, "train_pack_epoch", dies_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        run(config)
+    assert (records.run_dir(config) / "checkpoint.pt").exists() == kept

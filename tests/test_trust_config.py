@@ -98,7 +98,7 @@ def test_a_key_the_schema_does_not_know_is_refused_with_the_valid_keys(make_conf
         ("replicates=0", "replicates must be an integer >= 1"),
         ("replicates=-1", "replicates must be an integer >= 1"),
         ("eval_every=0", "eval_every must be an integer >= 1"),
-        ("checkpoint_every=0", "checkpoint_every must be an integer >= 1"),
+        ("checkpoint_every=0", "checkpoint_every must be auto or an integer >= 1"),
         ("pack=0", "pack must be auto or an integer >= 1"),
         ("scale=tiny", "scale must be one of paper, smoke"),
         ("threads=0", "threads must be null or an integer >= 1"),
