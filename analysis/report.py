@@ -68,8 +68,8 @@ CAPTIONS = {
     "prediction_difference": "Prediction difference (mean |p_i - p_j|) against activation, "
     "shuffle window and model size. Lower is more reproducible; smooth activations are expected "
     "below ReLU.",
-    **stats_figures.CAPTIONS,
 }
+CAPTIONS.update(stats_figures.CAPTIONS)  # test-set noise, best of k
 
 
 def sweep_figures(inputs: ReportInputs) -> list[tuple[Any, str]]:

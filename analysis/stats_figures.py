@@ -18,11 +18,14 @@ import pandas as pd
 from analysis import stats
 from analysis.render import save_figure
 
+
+# One line each: what to read from the figure (the HTML report shows them under the figures).
 CAPTIONS = {
     "test_set_noise": "Per-example error rates, and the observed accuracy SD next to what finite-test-set "
-    "noise alone predicts (Jordan 2024) and the distribution-wise SD.",
-    "best_of_k": "Expected best test accuracy of k runs (shaded: ± SD): how much reporting the best of k "
-    "seeds inflates a result.",
+    "noise alone predicts (Jordan 2024) and the distribution-wise SD: where the observed bar barely "
+    "exceeds the prediction, most of the spread is the test set's, not training's.",
+    "best_of_k": "Expected best test accuracy of k runs (shaded: ± SD): how much reporting the best of "
+    "k seeds inflates a result.",
 }
 
 

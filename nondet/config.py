@@ -74,6 +74,19 @@ class DatasetConfig:
     imbalance: float = 0.0
     # The data seed is not a source of nondeterminism: every run of a sweep sees the same data.
     data_seed: int = 0
+    # --- mnist1d only: the arguments of the mnist1d package's make_dataset, its defaults (its
+    # `seed` is data_seed, 42 in conf/dataset/mnist1d.yaml; see nondet/mnist1d.py) ---
+    num_samples: int = 5000
+    train_split: float = 0.8
+    template_len: int = 12
+    padding: List[int] = field(default_factory=lambda: [36, 60])
+    scale_coeff: float = 0.4
+    max_translation: int = 48
+    corr_noise_scale: float = 0.25
+    iid_noise_scale: float = 0.02
+    shear_scale: float = 0.75
+    shuffle_seq: bool = False
+    final_seq_length: int = 40
     # --- text datasets (nondet/text.py): sizes in tokens; ptb keeps the first k ---
     valid_size: Optional[int] = None
     # synthetic_text only: words (with <eos>), hidden states, mean sentence length.
@@ -164,7 +177,7 @@ class NondetConfig:
     sweep_name: str = "default"
     output_root: str = "outputs"
     eval_every: int = 1
-    checkpoint_every: int = 1
+    checkpoint_every: Any = "auto"  # auto (by elapsed time: nondet.train) or every k epochs
     # torch.set_num_threads for the run (null = torch's default); recorded in env.json.
     threads: Optional[int] = None
     # Per-epoch metrics also as TensorBoard event files in each run directory (nondet/logger.py):
@@ -214,7 +227,7 @@ RANGES = {
     "epochs": _at_least(1),
     "batch_size": _at_least(1),
     "eval_every": _at_least(1),
-    "checkpoint_every": _at_least(1),
+    "checkpoint_every": ((lambda v: v == "auto" or _at_least(1)[0](v)), "auto or an integer >= 1"),
     # "auto" leaves the pack size to nondet where a version offers it.
     "pack": ((lambda v: v == "auto" or _at_least(1)[0](v)), "auto or an integer >= 1"),
     "threads": _optional(_at_least(1)),
