@@ -2,10 +2,11 @@
 
     python -m analysis SWEEP_DIR [--figures DIR]    # every table and figure goes through here
 
-The leaf of the package: it imports nothing from ``analysis``, and every section that renders
-(``tables``, ``lm``, ``snapshot``, ``onset``, ``instability``, ``shamir``, ``stats_figures``,
-``figures``, ``report``) imports it, so a number is formatted, a table laid out and a figure
-saved one way everywhere. ``paper`` and ``figures`` only choose which sections a sweep has.
+The leaf of the package: it imports nothing from ``analysis``, and every module that renders
+(``tables``, ``snapshot``, ``onset``, ``instability``, ``shamir``, ``stats_figures``, ``figures``,
+``report``; ``load`` for its group labels) imports it, so a number is formatted, a table laid out
+and a figure saved one way everywhere. ``paper`` and ``figures`` only choose which sections a
+sweep has; no section imports them (``tests/test_analysis_layers.py``).
 """
 
 from __future__ import annotations
