@@ -244,7 +244,7 @@ def test_resume_inside_a_pack_is_bitwise_exact(make_config, tmp_path, monkeypatc
 
 
 def test_a_pack_checkpoint_is_a_solo_checkpoint(make_config, tmp_path, monkeypatch):
-    """checkpoint.pt has the solo format: the solo loop resumes a replica a pack started."""
+    """checkpoint.pt has the solo format: a pack of one resumes a replica a pack of two started."""
     overrides = ("source=all", "pack=2", "replicates=2", "epochs=3", *MODELS["mlp"])
     whole = make_config(*overrides, f"output_root={tmp_path / 'whole'}")
     run(whole)
