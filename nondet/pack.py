@@ -74,10 +74,7 @@ from nondet import train
 from nondet.backend import autocast
 from nondet.data import Dataset
 from nondet.models import build_model, set_dropout_generator
-from nondet.models.packed import (  # noqa: F401  (pack.PackedLinear & co. for the tests)
-    NotPackableError, PackedBatchNorm2d, PackedConv2d, PackedDropout, PackedLinear, _stack,
-    dropout_mask, pack_model,
-)
+from nondet.models.packed import _stack, pack_model
 from nondet.optim import build_optimizer, learning_rate
 from nondet.pipeline import batch_bounds, crop_flip, crop_flip_draws, epoch_order, within_batch_permutation
 from nondet.seeds import SeedPlan

@@ -23,7 +23,7 @@ from conftest import REPO
 from nondet import pack, records, train
 from nondet.data import load_dataset
 from nondet.job import run_job
-from nondet.models import SeededDropout
+from nondet.models import SeededDropout, packed
 from nondet.pipeline import crop_flip, crop_flip_draws, random_crop_flip
 from nondet.seeds import make_generator
 
@@ -284,7 +284,7 @@ def test_crop_flip_draws_match_the_solo_pipeline():
 def test_dropout_masks_match_seeded_dropout():
     layer = SeededDropout(0.3, make_generator(2)).train()
     x = torch.ones(4, 5)
-    assert torch.equal(layer(x), x * pack.dropout_mask((4, 5), 0.3, make_generator(2)))
+    assert torch.equal(layer(x), x * packed.dropout_mask((4, 5), 0.3, make_generator(2)))
 
 
 @pytest.mark.parametrize("batch", [1, 7, 16, 17, 32, 100, 513])

@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import CONF, REPO
-from nondet.job import resolved_config
+from nondet.job import pack_step, resolved_config
 
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # Language-model presets: composed here, run end to end by their own tests (tests/test_lm.py).
@@ -69,7 +69,8 @@ def test_preset_composes_and_its_sweep_expands(preset, scale):
     groups = groups_of(jobs)
     assert config["scale"] == scale
     assert config["sweep_name"] == preset  # each preset writes its own sweep directory
-    assert len(jobs) == len(groups) * -(-config["replicates"] // config["pack"])  # a job per pack
+    step = pack_step(config["pack"], config["replicates"])
+    assert len(jobs) == len(groups) * -(-config["replicates"] // step)  # a job per pack
     # Each distinct configuration composes (the first and last of the sweep and one per
     # swept value, to keep this quick), typed by the schema.
     sample = {groups[0], groups[-1]}
@@ -102,7 +103,8 @@ def test_table1_is_the_papers_setting():
     assert values_of(groups_of(jobs), "source") == sorted(
         ["init", "shuffle", "augment", "lowlevel", "shuffle_lowlevel", "shuffle_augment_lowlevel", "all"]
     )
-    assert config["replicates"] == 100 and len(jobs) == 700
+    # pack=auto: jobs of 16 replicates (one after another on a GPU); cluster=slurm sets pack=1
+    assert config["replicates"] == 100 and len(jobs) == 7 * 7 and config["pack"] == "auto"
     assert config["model"]["name"] == "resnet14" and config["model"]["width"] == 16
     assert config["dataset"]["name"] == "cifar10" and config["dataset"]["augment"] is True
     assert config["epochs"] == 500 and config["batch_size"] == 512
