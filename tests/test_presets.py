@@ -214,7 +214,7 @@ def test_preset_runs_at_smoke_scale_through_the_analysis(preset, tmp_path, capsy
         assert (tmp_path / "t_table5.csv").exists()
         # Every snapshot run holds its 5 per-cycle logits, and its logits.npy is their ensemble.
         snapshot_runs = [p.parent for p in results if "name: snapshot" in (p.parent / "config.yaml").read_text()]
-        assert len(snapshot_runs) == len(jobs) // 2
+        assert len(snapshot_runs) == runs // 2
         assert all((run / "snapshots" / str(k) / "logits.npy").exists() for run in snapshot_runs for k in range(1, 6))
         assert "| snapshot M=1 (last 1 of 5) |" in text and "| snapshot M=5 |" in text
         assert "differs from the ensemble" not in text and "predate snapshot saving" not in text
@@ -223,11 +223,12 @@ def test_preset_runs_at_smoke_scale_through_the_analysis(preset, tmp_path, capsy
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(LANGUAGE_MODEL_PRESETS))
 def test_language_model_preset_runs_at_smoke_scale_through_the_analysis(preset, tmp_path, capsys):
-    jobs, _ = sweep_jobs(preset, "smoke")
+    jobs, config = sweep_jobs(preset, "smoke")
+    runs = len(groups_of(jobs)) * config["replicates"]
     out = launch("-m", f"+experiment={preset}", "scale=smoke", f"output_root={tmp_path}")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     sweep_dir = tmp_path / preset
-    assert len(sorted(sweep_dir.rglob("result.json"))) == len(jobs)
-    assert f"All {len(jobs)} runs found below" in out.stdout
+    assert len(sorted(sweep_dir.rglob("result.json"))) == runs
+    assert f"All {runs} runs found below" in out.stdout
     text = analyse(capsys, sweep_dir, "--csv", str(tmp_path / "t.csv"))
     assert "PPL" in text or "perplexity" in text.lower()
