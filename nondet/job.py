@@ -1,13 +1,13 @@
-"""One Hydra job: the replicas ``replicate .. replicate + pack - 1`` of one configuration.
+"""One Hydra job: the replicas ``replicate ..`` (``pack_step`` of them) of one configuration.
 
-``launch.py`` hands every job of a sweep to ``run_job``. With ``pack > 1`` the replicas train
-together in one fused computation (``nondet/pack.py``) when the model has a packed form, else
-one after another. Finished replicas (``result.json`` present) are skipped; a finished replica
-that lost its ``config.yaml`` gets it back (``restore_config``); unfinished ones resume from
-their checkpoint; a replica that raises leaves ``error.txt`` with the traceback and
-the sweep goes on. Mistakes in the configuration itself (unknown source, ``device=cuda``
-without a GPU, missing dataset files) raise before anything is trained, with a message that says
-what to do.
+``launch.py`` hands every job of a sweep to ``run_job``, which trains its replicas through the
+one run lifecycle (``nondet/train.py``): together in one fused computation (``nondet/pack.py``)
+where the model has a packed form that pays on the device, else one after another. Finished
+replicas (``result.json`` present) are skipped; a finished replica that lost its ``config.yaml``
+gets it back (``restore_config``); unfinished ones resume from their checkpoint; a replica that
+raises leaves ``error.txt`` with the traceback and the sweep goes on. Mistakes in the
+configuration itself (unknown source, ``device=cuda`` without a GPU, missing dataset files) raise
+before anything is trained, with a message that says what to do.
 """
 
 from __future__ import annotations

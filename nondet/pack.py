@@ -1,6 +1,9 @@
-"""Train a pack of replicas in one process, as one fused computation (``pack=P``).
+"""The image family of the run lifecycle (``nondet/train.py``): its replica, its step and its
+evaluation, over a pack of P replicas trained as one fused computation; a solo run is a pack of
+one (the replica's own model and optimizer, the solo computation itself).
 
     python launch.py -m source=init replicates=100 pack=25     # 4 jobs of 25 replicas each
+    python launch.py -m source=init                            # pack=auto: fused where it pays
 
 The protocol trains R replicas of one recipe; small models leave a GPU (and a CPU) idle when they
 are trained one per process. A pack trains P replicas of the same configuration and source
@@ -14,7 +17,7 @@ together, one forward and one backward per step for all of them:
   layer becomes P GEMMs issued by one ``baddbmm``, dropout draws each replica's mask from that
   replica's generator.
 - Everything random comes from each replica's own generators, drawn with the same calls in the
-  same order as the solo loop (``nondet/train.py``): shuffle order, within-batch permutation,
+  same order as a replica alone: shuffle order, within-batch permutation,
   crop offsets and flips, dropout masks, bit flip. Replicas whose generator of a per-step source is
   in the same state share one generator object (their draws are identical anyway), so
   ``source=none`` draws once per step, not P times.
@@ -49,9 +52,10 @@ Resume: each replica resumes from its own checkpoint; finished replicas are skip
 If the replicas of a job stand at different epochs (one was restarted from scratch, say), the
 ones behind train as a pack until they reach the next ones, then all continue together.
 
-The job trains its replicas one after another instead, with a log line, for models without a
-packed form (vgg11, shufflenetv2_050: max-pooling and channel shuffles would mix replicas) and,
-on the CPU, for convolutional models too large to gain from a pack (``sequential_reason``).
+The job trains its replicas one after another instead (each a pack of one, through the same
+loop), with a log line, for models without a packed form (vgg11, shufflenetv2_050: max-pooling and
+channel shuffles would mix replicas), on the CPU for convolutional models too large to gain from a
+pack (``sequential_reason``), and with ``pack=auto`` on a GPU (``ImageFamily.apart``).
 """
 
 from __future__ import annotations
@@ -70,10 +74,7 @@ from nondet import train
 from nondet.backend import autocast
 from nondet.data import Dataset
 from nondet.models import build_model, set_dropout_generator
-from nondet.models.packed import (  # noqa: F401  (pack.PackedLinear & co. for the tests)
-    NotPackableError, PackedBatchNorm2d, PackedConv2d, PackedDropout, PackedLinear, _stack,
-    dropout_mask, pack_model,
-)
+from nondet.models.packed import _stack, pack_model
 from nondet.optim import build_optimizer, learning_rate
 from nondet.pipeline import batch_bounds, crop_flip, crop_flip_draws, epoch_order, within_batch_permutation
 from nondet.seeds import SeedPlan
@@ -304,7 +305,7 @@ def _nll_mean_cpu(losses: torch.Tensor) -> torch.Tensor:
 
 
 def _epoch_loss(step_losses: list[torch.Tensor], n: int, device: str) -> torch.Tensor:
-    """Per replica, the solo loop's ``loss_sum / n``: each step's mean cross-entropy computed as
+    """Per replica, a solo loop's ``loss_sum / n``: each step's mean cross-entropy computed as
     ``F.cross_entropy`` computes it (CPU; a plain mean on CUDA), accumulated step by step."""
     by_size: dict[int, list[int]] = {}
     for s, losses in enumerate(step_losses):
@@ -372,7 +373,7 @@ def train_pack_epoch(
 @torch.no_grad()
 def evaluate_pack(pack: Pack, data: Dataset) -> tuple[torch.Tensor, list[float], list[float]]:
     """All replicas in one batched pass: test logits (P, N, K) float32 on the device, and per
-    replica accuracy (percent) and cross-entropy (nats), computed as ``train.evaluate`` does."""
+    replica accuracy (percent) and cross-entropy (nats), computed as ``F.cross_entropy`` on one replica's logits."""
     config, model, packs = pack.config, pack.model, pack.size
     model.eval()
     chunks = []

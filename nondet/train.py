@@ -274,9 +274,9 @@ def train_group(
     members: list[Member], data: Any, stop: int, family: Family, on_epoch: Callable[[], None] | None = None
 ) -> None:
     """Train ``members`` (all at one epoch) together up to epoch ``stop``: evaluate every
-    ``eval_every`` epochs and at the last, checkpoint every ``checkpoint_every`` (``auto``: by
-    elapsed time, ``CHECKPOINT_SECONDS``), take the
-    snapshots of ``schedule=snapshot``; at ``stop == epochs`` finish every run directory."""
+    ``eval_every`` epochs and at the last, checkpoint every ``checkpoint_every`` epochs (``auto``:
+    by elapsed time, ``CHECKPOINT_SECONDS``), take the snapshots of ``schedule=snapshot`` after
+    their steps; at ``stop == epochs`` finish every run directory."""
     config = members[0].config  # what the members share: all but ``replicate``
     epochs, onset_epoch = config["epochs"], config["onset_epoch"]
     flips = "bitflip" in config["source"]["vary"]
@@ -322,9 +322,7 @@ def train_group(
             for p, member in enumerate(members):
                 record_evaluation(member.replica, member.directory, config, losses[p], evaluations[p], group.lr)
             final = evaluations if last else None
-        every = config["checkpoint_every"]
-        due = time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS if every == "auto" else group.epoch % every == 0
-        if not last and due:
+        if not last and _checkpoint_due(config["checkpoint_every"], group.epoch, last_checkpoint):
             group.write_back()
             for member in members:
                 write_checkpoint(member.replica, member.directory)
@@ -343,6 +341,12 @@ def train_group(
             member.replica, member.config, member.directory, member.lowlevel, evaluation,
             family.weights(member.replica),
         )
+
+
+def _checkpoint_due(every: Any, epoch: int, last_checkpoint: float) -> bool:
+    if every == "auto":
+        return time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS
+    return epoch % every == 0
 
 
 def fork_from_prefix(member: Member, data: Any, family: Family) -> None:

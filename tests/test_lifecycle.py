@@ -19,16 +19,9 @@ from omegaconf import OmegaConf
 from conftest import compose_config
 from nondet import records
 from nondet.job import run_job
+from test_lm import TINY_LM
 
 FIXTURE = Path(__file__).parent / "fixtures" / "main_c5cb29b"
-TINY_LM = [
-    "model=qrnn", "dataset=synthetic_text", "dataset.vocab_size=30", "dataset.hidden_states=4",
-    "dataset.train_size=1200", "dataset.valid_size=300", "dataset.test_size=300",
-    "model.embedding_dim=8", "model.width=12", "model.depth=2", "batch_size=4", "lm.bptt=10",
-    "lm.eval_batch_size=2", "lm.test_batch_size=2", "lm.logprob_positions=50",
-    "optimizer.lr=30", "optimizer.momentum=0", "optimizer.weight_decay=1.2e-6",
-    "schedule=constant", "epochs=2", "device=cpu", "threads=1",
-]
 
 
 @pytest.fixture
