@@ -227,15 +227,18 @@ def check_sources_vary_something(config: dict, data) -> None:
     finding (augment without augmentation, dropout at rate 0): refuse it, saying what to set."""
     vary = config["source"]["vary"]
     inert = inert_sources(config, data)
-    if inert and not set(vary) <= set(inert):
-        log.warning("source=%s: %s vary nothing here (%s)", config["source"]["name"], sorted(inert),
-                    "; ".join(f"{s}: {why}" for s, why in inert.items()))
+    language_model = lm.is_language_model(config)
+    if language_model and inert and not set(vary) <= set(inert):  # source=all: the rest varies
+        log.warning("source=%s: %s vary nothing in a language model (%s)", config["source"]["name"],
+                    sorted(inert), "; ".join(f"{s}: {why}" for s, why in inert.items()))
     if vary and set(vary) <= set(inert):
         reasons = "; ".join(f"{s}: {why}" for s, why in inert.items())
+        fix = ("a language model varies with source=init, source=dropout (its masks and BPTT "
+               "lengths) or source=bitflip" if language_model else
+               "Turn the source on, or use another source")
         raise ValueError(
             f"source={config['source']['name']} varies {list(vary)}, which cannot change anything "
-            f"here ({reasons}); every replicate would be identical to the control. Turn the "
-            f"source on, or use another source."
+            f"here ({reasons}); every replicate would be identical to the control. {fix}."
         )
 
 

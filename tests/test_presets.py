@@ -158,6 +158,19 @@ def launch(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
+def launch_smoke(preset: str, tmp_path: Path) -> tuple[list, list[Path]]:
+    """The preset's sweep at smoke scale, launched: its jobs and its runs' result.json files, every
+    run finished and found by the end-of-sweep table."""
+    jobs, config = sweep_jobs(preset, "smoke")
+    runs = len(groups_of(jobs)) * config["replicates"]
+    out = launch("-m", f"+experiment={preset}", "scale=smoke", f"output_root={tmp_path}")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    results = sorted((tmp_path / preset).rglob("result.json"))
+    assert len(results) == runs
+    assert f"All {runs} runs found below" in out.stdout  # the end-of-sweep table
+    return jobs, results
+
+
 def analyse(capsys, sweep_dir: Path, *args: str) -> str:
     from analysis import __main__ as cli
 
@@ -178,14 +191,8 @@ SMOKE_FIGURES = {
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", IMAGE_PRESETS)
 def test_preset_runs_at_smoke_scale_through_the_analysis(preset, tmp_path, capsys):
-    jobs, config = sweep_jobs(preset, "smoke")
-    runs = len(groups_of(jobs)) * config["replicates"]
-    out = launch("-m", f"+experiment={preset}", "scale=smoke", f"output_root={tmp_path}")
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    sweep_dir = tmp_path / preset
-    results = sorted(sweep_dir.rglob("result.json"))
-    assert len(results) == runs
-    assert f"All {runs} runs found below" in out.stdout  # the end-of-sweep table
+    _, results = launch_smoke(preset, tmp_path)
+    runs, sweep_dir = len(results), tmp_path / preset
 
     figures = tmp_path / "figs"
     text = analyse(capsys, sweep_dir, "--figures", str(figures), "--csv", str(tmp_path / "t.csv"),
@@ -223,12 +230,7 @@ def test_preset_runs_at_smoke_scale_through_the_analysis(preset, tmp_path, capsy
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(LANGUAGE_MODEL_PRESETS))
 def test_language_model_preset_runs_at_smoke_scale_through_the_analysis(preset, tmp_path, capsys):
-    jobs, config = sweep_jobs(preset, "smoke")
-    runs = len(groups_of(jobs)) * config["replicates"]
-    out = launch("-m", f"+experiment={preset}", "scale=smoke", f"output_root={tmp_path}")
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    launch_smoke(preset, tmp_path)
     sweep_dir = tmp_path / preset
-    assert len(sorted(sweep_dir.rglob("result.json"))) == runs
-    assert f"All {runs} runs found below" in out.stdout
     text = analyse(capsys, sweep_dir, "--csv", str(tmp_path / "t.csv"))
     assert "PPL" in text or "perplexity" in text.lower()
