@@ -170,6 +170,9 @@ class NondetConfig:
     batch_size: int = 64
     onset_epoch: int = 0
     shuffle_window: Optional[int] = None
+    # source=data: each replicate's resample of the training set, ``bootstrap`` (n examples
+    # drawn with replacement) or a fraction f in (0, 1] (floor(f n) drawn without replacement).
+    data_resample: Any = "bootstrap"
     scale: str = "paper"
     # outputs/<sweep_name>/...: a name, never a timestamp, so a relaunch finds its runs.
     sweep_name: str = "default"
@@ -230,6 +233,9 @@ RANGES = {
     "pack": ((lambda v: v == "auto" or _at_least(1)[0](v)), "auto or an integer >= 1"),
     "threads": _optional(_at_least(1)),
     "shuffle_window": _optional(_at_least(1)),
+    "data_resample": ((lambda v: v == "bootstrap" or (
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1)),
+        "bootstrap or a fraction in (0, 1]"),
     "onset_epoch": _at_least(0),
     "scale": _choice(SCALES),
     "precision": _choice(PRECISIONS),
@@ -313,6 +319,11 @@ def check_config(config: dict) -> None:
     if not 0 <= config["replicate"] < config["replicates"]:
         raise ConfigError(
             f"replicate={config['replicate']} is outside range(0, replicates={config['replicates']})"
+        )
+    if "data" in config["source"]["vary"] and config["onset_epoch"] > 0:
+        raise ConfigError(
+            f"source={config['source']['name']} varies data with onset_epoch={config['onset_epoch']}: "
+            "a run's resample of the training set is drawn once, at its start; use onset_epoch=0"
         )
     if config["onset_epoch"] > config["epochs"]:
         raise ConfigError(

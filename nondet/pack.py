@@ -75,7 +75,10 @@ from nondet.models.packed import (  # noqa: F401  (pack.PackedLinear & co. for t
     dropout_mask, pack_model,
 )
 from nondet.optim import build_optimizer, learning_rate
-from nondet.pipeline import batch_bounds, crop_flip, crop_flip_draws, epoch_order, within_batch_permutation
+from nondet.pipeline import (
+    batch_bounds, crop_flip, crop_flip_draws, epoch_order, resample, resample_size,
+    within_batch_permutation,
+)
 from nondet.seeds import SeedPlan
 
 log = logging.getLogger("nondet")
@@ -321,6 +324,19 @@ def _epoch_loss(step_losses: list[torch.Tensor], n: int, device: str) -> torch.T
     return total / n
 
 
+def _resamples(pack: Pack) -> torch.Tensor | None:
+    """The replicas' resamples of the training set (P, m) (``source=data``), or None when they
+    train on all of it. Every replica of a pack shares the config, so all or none resample, and
+    all draw the same count."""
+    indices = [replica.resample for replica in pack.replicas]
+    if all(i is None for i in indices):
+        return None
+    if any(i is None for i in indices) or len({len(i) for i in indices}) != 1:
+        raise ValueError("a pack mixes replicas with and without source=data resamples, or of "
+                         "different sizes; train them in separate jobs")
+    return torch.stack(indices).to(pack.config["device"])
+
+
 def train_pack_epoch(
     pack: Pack, data: Dataset, after_step: Callable[[int], None] | None = None
 ) -> torch.Tensor:
@@ -328,7 +344,8 @@ def train_pack_epoch(
     training losses (P,) on the device. No host synchronisation in the step loop.
     ``after_step(step)`` runs after every optimizer step (snapshots are taken there)."""
     config, model = pack.config, pack.model
-    n = len(data.y_train)
+    resamples = _resamples(pack)
+    n = len(data.y_train) if resamples is None else resamples.shape[1]
     bounds = batch_bounds(n, config["batch_size"])
     augment = config["dataset"]["augment"] and data.is_image
     precision, device = config["precision"], config["device"]
@@ -339,6 +356,8 @@ def train_pack_epoch(
     model.train()
     orders = torch.stack([epoch_order(n, g, config["shuffle_window"]) for g in shufflers])
     orders = orders.to(device)[shuffle_of]  # (P, n)
+    if resamples is not None:  # source=data: the order permutes positions within each resample
+        orders = resamples.gather(1, orders)
     step_losses = []
     for start, stop in bounds:
         size = stop - start
@@ -415,7 +434,11 @@ def new_replica(config: dict, data: Dataset) -> train.Replica:
     ).to(device)
     set_dropout_generator(model, generators["dropout"])
     optimizer = build_optimizer(config["optimizer"], model.parameters())
-    return train.Replica(plan=plan, model=model, optimizer=optimizer, generators=generators)
+    indices = None
+    if plan.varies("data"):  # only then: a run that keeps its data draws nothing more
+        indices = resample(len(data.y_train), config["data_resample"], generators["data"]).to(device)
+    return train.Replica(plan=plan, model=model, optimizer=optimizer, generators=generators,
+                         resample=indices)
 
 
 class ImageGroup:
@@ -470,7 +493,10 @@ class ImageFamily:
         return new_replica(config, data)
 
     def steps_per_epoch(self, config: dict, data: Dataset) -> int:
-        return len(batch_bounds(len(data.y_train), config["batch_size"]))
+        n = len(data.y_train)
+        if "data" in config["source"]["vary"]:
+            n = resample_size(n, config["data_resample"])
+        return len(batch_bounds(n, config["batch_size"]))
 
     def apart(self, config: dict, data: Dataset) -> str | None:
         """Why this job's replicas train one at a time, or None when they train as one pack."""

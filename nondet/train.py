@@ -64,6 +64,10 @@ class Replica:
     train_seconds: float = 0.0
     bitflip: dict | None = None
     metrics: list[dict] = field(default_factory=list)
+    # source=data: the indices of the training examples this replica trains on, drawn when it is
+    # created from its data generator's seed (so a resumed replica draws the same ones; not in
+    # the checkpoint). None: the whole training set.
+    resample: torch.Tensor | None = None
 
     def state_dict(self) -> dict:
         return {
