@@ -17,7 +17,9 @@ together, one forward and one backward per step for all of them:
   same order as the solo loop (``nondet/train.py``): shuffle order, within-batch permutation,
   crop offsets and flips, dropout masks, bit flip. Replicas whose generator of a per-step source is
   in the same state share one generator object (their draws are identical anyway), so
-  ``source=none`` draws once per step, not P times.
+  ``source=none`` draws once per step, not P times. Under ``source=data`` each replica's epoch
+  order permutes positions within its own resample of the training set (``Replica.resample``,
+  the same count for all, so the pack stays rectangular).
 - The learning rate is ``nondet.optim.learning_rate(step)``, the same for all. The optimizer
   update is torch's own functional ``sgd``/``adam`` applied to the stacked tensors, with the
   hyperparameters and flags of the replicas' own ``torch.optim`` objects, so the elementwise
