@@ -226,6 +226,9 @@ def check_sources_vary_something(config: dict, data) -> None:
     """A sweep whose varied sources are all inert would report zero spread as if it were a
     finding (augment without augmentation, dropout at rate 0): refuse it, saying what to set."""
     vary = config["source"]["vary"]
+    if "data" not in vary and config.get("data_resample", "bootstrap") != "bootstrap":
+        log.warning("data_resample=%s has no effect: source=%s does not vary data, so every run "
+                    "trains on the whole training set", config["data_resample"], config["source"]["name"])
     inert = inert_sources(config, data)
     if inert and not set(vary) <= set(inert):
         log.warning("source=%s: %s vary nothing here (%s)", config["source"]["name"], sorted(inert),

@@ -142,3 +142,11 @@ def test_data_is_refused_where_it_cannot_mean_anything():
     text = compose_config(["source=data", "model=qrnn", "dataset=synthetic_text"])
     with pytest.raises(ValueError, match="leave data out of source.vary"):
         lm.check_config(text)
+
+
+def test_a_resample_fraction_without_source_data_is_named(make_config, caplog):
+    from nondet.job import check_sources_vary_something
+
+    data = load_dataset(OmegaConf.create(make_config()["dataset"]), "cpu")
+    check_sources_vary_something(make_config("source=init", "data_resample=0.5"), data)
+    assert "data_resample=0.5 has no effect" in caplog.text
