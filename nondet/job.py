@@ -32,6 +32,7 @@ from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, config
 from nondet.config import TEXT_DATASETS, check_config
 from nondet.data import Dataset, data_fingerprint, load_dataset
 from nondet.lock import run_locks
+from nondet.pipeline import resample_size
 from nondet.seeds import SeedPlan, check_sources
 from nondet.text import load_corpus
 from nondet.train import train_job
@@ -226,6 +227,8 @@ def check_sources_vary_something(config: dict, data) -> None:
     """A sweep whose varied sources are all inert would report zero spread as if it were a
     finding (augment without augmentation, dropout at rate 0): refuse it, saying what to set."""
     vary = config["source"]["vary"]
+    if "data" in vary and hasattr(data, "y_train"):
+        resample_size(len(data.y_train), config["data_resample"])  # refuses an empty resample
     if "data" not in vary and config.get("data_resample", "bootstrap") != "bootstrap":
         log.warning("data_resample=%s has no effect: source=%s does not vary data, so every run "
                     "trains on the whole training set", config["data_resample"], config["source"]["name"])

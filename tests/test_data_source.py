@@ -144,9 +144,11 @@ def test_data_is_refused_where_it_cannot_mean_anything():
         lm.check_config(text)
 
 
-def test_a_resample_fraction_without_source_data_is_named(make_config, caplog):
+def test_data_resample_is_named_where_unused_and_refused_where_empty(make_config, caplog):
     from nondet.job import check_sources_vary_something
 
     data = load_dataset(OmegaConf.create(make_config()["dataset"]), "cpu")
     check_sources_vary_something(make_config("source=init", "data_resample=0.5"), data)
     assert "data_resample=0.5 has no effect" in caplog.text
+    with pytest.raises(ValueError, match="data_resample=0.001 keeps no example of the 256"):
+        check_sources_vary_something(make_config("source=data", "data_resample=0.001"), data)
