@@ -101,7 +101,8 @@ def test_source_none_has_no_data_generator_and_the_same_identity(make_config):
 
 
 def test_resume_with_source_data_is_bitwise_exact(make_config, tmp_path, monkeypatch):
-    overrides = ("source=data", "data_resample=0.75", "pack=2", "replicates=2", "epochs=3")
+    overrides = ("source=data", "data_resample=0.75", "pack=2", "replicates=2", "epochs=3",
+                 "checkpoint_every=1")
     whole = make_config(*overrides, f"output_root={tmp_path / 'whole'}")
     run_job(OmegaConf.create(whole))
     broken = make_config(*overrides, f"output_root={tmp_path / 'broken'}")
