@@ -92,7 +92,7 @@ def job_run_dirs(cfg: DictConfig) -> list[Path] | None:
 
 
 def replicas_of_job(config: dict) -> range:
-    """The replicate indices a job trains: ``pack`` of them from ``replicate`` on."""
+    """The replicate indices a job trains: ``pack_step`` of them from ``replicate`` on."""
     start, replicates = config["replicate"], config["replicates"]
     pack = pack_step(config["pack"], replicates)
     if not 0 <= start < replicates:
