@@ -29,9 +29,11 @@ MODELS = (
     "vgg11",
     "shufflenetv2_050",
 )
+# Your own nn.Module: model=custom model._target_=PKG.CLASS (nondet/usermodel.py).
+CUSTOM_MODEL = "custom"
 # Language models (nondet/lm.py trains them on the text datasets).
 LANGUAGE_MODELS = ("qrnn",)
-DATASETS = ("synthetic", "cifar10", "mnist", "npz")
+DATASETS = ("synthetic", "cifar10", "mnist", "npz", "custom", "imagefolder")
 TEXT_DATASETS = ("ptb", "synthetic_text")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "snapshot")
@@ -88,6 +90,8 @@ class DatasetConfig:
     imbalance: float = 0.0
     # The data seed is not a source of nondeterminism: every run of a sweep sees the same data.
     data_seed: int = 0
+    # imagefolder: the side, in pixels, every image is resized to (image_size x image_size).
+    image_size: Optional[int] = None
     # --- text datasets (nondet/text.py): sizes in tokens; ptb keeps the first k ---
     valid_size: Optional[int] = None
     # synthetic_text only: words (with <eos>), hidden states, mean sentence length.
@@ -152,6 +156,14 @@ class LMConfig:
 
 
 @dataclass
+class BitflipConfig:
+    # The parameter whose element the bitflip source moves (a name from named_parameters());
+    # null = the first layer's weight (the built-in models) or the first float32 parameter
+    # in named_parameters() order (model=custom).
+    param: Optional[str] = None
+
+
+@dataclass
 class NondetConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -159,6 +171,7 @@ class NondetConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     lm: LMConfig = field(default_factory=LMConfig)
+    bitflip: BitflipConfig = field(default_factory=BitflipConfig)
     replicates: int = 8
     replicate: int = 0
     base_seed: int = 0
@@ -180,8 +193,17 @@ class NondetConfig:
 
 
 def register_configs() -> None:
-    """Register the typed primary config as ``schema`` (first in conf/config.yaml's defaults)."""
-    ConfigStore.instance().store(name="schema", node=NondetConfig)
+    """Register the typed primary config as ``schema`` (first in conf/config.yaml's defaults).
+
+    ``model`` and ``dataset`` stay open to keys the schema does not declare, so that a group file
+    of your own (``model/my_net.yaml``: ``_target_`` and the constructor's arguments) composes;
+    ``check_config`` still refuses an undeclared key in a node without a ``_target_``."""
+    from omegaconf import OmegaConf
+
+    schema = OmegaConf.structured(NondetConfig)
+    OmegaConf.set_struct(schema.model, False)
+    OmegaConf.set_struct(schema.dataset, False)
+    ConfigStore.instance().store(name="schema", node=schema)
 
 
 # --- checks that a type cannot express ------------------------------------------------------
@@ -254,7 +276,9 @@ RANGES = {
 def _flat(node: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in node.items():
-        if isinstance(value, dict) and "_target_" not in value:
+        if isinstance(value, dict) and value.get("_target_"):
+            continue  # your own class's arguments: its signature checks them (nondet/usermodel.py)
+        if isinstance(value, dict):
             out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

@@ -199,7 +199,7 @@ def inert_sources(config: dict, data) -> dict[str, str]:
                                         "embedding_dropout", "weight_dropout")]
             if not any(rates) and not config["lm"]["variable_bptt"]:
                 inert["dropout"] = "every dropout rate is 0 and lm.variable_bptt is false"
-        elif not model["dropout"]:
+        elif not model["dropout"] and model["name"] != "custom":  # your own model's dropout is its own
             inert["dropout"] = "model.dropout is 0 (set model.dropout=0.1, say)"
     return inert
 
