@@ -64,18 +64,18 @@ def data_for(config):
 def train_solo(config, data, replicate: int, epochs: int | None = None) -> torch.Tensor:
     """Test logits of ``replicate`` after ``epochs`` epochs of the solo loop."""
     config = {**config, "replicate": replicate}
-    replica = train.new_replica(config, data)
+    replica = packing.new_replica(config, data)
     for _ in range(config["epochs"] if epochs is None else epochs):
         train.start_of_epoch(replica, config)
-        train.train_epoch(replica, config, data)
+        packing.train_epoch(replica, config, data)
         replica.epoch += 1
     if epochs == 0:
         train.start_of_epoch(replica, config)
-    return train.evaluate(replica.model, data, config)[0]
+    return packing.evaluate_pack(packing.Pack([replica], config, "split"), data)[0][0]
 
 
 def train_packed(config, data, replicates: list[int], conv_mode: str) -> torch.Tensor:
-    replicas = [train.new_replica({**config, "replicate": r}, data) for r in replicates]
+    replicas = [packing.new_replica({**config, "replicate": r}, data) for r in replicates]
     for replica in replicas:
         train.start_of_epoch(replica, config)
     group = packing.Pack(replicas, config, conv_mode)

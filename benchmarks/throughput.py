@@ -6,7 +6,7 @@
         --precisions fp32,tf32,bf16 --lowlevel deterministic,nondeterministic
     python benchmarks/throughput.py --alternatives           # the measurements behind the design
 
-pack=1 is nondet's solo loop (``nondet.train.train_epoch``), one replica after another, as a user
+pack=1 is nondet's pack of one (``nondet.pack.train_epoch``), one replica after another, as a user
 of a plain training script would run them; pack=P is ``nondet.pack.train_pack_epoch``. Both train
 the same configuration (source=init: every replica its own initialisation), only the training
 epochs are timed (evaluation is not), after one untimed warm-up epoch, best of ``--repeats``
@@ -111,14 +111,14 @@ def forward_flops(config: dict, data: Dataset) -> float:
 def measure(config: dict, data: Dataset, packs: int, epochs: int, repeats: int, conv_mode: str) -> dict:
     """Model-epochs per second of the solo loop and of a pack of ``packs`` (best of repeats)."""
     device = config["device"]
-    solo = train.new_replica({**config, "replicate": 0}, data)
-    replicas = [train.new_replica({**config, "replicate": r}, data) for r in range(packs)]
+    solo = packing.new_replica({**config, "replicate": 0}, data)
+    replicas = [packing.new_replica({**config, "replicate": r}, data) for r in range(packs)]
     group = packing.Pack(replicas, config, conv_mode)
-    train.train_epoch(solo, config, data)  # warm-up: allocator, cuDNN autotuning, MKL-DNN primitives
+    packing.train_epoch(solo, config, data)  # warm-up: allocator, cuDNN autotuning, MKL-DNN primitives
     packing.train_pack_epoch(group, data)
     solo_rates, pack_rates = [], []
     for _ in range(repeats):  # interleaved, so a busy spell on a shared machine hits both
-        solo_rates.append(epochs / seconds(device, epochs, lambda: train.train_epoch(solo, config, data)))
+        solo_rates.append(epochs / seconds(device, epochs, lambda: packing.train_epoch(solo, config, data)))
         pack_rates.append(packs * epochs / seconds(device, epochs, lambda: packing.train_pack_epoch(group, data)))
     return {
         "solo": max(solo_rates), "pack": max(pack_rates),
@@ -183,7 +183,7 @@ def alternatives(args) -> None:
     print("\n## vmap over functional_call vs packed layers (default MLP, one training step)\n")
     config = config_for(["device=cpu", "source=init", f"pack={packs}"])
     data = load_dataset(OmegaConf.create(config["dataset"]), device)
-    replicas = [train.new_replica({**config, "replicate": r}, data) for r in range(packs)]
+    replicas = [packing.new_replica({**config, "replicate": r}, data) for r in range(packs)]
     group = packing.Pack(replicas, config, "split")
     model = replicas[0].model
     params = {name: torch.stack([dict(r.model.named_parameters())[name].detach() for r in replicas])

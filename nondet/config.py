@@ -13,7 +13,7 @@ compose the real configs with ``hydra.compose``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -175,7 +175,8 @@ class NondetConfig:
     replicates: int = 8
     replicate: int = 0
     base_seed: int = 0
-    pack: int = 1
+    # replicas a job trains at once: a number, or auto (nondet.job.pack_step; docs/benchmarks.md)
+    pack: Any = "auto"
     precision: str = "fp32"
     device: str = "auto"
     epochs: int = 10

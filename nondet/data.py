@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from nondet.config import DatasetConfig
+from nondet.seeds import hashed_seed, make_generator
 
 log = logging.getLogger("nondet")
 
@@ -280,8 +281,7 @@ TEACHER_ACTIVATIONS = {
 
 def synthetic_generator(data_seed: int, part: str) -> torch.Generator:
     """The CPU generator of one part ("teacher", "train", "test") of the synthetic data."""
-    digest = hashlib.sha256(f"nondet.data/synthetic/{data_seed}/{part}".encode()).digest()
-    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return make_generator(hashed_seed("nondet.data/synthetic", data_seed, part))
 
 
 def _check_synthetic(cfg: DatasetConfig) -> tuple[int, ...]:

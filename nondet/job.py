@@ -27,14 +27,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import joblog, lm, pack, records
+from nondet import joblog, lm, pack, records, userdata
 from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, configure_precision, resolve_device
 from nondet.config import TEXT_DATASETS, check_config
 from nondet.data import Dataset, data_fingerprint, load_dataset
 from nondet.lock import run_locks
 from nondet.seeds import SeedPlan, check_sources
 from nondet.text import load_corpus
-from nondet.train import train_replica
+from nondet.train import train_job
 
 log = logging.getLogger("nondet")
 
@@ -93,7 +93,8 @@ def job_run_dirs(cfg: DictConfig) -> list[Path] | None:
 
 def replicas_of_job(config: dict) -> range:
     """The replicate indices a job trains: ``pack`` of them from ``replicate`` on."""
-    start, pack, replicates = config["replicate"], pack_step(config["pack"]), config["replicates"]
+    start, replicates = config["replicate"], config["replicates"]
+    pack = pack_step(config["pack"], replicates)
     if not 0 <= start < replicates:
         raise ValueError(f"replicate={start} is outside range(0, replicates={replicates})")
     return range(start, min(start + pack, replicates))
@@ -104,7 +105,7 @@ def job_subdir(config: dict) -> str:
     directory: the run directory itself for one replica, a pack directory beside them else."""
     replicas = replicas_of_job(config)
     group = records.group_dirname(config)
-    if len(replicas) == 1 and config["pack"] == 1:
+    if len(replicas) == 1 and pack_step(config["pack"], config["replicates"]) == 1:
         return f"{group}/r{replicas[0]:04d}"
     return f"{group}/pack-r{replicas[0]:04d}-r{replicas[-1]:04d}"
 
@@ -133,10 +134,21 @@ def _job_subdir_or_placeholder(*, _root_: DictConfig) -> str:
         return "invalid-config"
 
 
-def pack_step(pack: int) -> int:
-    """``${nondet.pack_step:${pack}}``: the sweep's step over ``replicate``, checked."""
-    if not isinstance(pack, int) or pack < 1:
-        raise ValueError(f"pack={pack} must be at least 1 (1 = one replica per process)")
+# pack=auto: the replicas of a job, at most. On 2 CPU cores a pack of 16 default MLPs trains 4.7x
+# faster than one at a time, 32 only 5.7x (docs/benchmarks.md); 16 keeps a sweep of 100 in 7 jobs.
+AUTO_PACK = 16
+
+
+def pack_step(pack: Any, replicates: int) -> int:
+    """``${nondet.pack_step:${pack},${replicates}}``: the sweep's step over ``replicate``, i.e. how
+    many replicas one job trains. ``auto``: up to ``AUTO_PACK``; the job fuses them where the model
+    has a packed form that pays on its device and is bitwise the solo computation, and trains them
+    one after another otherwise (``nondet.pack.ImageFamily.apart``). The step depends on
+    ``replicates`` alone, so the launching machine and the job's node always agree on it."""
+    if pack == "auto":
+        return max(1, min(AUTO_PACK, replicates))
+    if not isinstance(pack, int) or isinstance(pack, bool) or pack < 1:
+        raise ValueError(f"pack={pack} must be auto or at least 1 (1 = one replica per process)")
     return pack
 
 
@@ -167,11 +179,15 @@ def _dataset(config: dict) -> Dataset:
 def check_data_unchanged(config: dict, data) -> None:
     """The data loaded must be the data the runs' directories were named for: a file rewritten
     between composing the config and loading it would otherwise train under the old identity."""
-    named = config["dataset"].get("sha256")
-    if named is not None and getattr(data, "sha256", named) != named:
+    dataset = config["dataset"]
+    named, content = dataset.get("sha256"), getattr(data, "sha256", None)
+    where = next((f"dataset.{k}={dataset[k]}" for k in ("path", "_target_", "root") if dataset.get(k)), "the data")
+    if named is None and content is not None and dataset["name"] in userdata.CONTENT_IDENTIFIED:
+        raise ValueError(f"{where} could not be loaded when the runs were named, but can now; relaunch the command")
+    if named is not None and content not in (None, named):
         raise ValueError(
-            f"dataset.path={config['dataset']['path']} changed while this job started (its "
-            f"SHA-256 is now {data.sha256}, the runs were named for {named}); relaunch the command"
+            f"{where} changed while this job started (its SHA-256 is now {content}, the runs "
+            f"were named for {named}); relaunch the command"
         )
 
 
@@ -187,7 +203,13 @@ def inert_sources(config: dict, data) -> dict[str, str]:
     if onset > 0 and "init" in vary:
         inert["init"] = (f"the weights are initialised before onset_epoch={onset} "
                          "(use onset_epoch=0 to vary init)")
-    if "augment" in vary and not (config["dataset"]["augment"] and getattr(data, "is_image", False)):
+    if lm.is_language_model(config):
+        text = "a language model reads its text in order, in windows that are not shuffled"
+        for source, why in (("shuffle", text), ("reduction", text),
+                            ("augment", "text has no augmentation (crop and flip are for images)")):
+            if source in vary:
+                inert[source] = why
+    elif "augment" in vary and not (config["dataset"]["augment"] and getattr(data, "is_image", False)):
         inert["augment"] = (
             "dataset.augment is false (set dataset.augment=true)" if not config["dataset"]["augment"]
             else "the data are not images (crop and flip need images)"
@@ -209,6 +231,9 @@ def check_sources_vary_something(config: dict, data) -> None:
     finding (augment without augmentation, dropout at rate 0): refuse it, saying what to set."""
     vary = config["source"]["vary"]
     inert = inert_sources(config, data)
+    if inert and not set(vary) <= set(inert):
+        log.warning("source=%s: %s vary nothing here (%s)", config["source"]["name"], sorted(inert),
+                    "; ".join(f"{s}: {why}" for s, why in inert.items()))
     if vary and set(vary) <= set(inert):
         reasons = "; ".join(f"{s}: {why}" for s, why in inert.items())
         raise ValueError(
@@ -340,22 +365,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(config: dict, pending: list, data, lowlevel: str, finished, failed) -> None:
-    """Train the job's pending replicas: fused as a pack where it has a packed form, else one
-    after another."""
-    if config["pack"] > 1 and pending:
-        reason = pack.sequential_reason(config, data)
-        if reason is None:
-            pack.train_pack(pending, data, lowlevel, finished=finished, failed=failed)
-            return
-        log.info("pack=%d: %s; training its replicas one after another", config["pack"], reason)
-    train_one = lm.train_lm_replica if lm.is_language_model(config) else train_replica
-    for replica_config, directory in pending:
-        try:
-            result = train_one(replica_config, directory, data, lowlevel)
-        except Exception:
-            failed(directory)
-            continue
-        finished(directory, result)
+    """Train the job's pending replicas through the one run lifecycle (``nondet.train``), with
+    the step and evaluation of the model's family."""
+    family = lm.LMFamily() if lm.is_language_model(config) else pack.ImageFamily()
+    train_job(pending, data, lowlevel, family, finished=finished, failed=failed)
 
 
 def one_line(error: BaseException) -> str:

@@ -9,7 +9,8 @@ trained with the AWD-LSTM code of Merity et al. Two sources matter there: ``init
 initialisation) and the "stochastic operations", dropouts and variable-length BPTT sharing one
 seed: here the ``dropout`` source, whose generator draws every dropout mask *and* every BPTT
 length. ``bitflip`` moves one weight of the first QRNN layer by one ULP (Table 4). ``shuffle``,
-``augment`` and ``reduction`` have nothing to act on (the text is read in order) and are inert.
+``augment`` and ``reduction`` have nothing to act on (the text is read in order, without
+augmentation): a sweep that varies only those is refused (``nondet.job.inert_sources``).
 
 The recipe (AWD-LSTM ``main.py``, as run for a QRNN on PTB), one epoch = one pass through the
 training stream cut into ``batch_size`` parallel streams:
@@ -79,11 +80,8 @@ last row is dropped) and stream 0's targets come first.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
-import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -93,15 +91,14 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from nondet import records
-from nondet.backend import autocast, environment
+from nondet import records, train
+from nondet.backend import autocast
 from nondet.config import LANGUAGE_MODELS, TEXT_DATASETS
-from nondet.data import data_sha256
 from nondet.models import build_language_model, set_dropout_generator
 from nondet.optim import build_optimizer, learning_rate
-from nondet.seeds import SeedPlan
+from nondet.seeds import SeedPlan, hashed_seed, make_generator
 from nondet.text import TextCorpus
-from nondet.train import Replica, start_of_epoch
+from nondet.train import Replica
 
 log = logging.getLogger("nondet")
 
@@ -109,8 +106,6 @@ log = logging.getLogger("nondet")
 BPTT_FULL_PROBABILITY = 0.95
 BPTT_JITTER_SD = 5.0
 BPTT_MIN = 5
-# Sources with nothing to act on in a language model (text is read in order, no augmentation).
-INERT_SOURCES = ("shuffle", "augment", "reduction")
 
 
 def is_language_model(config: dict) -> bool:
@@ -135,6 +130,12 @@ def check_config(config: dict) -> None:
             f"dataset={dataset} is text; it needs a language model ({', '.join(LANGUAGE_MODELS)}), "
             f"not model={model}"
         )
+    if config["schedule"]["name"] == "snapshot":
+        raise ValueError(
+            f"schedule=snapshot with model={model}: a snapshot ensemble of a language model is not "
+            "implemented (it would need every snapshot's full distributions); use schedule=constant "
+            "or schedule=cosine"
+        )
     lm = config["lm"]
     if lm["bptt"] < 2:
         raise ValueError(f"lm.bptt={lm['bptt']} must be at least 2")
@@ -148,10 +149,6 @@ def check_config(config: dict) -> None:
             raise ValueError(f"lm.{key}={lm[key]} must not be negative")
     if lm["clip"] < 0:
         raise ValueError(f"lm.clip={lm['clip']} must not be negative (0 turns clipping off)")
-
-
-def inert_sources(config: dict) -> list[str]:
-    return [s for s in config["source"]["vary"] if s in INERT_SOURCES]
 
 
 # --------------------------------------------------------------------------- the data stream
@@ -182,8 +179,7 @@ def bptt_length(base: int, generator: torch.Generator) -> int:
 def subset_positions(n: int, k: int, data_seed: int) -> torch.Tensor:
     """``min(k, n)`` sorted test positions from a generator seeded by the data seed alone, so
     every run of a sweep stores the same positions."""
-    digest = hashlib.sha256(f"nondet.lm/subset/{data_seed}".encode()).digest()
-    g = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    g = make_generator(hashed_seed("nondet.lm/subset", data_seed))
     return torch.randperm(n, generator=g)[: min(k, n)].sort().values
 
 
@@ -405,111 +401,98 @@ def _start_averaging(replica: LMReplica, valid_cross_entropy: float, nonmono: in
     history.append(valid_cross_entropy)
 
 
-def train_lm_replica(config: dict, directory: Path, corpus: TextCorpus, lowlevel: str) -> dict:
-    """Train the replica ``config['replicate']`` into ``directory``; returns result.json's dict."""
-    check_config(config)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    replica = new_lm_replica(config, corpus)
-    checkpoint = directory / records.CHECKPOINT_FILE
-    resumed_from = None
-    if checkpoint.exists():
-        replica.load_state_dict(records.read_checkpoint(checkpoint, config["device"]))
-        resumed_from = replica.epoch
-        log.info("%s: resuming from the checkpoint of epoch %d", directory, replica.epoch)
-    inert = inert_sources(config)
-    if inert and replica.epoch == 0:
-        warnings.warn(
-            f"source varies {inert}, which a language model does not use (text is read in order, "
-            "without augmentation); those seeds change nothing",
-            stacklevel=2,
-        )
+class LMGroup:
+    """One language-model replica in ``nondet.train``'s loop: its step, NT-ASGD's trigger after
+    each epoch, and its evaluation (under the NT-ASGD average once averaging has begun)."""
 
-    records.write_text(directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
-    env = environment(config["device"], config["precision"], lowlevel)
-    env["resumed_from_epoch"] = resumed_from
-    env["data_sha256"] = data_sha256(corpus)
-    records.write_json(directory / records.ENV_FILE, env)
-    records.write_json(directory / records.SEEDS_FILE, replica.plan.as_record(lowlevel))
+    def __init__(self, replica: LMReplica, config: dict, corpus: TextCorpus) -> None:
+        self.replica, self.config, self.corpus = replica, config, corpus
+        self.epoch, self.lr = replica.epoch, config["optimizer"]["lr"]
+        lm = config["lm"]
+        self.train_stream = batchify(corpus.train, config["batch_size"])
+        test_targets = lm["test_batch_size"] * (batchify(corpus.test, lm["test_batch_size"]).shape[0] - 1)
+        self.positions = subset_positions(test_targets, lm["logprob_positions"], config["dataset"]["data_seed"])
 
-    lm, epochs, precision = config["lm"], config["epochs"], config["precision"]
-    train_stream = batchify(corpus.train, config["batch_size"])
-    test_targets = lm["test_batch_size"] * (batchify(corpus.test, lm["test_batch_size"]).shape[0] - 1)
-    positions = subset_positions(test_targets, lm["logprob_positions"], config["dataset"]["data_seed"])
+    @property
+    def step(self) -> int:
+        return self.replica.step
 
-    def evaluate(tokens: torch.Tensor, streams: int, subset: Optional[torch.Tensor] = None) -> LMEvaluation:
-        return evaluate_lm(replica.model, tokens, streams, lm["bptt"], precision, subset)
+    def train_epoch(self, after_step=None) -> torch.Tensor:
+        loss, self.lr = train_lm_epoch(self.replica, self.config, self.train_stream)
+        return loss.view(1)
 
-    test = None
-    while replica.epoch < epochs:
-        start_of_epoch(replica, config)
-        began = time.perf_counter()
-        train_loss, scheduled_lr = train_lm_epoch(replica, config, train_stream)
-        if config["device"] == "cuda":
-            torch.cuda.synchronize()
-        replica.train_seconds += time.perf_counter() - began
-        replica.epoch += 1
-        last = replica.epoch == epochs
-        report = last or replica.epoch % config["eval_every"] == 0
+    def _evaluate(self, tokens: torch.Tensor, streams: int, positions=None) -> LMEvaluation:
+        return evaluate_lm(self.replica.model, tokens, streams, self.config["lm"]["bptt"],
+                           self.config["precision"], positions)
+
+    def _test(self) -> LMEvaluation:
+        return self._evaluate(self.corpus.test, self.config["lm"]["test_batch_size"], self.positions)
+
+    def end_of_epoch(self, report: bool) -> list[train.Evaluation] | None:
+        lm, replica = self.config["lm"], self.replica
         valid = test = None
         with averaged_weights(replica):
             if lm["asgd"] or report:
-                valid = evaluate(corpus.valid, lm["eval_batch_size"])
+                valid = self._evaluate(self.corpus.valid, lm["eval_batch_size"])
             if report:
-                test = evaluate(corpus.test, lm["test_batch_size"], positions)
+                test = self._test()
         if lm["asgd"]:
             _start_averaging(replica, valid.cross_entropy, lm["nonmono"])
-        if report:
-            row = {
-                "epoch": replica.epoch,
-                "test_accuracy": test.accuracy,
-                "test_cross_entropy": test.cross_entropy,
-                "test_perplexity": test.perplexity,
-                "valid_cross_entropy": valid.cross_entropy,
-                "valid_perplexity": valid.perplexity,
-                "train_loss": float(train_loss),
-                "lr": scheduled_lr,
-                "averaging": replica.averaged_steps > 0,
-                "seconds": replica.train_seconds,
-            }
-            replica.metrics.append(row)
-            records.write_jsonl(directory / records.METRICS_FILE, replica.metrics)
-            log.info(
-                "%s epoch %d/%d  train_loss %.4f  test_ppl %.2f  valid_ppl %.2f  test_acc %.2f%%  "
-                "lr %.4g%s  %.1fs",
-                directory.name, replica.epoch, epochs, row["train_loss"], test.perplexity,
-                valid.perplexity, test.accuracy, scheduled_lr,
-                "  (averaged)" if row["averaging"] else "", replica.train_seconds,
-            )
-        if not last and replica.epoch % config["checkpoint_every"] == 0:
-            records.write_torch(checkpoint, replica.state_dict())
+        if not report:
+            return None
+        return [self._evaluation(test, {
+            "valid_cross_entropy": valid.cross_entropy,
+            "valid_perplexity": valid.perplexity,
+            "averaging": replica.averaged_steps > 0,
+        })]
 
-    with averaged_weights(replica):
-        if test is None:  # epochs == 0: the untrained model
-            test = evaluate(corpus.test, lm["test_batch_size"], positions)
-        # clone: on the CPU .cpu() is the parameter itself, which the context then restores
-        weights = {k: v.detach().cpu().clone() for k, v in replica.model.state_dict().items()}
-    records.write_npy(directory / records.TARGET_LOGPROBS_FILE, test.target_logprobs)
-    records.write_npy(directory / records.PREDICTIONS_FILE, test.predictions)
-    records.write_npy(directory / records.LABELS_FILE, test.labels)
-    if test.subset_positions is not None:
-        records.write_npy(directory / records.LOGPROBS_SUBSET_FILE, test.subset_logprobs)
-        records.write_npy(directory / records.SUBSET_POSITIONS_FILE, test.subset_positions)
-    records.write_torch(directory / records.WEIGHTS_FILE, weights)
-    result: dict[str, Any] = {
-        "test_accuracy": test.accuracy,
-        "test_cross_entropy": test.cross_entropy,
-        "test_perplexity": test.perplexity,
-        "train_seconds": replica.train_seconds,
-        "epochs": epochs,
-        "replicate": config["replicate"],
-        "source": config["source"]["name"],
-        "lowlevel": lowlevel,
-        "asgd_from_epoch": replica.asgd_from_epoch,
-    }
-    if replica.bitflip is not None:
-        result["bitflip"] = replica.bitflip
-    (directory / records.ERROR_FILE).unlink(missing_ok=True)
-    records.write_json(directory / records.RESULT_FILE, result)
-    checkpoint.unlink(missing_ok=True)
-    return result
+    def evaluate(self) -> list[train.Evaluation]:
+        with averaged_weights(self.replica):
+            return [self._evaluation(self._test(), {})]
+
+    def _evaluation(self, test: LMEvaluation, row: dict) -> train.Evaluation:
+        def files() -> dict[str, np.ndarray]:
+            arrays = {records.TARGET_LOGPROBS_FILE: test.target_logprobs,
+                      records.PREDICTIONS_FILE: test.predictions, records.LABELS_FILE: test.labels}
+            if test.subset_positions is not None:
+                arrays[records.LOGPROBS_SUBSET_FILE] = test.subset_logprobs
+                arrays[records.SUBSET_POSITIONS_FILE] = test.subset_positions
+            return arrays
+
+        result = {"test_perplexity": test.perplexity, "asgd_from_epoch": self.replica.asgd_from_epoch}
+        return train.Evaluation(test.accuracy, test.cross_entropy, row={"test_perplexity": test.perplexity, **row},
+                                result=result, files=files)
+
+    def train_mode(self) -> None:
+        self.replica.model.train()
+
+    def write_back(self) -> None:
+        pass
+
+
+class LMFamily:
+    """Language models in the run lifecycle: one replica at a time (no packed form)."""
+
+    def new_replica(self, config: dict, corpus: TextCorpus) -> LMReplica:
+        return new_lm_replica(config, corpus)
+
+    def steps_per_epoch(self, config: dict, corpus: TextCorpus) -> int:
+        return 0  # no snapshots (refused by check_config)
+
+    def apart(self, config: dict, corpus: TextCorpus) -> str:
+        return f"model={config['model']['name']} has no packed form"
+
+    def env(self, config: dict, replicates: list[int]) -> dict:
+        return {}
+
+    def with_spares(self, replicas, config, corpus):
+        return replicas
+
+    def group(self, replicas: list[LMReplica], config: dict, corpus: TextCorpus) -> LMGroup:
+        (replica,) = replicas
+        return LMGroup(replica, config, corpus)
+
+    def weights(self, replica: LMReplica) -> dict:
+        with averaged_weights(replica):
+            # clone: on the CPU .cpu() is the parameter itself, which the context then restores
+            return {k: v.detach().cpu().clone() for k, v in replica.model.state_dict().items()}

@@ -56,28 +56,27 @@ on the CPU, for convolutional models too large to gain from a pack (``sequential
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import time
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from omegaconf import OmegaConf
 from torch.optim.adam import adam as adam_update
 from torch.optim.sgd import sgd as sgd_update
 
 from nondet import train
 from nondet.backend import autocast
 from nondet.data import Dataset
-from nondet.models import SeededDropout, SmeLU
-from nondet.models.layers import GlobalAvgPool
-from nondet.models.resnet import BasicBlock, ResNet
-from nondet.models.shallow import MLP, Conv1Net, LinearClassifier
-from nondet.optim import learning_rate
+from nondet.models import build_model, set_dropout_generator
+from nondet.models.packed import (  # noqa: F401  (pack.PackedLinear & co. for the tests)
+    NotPackableError, PackedBatchNorm2d, PackedConv2d, PackedDropout, PackedLinear, _stack,
+    dropout_mask, pack_model,
+)
+from nondet.optim import build_optimizer, learning_rate
 from nondet.pipeline import batch_bounds, crop_flip, crop_flip_draws, epoch_order, within_batch_permutation
+from nondet.seeds import SeedPlan
 
 log = logging.getLogger("nondet")
 
@@ -88,17 +87,6 @@ PACKABLE_MODELS = frozenset({"linear", "mlp", "conv1", "resnet6", "resnet10", "r
 CPU_CONV_ACTIVATIONS = 128 * 1024
 # Per-step sources: replicas whose generator is in the same state share it within a pack.
 SHARED_SOURCES = ("shuffle", "augment", "dropout", "reduction")
-# Modules that act on each channel (or element) alone, so the folded replica axis passes through.
-_PER_CHANNEL = (
-    nn.Sequential, nn.Identity, nn.AvgPool2d, GlobalAvgPool,
-    nn.ReLU, nn.GELU, nn.SiLU, nn.Softplus, nn.Tanh, nn.LeakyReLU, SmeLU,
-    BasicBlock, ResNet, MLP, LinearClassifier, Conv1Net,
-)
-
-
-class NotPackableError(TypeError):
-    pass
-
 
 def sequential_reason(config: dict, data: Dataset) -> str | None:
     """Why the job should train its replicas one after another rather than as one fused pack,
@@ -113,8 +101,6 @@ def sequential_reason(config: dict, data: Dataset) -> str | None:
     name = config["model"]["name"]
     if name not in PACKABLE_MODELS:
         return f"model={name} has no packed form (packable: {', '.join(sorted(PACKABLE_MODELS))})"
-    if config["schedule"]["name"] == "snapshot":
-        return "schedule=snapshot takes its snapshots in the solo loop"
     if config["device"] == "cpu" and name not in ("linear", "mlp") and len(data.input_shape) == 3:
         _, height, width = data.input_shape
         size = config["batch_size"] * config["model"]["width"] * height * width * 4
@@ -129,229 +115,6 @@ def default_conv_mode(device: str) -> str:
     """``split`` on the CPU (bitwise equal to solo, and no slower there: docs/benchmarks.md),
     ``grouped`` on CUDA (one kernel for the pack)."""
     return "grouped" if device == "cuda" else "split"
-
-
-# ------------------------------------------------------------------------------ packed layers
-
-
-def _gemm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: int) -> None:
-    """out[p] = beta * out[p] + a[p] @ b[p] for every p, in place.
-
-    On the CPU ``out`` is a non-contiguous view (P, M, N) of a (M, P, N) tensor, so ``baddbmm_``
-    takes its per-batch path: one ``addmm`` per replica, the very BLAS call (shape, strides,
-    transposition) that the solo layer makes. A contiguous result would send it to MKL's batched
-    GEMM, whose kernels round differently for some shapes.
-    """
-    if out.device.type == "cpu" and out.is_contiguous():
-        for p in range(out.shape[0]):  # P == 1 or M == 1: no per-batch path to rely on
-            out[p].addmm_(a[p], b[p], beta=beta)
-    else:
-        out.baddbmm_(a, b, beta=beta)
-
-
-class _PackedLinearFunction(torch.autograd.Function):
-    """y[:, p] = x[:, p] @ w[p].T + b[p] for x (B, P, I), w (P, O, I), b (P, O) -> y (B, P, O).
-
-    The backward mirrors the autograd of ``F.linear`` = ``addmm(b, x, w.t())`` GEMM for GEMM:
-    grad_x = grad @ w and grad_w = grad.t() @ x (torch's ``mm_mat2_backward`` for a transposed
-    mat2), grad_b = the sum of grad over the batch, reduced per replica over a (P, B, O) tensor
-    as solo reduces a (B, O) one.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        batch, packs, _ = x.shape
-        outputs = weight.shape[1]
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        if bias is None:
-            out = x.new_empty(batch, packs, outputs)
-        else:
-            out = bias.unsqueeze(0).expand(batch, packs, outputs).contiguous()
-        _gemm_into(out.transpose(0, 1), x.transpose(0, 1), weight.transpose(1, 2), 0 if bias is None else 1)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        batch, packs, inputs = x.shape
-        outputs = weight.shape[1]
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad.new_empty(batch, packs, inputs)
-            _gemm_into(grad_x.transpose(0, 1), grad.transpose(0, 1), weight, 0)
-        if ctx.needs_input_grad[1]:
-            grad_w = grad.new_empty(outputs, packs, inputs)
-            _gemm_into(grad_w.transpose(0, 1), grad.permute(1, 2, 0), x.transpose(0, 1), 0)
-            grad_w = grad_w.transpose(0, 1).contiguous()
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.transpose(0, 1).contiguous().sum(1)
-        return grad_x, grad_w, grad_b
-
-
-class PackedLinear(nn.Module):
-    """P ``nn.Linear`` layers: (B, P*I) -> (B, P*O); weight (P, O, I), bias (P, O)."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight)
-        self.bias = None if bias is None else nn.Parameter(bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packs, outputs, inputs = self.weight.shape
-        x = x.reshape(x.shape[0], packs, inputs)
-        weight, bias = self.weight, self.bias
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
-            # autocast does not reach inside an autograd.Function: cast here, as autocast would.
-            dtype = torch.get_autocast_dtype(device_type)
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
-            with torch.autocast(device_type, enabled=False):
-                out = _PackedLinearFunction.apply(x, weight, bias)
-        else:
-            out = _PackedLinearFunction.apply(x.contiguous(), weight, bias)
-        return out.reshape(out.shape[0], packs * outputs)
-
-
-class PackedConv2d(nn.Module):
-    """P ``nn.Conv2d`` layers: (B, P*I, H, W) -> (B, P*O, H', W'); weight (P, O, I, k, k).
-
-    ``mode="grouped"``: one convolution with ``groups=P``. ``mode="split"``: one convolution per
-    replica on its channel slice, bitwise the solo convolution (on the CPU).
-    """
-
-    def __init__(self, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None, mode: str) -> None:
-        super().__init__()
-        if mode not in ("grouped", "split"):
-            raise ValueError(f"conv_mode={mode!r}: use grouped or split")
-        if conv.padding_mode != "zeros":
-            raise NotPackableError(f"Conv2d with padding_mode={conv.padding_mode!r}")
-        self.weight = nn.Parameter(weight)
-        self.bias = None if bias is None else nn.Parameter(bias)
-        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
-        self.mode = mode
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packs = self.weight.shape[0]
-        if self.mode == "grouped" or packs == 1:
-            bias = None if self.bias is None else self.bias.flatten()
-            return F.conv2d(x, self.weight.flatten(0, 1), bias, self.stride, self.padding,
-                            self.dilation, self.groups * packs)
-        slices = x.unflatten(1, (packs, -1)).unbind(1)
-        outs = [
-            F.conv2d(slices[p], self.weight[p], None if self.bias is None else self.bias[p],
-                     self.stride, self.padding, self.dilation, self.groups)
-            for p in range(packs)
-        ]
-        return torch.stack(outs, 1).flatten(1, 2)
-
-
-class PackedBatchNorm2d(nn.Module):
-    """P ``nn.BatchNorm2d(C)`` as one batch norm over P*C channels: per-channel statistics are
-    per-replica statistics. Parameters and running statistics (P, C); num_batches_tracked (P,)."""
-
-    def __init__(self, bn: nn.BatchNorm2d, tensors: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        if not (bn.affine and bn.track_running_stats) or bn.momentum is None:
-            raise NotPackableError("BatchNorm2d without affine, running statistics or momentum")
-        self.weight = nn.Parameter(tensors["weight"])
-        self.bias = nn.Parameter(tensors["bias"])
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            self.register_buffer(name, tensors[name])
-        self.momentum, self.eps = bn.momentum, bn.eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.num_batches_tracked.add_(1)
-        return F.batch_norm(
-            x, self.running_mean.view(-1), self.running_var.view(-1), self.weight.view(-1),
-            self.bias.view(-1), self.training, self.momentum, self.eps,
-        )
-
-
-def dropout_mask(shape: Sequence[int], rate: float, generator: torch.Generator) -> torch.Tensor:
-    """The mask ``SeededDropout`` draws for an input of ``shape``: the same calls, the same order."""
-    mask = torch.empty(tuple(shape), dtype=torch.float32, device=generator.device)
-    mask.bernoulli_(1.0 - rate, generator=generator)
-    mask.mul_(1.0 / (1.0 - rate))
-    return mask
-
-
-class PackedDropout(nn.Module):
-    """P ``SeededDropout`` layers: replica p's mask, of its own shape (B, F, ...), comes from
-    ``generators[p]``; replicas that share a generator object share the one draw."""
-
-    def __init__(self, rate: float, generators: list[torch.Generator]) -> None:
-        super().__init__()
-        self.p = float(rate)
-        self.generators = generators
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        packs = len(self.generators)
-        shape = (x.shape[0], x.shape[1] // packs, *x.shape[2:])
-        drawn: dict[int, torch.Tensor] = {}
-        for generator in self.generators:
-            if id(generator) not in drawn:
-                drawn[id(generator)] = dropout_mask(shape, self.p, generator)
-        mask = torch.cat([drawn[id(g)] for g in self.generators], dim=1)
-        return x * mask.to(device=x.device, dtype=x.dtype)
-
-
-def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([t.detach() for t in tensors]).clone()
-
-
-def _pack_children(module: nn.Module, sources: list[nn.Module], dropout_generators, conv_mode) -> None:
-    for name, child in list(module.named_children()):
-        originals = [getattr(source, name) for source in sources]
-        if isinstance(child, nn.Linear):
-            packed = PackedLinear(
-                _stack([m.weight for m in originals]),
-                None if child.bias is None else _stack([m.bias for m in originals]),
-            )
-        elif isinstance(child, nn.Conv2d):
-            packed = PackedConv2d(
-                child, _stack([m.weight for m in originals]),
-                None if child.bias is None else _stack([m.bias for m in originals]), conv_mode,
-            )
-        elif isinstance(child, nn.BatchNorm2d):
-            names = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-            packed = PackedBatchNorm2d(child, {n: _stack([getattr(m, n) for m in originals]) for n in names})
-        elif isinstance(child, SeededDropout):
-            packed = PackedDropout(child.p, dropout_generators)
-        elif isinstance(child, nn.Flatten):
-            if child.start_dim != 1 or child.end_dim != -1:
-                raise NotPackableError(f"{name}: Flatten({child.start_dim}, {child.end_dim})")
-            continue
-        elif isinstance(child, _PER_CHANNEL):
-            if any(True for _ in child.parameters(recurse=False)) or any(True for _ in child.buffers(recurse=False)):
-                raise NotPackableError(f"{name}: {type(child).__name__} holds its own tensors")
-            _pack_children(child, originals, dropout_generators, conv_mode)
-            continue
-        else:
-            raise NotPackableError(f"{name}: no packed form of {type(child).__name__}")
-        setattr(module, name, packed)
-
-
-def pack_model(models: list[nn.Module], dropout_generators: list[torch.Generator], conv_mode: str) -> nn.Module:
-    """One module computing all ``models`` (same architecture) on the folded layout; its
-    ``state_dict`` has the solo names with every tensor stacked to (P, *solo shape)."""
-    template = models[0]
-    memo = {id(m.generator): None for m in template.modules() if isinstance(m, SeededDropout)}
-    packed = copy.deepcopy(template, memo)
-    if not isinstance(packed, _PER_CHANNEL):
-        raise NotPackableError(f"no packed form of {type(packed).__name__}")
-    _pack_children(packed, models, dropout_generators, conv_mode)
-    solo, stacked = template.state_dict(), packed.state_dict()
-    if list(solo) != list(stacked) or any(
-        stacked[k].shape != (len(models), *solo[k].shape) for k in solo
-    ):
-        raise NotPackableError("the packed model does not mirror the solo model's state")
-    return packed.to(next(template.parameters()).device)
 
 
 # ------------------------------------------------------------------------------ the pack
@@ -373,7 +136,9 @@ def _share_generators(replicas: list[train.Replica]) -> None:
 
 
 class Pack:
-    """The fused training state of replicas that stand at the same epoch and step."""
+    """The training state of replicas that stand at the same epoch and step: one fused model over
+    stacked tensors, or, for a pack of one (a solo run, or a model without a packed form), the
+    replica's own model and ``torch.optim`` optimizer, which is the solo computation itself."""
 
     def __init__(self, replicas: list[train.Replica], config: dict, conv_mode: str) -> None:
         epochs = {(r.epoch, r.step) for r in replicas}
@@ -381,6 +146,13 @@ class Pack:
             raise ValueError(f"a pack needs replicas at one epoch and step, got {sorted(epochs)}")
         self.replicas, self.config = replicas, config
         self.epoch, self.step = replicas[0].epoch, replicas[0].step
+        self.group = replicas[0].optimizer.param_groups[0]
+        self.lr = self.group["lr"]
+        self.direct = len(replicas) == 1
+        if self.direct:
+            self.model = replicas[0].model
+            self.params = list(self.model.parameters())
+            return
         _share_generators(replicas)
         self.model = pack_model(
             [r.model for r in replicas], [r.generators["dropout"] for r in replicas], conv_mode
@@ -388,8 +160,6 @@ class Pack:
         self.names = [name for name, _ in replicas[0].model.named_parameters()]
         params = dict(self.model.named_parameters())
         self.params = [params[name] for name in self.names]
-        self.group = replicas[0].optimizer.param_groups[0]
-        self.lr = self.group["lr"]
         self._load_optimizer_state()
 
     @property
@@ -427,6 +197,11 @@ class Pack:
 
     def optimizer_step(self) -> None:
         """torch's own functional update over the stacked tensors, as ``optimizer.step()``."""
+        if self.direct:
+            for group in self.replicas[0].optimizer.param_groups:
+                group["lr"] = self.lr
+            self.replicas[0].optimizer.step()
+            return
         group = self.group
         with torch.no_grad():
             live = [i for i, p in enumerate(self.params) if p.grad is not None]
@@ -460,6 +235,12 @@ class Pack:
     def write_back(self) -> None:
         """Copy the pack's state into each replica's solo model, optimizer and counters, so
         ``Replica.state_dict()`` (checkpoint.pt) and weights.pt are exactly the solo format."""
+        if self.direct:
+            replica = self.replicas[0]
+            replica.epoch, replica.step = self.epoch, self.step
+            for group in replica.optimizer.param_groups:
+                group["lr"] = self.lr
+            return
         stacked = self.model.state_dict()
         name = self.config["optimizer"]["name"]
         for p, replica in enumerate(self.replicas):
@@ -540,9 +321,12 @@ def _epoch_loss(step_losses: list[torch.Tensor], n: int, device: str) -> torch.T
     return total / n
 
 
-def train_pack_epoch(pack: Pack, data: Dataset) -> torch.Tensor:
+def train_pack_epoch(
+    pack: Pack, data: Dataset, after_step: Callable[[int], None] | None = None
+) -> torch.Tensor:
     """One pass over the training set for every replica of the pack; returns their mean
-    training losses (P,) on the device. No host synchronisation in the step loop."""
+    training losses (P,) on the device. No host synchronisation in the step loop.
+    ``after_step(step)`` runs after every optimizer step (snapshots are taken there)."""
     config, model = pack.config, pack.model
     n = len(data.y_train)
     bounds = batch_bounds(n, config["batch_size"])
@@ -580,6 +364,8 @@ def train_pack_epoch(pack: Pack, data: Dataset) -> torch.Tensor:
         pack.optimizer_step()
         step_losses.append(losses.detach())
         pack.step += 1
+        if after_step is not None:
+            after_step(pack.step)
     return _epoch_loss(step_losses, n, device)
 
 
@@ -602,7 +388,7 @@ def evaluate_pack(pack: Pack, data: Dataset) -> tuple[torch.Tensor, list[float],
     return logits, scores[0], scores[1]
 
 
-# ------------------------------------------------------------------------------ a job's pack
+# ------------------------------------------------------------------------------ the image family
 
 
 def fills_pack(config: dict, conv_mode: str) -> bool:
@@ -615,123 +401,115 @@ def fills_pack(config: dict, conv_mode: str) -> bool:
     resumed pack would not repeat itself. The CPU's split convolutions and per-replica GEMMs are
     the solo computation whatever P is, and need no spares.
     """
-    return conv_mode == "grouped" or config["device"] == "cuda"
+    explicit = config["pack"] != "auto" and config["pack"] > 1
+    return explicit and (conv_mode == "grouped" or config["device"] == "cuda")
 
 
-def _spare(replica: train.Replica, config: dict, data: Dataset) -> train.Replica:
-    """A copy of ``replica`` (weights, optimizer, generators) that fills a pack; never recorded."""
-    spare = train.new_replica({**config, "replicate": replica.plan.replicate}, data)
-    spare.load_state_dict(replica.state_dict())
-    return spare
+def new_replica(config: dict, data: Dataset) -> train.Replica:
+    """A freshly initialised image replica: generators, model (from the init generator), optimizer."""
+    device = config["device"]
+    plan = SeedPlan.for_run(config["base_seed"], config["source"]["vary"], config["replicate"])
+    generators = plan.generators(device, before_onset=config["onset_epoch"] > 0)
+    model = build_model(
+        OmegaConf.create(config["model"]), data.input_shape, data.num_classes, generators["init"]
+    ).to(device)
+    set_dropout_generator(model, generators["dropout"])
+    optimizer = build_optimizer(config["optimizer"], model.parameters())
+    return train.Replica(plan=plan, model=model, optimizer=optimizer, generators=generators)
 
 
-def _train_segment(members: list[tuple[train.Replica, dict]], data: Dataset, stop: int, conv_mode: str) -> None:
-    """Train ``members`` (all at one epoch) together up to epoch ``stop``, writing metrics and
-    checkpoints as the solo loop does; at ``stop == epochs`` finish every run directory."""
-    config = members[0][1]["config"]  # what the members share: all but ``replicate``
-    epochs, onset = config["epochs"], config["onset_epoch"]
-    flips = "bitflip" in config["source"]["vary"]
-    replicas = [replica for replica, _ in members]
-    if fills_pack(config, conv_mode):  # kernels of one shape for every replica of the config
-        replicas += [_spare(replicas[0], config, data) for _ in range(config["pack"] - len(replicas))]
-    pack = Pack(replicas, config, conv_mode)
-    final = None
-    while pack.epoch < stop:
-        if pack.epoch == onset and (onset > 0 or flips):
-            # the solo start_of_epoch on the solo replicas: new generators, the bit flip
-            pack.write_back()
-            for replica in replicas:
-                train.start_of_epoch(replica, config)
-            pack = Pack(replicas, config, conv_mode)
-        else:  # nothing changes in the replicas then, but the low-level switch of an onset sweep
-            for replica in replicas:
-                train.start_of_epoch(replica, config)
-        began = time.perf_counter()
-        train_loss = train_pack_epoch(pack, data)
-        if config["device"] == "cuda":
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - began) / len(members)  # amortised over the pack
-        pack.epoch += 1
-        last = pack.epoch == epochs
-        for replica in replicas:  # spares too: start_of_epoch reads the epoch
-            replica.epoch = pack.epoch
-        for replica, _ in members:
-            replica.train_seconds += seconds
-        if last or pack.epoch % config["eval_every"] == 0:
-            logits, accuracy, cross_entropy = evaluate_pack(pack, data)
-            losses = train_loss.tolist()
-            for p, (replica, member) in enumerate(members):
-                replica.optimizer.param_groups[0]["lr"] = pack.lr
-                train.record_evaluation(
-                    replica, member["directory"], config, losses[p], accuracy[p], cross_entropy[p]
-                )
-            final = (logits, accuracy, cross_entropy) if last else None
-        if not last and pack.epoch % config["checkpoint_every"] == 0:
-            pack.write_back()
-            for replica, member in members:
-                train.write_checkpoint(replica, member["directory"])
-    pack.write_back()
-    if stop < epochs:
-        return
-    if final is None:  # epochs == 0: the untrained models
-        final = evaluate_pack(pack, data)
-    logits, accuracy, cross_entropy = final
-    for p, (replica, member) in enumerate(members):
-        member["result"] = train.finish_replica(
-            replica, member["config"], member["directory"], data, member["lowlevel"],
-            logits[p], accuracy[p], cross_entropy[p],
-        )
+class ImageGroup:
+    """The image step and evaluation of ``nondet.train``'s loop, over a ``Pack``."""
+
+    def __init__(self, replicas: list[train.Replica], config: dict, data: Dataset, conv_mode: str) -> None:
+        self.pack = Pack(replicas, config, conv_mode)
+        self.data = data
+
+    @property
+    def epoch(self) -> int:
+        return self.pack.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.pack.epoch = value
+
+    @property
+    def step(self) -> int:
+        return self.pack.step
+
+    @property
+    def lr(self) -> float:
+        return self.pack.lr
+
+    def train_epoch(self, after_step: Callable[[int], None] | None) -> torch.Tensor:
+        return train_pack_epoch(self.pack, self.data, after_step)
+
+    def evaluate(self) -> list[train.Evaluation]:
+        logits, accuracy, cross_entropy = evaluate_pack(self.pack, self.data)
+        labels = self.data.y_test
+        return [train.Evaluation(accuracy[p], cross_entropy[p], logits=logits[p], labels=labels)
+                for p in range(len(accuracy))]
+
+    def end_of_epoch(self, report: bool) -> list[train.Evaluation] | None:
+        return self.evaluate() if report else None
+
+    def train_mode(self) -> None:
+        self.pack.model.train()
+
+    def write_back(self) -> None:
+        self.pack.write_back()
 
 
-def train_pack(
-    jobs: list[tuple[dict, Path]],
-    data: Dataset,
-    lowlevel: str,
-    finished: Callable[[Path, dict], None],
-    failed: Callable[[Path], None],
-    conv_mode: str | None = None,
-) -> None:
-    """Train the unfinished replicas ``jobs`` = [(config, directory)] of one job as a pack.
+class ImageFamily:
+    """Image classifiers: a pack of P replicas (P = 1 for a solo run) through one step loop."""
 
-    Each replica opens its run directory as the solo loop does (resuming from its checkpoint);
-    one that fails to open fails alone. Replicas at different epochs catch up: the ones furthest
-    behind train together until they reach the next ones. ``finished(directory, result)`` and
-    ``failed(directory)`` (called inside an ``except`` block) report each replica.
-    """
-    if not jobs:
-        return
-    conv_mode = conv_mode or default_conv_mode(jobs[0][0]["device"])
-    members = []
-    env = {"pack": {"size": jobs[0][0]["pack"], "members": [c["replicate"] for c, _ in jobs],
-                    "mode": "fused", "conv_mode": conv_mode}}
-    for config, directory in jobs:
-        try:
-            replica = train.open_replica(config, directory, data, lowlevel, env)
-            if 0 < config["onset_epoch"] <= config["epochs"] and replica.epoch < config["onset_epoch"]:
-                # the shared prefix of an onset sweep, trained once for all (nondet/onset.py)
-                train.fork_from_prefix(replica, config, Path(directory), data)
-        except Exception:
-            failed(directory)
-            continue
-        members.append((replica, {"config": config, "directory": directory, "lowlevel": lowlevel}))
-    log.info("a pack of %d replicas in one process (conv_mode=%s)", len(members), conv_mode)
-    epochs = jobs[0][0]["epochs"]
-    while members:
-        start = min(r.epoch for r, _ in members)
-        behind = [m for m in members if m[0].epoch == start]
-        ahead = [r.epoch for r, _ in members if r.epoch > start]
-        stop = min(ahead) if ahead else epochs
-        if ahead:
-            log.info("replicas at epoch %d catch up with those at epoch %d", start, stop)
-        try:
-            _train_segment(behind, data, stop, conv_mode)
-        except Exception:
-            for _, member in behind:
-                failed(member["directory"])
-            stop = epochs
-        if stop == epochs:
-            for _, member in behind:
-                if "result" in member:
-                    finished(member["directory"], member["result"])
-            gone = {id(m) for m in behind}
-            members = [m for m in members if id(m) not in gone]
+    def __init__(self, conv_mode: str | None = None) -> None:
+        self.conv_mode = conv_mode
+
+    def new_replica(self, config: dict, data: Dataset) -> train.Replica:
+        return new_replica(config, data)
+
+    def steps_per_epoch(self, config: dict, data: Dataset) -> int:
+        return len(batch_bounds(len(data.y_train), config["batch_size"]))
+
+    def apart(self, config: dict, data: Dataset) -> str | None:
+        """Why this job's replicas train one at a time, or None when they train as one pack."""
+        if config["pack"] == 1:
+            return "pack=1"
+        if config["pack"] == "auto" and config["device"] != "cpu":
+            return ("pack=auto fuses replicas on the CPU only, where a pack is bitwise the solo "
+                    "computation (set pack=P to fuse them on a GPU)")
+        return sequential_reason(config, data)
+
+    def _mode(self, config: dict) -> str:
+        return self.conv_mode or default_conv_mode(config["device"])
+
+    def env(self, config: dict, replicates: list[int]) -> dict:
+        return {"pack": {"size": config["pack"], "members": replicates, "mode": "fused",
+                         "conv_mode": self._mode(config)}}
+
+    def with_spares(self, replicas: list[train.Replica], config: dict, data: Dataset) -> list[train.Replica]:
+        """``replicas`` and, where ``fills_pack``, spare copies of the first up to ``pack``."""
+        if not fills_pack(config, self._mode(config)):
+            return replicas
+        spares = []
+        for _ in range(config["pack"] - len(replicas)):
+            spare = new_replica({**config, "replicate": replicas[0].plan.replicate}, data)
+            spare.load_state_dict(replicas[0].state_dict())
+            spares.append(spare)
+        return replicas + spares
+
+    def group(self, replicas: list[train.Replica], config: dict, data: Dataset) -> ImageGroup:
+        return ImageGroup(replicas, config, data, self._mode(config))
+
+    def weights(self, replica: train.Replica) -> dict:
+        return {k: v.detach().cpu() for k, v in replica.model.state_dict().items()}
+
+
+def train_epoch(replica: train.Replica, config: dict, data: Dataset) -> torch.Tensor:
+    """One epoch of one replica, a pack of one (``benchmarks/throughput.py`` times it); returns
+    its mean training loss on the device."""
+    group = Pack([replica], config, default_conv_mode(config["device"]))
+    loss = train_pack_epoch(group, data)
+    group.write_back()
+    return loss[0]

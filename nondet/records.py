@@ -126,10 +126,15 @@ def _drop_new_defaults(node: Mapping[str, Any], path: tuple[str, ...] = ()) -> d
 def identity(config: Mapping[str, Any]) -> dict:
     """The part of a resolved config (plain dict) that determines what a run computes: every key
     but where it is stored, less the keys added after version 1 that hold their default value
-    (see ``IDENTITY_V1_KEYS``). Names run directories and groups the analysis' table rows."""
-    return _drop_new_defaults(
-        {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS and k != "hydra"}
-    )
+    (see ``IDENTITY_V1_KEYS``). Names run directories and groups the analysis' table rows.
+
+    ``pack`` counts only where a pack may compute otherwise than one replica alone: an explicit
+    ``pack=P`` on a GPU. On the CPU a packed replica is bitwise the solo one, and ``pack=auto``
+    fuses only there, so the pack size neither splits a group nor moves a run's directory."""
+    kept = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS and k != "hydra"}
+    if "pack" in kept and (kept["pack"] == "auto" or kept.get("device") == "cpu"):
+        kept["pack"] = 1
+    return _drop_new_defaults(kept)
 
 
 def config_hash(config: Mapping[str, Any], length: int = 10) -> str:

@@ -25,14 +25,20 @@ SEEDABLE = ("init", "shuffle", "augment", "dropout", "reduction", "bitflip")
 SOURCES = SEEDABLE + ("lowlevel",)
 
 
-def derive_seed(base_seed: int, source: str, replicate: int) -> int:
-    """A 63-bit seed that depends on all three arguments and on nothing else.
+def hashed_seed(*parts: object) -> int:
+    """A 63-bit seed from the SHA-256 of ``parts`` joined by "/": the one way nondet names a
+    stream (sources, synthetic data and text, the language model's stored positions).
 
     SHA-256 rather than ``base_seed + replicate`` so that neighbouring replicates, sources and
     base seeds never share or shift streams.
     """
-    digest = hashlib.sha256(f"nondet/{base_seed}/{source}/{replicate}".encode()).digest()
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def derive_seed(base_seed: int, source: str, replicate: int) -> int:
+    """A 63-bit seed that depends on all three arguments and on nothing else."""
+    return hashed_seed("nondet", base_seed, source, replicate)
 
 
 def check_sources(vary: Iterable[str]) -> list[str]:

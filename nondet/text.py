@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -53,6 +52,7 @@ from typing import Optional
 import torch
 
 from nondet.config import TEXT_DATASETS, DatasetConfig
+from nondet.seeds import hashed_seed, make_generator
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -190,8 +190,7 @@ def load_ptb(cfg: DatasetConfig) -> TextCorpus:
 
 def text_generator(data_seed: int, part: str) -> torch.Generator:
     """The CPU generator of one part ("grammar", "train", "valid", "test") of the synthetic text."""
-    digest = hashlib.sha256(f"nondet.text/synthetic/{data_seed}/{part}".encode()).digest()
-    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return make_generator(hashed_seed("nondet.text/synthetic", data_seed, part))
 
 
 @dataclass

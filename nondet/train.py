@@ -1,13 +1,24 @@
-"""Train one replica and write its run directory.
+"""The run lifecycle, one for every model: open, resume, fork, train, evaluate, checkpoint, finish.
 
 A replica is one trained model: its sources' generators, its parameters and optimizer state, its
-metrics so far. ``train_replica`` trains it from scratch or from ``checkpoint.pt`` (written every
-``checkpoint_every`` epochs) and ends by writing the run-directory contract of DESIGN.md,
-``result.json`` last. A resumed run ends bitwise identical to an uninterrupted one because every
-piece of state that feeds the computation — weights, optimizer, step, every generator — is in the
-checkpoint, and the learning rate is a pure function of the step. ``open_replica``,
-``record_evaluation``, ``write_checkpoint`` and ``finish_replica`` are the run-directory steps,
-shared with packed training (``nondet/pack.py``), which trains P replicas at once.
+metrics so far. A job trains its replicas through ``train_job``: each opens its run directory
+(config.yaml first, then resumes from ``checkpoint.pt``; env.json and seeds.json), forks from the
+shared prefix of an onset sweep, and trains in the one epoch loop (``train_group``) with
+evaluation every ``eval_every`` epochs, a checkpoint every ``checkpoint_every``, snapshots after
+the steps ``schedule=snapshot`` names, and at the end the run-directory contract of the README
+("The run directory"), ``result.json`` last and the checkpoint removed.
+
+A model family supplies only what is its own, its replica, its step and its evaluation:
+
+- images (``nondet.pack.ImageFamily``): a pack of P replicas trained as one fused computation,
+  P = 1 for a solo run or a model without a packed form (then the replicas of a job go one at a
+  time through the same loop);
+- language models (``nondet.lm.LMFamily``): BPTT windows, AR/TAR, clipping and NT-ASGD, one
+  replica at a time.
+
+A resumed run ends bitwise identical to an uninterrupted one because every piece of state that
+feeds the computation (weights, optimizer, step, every generator) is in the checkpoint, and the
+learning rate is a pure function of the step.
 
 Onset (``onset_epoch=k``): every source uses the base seed for epochs < k and the varied sources
 switch to their replicate seeds at the start of epoch k; a bit flip is made at the start of
@@ -21,7 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 import torch
@@ -29,13 +40,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from nondet import onset, records, snapshot
-from nondet.backend import autocast, configure_lowlevel, configure_precision, environment
+from nondet.backend import configure_lowlevel, environment
 from nondet.bitflip import flip_one_ulp
-from nondet.data import Dataset, data_sha256
-from nondet.models import build_model, set_dropout_generator
-from nondet.optim import build_optimizer, learning_rate
-from nondet.pipeline import batch_bounds, epoch_order, random_crop_flip, within_batch_permutation
-from nondet.seeds import SeedPlan, make_generator, generator_device
+from nondet.data import data_sha256
+from nondet.models import set_dropout_generator
+from nondet.seeds import SeedPlan, generator_device, make_generator
 
 log = logging.getLogger("nondet")
 
@@ -81,28 +90,63 @@ class Replica:
         set_dropout_generator(self.model, self.generators["dropout"])
 
 
-def new_replica(config: dict, data: Dataset) -> Replica:
-    """A freshly initialised replica: generators, model (from the init generator), optimizer."""
-    device = config["device"]
-    plan = SeedPlan.for_run(config["base_seed"], config["source"]["vary"], config["replicate"])
-    generators = plan.generators(device, before_onset=config["onset_epoch"] > 0)
-    model = build_model(
-        OmegaConf.create(config["model"]), data.input_shape, data.num_classes, generators["init"]
-    ).to(device)
-    set_dropout_generator(model, generators["dropout"])
-    optimizer = build_optimizer(config["optimizer"], model.parameters())
-    return Replica(plan=plan, model=model, optimizer=optimizer, generators=generators)
+@dataclass
+class Evaluation:
+    """One replica's test evaluation: the numbers of its metrics row and result.json, and what
+    its prediction files are made of (image: ``logits``; a language model: ``files``)."""
+
+    accuracy: float
+    cross_entropy: float
+    logits: Optional[torch.Tensor] = None  # (N, K) float32
+    labels: Optional[torch.Tensor] = None
+    row: dict = field(default_factory=dict)  # more fields of the metrics row
+    result: dict = field(default_factory=dict)  # more fields of result.json
+    files: Optional[Callable[[], dict[str, np.ndarray]]] = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The prediction files of a finished run, by name."""
+        if self.files is not None:
+            return self.files()
+        return {records.LOGITS_FILE: self.logits.cpu().numpy().astype(np.float32),
+                records.LABELS_FILE: self.labels.cpu().numpy().astype(np.int64)}
+
+
+class Group(Protocol):
+    """Replicas at one epoch and step, trained together by a family's step."""
+
+    epoch: int
+    step: int
+    lr: float  # the schedule's rate at the last step (metrics.jsonl's ``lr``)
+
+    def train_epoch(self, after_step: Callable[[int], None] | None) -> torch.Tensor: ...
+    def end_of_epoch(self, report: bool) -> list[Evaluation] | None: ...
+    def evaluate(self) -> list[Evaluation]: ...
+    def train_mode(self) -> None: ...
+    def write_back(self) -> None: ...
+
+
+class Family(Protocol):
+    """What a model family supplies to the lifecycle (``nondet.pack.ImageFamily``,
+    ``nondet.lm.LMFamily``)."""
+
+    def new_replica(self, config: dict, data: Any) -> Replica: ...
+    def steps_per_epoch(self, config: dict, data: Any) -> int: ...
+    def apart(self, config: dict, data: Any) -> str | None: ...
+    def env(self, config: dict, replicates: list[int]) -> dict: ...
+    def with_spares(self, replicas: list[Replica], config: dict, data: Any) -> list[Replica]: ...
+    def group(self, replicas: list[Replica], config: dict, data: Any) -> Group: ...
+    def weights(self, replica: Replica) -> dict: ...
 
 
 def start_of_epoch(replica: Replica, config: dict) -> None:
     """At the onset epoch the varied sources switch to their replicate seeds; bit flip."""
-    onset = config["onset_epoch"]
+    onset_epoch = config["onset_epoch"]
     if replica.plan.varies("lowlevel") and config["device"] == "cuda":
         # Kernels stay deterministic through the shared prefix, free from the onset epoch on.
-        configure_lowlevel("cuda", replica.epoch >= onset, required=True)
-    if replica.epoch != onset:
+        configure_lowlevel("cuda", replica.epoch >= onset_epoch, required=True)
+    if replica.epoch != onset_epoch:
         return
-    if onset > 0:
+    if onset_epoch > 0:
         for source in replica.plan.vary:
             if source in replica.generators:
                 device = generator_device(source, config["device"])
@@ -112,81 +156,30 @@ def start_of_epoch(replica: Replica, config: dict) -> None:
         replica.bitflip = flip_one_ulp(replica.model, replica.generators["bitflip"], config)
 
 
-def train_epoch(
-    replica: Replica, config: dict, data: Dataset, after_step: Callable[[int], None] | None = None
-) -> torch.Tensor:
-    """One pass over the training set; returns the mean training loss as a device scalar
-    (no host synchronisation inside the loop). ``after_step(step)`` runs after every optimizer
-    step (snapshots are taken there)."""
-    model, optimizer, generators = replica.model, replica.optimizer, replica.generators
-    n = len(data.y_train)
-    bounds = batch_bounds(n, config["batch_size"])
-    augment = config["dataset"]["augment"] and data.is_image
-    precision, device = config["precision"], config["device"]
-    max_lr = config["optimizer"]["lr"]
-    model.train()
-    order = epoch_order(n, generators["shuffle"], config["shuffle_window"])
-    loss_sum = torch.zeros((), device=device)
-    for start, stop in bounds:
-        index = order[start:stop]
-        index = index[within_batch_permutation(stop - start, generators["reduction"])]
-        x, y = data.x_train[index], data.y_train[index]
-        if augment:
-            x = random_crop_flip(x, generators["augment"])
-        x = data.normalize(x)
-        lr = learning_rate(config["schedule"], max_lr, replica.step, len(bounds), config["epochs"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast(precision, device):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * (stop - start)
-        replica.step += 1
-        if after_step is not None:
-            after_step(replica.step)
-    return loss_sum / n
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Dataset, config: dict) -> tuple[torch.Tensor, float, float]:
-    """Test-set logits (float32, on the device), accuracy (percent) and cross-entropy (nats)."""
-    model.eval()
-    chunks = []
-    for start, stop in batch_bounds(len(data.y_test), EVAL_BATCH):
-        with autocast(config["precision"], config["device"]):
-            chunks.append(model(data.normalize(data.x_test[start:stop])).float())
-    logits = torch.cat(chunks)
-    accuracy = (logits.argmax(dim=1) == data.y_test).float().mean() * 100.0
-    cross_entropy = F.cross_entropy(logits, data.y_test)
-    return logits, float(accuracy), float(cross_entropy)
+# --------------------------------------------------------------------------- the run directory
 
 
 def open_replica(
-    config: dict, directory: Path, data: Dataset, lowlevel: str, env_extra: dict | None = None
+    config: dict, directory: Path, data: Any, lowlevel: str, family: Family, env_extra: dict | None = None
 ) -> Replica:
     """A new replica, resumed from ``directory/checkpoint.pt`` when there is one, with
-    config.yaml, env.json (plus ``env_extra``) and seeds.json written: the start of a run,
-    solo or in a pack (nondet/pack.py)."""
+    config.yaml, env.json (plus ``env_extra``) and seeds.json written: the start of a run."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # config.yaml first: a run that fails on its checkpoint is still found by the analysis.
     records.write_text(directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
-    replica = new_replica(config, data)
+    replica = family.new_replica(config, data)
     checkpoint = directory / records.CHECKPOINT_FILE
     resumed_from = None
     if checkpoint.exists():
         replica.load_state_dict(records.read_checkpoint(checkpoint, config["device"]))
         resumed_from = replica.epoch
         log.info("%s: resuming from the checkpoint of epoch %d", directory, replica.epoch)
-    if config["dataset"]["augment"] and not data.is_image and replica.epoch == 0:
+    if config["dataset"]["augment"] and getattr(data, "is_image", None) is False and replica.epoch == 0:
         warnings.warn(
             "dataset.augment=true has no effect on feature data: crop and flip need images",
             stacklevel=2,
         )
-
     env = environment(config["device"], config["precision"], lowlevel)
     env["resumed_from_epoch"] = resumed_from
     env["data_sha256"] = data_sha256(data)
@@ -197,24 +190,25 @@ def open_replica(
 
 
 def record_evaluation(
-    replica: Replica, directory: Path, config: dict, train_loss: float, accuracy: float,
-    cross_entropy: float,
+    replica: Replica, directory: Path, config: dict, train_loss: float, evaluation: Evaluation, lr: float
 ) -> None:
     """Append the epoch's row to metrics.jsonl (``replica.epoch`` just completed)."""
     row = {
         "epoch": replica.epoch,
-        "test_accuracy": accuracy,
-        "test_cross_entropy": cross_entropy,
+        "test_accuracy": evaluation.accuracy,
+        "test_cross_entropy": evaluation.cross_entropy,
         "train_loss": train_loss,
-        "lr": replica.optimizer.param_groups[0]["lr"],
+        "lr": lr,
         "seconds": replica.train_seconds,
+        **evaluation.row,
     }
     replica.metrics.append(row)
     records.write_jsonl(Path(directory) / records.METRICS_FILE, replica.metrics)
+    extra = "".join(f"  {k} {v:.4g}" for k, v in evaluation.row.items() if k.endswith("perplexity"))
     log.info(
-        "%s epoch %d/%d  train_loss %.4f  test_acc %.2f%%  test_ce %.4f  lr %.4g  %.1fs",
-        Path(directory).name, replica.epoch, config["epochs"], train_loss, accuracy,
-        cross_entropy, row["lr"], replica.train_seconds,
+        "%s epoch %d/%d  train_loss %.4f  test_acc %.2f%%  test_ce %.4f%s  lr %.4g  %.1fs",
+        Path(directory).name, replica.epoch, config["epochs"], train_loss, evaluation.accuracy,
+        evaluation.cross_entropy, extra, lr, replica.train_seconds,
     )
 
 
@@ -223,25 +217,22 @@ def write_checkpoint(replica: Replica, directory: Path) -> None:
 
 
 def finish_replica(
-    replica: Replica, config: dict, directory: Path, data: Dataset, lowlevel: str,
-    logits: torch.Tensor, accuracy: float, cross_entropy: float,
+    replica: Replica, config: dict, directory: Path, lowlevel: str, evaluation: Evaluation, weights: dict
 ) -> dict:
-    """Write logits, labels, weights and, last, result.json; remove the checkpoint."""
+    """Write the prediction files, labels, weights and, last, result.json; remove the checkpoint."""
     directory = Path(directory)
-    records.write_npy(directory / records.LOGITS_FILE, logits.cpu().numpy().astype(np.float32))
-    records.write_npy(directory / records.LABELS_FILE, data.y_test.cpu().numpy().astype(np.int64))
-    records.write_torch(
-        directory / records.WEIGHTS_FILE,
-        {k: v.detach().cpu() for k, v in replica.model.state_dict().items()},
-    )
+    for name, array in evaluation.arrays().items():
+        records.write_npy(directory / name, array)
+    records.write_torch(directory / records.WEIGHTS_FILE, weights)
     result: dict[str, Any] = {
-        "test_accuracy": accuracy,
-        "test_cross_entropy": cross_entropy,
+        "test_accuracy": evaluation.accuracy,
+        "test_cross_entropy": evaluation.cross_entropy,
         "train_seconds": replica.train_seconds,
         "epochs": config["epochs"],
         "replicate": config["replicate"],
         "source": config["source"]["name"],
         "lowlevel": lowlevel,
+        **evaluation.result,
     }
     if replica.bitflip is not None:
         result["bitflip"] = replica.bitflip
@@ -251,36 +242,103 @@ def finish_replica(
     return result
 
 
-def train_epochs(
-    replica: Replica, config: dict, directory: Path, data: Dataset, stop: int,
-    after_step: Callable[[int], None] | None = None, on_epoch: Callable[[], None] | None = None,
-) -> torch.Tensor | None:
-    """Train until ``replica.epoch == stop``: evaluate every ``eval_every`` epochs and at the
-    last epoch, checkpoint every ``checkpoint_every``. Returns the last evaluation's logits."""
-    epochs = config["epochs"]
-    logits = None
-    while replica.epoch < stop:
-        start_of_epoch(replica, config)
+def snapshot_ensemble(directory: Path, count: int, labels: torch.Tensor) -> Evaluation:
+    """The run's prediction under ``schedule=snapshot``: the ensemble of its snapshots' logits."""
+    members = snapshot.load_snapshots(directory, count)
+    logits = snapshot.ensemble_log_probabilities([torch.from_numpy(m) for m in members])
+    labels = labels.cpu()
+    accuracy = float((logits.argmax(1) == labels).double().mean() * 100.0)
+    return Evaluation(accuracy, float(F.cross_entropy(logits, labels)), logits=logits, labels=labels)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Member:
+    """A replica of the job and its run: where it is written, and its result once finished."""
+
+    replica: Replica
+    config: dict
+    directory: Path
+    lowlevel: str
+    result: dict | None = None
+
+
+def train_group(
+    members: list[Member], data: Any, stop: int, family: Family, on_epoch: Callable[[], None] | None = None
+) -> None:
+    """Train ``members`` (all at one epoch) together up to epoch ``stop``: evaluate every
+    ``eval_every`` epochs and at the last, checkpoint every ``checkpoint_every``, take the
+    snapshots of ``schedule=snapshot``; at ``stop == epochs`` finish every run directory."""
+    config = members[0].config  # what the members share: all but ``replicate``
+    epochs, onset_epoch = config["epochs"], config["onset_epoch"]
+    flips = "bitflip" in config["source"]["vary"]
+    replicas = [m.replica for m in members]
+    if family.apart(config, data) is None:  # a pack (spares fill it where its size matters)
+        replicas = family.with_spares(replicas, config, data)
+    group = family.group(replicas, config, data)
+    snapshots = snapshot.snapshot_steps(config["schedule"], epochs * family.steps_per_epoch(config, data))
+
+    def take_snapshot(step: int) -> None:
+        if step in snapshots:
+            for member, evaluation in zip(members, group.evaluate()):
+                path = snapshot.snapshot_path(member.directory, snapshots.index(step) + 1)
+                records.write_npy(path, evaluation.logits.cpu().numpy().astype(np.float32))
+            group.train_mode()
+
+    final = None
+    while group.epoch < stop:
+        if group.epoch == onset_epoch and (onset_epoch > 0 or flips):
+            # new generators, the bit flip: made on the solo replicas, then the group rebuilt
+            group.write_back()
+            for replica in replicas:
+                start_of_epoch(replica, config)
+            group = family.group(replicas, config, data)
+        else:  # nothing changes in the replicas then, but the low-level switch of an onset sweep
+            for replica in replicas:
+                start_of_epoch(replica, config)
         began = time.perf_counter()
-        train_loss = train_epoch(replica, config, data, after_step)
+        train_loss = group.train_epoch(take_snapshot if snapshots else None)
         if config["device"] == "cuda":
             torch.cuda.synchronize()
-        replica.train_seconds += time.perf_counter() - began
-        replica.epoch += 1
-        last = replica.epoch == epochs
-        if last or replica.epoch % config["eval_every"] == 0:
-            logits, accuracy, cross_entropy = evaluate(replica.model, data, config)
-            record_evaluation(replica, directory, config, float(train_loss), accuracy, cross_entropy)
-        if not last and replica.epoch % config["checkpoint_every"] == 0:
-            write_checkpoint(replica, directory)
+        seconds = (time.perf_counter() - began) / len(members)  # amortised over the pack
+        group.epoch += 1
+        last = group.epoch == epochs
+        for replica in replicas:  # spares too: start_of_epoch reads the epoch
+            replica.epoch = group.epoch
+        for member in members:
+            member.replica.train_seconds += seconds
+        evaluations = group.end_of_epoch(last or group.epoch % config["eval_every"] == 0)
+        if evaluations is not None:
+            losses = train_loss.tolist()
+            for p, member in enumerate(members):
+                record_evaluation(member.replica, member.directory, config, losses[p], evaluations[p], group.lr)
+            final = evaluations if last else None
+        if not last and group.epoch % config["checkpoint_every"] == 0:
+            group.write_back()
+            for member in members:
+                write_checkpoint(member.replica, member.directory)
         if on_epoch is not None:
             on_epoch()
-    return logits
+    group.write_back()
+    if stop < epochs:
+        return
+    if snapshots:  # the run's prediction is the snapshot ensemble
+        final = [snapshot_ensemble(m.directory, len(snapshots), data.y_test) for m in members]
+    elif final is None:  # epochs == 0: the untrained models
+        final = group.evaluate()
+    for member, evaluation in zip(members, final):
+        member.result = finish_replica(
+            member.replica, member.config, member.directory, member.lowlevel, evaluation,
+            family.weights(member.replica),
+        )
 
 
-def fork_from_prefix(replica: Replica, config: dict, directory: Path, data: Dataset) -> None:
+def fork_from_prefix(member: Member, data: Any, family: Family) -> None:
     """Bring a replica to the onset epoch from the shared prefix (nondet/onset.py): load it when
     another job has trained it, else train it here and share it."""
+    replica, config, directory = member.replica, member.config, Path(member.directory)
     onset_epoch = config["onset_epoch"]
     shared = onset.prefix_checkpoint(config, onset_epoch)
     lock = onset.Lock(shared.with_name(shared.name + ".lock"))
@@ -291,40 +349,73 @@ def fork_from_prefix(replica: Replica, config: dict, directory: Path, data: Data
                 if latest is not None and latest[0] > replica.epoch:
                     replica.load_state_dict(records.read_checkpoint(latest[1], config["device"]))
                 log.info("%s: training the shared prefix up to epoch %d", directory.name, onset_epoch)
-                train_epochs(replica, config, directory, data, onset_epoch, on_epoch=lock.refresh)
+                train_group([member], data, onset_epoch, family, on_epoch=lock.refresh)
                 records.write_torch(shared, replica.state_dict())
                 return
     log.info("%s: forking from the shared prefix at epoch %d", directory.name, onset_epoch)
     replica.load_state_dict(records.read_checkpoint(shared, config["device"]))
 
 
-def train_replica(config: dict, directory: Path, data: Dataset, lowlevel: str) -> dict:
-    """Train the replica ``config['replicate']`` into ``directory``; returns result.json's dict."""
-    directory = Path(directory)
-    replica = open_replica(config, directory, data, lowlevel)
-    epochs = config["epochs"]
-    if 0 < config["onset_epoch"] <= epochs and replica.epoch < config["onset_epoch"]:
-        fork_from_prefix(replica, config, directory, data)
+def train_job(
+    jobs: list[tuple[dict, Path]],
+    data: Any,
+    lowlevel: str,
+    family: Family,
+    finished: Callable[[Path, dict], None],
+    failed: Callable[[Path], None],
+) -> None:
+    """Train the unfinished replicas ``jobs`` = [(config, directory)] of one job: as one pack
+    where the family packs them, else one at a time, through the one loop.
 
-    steps_per_epoch = len(batch_bounds(len(data.y_train), config["batch_size"]))
-    snapshots = snapshot.snapshot_steps(config["schedule"], epochs * steps_per_epoch)
+    Each replica opens its run directory (resuming from its checkpoint); one that fails to open
+    fails alone. In a pack, replicas at different epochs catch up: the ones furthest behind train
+    together until they reach the next ones. ``finished(directory, result)`` and
+    ``failed(directory)`` (called inside an ``except`` block) report each replica.
+    """
+    if not jobs:
+        return
+    config = jobs[0][0]
+    apart = family.apart(config, data)
+    if apart is not None and len(jobs) > 1:
+        log.info("pack=%s: %s; training its replicas one after another", config["pack"], apart)
+    env = None if apart is not None else family.env(config, [c["replicate"] for c, _ in jobs])
+    members = []
+    for replica_config, directory in jobs:
+        try:
+            replica = open_replica(replica_config, directory, data, lowlevel, family, env)
+            member = Member(replica, replica_config, Path(directory), lowlevel)
+            if 0 < config["onset_epoch"] <= config["epochs"] and replica.epoch < config["onset_epoch"]:
+                fork_from_prefix(member, data, family)  # the shared prefix, trained once for all
+        except Exception:
+            failed(directory)
+            continue
+        members.append(member)
+    groups = [members] if apart is None else [[m] for m in members]
+    if apart is None and members:
+        log.info("a pack of %d replicas in one process", len(members))
+    for group in groups:
+        _train_catching_up(group, data, family, finished, failed)
 
-    def take_snapshot(step: int) -> None:
-        if step in snapshots:
-            logits, _, _ = evaluate(replica.model, data, config)
-            replica.model.train()
-            path = snapshot.snapshot_path(directory, snapshots.index(step) + 1)
-            records.write_npy(path, logits.cpu().numpy().astype(np.float32))
 
-    logits = train_epochs(replica, config, directory, data, epochs, take_snapshot if snapshots else None)
-    if snapshots:  # the run's prediction is the snapshot ensemble
-        members = snapshot.load_snapshots(directory, len(snapshots))
-        logits = snapshot.ensemble_log_probabilities([torch.from_numpy(m) for m in members])
-        labels = data.y_test.cpu()
-        accuracy = float((logits.argmax(1) == labels).double().mean() * 100.0)
-        cross_entropy = float(F.cross_entropy(logits, labels))
-    elif logits is None:  # epochs == 0: the untrained model
-        logits, accuracy, cross_entropy = evaluate(replica.model, data, config)
-    else:
-        accuracy, cross_entropy = replica.metrics[-1]["test_accuracy"], replica.metrics[-1]["test_cross_entropy"]
-    return finish_replica(replica, config, directory, data, lowlevel, logits, accuracy, cross_entropy)
+def _train_catching_up(members: list[Member], data: Any, family: Family, finished, failed) -> None:
+    """Train ``members`` to the end; the ones furthest behind first catch up with the next."""
+    epochs = members[0].config["epochs"] if members else 0
+    while members:
+        start = min(m.replica.epoch for m in members)
+        behind = [m for m in members if m.replica.epoch == start]
+        ahead = [m.replica.epoch for m in members if m.replica.epoch > start]
+        stop = min(ahead) if ahead else epochs
+        if ahead:
+            log.info("replicas at epoch %d catch up with those at epoch %d", start, stop)
+        try:
+            train_group(behind, data, stop, family)
+        except Exception:
+            for member in behind:
+                failed(member.directory)
+            stop = epochs
+        if stop == epochs:
+            for member in behind:
+                if member.result is not None:
+                    finished(member.directory, member.result)
+            gone = {id(m) for m in behind}
+            members = [m for m in members if id(m) not in gone]

@@ -13,8 +13,10 @@ from nondet.job import register_resolvers, resolved_config
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
-# Small enough that a run takes a fraction of a second on one core.
+# Small enough that a run takes a fraction of a second on one core; one replica per job (pack=1),
+# so that a test's job trains the one replicate it names.
 TINY = [
+    "pack=1",
     "epochs=2",
     "batch_size=32",
     "dataset.train_size=256",

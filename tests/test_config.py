@@ -85,9 +85,16 @@ def test_run_directory_is_a_function_of_the_config():
     c = compose_config(["source=init", "replicate=3", "replicates=100"])
     assert records.run_dir(c) == records.run_dir(a)
     # ... but anything that changes what is trained does.
-    for other in (["source=shuffle"], ["model.width=17"], ["base_seed=1"], ["pack=2"]):
+    for other in (["source=shuffle"], ["model.width=17"], ["base_seed=1"]):
         d = compose_config(["source=init", "replicate=3", *other])
         assert records.group_dirname(d) != records.group_dirname(a), other
+    # The pack size counts only where a pack may compute otherwise than solo: pack=P on a GPU.
+    for pack in ("pack=2", "pack=auto"):
+        d = compose_config(["source=init", "replicate=3", pack])
+        assert records.run_dir(d) == records.run_dir(a), pack
+    on_gpu = lambda config: {**config, "device": "cuda"}  # noqa: E731
+    assert records.group_dirname(on_gpu(compose_config(["source=init", "pack=2"]))) != records.group_dirname(on_gpu(a))
+    assert records.group_dirname(on_gpu(compose_config(["source=init", "pack=auto"]))) == records.group_dirname(on_gpu(a))
     assert job_subdir(a) == f"{records.group_dirname(a)}/r0003"
     packed = compose_config(["pack=4", "replicate=4", "replicates=6"])
     assert job_subdir(packed).endswith("pack-r0004-r0005")

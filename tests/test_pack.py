@@ -169,9 +169,9 @@ def test_a_packed_job_writes_the_solo_contract(make_config, tmp_path):
         out = json.loads((directory / "result.json").read_text())
         assert out["test_accuracy"] == pytest.approx(100.0 * float((logits.argmax(1) == labels).mean()))
         assert out["replicate"] == replicate and out["bitflip"]["param"] in weights(directory)
-    # pack is part of a run's identity: tables never mix pack sizes silently
+    # on the CPU a packed replica is the solo one: the pack size does not move its directory
     solo = make_config("source=bitflip", "pack=1", "replicates=3", "epochs=3", f"output_root={tmp_path}")
-    assert records.run_dir(solo, 0).parent != records.run_dir(config, 0).parent
+    assert records.run_dir(solo, 0) == records.run_dir(config, 0)
 
 
 def test_finished_replicas_of_a_pack_are_skipped(make_config, tmp_path):
@@ -185,7 +185,7 @@ def test_finished_replicas_of_a_pack_are_skipped(make_config, tmp_path):
 def test_a_failing_pack_leaves_error_txt_in_every_member(make_config, tmp_path, monkeypatch):
     config = make_config("source=init", "pack=2", "replicates=2", f"output_root={tmp_path}")
 
-    def boom(group, data):
+    def boom(group, data, *args):
         raise RuntimeError("boom in the pack")
 
     monkeypatch.setattr(pack, "train_pack_epoch", boom)
@@ -214,11 +214,11 @@ def test_resume_inside_a_pack_is_bitwise_exact(make_config, tmp_path, monkeypatc
     broken = make_config(*overrides, f"output_root={tmp_path / 'broken'}")
     real_epoch, calls = pack.train_pack_epoch, {"n": 0}
 
-    def dies_in_epoch_three(group, data):
+    def dies_in_epoch_three(group, data, *args):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # a kill: no error.txt, checkpoints of epoch 2 left behind
-        return real_epoch(group, data)
+        return real_epoch(group, data, *args)
 
     monkeypatch.setattr(pack, "train_pack_epoch", dies_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
@@ -251,17 +251,20 @@ def test_a_pack_checkpoint_is_a_solo_checkpoint(make_config, tmp_path, monkeypat
     broken = make_config(*overrides, f"output_root={tmp_path / 'broken'}")
     real_epoch = pack.train_pack_epoch
 
-    def dies_in_epoch_three(group, data):
+    def dies_in_epoch_three(group, data, *args):
         if group.epoch == 2:
             raise KeyboardInterrupt
-        return real_epoch(group, data)
+        return real_epoch(group, data, *args)
 
     monkeypatch.setattr(pack, "train_pack_epoch", dies_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         run(broken)
+    monkeypatch.setattr(pack, "train_pack_epoch", real_epoch)
     directory = records.run_dir(broken, 1)
     data = load_dataset(OmegaConf.create(broken["dataset"]), "cpu")
-    train.train_replica({**broken, "replicate": 1}, directory, data, "deterministic")
+    solo = {**broken, "replicate": 1, "pack": 1}
+    train.train_job([(solo, directory)], data, "deterministic", pack.ImageFamily(),
+                    finished=lambda *a: None, failed=lambda d: pytest.fail(f"{d} failed"))
     assert np.array_equal(bits(directory), bits(records.run_dir(whole, 1)))
     assert metrics(directory) == metrics(records.run_dir(whole, 1))
 
@@ -295,7 +298,7 @@ def test_training_loss_reduces_like_cross_entropy(batch):
 def test_the_step_loop_never_synchronises(make_config, monkeypatch):
     config = make_config("source=all", "pack=2", "replicates=2", "model.dropout=0.2")
     data = load_dataset(OmegaConf.create(config["dataset"]), "cpu")
-    group = pack.Pack([train.new_replica({**config, "replicate": r}, data) for r in range(2)], config, "split")
+    group = pack.Pack([pack.new_replica({**config, "replicate": r}, data) for r in range(2)], config, "split")
     calls = []
     for name in ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy"):
         real = getattr(torch.Tensor, name)
@@ -334,8 +337,17 @@ def test_large_convolutional_packs_train_one_at_a_time_on_the_cpu(make_config):
         make_config("model=vgg11", "dataset.image_shape=[3,32,32]", "pack=4"), SimpleNamespace(input_shape=(3, 32, 32)))
 
 
-def test_snapshot_schedules_train_one_at_a_time(make_config):
-    from types import SimpleNamespace
-
-    config = make_config("schedule=snapshot", "pack=4")
-    assert "snapshot" in pack.sequential_reason(config, SimpleNamespace(input_shape=(32,)))
+def test_snapshot_ensembles_train_in_a_pack_bitwise_as_alone(make_config, tmp_path):
+    overrides = ("source=init", "schedule=snapshot", "schedule.cycles=2", "replicates=3", "epochs=3")
+    for pack_size in (1, 3):
+        root = f"output_root={tmp_path / str(pack_size)}"
+        for replicate in range(0, 3, pack_size):
+            run(make_config(*overrides, f"pack={pack_size}", f"replicate={replicate}", root))
+    for replicate in range(3):
+        alone = records.run_dir(make_config(*overrides, "pack=1", f"output_root={tmp_path / '1'}"), replicate)
+        packed = records.run_dir(make_config(*overrides, "pack=3", f"output_root={tmp_path / '3'}"), replicate)
+        assert json.loads((packed / "env.json").read_text())["pack"]["members"] == [0, 1, 2]
+        for k in (1, 2):
+            snap = f"snapshots/{k}/logits.npy"
+            assert np.array_equal(np.load(packed / snap).view(np.uint32), np.load(alone / snap).view(np.uint32))
+        assert np.array_equal(bits(packed), bits(alone))

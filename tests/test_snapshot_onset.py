@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from nondet import onset, records, snapshot, train
+from nondet import onset, pack, records, snapshot, train
 from nondet.job import run_job
 from nondet.optim import learning_rate
 
@@ -52,21 +52,21 @@ def test_snapshot_run_saves_each_cycle_and_stores_the_ensemble(make_config):
 
 def test_onset_forks_from_one_shared_prefix_and_equals_a_run_from_scratch(make_config, tmp_path, monkeypatch):
     prefix_trainings = []
-    real = train.train_epochs
+    real = train.train_group
 
-    def counting(replica, config, directory, data, stop, *args, **kwargs):
-        if stop == config["onset_epoch"]:
-            prefix_trainings.append(directory)
-        return real(replica, config, directory, data, stop, *args, **kwargs)
+    def counting(members, data, stop, *args, **kwargs):
+        if stop == members[0].config["onset_epoch"]:
+            prefix_trainings.append(members[0].directory)
+        return real(members, data, stop, *args, **kwargs)
 
-    monkeypatch.setattr(train, "train_epochs", counting)
+    monkeypatch.setattr(train, "train_group", counting)
     for replicate in range(3):
         run(make_config("source=shuffle", "onset_epoch=2", "epochs=4", f"replicate={replicate}",
                         f"output_root={tmp_path / 'shared'}"))
     assert len(prefix_trainings) == 1
     assert onset.prefix_checkpoint(make_config("source=shuffle", "onset_epoch=2", "epochs=4",
                                                f"output_root={tmp_path / 'shared'}"), 2).exists()
-    monkeypatch.setattr(train, "train_epochs", real)
+    monkeypatch.setattr(train, "train_group", real)
 
     finals = []
     for replicate in range(3):
@@ -111,7 +111,7 @@ def test_lowlevel_is_deterministic_until_the_onset_epoch(make_config, monkeypatc
 
     config = make_config("source=lowlevel", "onset_epoch=2", "replicate=1")
     data = load_dataset(OmegaConf.create(config["dataset"]), "cpu")
-    replica = train.new_replica(config, data)
+    replica = pack.new_replica(config, data)
     calls = []
     monkeypatch.setattr(train, "configure_lowlevel", lambda device, free, required: calls.append(free))
     on_gpu = {**config, "device": "cuda"}  # the switch only matters on CUDA; record it there

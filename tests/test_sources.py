@@ -15,7 +15,8 @@ from nondet.bitflip import flip_one_ulp
 from nondet.data import load_dataset
 from nondet.models import SeededDropout, build_model, first_layer_weight
 from nondet.seeds import SEEDABLE, SeedPlan, derive_seed, make_generator
-from nondet.train import new_replica, start_of_epoch, train_epoch
+from nondet.pack import new_replica, train_epoch
+from nondet.train import start_of_epoch
 from omegaconf import OmegaConf
 
 

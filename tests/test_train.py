@@ -10,7 +10,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from nondet import records, train
+from nondet import pack, records, train
 from nondet.backend import LowLevelUnavailableError
 from nondet.job import run_job
 
@@ -120,21 +120,21 @@ def test_resume_is_bitwise_exact(make_config, tmp_path, monkeypatch):
     run(whole)
 
     broken = make_config(*overrides, f"output_root={tmp_path / 'broken'}")
-    real_epoch = train.train_epoch
+    real_epoch = pack.train_pack_epoch
     calls = {"n": 0}
 
-    def dies_in_epoch_three(replica, config, data, *args):
+    def dies_in_epoch_three(group, data, *args):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # stands in for a kill: no error.txt, nothing cleaned up
-        return real_epoch(replica, config, data, *args)
+        return real_epoch(group, data, *args)
 
-    monkeypatch.setattr(train, "train_epoch", dies_in_epoch_three)
+    monkeypatch.setattr(pack, "train_pack_epoch", dies_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         run(broken)
     directory = records.run_dir(broken)
     assert (directory / "checkpoint.pt").exists() and not records.is_done(directory)
-    monkeypatch.setattr(train, "train_epoch", real_epoch)
+    monkeypatch.setattr(pack, "train_pack_epoch", real_epoch)
     run(broken)
 
     logits_a, weights_a = _arrays(records.run_dir(whole))
@@ -159,21 +159,21 @@ def test_finished_runs_are_skipped(make_config):
 
 def test_a_failing_replica_leaves_error_txt_and_the_rest_go_on(make_config, monkeypatch):
     config = make_config("pack=3", "replicates=3", "source=init")
-    real = train.new_replica
+    real = pack.new_replica
 
     def fails_for_one(cfg, data):
         if cfg["replicate"] == 1:
             raise RuntimeError("boom in replicate 1")
         return real(cfg, data)
 
-    monkeypatch.setattr(train, "new_replica", fails_for_one)
+    monkeypatch.setattr(pack, "new_replica", fails_for_one)
     outcome = run(config)
     assert len(outcome["finished"]) == 2 and len(outcome["failed"]) == 1
     failed = records.run_dir(config, 1)
     assert "boom in replicate 1" in (failed / "error.txt").read_text()
     assert not records.is_done(failed)
     # a relaunch retries only the failed run, and clears its error
-    monkeypatch.setattr(train, "new_replica", real)
+    monkeypatch.setattr(pack, "new_replica", real)
     outcome = run(config)
     assert outcome["finished"] == [str(failed)] and len(outcome["skipped"]) == 2
     assert not (failed / "error.txt").exists()

@@ -1,0 +1,252 @@
+"""Packed layers: P replicas of a layer as one module, the replica axis folded into the channel
+(or feature) axis, ``(B, P*C, H, W)`` or ``(B, P*F)``, so a model's own ``forward`` runs unchanged
+with its layers swapped (``pack_model``). Every tensor keeps the solo name with shape
+``(P, *solo shape)``, so a replica's state is a slice. Used by the image step (nondet/pack.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nondet.models.dropout import SeededDropout
+from nondet.models.activations import SmeLU
+from nondet.models.layers import GlobalAvgPool
+from nondet.models.resnet import BasicBlock, ResNet
+from nondet.models.shallow import MLP, Conv1Net, LinearClassifier
+
+# Modules that act on each channel (or element) alone, so the folded replica axis passes through.
+_PER_CHANNEL = (
+    nn.Sequential, nn.Identity, nn.AvgPool2d, GlobalAvgPool,
+    nn.ReLU, nn.GELU, nn.SiLU, nn.Softplus, nn.Tanh, nn.LeakyReLU, SmeLU,
+    BasicBlock, ResNet, MLP, LinearClassifier, Conv1Net,
+)
+
+
+class NotPackableError(TypeError):
+    pass
+
+
+
+def _gemm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: int) -> None:
+    """out[p] = beta * out[p] + a[p] @ b[p] for every p, in place.
+
+    On the CPU ``out`` is a non-contiguous view (P, M, N) of a (M, P, N) tensor, so ``baddbmm_``
+    takes its per-batch path: one ``addmm`` per replica, the very BLAS call (shape, strides,
+    transposition) that the solo layer makes. A contiguous result would send it to MKL's batched
+    GEMM, whose kernels round differently for some shapes.
+    """
+    if out.device.type == "cpu" and out.is_contiguous():
+        for p in range(out.shape[0]):  # P == 1 or M == 1: no per-batch path to rely on
+            out[p].addmm_(a[p], b[p], beta=beta)
+    else:
+        out.baddbmm_(a, b, beta=beta)
+
+
+class _PackedLinearFunction(torch.autograd.Function):
+    """y[:, p] = x[:, p] @ w[p].T + b[p] for x (B, P, I), w (P, O, I), b (P, O) -> y (B, P, O).
+
+    The backward mirrors the autograd of ``F.linear`` = ``addmm(b, x, w.t())`` GEMM for GEMM:
+    grad_x = grad @ w and grad_w = grad.t() @ x (torch's ``mm_mat2_backward`` for a transposed
+    mat2), grad_b = the sum of grad over the batch, reduced per replica over a (P, B, O) tensor
+    as solo reduces a (B, O) one.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        batch, packs, _ = x.shape
+        outputs = weight.shape[1]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        if bias is None:
+            out = x.new_empty(batch, packs, outputs)
+        else:
+            out = bias.unsqueeze(0).expand(batch, packs, outputs).contiguous()
+        _gemm_into(out.transpose(0, 1), x.transpose(0, 1), weight.transpose(1, 2), 0 if bias is None else 1)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        batch, packs, inputs = x.shape
+        outputs = weight.shape[1]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad.new_empty(batch, packs, inputs)
+            _gemm_into(grad_x.transpose(0, 1), grad.transpose(0, 1), weight, 0)
+        if ctx.needs_input_grad[1]:
+            grad_w = grad.new_empty(outputs, packs, inputs)
+            _gemm_into(grad_w.transpose(0, 1), grad.permute(1, 2, 0), x.transpose(0, 1), 0)
+            grad_w = grad_w.transpose(0, 1).contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.transpose(0, 1).contiguous().sum(1)
+        return grad_x, grad_w, grad_b
+
+
+class PackedLinear(nn.Module):
+    """P ``nn.Linear`` layers: (B, P*I) -> (B, P*O); weight (P, O, I), bias (P, O)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = None if bias is None else nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packs, outputs, inputs = self.weight.shape
+        x = x.reshape(x.shape[0], packs, inputs)
+        weight, bias = self.weight, self.bias
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            # autocast does not reach inside an autograd.Function: cast here, as autocast would.
+            dtype = torch.get_autocast_dtype(device_type)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+            with torch.autocast(device_type, enabled=False):
+                out = _PackedLinearFunction.apply(x, weight, bias)
+        else:
+            out = _PackedLinearFunction.apply(x.contiguous(), weight, bias)
+        return out.reshape(out.shape[0], packs * outputs)
+
+
+class PackedConv2d(nn.Module):
+    """P ``nn.Conv2d`` layers: (B, P*I, H, W) -> (B, P*O, H', W'); weight (P, O, I, k, k).
+
+    ``mode="grouped"``: one convolution with ``groups=P``. ``mode="split"``: one convolution per
+    replica on its channel slice, bitwise the solo convolution (on the CPU).
+    """
+
+    def __init__(self, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None, mode: str) -> None:
+        super().__init__()
+        if mode not in ("grouped", "split"):
+            raise ValueError(f"conv_mode={mode!r}: use grouped or split")
+        if conv.padding_mode != "zeros":
+            raise NotPackableError(f"Conv2d with padding_mode={conv.padding_mode!r}")
+        self.weight = nn.Parameter(weight)
+        self.bias = None if bias is None else nn.Parameter(bias)
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packs = self.weight.shape[0]
+        if self.mode == "grouped" or packs == 1:
+            bias = None if self.bias is None else self.bias.flatten()
+            return F.conv2d(x, self.weight.flatten(0, 1), bias, self.stride, self.padding,
+                            self.dilation, self.groups * packs)
+        slices = x.unflatten(1, (packs, -1)).unbind(1)
+        outs = [
+            F.conv2d(slices[p], self.weight[p], None if self.bias is None else self.bias[p],
+                     self.stride, self.padding, self.dilation, self.groups)
+            for p in range(packs)
+        ]
+        return torch.stack(outs, 1).flatten(1, 2)
+
+
+class PackedBatchNorm2d(nn.Module):
+    """P ``nn.BatchNorm2d(C)`` as one batch norm over P*C channels: per-channel statistics are
+    per-replica statistics. Parameters and running statistics (P, C); num_batches_tracked (P,)."""
+
+    def __init__(self, bn: nn.BatchNorm2d, tensors: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        if not (bn.affine and bn.track_running_stats) or bn.momentum is None:
+            raise NotPackableError("BatchNorm2d without affine, running statistics or momentum")
+        self.weight = nn.Parameter(tensors["weight"])
+        self.bias = nn.Parameter(tensors["bias"])
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            self.register_buffer(name, tensors[name])
+        self.momentum, self.eps = bn.momentum, bn.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(
+            x, self.running_mean.view(-1), self.running_var.view(-1), self.weight.view(-1),
+            self.bias.view(-1), self.training, self.momentum, self.eps,
+        )
+
+
+def dropout_mask(shape: Sequence[int], rate: float, generator: torch.Generator) -> torch.Tensor:
+    """The mask ``SeededDropout`` draws for an input of ``shape``: the same calls, the same order."""
+    mask = torch.empty(tuple(shape), dtype=torch.float32, device=generator.device)
+    mask.bernoulli_(1.0 - rate, generator=generator)
+    mask.mul_(1.0 / (1.0 - rate))
+    return mask
+
+
+class PackedDropout(nn.Module):
+    """P ``SeededDropout`` layers: replica p's mask, of its own shape (B, F, ...), comes from
+    ``generators[p]``; replicas that share a generator object share the one draw."""
+
+    def __init__(self, rate: float, generators: list[torch.Generator]) -> None:
+        super().__init__()
+        self.p = float(rate)
+        self.generators = generators
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        packs = len(self.generators)
+        shape = (x.shape[0], x.shape[1] // packs, *x.shape[2:])
+        drawn: dict[int, torch.Tensor] = {}
+        for generator in self.generators:
+            if id(generator) not in drawn:
+                drawn[id(generator)] = dropout_mask(shape, self.p, generator)
+        mask = torch.cat([drawn[id(g)] for g in self.generators], dim=1)
+        return x * mask.to(device=x.device, dtype=x.dtype)
+
+
+def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([t.detach() for t in tensors]).clone()
+
+
+def _pack_children(module: nn.Module, sources: list[nn.Module], dropout_generators, conv_mode) -> None:
+    for name, child in list(module.named_children()):
+        originals = [getattr(source, name) for source in sources]
+        if isinstance(child, nn.Linear):
+            packed = PackedLinear(
+                _stack([m.weight for m in originals]),
+                None if child.bias is None else _stack([m.bias for m in originals]),
+            )
+        elif isinstance(child, nn.Conv2d):
+            packed = PackedConv2d(
+                child, _stack([m.weight for m in originals]),
+                None if child.bias is None else _stack([m.bias for m in originals]), conv_mode,
+            )
+        elif isinstance(child, nn.BatchNorm2d):
+            names = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+            packed = PackedBatchNorm2d(child, {n: _stack([getattr(m, n) for m in originals]) for n in names})
+        elif isinstance(child, SeededDropout):
+            packed = PackedDropout(child.p, dropout_generators)
+        elif isinstance(child, nn.Flatten):
+            if child.start_dim != 1 or child.end_dim != -1:
+                raise NotPackableError(f"{name}: Flatten({child.start_dim}, {child.end_dim})")
+            continue
+        elif isinstance(child, _PER_CHANNEL):
+            if any(True for _ in child.parameters(recurse=False)) or any(True for _ in child.buffers(recurse=False)):
+                raise NotPackableError(f"{name}: {type(child).__name__} holds its own tensors")
+            _pack_children(child, originals, dropout_generators, conv_mode)
+            continue
+        else:
+            raise NotPackableError(f"{name}: no packed form of {type(child).__name__}")
+        setattr(module, name, packed)
+
+
+def pack_model(models: list[nn.Module], dropout_generators: list[torch.Generator], conv_mode: str) -> nn.Module:
+    """One module computing all ``models`` (same architecture) on the folded layout; its
+    ``state_dict`` has the solo names with every tensor stacked to (P, *solo shape)."""
+    template = models[0]
+    memo = {id(m.generator): None for m in template.modules() if isinstance(m, SeededDropout)}
+    packed = copy.deepcopy(template, memo)
+    if not isinstance(packed, _PER_CHANNEL):
+        raise NotPackableError(f"no packed form of {type(packed).__name__}")
+    _pack_children(packed, models, dropout_generators, conv_mode)
+    solo, stacked = template.state_dict(), packed.state_dict()
+    if list(solo) != list(stacked) or any(
+        stacked[k].shape != (len(models), *solo[k].shape) for k in solo
+    ):
+        raise NotPackableError("the packed model does not mirror the solo model's state")
+    return packed.to(next(template.parameters()).device)
