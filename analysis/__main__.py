@@ -3,10 +3,13 @@
     python -m analysis outputs/default
     python -m analysis outputs/table1 --csv table1.csv --latex table1.tex --figures figs/
     python -m analysis outputs/table1 --cka --cka-probe 1000 --cka-runs 25 --figures figs/
+    python -m analysis outputs/table1 --report report.html    # one self-contained HTML page
 
 Prints the markdown of ``analysis.summarize`` (plus the CKA table with ``--cka``), then what the
 sweep's structure allows (``analysis/paper.py``: Table 5, Figure 2, Figure 3, the Sec. 4.2
-check, prediction differences; ``--csv`` also writes ``<stem>_table5.csv``). Exit status:
+check, prediction differences; ``--csv`` also writes ``<stem>_table5.csv``), and always
+``<stem>_classes.csv`` (per-class accuracy mean and SD) and ``<stem>_best_of_k.csv``
+(analysis/stats.py). Exit status:
 0 when the table was written (missing or failed runs, and a group that mixes test sets, are
 listed, not fatal), 1 when no finished run was found, 2 on bad arguments.
 """
@@ -17,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from analysis import stats
 from analysis.load import load_sweep
 from analysis.paper import paper_analyses
 from analysis.tables import latex_table, report, summary_frame
@@ -31,6 +35,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, metavar="FILE", help="raw numbers, DESIGN.md column names")
     p.add_argument("--latex", type=Path, metavar="FILE", help="the table as a booktabs tabular")
     p.add_argument("--figures", type=Path, metavar="DIR", help="PNG and PDF figures")
+    p.add_argument("--report", type=Path, metavar="FILE", help="one self-contained HTML page (analysis/report.py)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="resamples for *_sd_sd (1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (0)")
     cka = p.add_argument_group("representation similarity (needs weights.pt and the dataset)")
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         frame.to_csv(args.csv, index=False)
         if cka is not None and len(cka):
             cka.to_csv(args.csv.with_name(args.csv.stem + "_cka" + args.csv.suffix), index=False)
+        extra.tables["classes"] = stats.class_table(sweep)  # group x class accuracy mean and SD
+        extra.tables["best_of_k"] = stats.best_of_k_table(sweep)
         for name, table in extra.tables.items():
             table.to_csv(args.csv.with_name(f"{args.csv.stem}_{name}{args.csv.suffix}"), index=False)
     if args.latex:
@@ -77,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         from analysis.figures import write_figures
 
         write_figures(sweep, frame, args.figures, cka)
+    if args.report:
+        from analysis.report import ReportInputs, write_report
+
+        inputs = ReportInputs(sweep, frame, cka, args.bootstrap, args.seed)
+        print(f"Report: {write_report(inputs, args.report, extra.sections)}", file=sys.stderr)
     return 0 if sweep.n_finished else 1
 
 

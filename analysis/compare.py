@@ -18,7 +18,9 @@ two SDs pooled). ``--paired`` pairs runs by replicate index (for runs that share
 t-test, sign-flip permutation test, bootstrap over pairs, d_z, and pairs needed for 80% power.
 One sentence says whether the difference is distinguishable from run-to-run noise: yes when the
 t-test, the permutation test and the CI all say so at alpha, no when none does, otherwise
-borderline.
+borderline. Before it, analysis/stats.py adds the multibootstrap over runs x test examples
+(``--multibootstrap`` resamples), P(B > A) with Bouthillier et al.'s rule, which noise dominates
+(test set or training), and a warning when an arm has too few runs for any rank test.
 
 No verdict comes from a non-finite value: runs whose metric is NaN or infinite (diverged runs,
 with ``--metric test_cross_entropy``) are left out and named, and with fewer than two finite
@@ -44,6 +46,7 @@ from scipy.special import gammaln
 
 from analysis.load import Group, MixedTestSetError, Run, display_keys, format_value, hashable, load_sweep
 from analysis.metrics import accuracy, cross_entropy
+from analysis.stats import compare_lines
 
 LOGIT_METRICS = {
     "test_accuracy": accuracy,
@@ -369,8 +372,9 @@ def verdict(c: Comparison) -> str:
     return f"Borderline: the tests disagree about {what} at alpha = {c.alpha} ({tests}); {need}."
 
 
-def format_comparison(c: Comparison) -> str:
-    """The report printed by ``python -m analysis.compare``."""
+def format_comparison(c: Comparison, extra: list[str] = ()) -> str:
+    """The report printed by ``python -m analysis.compare``; ``extra`` lines (analysis/stats.py's
+    multibootstrap and P(B > A)) go before the verdict."""
 
     def arm(name: str, label: str, values: np.ndarray) -> str:
         return f"- {name}: {label}: {len(values)} runs, mean {values.mean():.6g}, SD {values.std(ddof=1):.4g}"
@@ -391,6 +395,7 @@ def format_comparison(c: Comparison) -> str:
         f"- effect size: {effect_name} = {c.effect:.4g}, Hedges' g = {c.hedges_g:.4g}",
         f"- {'pairs' if c.paired else 'runs per arm'} for {100 * c.power:.0f}% power at alpha {c.alpha}: {needed}",
         *[f"- note: {n}" for n in c.notes],
+        *extra,
         "",
         c.verdict,
     ]
@@ -415,6 +420,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--power", type=float, default=0.8)
     p.add_argument("--bootstrap", type=int, default=10000, metavar="B")
     p.add_argument("--permutations", type=int, default=10000, metavar="P")
+    p.add_argument("--multibootstrap", type=int, default=1000, metavar="B", help="resamples of runs x examples, and for P(B > A) (1000)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -450,7 +456,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result.notes += notes
-    print(format_comparison(result), end="")
+    extra = compare_lines(
+        group_a, group_b, args.metric, result.a, result.b, args.paired, args.alpha, args.multibootstrap, args.seed
+    )
+    print(format_comparison(result, extra), end="")
     return 0
 
 

@@ -11,6 +11,7 @@
 - ``onset.{png,pdf}`` (Figure 2), ``instability.{png,pdf}`` (Figure 3, with the first 10 epochs)
   and ``prediction_difference.{png,pdf}`` (Snapp & Shamir) when the sweep has their structure:
   see ``analysis/paper.py``.
+- ``test_set_noise.{png,pdf}`` and ``best_of_k.{png,pdf}``: see ``analysis/stats_figures.py``.
 
 Figures are built on ``matplotlib.figure.Figure`` directly, so no global pyplot state or
 backend is touched (safe inside a notebook or the end-of-sweep callback).
@@ -18,15 +19,37 @@ backend is touched (safe inside a notebook or the end-of-sweep callback).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from analysis.load import Group, Sweep
 
+# Inside ``collected()``, figures are handed over as (stem, figure) instead of written to files.
+_COLLECTED: ContextVar[list | None] = ContextVar("collected_figures", default=None)
+
+
+@contextmanager
+def collected() -> Iterator[list]:
+    """``with collected() as figures: write_figures(...)``: the (stem, Figure) pairs, no files
+    (the HTML report, ``analysis/report.py``, embeds them)."""
+    figures: list = []
+    token = _COLLECTED.set(figures)
+    try:
+        yield figures
+    finally:
+        _COLLECTED.reset(token)
+
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+    figures = _COLLECTED.get()
+    if figures is not None:
+        figures.append((stem, fig))
+        return []
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
     for path in paths:
@@ -47,8 +70,12 @@ def variability_bars(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> lis
     from matplotlib.figure import Figure
 
     labels = _labels(frame, keys)
-    fig = Figure(figsize=(max(6.0, 0.6 * len(labels) + 3), 4.0), layout="constrained")
-    axes = fig.subplots(1, 2)
+    if len(labels) > 12:  # many groups: the two panels one above the other, each the page's width
+        fig = Figure(figsize=(max(6.0, 0.4 * len(labels) + 2), 8.0), layout="constrained")
+        axes = fig.subplots(2, 1)
+    else:
+        fig = Figure(figsize=(max(6.0, 0.6 * len(labels) + 3), 4.0), layout="constrained")
+        axes = fig.subplots(1, 2)
     x = np.arange(len(labels))
     for ax, column, title in (
         (axes[0], "accuracy", "Accuracy SD (%)"),
@@ -108,6 +135,13 @@ def cross_entropy_spread(sweep: Sweep, out_dir: Path) -> list[Path]:
     keys = sweep.display_keys
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
     left, right = fig.subplots(1, 2)
+    many = len(sweep.groups) > 10  # past ten colours, line styles tell groups apart
+    if many:
+        from cycler import cycler
+        from matplotlib import colormaps
+
+        for ax in (left, right):
+            ax.set_prop_cycle(cycler(linestyle=["-", "--", ":"]) * cycler(color=colormaps["tab10"].colors))
     drawn = 0
     for group in sweep.groups:
         epochs, values = cross_entropy_by_epoch(group)
@@ -127,7 +161,11 @@ def cross_entropy_spread(sweep: Sweep, out_dir: Path) -> list[Path]:
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_title(title)
-        ax.legend(fontsize="small")
+        if drawn <= 6:
+            ax.legend(fontsize="small")
+    if drawn > 6:  # one legend beside the axes instead of two that hide the lines
+        fig.set_size_inches(12.0, max(4.0, 0.22 * drawn))
+        fig.legend(*left.get_legend_handles_labels(), loc="outside right upper", fontsize="small")
     left.set_ylabel("test cross-entropy (nats)")
     return _save(fig, out_dir, "cross_entropy_spread")
 
@@ -145,4 +183,7 @@ def write_figures(sweep: Sweep, frame: pd.DataFrame, out_dir: Path, cka: pd.Data
     from analysis.paper import paper_figures  # Figures 2, 3 and PD, by the sweep's structure
 
     paths += paper_figures(sweep, frame, out_dir)
+    from analysis.stats_figures import write_stats_figures  # test-set noise, best of k
+
+    paths += write_stats_figures(sweep, frame, out_dir)
     return paths

@@ -230,7 +230,8 @@ def markdown_columns(frame, image_columns: tuple) -> tuple:
     sweep that holds both."""
     if "ppl_mean" not in frame or not frame["ppl_mean"].notna().any():
         return image_columns
-    if frame["ppl_mean"].notna().all():
-        return LM_MARKDOWN_COLUMNS
+    if frame["ppl_mean"].notna().all():  # next-token accuracy has the test-set decomposition too
+        decomposition = ("accuracy_sd_test_set", "accuracy_sd_distribution", "seed_selection_gain")
+        return LM_MARKDOWN_COLUMNS + tuple(c for c in image_columns if c[0] in decomposition)
     shown = {c for c, _, _, _ in image_columns}
     return image_columns + tuple(c for c in LM_MARKDOWN_COLUMNS if c[0] not in shown)

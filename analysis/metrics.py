@@ -7,7 +7,9 @@ Every function takes the stacked test logits of R runs, shape (R, N, C), and the
 (N,). Pairwise metrics average over all R(R-1)/2 unordered pairs of runs without a Python loop
 over pairs: disagreement from per-example class counts, Spearman from one matrix product of
 standardised ranks, ensembles and prediction differences from batched array operations over
-chunks of pairs. With fewer than two runs every SD and pairwise metric is NaN.
+chunks of pairs. Above ``analysis.pairs.EXACT_MAX_RUNS`` runs, Spearman and PD come from exact
+identities linear in R and the ensemble columns from sampled pairs (analysis/pairs.py). With
+fewer than two runs every SD and pairwise metric is NaN.
 
 Definitions (accuracy in percent, cross-entropy in nats, probabilities = softmax of the logits):
 
@@ -77,9 +79,13 @@ def probabilities(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
     return probs, label_logp
 
 
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(R,) mean negative log-likelihood of the labels, in nats."""
-    return -probabilities(logits, labels)[1].mean(axis=-1)
+def cross_entropy(logits: np.ndarray, labels: np.ndarray, block: int = 64) -> np.ndarray:
+    """(R,) mean negative log-likelihood of the labels, in nats; ``block`` runs at a time, so
+    thousands of memory-mapped runs never need a float64 copy of them all."""
+    if logits.ndim < 3:
+        return -probabilities(logits, labels)[1].mean(axis=-1)
+    parts = pairs.blockwise(lambda s: -probabilities(logits[s : s + block], labels)[1].mean(axis=-1), range(0, len(logits), block))
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def _at_labels(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -133,8 +139,7 @@ def disagreement(logits: np.ndarray) -> float:
     if runs < 2:
         return float("nan")
     predictions = np.argmax(logits, axis=-1)  # (R, N)
-    counts = np.zeros((n, classes), dtype=np.int64)
-    np.add.at(counts, (np.broadcast_to(np.arange(n), predictions.shape), predictions), 1)
+    counts = np.bincount((predictions + classes * np.arange(n)).ravel(), minlength=n * classes).reshape(n, classes)
     agreeing = (counts * (counts - 1) // 2).sum()
     pairs = runs * (runs - 1) // 2
     return float(100.0 * (1.0 - agreeing / (pairs * n)))
@@ -151,14 +156,18 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     order = np.argsort(values, axis=1)
     ordered = np.take_along_axis(values, order, axis=1)
     sorted_ranks = np.broadcast_to(np.arange(1.0, m + 1.0), (runs, m))
-    ties = ordered[:, 1:] == ordered[:, :-1]
-    if ties.any():
-        starts_block = np.ones((runs, m), dtype=bool)
-        starts_block[:, 1:] = ~ties
-        starts = np.flatnonzero(starts_block)  # every row starts a block, so no block spans rows
-        lengths = np.diff(np.append(starts, runs * m))
-        block_rank = starts % m + 1.0 + (lengths - 1) / 2.0
-        sorted_ranks = np.repeat(block_rank, lengths).reshape(runs, m)
+    tied = np.zeros((runs, m), dtype=bool)  # equal to its left neighbour in the sorted row
+    np.equal(ordered[:, 1:], ordered[:, :-1], out=tied[:, 1:])
+    if tied.any():
+        # Only the (usually few) tied blocks change: a block is a position not tied to its left
+        # followed by the positions tied to it; each member gets the block's mean 1-based rank.
+        after = np.flatnonzero(tied)
+        members = np.union1d(after - 1, after)  # column 0 is never tied, so no block spans rows
+        block = np.cumsum(~tied.ravel()[members]) - 1
+        position = members % m + 1.0
+        mean_rank = np.bincount(block, weights=position) / np.bincount(block)
+        sorted_ranks = sorted_ranks.copy()
+        sorted_ranks.ravel()[members] = mean_rank[block]
     ranks = np.empty((runs, m))
     np.put_along_axis(ranks, order, sorted_ranks, axis=1)
     ranks[np.isnan(values).any(axis=1)] = np.nan
@@ -276,7 +285,11 @@ def ensemble_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]
 def group_metrics(
     logits: np.ndarray, labels: np.ndarray, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, float]:
-    """Every column of ``COLUMNS`` for one group of runs: logits (R, N, C), labels (N,)."""
+    """Every column of ``COLUMNS`` for one group of runs: logits (R, N, C), labels (N,).
+
+    Above ``analysis.pairs.EXACT_MAX_RUNS`` runs the pairwise columns come from identities and
+    sampled pairs, and ``pairs_note`` says which and gives their standard errors.
+    """
     logits = np.asarray(logits)
     labels = np.asarray(labels, dtype=np.int64)
     if logits.ndim != 3 or logits.shape[1] != len(labels):
@@ -293,7 +306,14 @@ def group_metrics(
         "cross_entropy_sd": sd(ce),
         "cross_entropy_sd_sd": float(ce_sd_sd),
         "disagreement": disagreement(logits),
-        "spearman": spearman(logits),
     }
+    if len(logits) > pairs.EXACT_MAX_RUNS:  # identities and sampled pairs: analysis/pairs.py
+        many, note = pairs.many_run_metrics(logits, labels, seed)
+        row.update(many)
+        return {k: row[k] for k in COLUMNS} | {"pairs_note": note}
+    row["spearman"] = spearman(logits)
     row.update(ensemble_metrics(logits, labels))
     return {k: row[k] for k in COLUMNS}
+
+
+from analysis import pairs  # noqa: E402  (pairs builds on the functions above)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import lm
+from analysis import lm, stats
 from analysis.load import BROKEN_ADVICE, UNREADABLE_ADVICE, Sweep, cell, load_sweep
 from analysis.metrics import COLUMNS, group_metrics
 
@@ -35,24 +35,38 @@ MARKDOWN_COLUMNS = (
     ("ensemble_delta_cross_entropy", "Ensemble Δ cross-entropy", 4, None),
     ("prediction_difference", "PD", 4, None),
     ("relative_prediction_difference", "Relative PD", 4, None),
+    ("accuracy_sd_test_set", "Test-set SD (%)", 2, None),
+    ("accuracy_sd_distribution", "Distribution SD (%)", 2, None),
+    ("seed_selection_gain", "Seed-selection gain (%)", 2, None),
+    ("class_accuracy_sd_max", "Max class SD (%)", 2, None),
+    ("class_accuracy_sd_mean", "Mean class SD (%)", 2, None),
 )
 
 
 def summary_frame(sweep: Sweep, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """One row per group: the shown configuration keys, then ``metrics.COLUMNS``."""
+    """One row per group: the shown configuration keys, ``metrics.COLUMNS``, then
+    ``stats.STATS_COLUMNS`` (their notes in ``frame.attrs["stats_notes"]``)."""
     keys = sweep.display_keys
-    rows = []
+    rows, notes = [], []
     for group in sweep.groups:
         row = {k: cell(group.params.get(k)) for k in keys}
         if group.is_language_model:  # Table 2's columns (analysis/lm.py)
             row.update(lm.group_lm_metrics(group, n_boot=n_boot, seed=seed))
         else:
-            row.update(group_metrics(group.logits, group.labels, n_boot=n_boot, seed=seed))
+            computed = group_metrics(group.logits, group.labels, n_boot=n_boot, seed=seed)
+            if "pairs_note" in computed:  # many runs: sampled pairs (analysis/pairs.py)
+                notes.append(f"{group.label(keys)}: {computed.pop('pairs_note')}")
+            row.update(computed)
+        extra, group_notes = stats.group_stats(group, seed)
+        row.update(extra)
+        notes += [f"{group.label(keys)}: {n}" for n in group_notes]
         rows.append(row)
     columns = list(COLUMNS)
     if any(group.is_language_model for group in sweep.groups):
         columns += [c for c in lm.LM_COLUMNS if c not in COLUMNS]
-    return pd.DataFrame(rows, columns=keys + columns)
+    frame = pd.DataFrame(rows, columns=keys + columns + list(stats.STATS_COLUMNS))
+    frame.attrs["stats_notes"] = notes
+    return frame
 
 
 def format_number(value: float, decimals: int) -> str:
@@ -195,6 +209,10 @@ def report(sweep: Sweep, frame: pd.DataFrame, n_boot: int, seed: int, cka: pd.Da
         ]
         if "ppl_mean" in frame:
             parts += ["", lm.LM_NOTE]
+        share = stats.test_set_sentence(frame, [g.label(keys) for g in sweep.groups])
+        if share:
+            parts += ["", share]
+        parts += [f"- note: {n}" for n in frame.attrs.get("stats_notes", [])]
     else:
         parts.append(f"No finished runs below {sweep.root}.")
     if cka is not None and len(cka):

@@ -249,6 +249,9 @@ class SummaryCallback(Callback):
         print(f"\nSweep {sweep_dir}: {counts}.\n", flush=True)
         try:
             print(analysis.summarize(sweep_dir), flush=True)
+            from analysis.report import report_command
+
+            print(f"HTML report: {report_command(sweep_dir)}", flush=True)
         except analysis.MixedTestSetError as e:
             # Every run is kept; the table needs runs of one group to share a test set.
             print(f"No table: {e}", flush=True)

@@ -191,6 +191,9 @@ class NondetConfig:
     checkpoint_every: int = 1
     # torch.set_num_threads for the run (null = torch's default); recorded in env.json.
     threads: Optional[int] = None
+    # Per-epoch metrics also as TensorBoard event files in each run directory (nondet/logger.py):
+    # none or tensorboard (pip install -e .[tensorboard]). Not part of a run's identity.
+    logger: str = "none"
 
 
 def register_configs() -> None:

@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import joblog, lm, pack, records, userdata
+from nondet import joblog, lm, logger, pack, records, userdata
 from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, configure_precision, resolve_device
 from nondet.config import TEXT_DATASETS, check_config
 from nondet.data import Dataset, data_fingerprint, load_dataset
@@ -276,6 +276,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     config = located(config, runs_root(config, HydraConfig.get() if HydraConfig.initialized() else None))
     check_sources(config["source"]["vary"])
     lm.check_config(config)  # model / dataset kinds match; a no-op for image runs
+    logger.check_logger(config)
     replicas = replicas_of_job(config)
     lowlevel = configure_lowlevel(
         config["device"], "lowlevel" in config["source"]["vary"], config["source"]["lowlevel_required"]

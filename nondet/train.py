@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from nondet import onset, records, snapshot
+from nondet import logger, onset, records, snapshot
 from nondet.backend import configure_lowlevel, environment
 from nondet.bitflip import flip_one_ulp
 from nondet.data import data_sha256
@@ -205,6 +205,7 @@ def record_evaluation(
     replica.metrics.append(row)
     records.write_jsonl(Path(directory) / records.METRICS_FILE, replica.metrics)
     extra = "".join(f"  {k} {v:.4g}" for k, v in evaluation.row.items() if k.endswith("perplexity"))
+    logger.record_metrics(config, directory, replica.metrics)
     log.info(
         "%s epoch %d/%d  train_loss %.4f  test_acc %.2f%%  test_ce %.4f%s  lr %.4g  %.1fs",
         Path(directory).name, replica.epoch, config["epochs"], train_loss, evaluation.accuracy,

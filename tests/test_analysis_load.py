@@ -14,6 +14,7 @@ from analysis import __main__ as cli
 from analysis import compare
 from analysis.load import display_keys, load_sweep, sweep_status
 from analysis.metrics import COLUMNS
+from analysis.stats import STATS_COLUMNS
 from fake_runs import fake_config, metrics_rows, random_logits, write_group, write_run
 from nondet import records
 
@@ -166,14 +167,15 @@ def test_cli_prints_summarize_and_writes_csv_latex_figures(broken_sweep, tmp_pat
     assert capsys.readouterr().out == analysis.summarize(broken_sweep)
 
     table = pd.read_csv(out / "t.csv")
-    assert list(table.columns) == ["source.name", *COLUMNS]
+    assert list(table.columns) == ["source.name", *COLUMNS, *STATS_COLUMNS]
     expected = analysis.summary_frame(load_sweep(broken_sweep))
     np.testing.assert_allclose(table[list(COLUMNS)].to_numpy(float), expected[list(COLUMNS)].to_numpy(float), rtol=1e-12)
 
     latex = (out / "t.tex").read_text()
     assert r"\begin{tabular}" in latex and r"$\pm$" in latex and latex.count(r"\\") == 3
     names = sorted(p.name for p in (out / "figs").iterdir())
-    assert names == sorted(f"{s}.{e}" for s in ("variability", "cross_entropy_spread") for e in ("png", "pdf"))
+    stems = ("variability", "cross_entropy_spread", "test_set_noise", "best_of_k")
+    assert names == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
 
 
 def test_markdown_reads_like_table_1(clean_sweep):

@@ -197,6 +197,8 @@ def test_submitit_local_sweep(tmp_path):
     assert proc.returncode == 0, out[-4000:]
     assert "2 of 3 jobs not submitted: every run of theirs is finished" in out
     assert summary_line(out).startswith("1 runs trained now, 2 finished earlier (skipped), 0 failed")
+    # Its polling loop prints the run that ended, counting the two finished earlier.
+    assert re.search(r"^\[3/3\] init r0002 done .*% \(.* s\) — 0 running, 0 pending, 0 failed — done$", out, re.M), out
 
 
 # ------------------------------------------------------------------ on the local SLURM

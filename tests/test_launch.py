@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -35,6 +36,10 @@ def test_sweep_trains_every_run_and_prints_the_summary(tmp_path):
     for source in ("init", "shuffle", "bitflip"):
         assert f"| {source} |" in text
     assert "All 6 runs" in text
+    # One progress line per run, the last with the full count, and the report's command.
+    assert len(re.findall(r"^\[\d/6\] \w+ r000[01] done .*% \(.* s\) — (ETA \d+ s|done)$", text, re.M)) == 6
+    assert re.search(r"^\[6/6\] bitflip r0001 done .* — done$", text, re.M)
+    assert f"HTML report: python -m analysis {tmp_path / 'default'} --report" in text
 
     # Relaunching finds every run finished, says so, and trains nothing.
     again = launch("-m", "source=init,shuffle,bitflip", f"output_root={tmp_path}", *SMALL)

@@ -18,6 +18,12 @@ every run is done, that has two costs, which these subclasses remove:
   mistake, reported before anything is trained) still ends the sweep with its traceback, as
   under the basic launcher.
 
+While the jobs run, the launcher polls them (every ``POLL_S`` seconds) and prints one line per
+run that ends, with the sweep's count, the runs running / pending / failed (read from the run
+directories) and an ETA (nondet/progress.py):
+
+    [17/24] init r0004 done 74.9% (1.2 s) — 3 running, 4 pending, 0 failed — ETA 9 s
+
 The cluster presets (conf/cluster/) select them with ``hydra.launcher._target_``; every
 parameter of hydra-submitit-launcher's configs works unchanged. With a plain
 ``hydra/launcher=submitit_slurm`` (or ``submitit_local``) add
@@ -137,15 +143,35 @@ class _SweepAware:
                 (list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
                 for idx, overrides in submit
             ]
+            from nondet.callbacks import filesystem_now
+
+            since = filesystem_now(sweep_dir)  # runs finished before it were finished earlier
             jobs = self._executor().map_array(self, *zip(*params))
-            for (idx, overrides), job in zip(submit, jobs):
-                returns[idx] = self._collect(job, overrides)
+            returns.update(self._wait(submit, jobs, returns, since))
         ordered = [returns[idx] for idx in sorted(returns)]
         # The jobs ran elsewhere: hand their outcomes to the end-of-sweep summary of this process.
         from nondet.callbacks import record_job_returns
 
         record_job_returns(ordered)
         return ordered
+
+    def _wait(self, submit, jobs, returns: dict[int, JobReturn], since: float) -> dict[int, JobReturn]:
+        """Collect the jobs as they end, with a progress line per run that ends (nondet/progress.py)."""
+        from nondet.progress import POLL_S, SweepProgress, WatchedJob, job_label, swept_keys, sweep_overrides, wait_for_jobs
+
+        skipped = sum(len(r.return_value.get("skipped", [])) for r in returns.values())  # not submitted
+        watched = [WatchedJob(idx, overrides, job, self._run_dirs(overrides))
+                   for (idx, overrides), job in zip(submit, jobs)]
+        try:
+            swept = swept_keys(sweep_overrides(self.config))
+        except Exception:  # a label without the swept values is no reason to stop a sweep
+            swept = []
+        source = OmegaConf.select(self.config, "source.name", default="")
+        for w in watched:
+            w.label = job_label(list(w.overrides), swept, source)
+        progress = SweepProgress(skipped + sum(len(w.dirs) if w.dirs else 1 for w in watched))
+        progress.skipped(skipped)
+        return wait_for_jobs(watched, self._collect, progress, since, POLL_S)
 
     def _collect(self, job: Any, overrides: Sequence[str]) -> JobReturn:
         """The job's JobReturn; for a job killed outside Python, error.txt in its unfinished runs."""

@@ -1,0 +1,128 @@
+"""The HTML report: ``python -m analysis SWEEP_DIR --report FILE``, built from fake run directories
+and, where Chromium is installed (required under CI=true), rendered in headless Chromium.
+
+    NONDET_UPDATE_SCREENSHOT=1 pytest tests/test_report.py    # also refreshes docs/report.png
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import report
+from analysis.__main__ import main
+from chromium import find_chromium, load_page
+from conftest import REPO
+from fake_runs import fake_config, metrics_rows, random_logits, write_group, write_run
+from nondet import records
+
+SOURCES = ("init", "shuffle", "bitflip")
+
+
+def small_sweep(root, onsets=(0,)):
+    """Three sources x 3 replicates (x onsets) with per-epoch metrics and env.json, plus a failed,
+    an unfinished and a corrupt run."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 60)
+    for source in SOURCES:
+        for onset in onsets:
+            config = fake_config(**{"source.name": source, "source.vary": [source]},
+                                 onset_epoch=onset, output_root=str(root), sweep_name="s")
+            metrics = [metrics_rows(rng, 4) for _ in range(3)]
+            for path in write_group(config, random_logits(rng, 3, 60, 4), labels, metrics):
+                records.write_json(path / records.ENV_FILE, {"torch": "2.x", "device": "cpu",
+                                                             "git_commit": "0123abc", "host": "node1"})
+    config = fake_config(**{"source.name": "init", "source.vary": ["init"]}, output_root=str(root),
+                         sweep_name="s", replicates=5)
+    write_run(records.run_dir(config, 3), dict(config, replicate=3), error="Traceback\nRuntimeError: boom")
+    write_run(records.run_dir(config, 4), dict(config, replicate=4), result=False)
+    write_run(records.run_dir(config, 5), dict(config, replicate=5), result={"test_accuracy": 1.0})  # no logits
+    return root / "s"
+
+
+def images(text):
+    return re.findall(r'<img src="([^"]*)"', text)
+
+
+def test_report_is_one_self_contained_page_with_table_notes_figures_config_and_environment(tmp_path, capsys):
+    sweep = small_sweep(tmp_path)
+    out = tmp_path / "report.html"
+    assert main([str(sweep), "--report", str(out), "--bootstrap", "20"]) == 0
+    assert f"Report: {out}" in capsys.readouterr().err
+    text = out.read_text()
+    # Nothing fetched from elsewhere: every image is inline, no script, no style sheet link.
+    assert all(src.startswith("data:image/png;base64,") for src in images(text))
+    assert not re.search(r"<script|<link|<iframe|url\(", text)
+    summary = text.split('<table class="summary">', 1)[1].split("</table>", 1)[0]
+    assert summary.count("<tr>") == 1 + len(SOURCES)
+    assert "1 failed" in text and "1 unfinished" in text and "RuntimeError: boom" in text
+    assert "Notes (1 failed, 1 unfinished, 1 corrupt)" in text  # counts runs, not the advice line
+    # Variability bars and the spread over epochs, each with its caption.
+    assert len(images(text)) == text.count("<figcaption>") == 2
+    for stem in ("variability", "cross_entropy_spread"):
+        assert report.CAPTIONS[stem] in text.replace("&#x27;", "'")
+    assert "source.name" in text and "0123abc" in text and "keys shared by every run" in text
+
+
+def test_the_sweep_structure_and_cka_add_their_figures_and_registered_figures_are_picked_up(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from analysis.load import load_sweep
+    from analysis.tables import summary_frame
+
+    sweep = load_sweep(small_sweep(tmp_path, onsets=(0, 2)))
+    frame = summary_frame(sweep, 20, 0)
+    keys = sweep.display_keys
+    cka = pd.DataFrame([{**{k: row[k] for k in keys}, "layer": layer, "cka_mean": 0.9, "cka_sd": 0.01,
+                         "n_runs": 3, "n_pairs": 3, "estimator": "standard", "probe_size": 60}
+                        for _, row in frame.iterrows() for layer in ("fc1", "fc2")])
+
+    def extra(inputs):
+        fig = Figure()
+        fig.subplots().plot([0, 1], [len(inputs.sweep.groups)] * 2)
+        return fig, "A registered figure."
+
+    def broken(inputs):
+        raise ValueError("no data")
+
+    monkeypatch.setattr(report, "FIGURES", [*report.FIGURES, extra, broken])
+    text = report.render(report.ReportInputs(sweep, frame, cka, 20, 0))
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", text.replace("&#x27;", "'"))
+    assert captions[:4] == [report.CAPTIONS[s] for s in ("variability", "cka", "cross_entropy_spread", "onset")]
+    assert captions[4].startswith("Mean CKA between pairs of runs, per group") and captions[5:] == [
+        "A registered figure."]
+    assert "Figure test_the_sweep_structure_and_cka_add_their_figures_and_registered_figures_are_picked_up." \
+           "&lt;locals&gt;.broken could not be drawn: ValueError: no data" in text
+    assert "Linear CKA (standard HSIC)" in text  # the CKA table beside its figure
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    chromium = find_chromium()
+    if chromium is None:
+        message = "Chromium is not installed (apt-get install chromium): the report is not rendered"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    out = tmp_path / "report.html"
+    assert main([str(small_sweep(tmp_path)), "--report", str(out), "--bootstrap", "20"]) == 0
+    expected = len(images(out.read_text()))
+    shot = tmp_path / "report.png"
+    page = load_page(chromium, out, """({
+        rows: document.querySelectorAll('table.summary tbody tr').length,
+        figures: document.querySelectorAll('figure').length,
+        drawn: Array.from(document.images).filter(i => i.complete && i.naturalWidth > 100).length,
+        visible: Array.from(document.querySelectorAll('table.summary, figure img'))
+            .filter(e => e.getBoundingClientRect().width > 100).length,
+    })""", screenshot=shot)
+    assert page.errors == []
+    assert [u for u in page.requests if not u.startswith(("file:", "data:"))] == []
+    assert page.value == {"rows": len(SOURCES), "figures": expected, "drawn": expected, "visible": 1 + expected}
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("NONDET_UPDATE_SCREENSHOT"):
+        from PIL import Image
+
+        Image.open(shot).convert("RGB").quantize(64).save(REPO / "docs" / "report.png", optimize=True)
