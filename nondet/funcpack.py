@@ -107,3 +107,43 @@ def pack_reason(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor,
             if name in buffers and not torch.equal(buffers[name][i], b):
                 return f"the packed step updates buffer {name} differently from the model trained alone"
     return None
+
+
+def _packed_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, P*C, ...) or (B, P*D) in, (B, P*K) out: each replica's slice through the model's own
+    forward, its parameters and buffers the replica's slice of the stacked ones."""
+    from torch.func import functional_call, vmap
+
+    base, packs = self.__dict__["_nondet_base"], self.__dict__["_nondet_packs"]
+    base.train(self.training)
+    params, buffers = dict(self.named_parameters()), dict(self.named_buffers())
+    xs = x.unflatten(1, (packs, -1)).transpose(0, 1)  # (P, B, C, ...)
+
+    def one(p, b, xi):
+        return functional_call(base, (p, b), (xi,))
+
+    # "same": the draws are those of one solo step (the pack shares one dropout stream)
+    logits = vmap(one, randomness="same")(params, buffers, xs)  # (P, B, K)
+    return logits.transpose(0, 1).flatten(1)
+
+
+def pack_model(models: Sequence[nn.Module]) -> nn.Module:
+    """The replicas as one module with the solo model's parameter and buffer names, each tensor
+    stacked to (P, *shape) (what ``nondet.pack.Pack`` trains and writes back), whose forward runs
+    the solo forward under ``vmap``; the replica axis folded into the feature axis, as in
+    ``nondet.models.packed``."""
+    import types
+
+    base, params, buffers = stacked(models)
+    packed = copy.deepcopy(models[0])
+    for name, tensor in [*params.items(), *buffers.items()]:
+        owner, _, leaf = name.rpartition(".")
+        module = packed.get_submodule(owner)
+        if name in params:
+            module._parameters[leaf] = nn.Parameter(tensor.detach().clone())
+        else:
+            module._buffers[leaf] = tensor.detach().clone()
+    packed.__dict__["_nondet_base"] = base
+    packed.__dict__["_nondet_packs"] = len(models)
+    packed.forward = types.MethodType(_packed_forward, packed)
+    return packed
