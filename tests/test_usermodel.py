@@ -3,6 +3,7 @@ stream, bitflip.param, representations, torch.func packs, dataset=custom and ima
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import compose_config
@@ -188,8 +190,6 @@ def custom(target, **extra):
 
 
 def test_custom_dataset_forms_load_alike_and_identify_by_content():
-    from omegaconf import OmegaConf
-
     a = load_dataset(OmegaConf.create(custom("load_four")))
     b = load_dataset(OmegaConf.create(custom("load_datasets")))
     assert a.name == "custom" and a.num_classes == 3 and a.input_shape == (5,)
@@ -201,7 +201,6 @@ def test_custom_dataset_forms_load_alike_and_identify_by_content():
 
 
 def test_imagefolder_reads_resizes_and_numbers_classes_by_train_folders(tmp_path):
-    from omegaconf import OmegaConf
     from PIL import Image
 
     colours = {"cat": (255, 0, 0), "dog": (0, 255, 0), "emu": (0, 0, 255)}
@@ -222,3 +221,96 @@ def test_imagefolder_reads_resizes_and_numbers_classes_by_train_folders(tmp_path
     userdata._LOADED.clear()
     with pytest.raises(ValueError, match=r"test/ has class folder\(s\) \['fox'\] that train/ lacks"):
         load_dataset(OmegaConf.create(cfg))
+
+
+# --------------------------------------------------------------------------- runs of your own model
+
+
+def custom_run(make_config, *overrides):
+    return make_config("model=custom", f"model._target_={HERE}.TinyNet", "+model.hidden=8", *overrides)
+
+
+def test_each_source_of_a_custom_model_changes_its_own_part_only(make_config):
+    from nondet import pack
+
+    def replicas(source):
+        data = load_dataset(OmegaConf.create(custom_run(make_config)["dataset"]))
+        return [pack.new_replica(custom_run(make_config, f"source={source}", f"replicate={r}"), data)
+                for r in (0, 1)]
+
+    def same(a, b, what):
+        if what == "weights":
+            return all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+        return torch.equal(a.generators[what].get_state(), b.generators[what].get_state())
+
+    expected = {  # what differs between two replicates of each source
+        "none": set(), "init": {"weights"}, "shuffle": {"shuffle"}, "dropout": {"dropout"},
+    }
+    for source, differs in expected.items():
+        a, b = replicas(source)
+        for part in ("weights", "shuffle", "dropout", "augment", "reduction"):
+            assert same(a, b, part) != (part in differs), (source, part)
+
+
+def test_custom_model_runs_none_identical_bitflip_one_ulp_and_the_global_rng_untouched(make_config):
+    from nondet import records
+    from nondet.job import run_job
+
+    before = global_states()
+    logits = []
+    for replicate in (0, 1):
+        config = custom_run(make_config, "source=none", f"replicate={replicate}")
+        run_job(OmegaConf.create(config))
+        logits.append(np.load(records.run_dir(config) / "logits.npy"))
+    assert logits[0].tobytes() == logits[1].tobytes()
+    flipped = custom_run(make_config, "source=bitflip", "replicate=1")
+    run_job(OmegaConf.create(flipped))
+    record = json.loads((records.run_dir(flipped) / "result.json").read_text())["bitflip"]
+    assert record["param"] == "body.1.weight"  # the first parameter in named_parameters()
+    before_flip = np.float32(float.fromhex(record["before"]))
+    assert np.float32(float.fromhex(record["after"])) == np.nextafter(
+        before_flip, np.float32(np.inf if record["direction"] == "up" else -np.inf))
+    assert same_states(before, global_states())
+
+
+def test_custom_model_resume_is_bitwise_exact(make_config, tmp_path, monkeypatch):
+    from nondet import pack, records
+    from nondet.job import run_job
+
+    overrides = ("source=all", "replicate=1", "epochs=3", "source.lowlevel_required=false")
+    whole = custom_run(make_config, *overrides, f"output_root={tmp_path / 'whole'}")
+    run_job(OmegaConf.create(whole))
+    broken = custom_run(make_config, *overrides, f"output_root={tmp_path / 'broken'}")
+    real_epoch, calls = pack.train_pack_epoch, {"n": 0}
+
+    def dies_in_epoch_two(group, data, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # stands in for a kill
+        return real_epoch(group, data, *args)
+
+    monkeypatch.setattr(pack, "train_pack_epoch", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(OmegaConf.create(broken))
+    monkeypatch.setattr(pack, "train_pack_epoch", real_epoch)
+    run_job(OmegaConf.create(broken))
+    a, b = records.run_dir(whole), records.run_dir(broken)
+    assert np.load(a / "logits.npy").tobytes() == np.load(b / "logits.npy").tobytes()
+    assert json.loads((b / "env.json").read_text())["resumed_from_epoch"] == 1
+
+
+def test_a_torch_func_pack_trains_every_replica(make_config, monkeypatch):
+    """Where torch.func packs (a GPU; forced here), a pack's replicas match their solo runs."""
+    from nondet import funcpack, records
+    from nondet.job import run_job
+
+    solo = [custom_run(make_config, "source=init", f"replicate={r}", "replicates=2", "+model.p=0.0") for r in (0, 1)]
+    for config in solo:
+        run_job(OmegaConf.create(config))
+    monkeypatch.setattr(funcpack, "pack_reason", lambda *a, **k: None)
+    packed = custom_run(make_config, "source=init", "replicates=2", "pack=2", "+model.p=0.0",
+                        f"output_root={records.run_dir(solo[0]).parents[2]}-packed")
+    assert len(run_job(OmegaConf.create(packed))["finished"]) == 2
+    for replicate, config in enumerate(solo):
+        mine = np.load(records.run_dir({**packed, "replicate": replicate}) / "logits.npy")
+        np.testing.assert_allclose(mine, np.load(records.run_dir(config) / "logits.npy"), rtol=1e-4, atol=1e-5)
