@@ -13,7 +13,7 @@ compose the real configs with ``hydra.compose``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -172,6 +172,9 @@ class NondetConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     lm: LMConfig = field(default_factory=LMConfig)
     bitflip: BitflipConfig = field(default_factory=BitflipConfig)
+    # Your own settings (a training script of yours, nondet/api.py): any keys, part of the runs'
+    # identity, never checked by nondet; a config group of yours at user/NAME lands at user.NAME.
+    user: Dict[str, Any] = field(default_factory=dict)
     replicates: int = 8
     replicate: int = 0
     base_seed: int = 0
@@ -280,8 +283,8 @@ RANGES = {
 def _flat(node: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in node.items():
-        if isinstance(value, dict) and value.get("_target_"):
-            continue  # your own class's arguments: its signature checks them (nondet/usermodel.py)
+        if isinstance(value, dict) and value.get("_target_") or f"{prefix}{key}" == "user":
+            continue  # your own class's arguments (its signature checks them), your own settings
         if isinstance(value, dict):
             out.update(_flat(value, f"{prefix}{key}."))
         else:
