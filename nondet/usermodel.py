@@ -143,10 +143,7 @@ def build_custom_model(cfg, input_shape: Sequence[int], num_classes: int, init_g
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model._target_={cfg['_target_']} returned a {type(model).__name__}, not a torch.nn.Module")
     representation_modules(model, cfg.get("representations"))  # a wrong name fails now, not in the analysis
-    # Marked (an attribute, so copies keep it): its nn.Dropout layers are allowed, since they
-    # draw from the global generator, which the training step fills from the dropout source.
-    model.__dict__[CUSTOM_MARK] = True
-    return model.cpu().train()
+    return mark_custom(model).cpu().train()
 
 
 CUSTOM_MARK = "_nondet_custom_model"
@@ -155,6 +152,14 @@ CUSTOM_MARK = "_nondet_custom_model"
 def is_custom(model_cfg: Mapping[str, Any]) -> bool:
     """Whether a model config names your own model (``model=custom``)."""
     return model_cfg.get("name") == "custom"
+
+
+def mark_custom(model: nn.Module) -> nn.Module:
+    """Mark ``model`` as yours (an attribute, so copies keep it): its nn.Dropout layers are
+    allowed, since they draw from the global generator, which each training step fills from the
+    dropout source."""
+    model.__dict__[CUSTOM_MARK] = True
+    return model
 
 
 def is_custom_model(model: nn.Module) -> bool:
