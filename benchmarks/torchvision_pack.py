@@ -27,16 +27,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--skip-over", type=float, default=150.0)
+    parser.add_argument("--start", default="", help="begin at this model name (resume a survey)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = torchvision.models.list_models(module=torchvision.models)
     rows, counts = [], {"vmap": 0, "exact": 0, "tried": 0}
-    for name in names:
+    for name in [n for n in names if n >= args.start]:
         began = time.perf_counter()
         kwargs = {"num_classes": 10, **OPTIONS.get(name, {})}
         size = 224 if name.startswith(NEEDS_224) else (299 if name == "inception_v3" else args.size)
-        if name.startswith("vit_"):
-            kwargs["image_size"], size = args.size, args.size
+        if name.startswith("vit_"):  # a multiple of the patch size (vit_h_14: 14)
+            patch = int(name.rsplit("_", 1)[1])
+            kwargs["image_size"] = size = args.size - args.size % patch
         torch.manual_seed(0)
         model = torchvision.models.get_model(name, **kwargs)
         millions = sum(p.numel() for p in model.parameters()) / 1e6

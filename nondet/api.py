@@ -277,16 +277,30 @@ class Run:
             return
         replica = self._tracked()
         while replica.epoch < self.config["epochs"]:
-            began = time.perf_counter()
+            self._began = time.perf_counter()
             yield replica.epoch
-            if self.device == "cuda":
-                torch.cuda.synchronize()
-            replica.train_seconds += time.perf_counter() - began
-            replica.epoch += 1
-            last = replica.epoch == self.config["epochs"]
-            if not last and replica.epoch % self.config["checkpoint_every"] == 0:
-                state = {**replica.state_dict(), "user": {k: o.state_dict() for k, o in self.extra.items()}}
-                records.write_torch(self.directory / records.CHECKPOINT_FILE, state)
+            self.end_epoch()
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed (a resumed run starts from its checkpoint's)."""
+        return self._tracked().epoch
+
+    def end_epoch(self) -> None:
+        """Count an epoch done, and checkpoint every ``checkpoint_every``: what ``epochs()`` does
+        after each, for a loop that is not yours to write (a Lightning callback's
+        ``on_train_epoch_end``)."""
+        replica = self._tracked()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        replica.train_seconds += now - getattr(self, "_began", now)
+        self._began = now
+        replica.epoch += 1
+        last = replica.epoch == self.config["epochs"]
+        if not last and replica.epoch % self.config["checkpoint_every"] == 0:
+            state = {**replica.state_dict(), "user": {k: o.state_dict() for k, o in self.extra.items()}}
+            records.write_torch(self.directory / records.CHECKPOINT_FILE, state)
 
     def dropout(self):
         """A block whose random draws (``nn.Dropout``, ``torch.rand``, ...) come from the dropout

@@ -196,6 +196,8 @@ def test_custom_dataset_forms_load_alike_and_identify_by_content():
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
     assert a.sha256 == b.sha256 == data_fingerprint(custom("load_four"))
     assert data_fingerprint(custom("load_four", shift=1.0)) != a.sha256  # +dataset.shift=1.0
+    named = compose_config(["dataset=custom", f"dataset._target_={HERE}.load_four", "+dataset.shift=1.0"])
+    assert named["dataset"]["sha256"] == data_fingerprint(custom("load_four", shift=1.0))  # in the identity
     with pytest.raises(ValueError, match=r"^dataset._target_=.*load_nan: x_train contains NaN"):
         load_dataset(OmegaConf.create(custom("load_nan")))
 
