@@ -31,7 +31,7 @@ to it. ``bitflip``: ``track`` moves one element of ``bitflip.param`` by one ULP 
 The configuration is nondet's (``model``, ``dataset``, ``optimizer``, ``source``, ``replicates``,
 ``epochs``, ...), composed with your own: put your settings under ``user:`` (a group of yours at
 ``user/NAME`` lands at ``user.NAME``); they are part of the runs' identity. A script trains one
-replicate per job: ``pack: 1``. ``onset_epoch`` is not offered here.
+replicate per job (``api.main`` sets ``pack=1``). ``onset_epoch`` is not offered here.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ def main(config_path: str | None = None, config_name: str = "config") -> Callabl
 
         @functools.wraps(task)
         def entry() -> Any:
+            if not any(a.startswith("pack=") for a in sys.argv[1:]):
+                sys.argv.append("pack=1")  # one replicate per job: the sweep steps by one
             search = f"file://{CONF_DIR}"
             if not any(a.startswith("hydra.searchpath") for a in sys.argv[1:]):
                 sys.argv.append(f"hydra.searchpath=[{search}]")

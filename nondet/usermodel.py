@@ -189,6 +189,8 @@ def global_rng_from(generators: Sequence[torch.Generator]) -> Iterator[None]:
             saved.append((g, torch.get_rng_state(), None))
             torch.set_rng_state(g.get_state())
     py_state, np_state = random.getstate(), np.random.get_state()
+    # a CUDA stream covers the GPU's draws; the CPU's global generator must then stay untouched
+    cpu_state = None if any(index is None for _, _, index in saved) else torch.get_rng_state()
     try:
         yield
     finally:
@@ -199,11 +201,16 @@ def global_rng_from(generators: Sequence[torch.Generator]) -> Iterator[None]:
             else:
                 g.set_state(torch.cuda.get_rng_state(index))
                 torch.cuda.set_rng_state(state, index)
-    moved = [name for name, same in (("Python's random", random.getstate() == py_state),
-                                      ("numpy's global RNG", _same_np(np.random.get_state(), np_state))) if not same]
+    moved = [name for name, same in (
+        ("Python's random", random.getstate() == py_state),
+        ("numpy's global RNG", _same_np(np.random.get_state(), np_state)),
+        ("torch's CPU generator (the model trains on a GPU)", cpu_state is None or torch.equal(cpu_state, torch.get_rng_state())),
+    ) if not same]
     if moved:
         random.setstate(py_state)
         np.random.set_state(np_state)
+        if cpu_state is not None:
+            torch.set_rng_state(cpu_state)
         raise GlobalRandomUse(
             f"the model drew from {' and '.join(moved)} while training; no source seeds that stream, "
             "so runs could not be repeated: draw with torch (torch.rand, nn.Dropout), which nondet "
