@@ -213,7 +213,7 @@ class CheckCallback(Callback):
         check_or_exit(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # The sweeper resolves hydra.sweeper.params (``${nondet.pack_step:${pack}}``) next.
+        # The sweeper resolves hydra.sweeper.params (``${nondet.pack_step:${pack},${replicates}}``) next.
         check_or_exit(config)
 
 

@@ -22,6 +22,7 @@ MODELS = (
     "linear",
     "mlp",
     "conv1",
+    "cnn1d",
     "resnet6",
     "resnet10",
     "resnet14",
@@ -33,7 +34,7 @@ MODELS = (
 CUSTOM_MODEL = "custom"
 # Language models (nondet/lm.py trains them on the text datasets).
 LANGUAGE_MODELS = ("qrnn",)
-DATASETS = ("synthetic", "cifar10", "mnist", "npz", "custom", "imagefolder")
+DATASETS = ("synthetic", "cifar10", "mnist", "npz", "mnist1d", "custom", "imagefolder")
 TEXT_DATASETS = ("ptb", "synthetic_text")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "snapshot")
@@ -92,6 +93,19 @@ class DatasetConfig:
     data_seed: int = 0
     # imagefolder: the side, in pixels, every image is resized to (image_size x image_size).
     image_size: Optional[int] = None
+    # --- mnist1d only: the arguments of the mnist1d package's make_dataset, its defaults (its
+    # `seed` is data_seed, 42 in conf/dataset/mnist1d.yaml; see nondet/mnist1d.py) ---
+    num_samples: int = 5000
+    train_split: float = 0.8
+    template_len: int = 12
+    padding: List[int] = field(default_factory=lambda: [36, 60])
+    scale_coeff: float = 0.4
+    max_translation: int = 48
+    corr_noise_scale: float = 0.25
+    iid_noise_scale: float = 0.02
+    shear_scale: float = 0.75
+    shuffle_seq: bool = False
+    final_seq_length: int = 40
     # --- text datasets (nondet/text.py): sizes in tokens; ptb keeps the first k ---
     valid_size: Optional[int] = None
     # synthetic_text only: words (with <eos>), hidden states, mean sentence length.
@@ -252,7 +266,7 @@ RANGES = {
     "eval_every": _at_least(1),
     "checkpoint_every": _at_least(1),
     # "auto" leaves the pack size to nondet where a version offers it.
-    "pack": ((lambda v: v == "auto" or _at_least(1)[0](v)), "an integer >= 1"),
+    "pack": ((lambda v: v == "auto" or _at_least(1)[0](v)), "auto or an integer >= 1"),
     "threads": _optional(_at_least(1)),
     "shuffle_window": _optional(_at_least(1)),
     "onset_epoch": _at_least(0),

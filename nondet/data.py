@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from nondet.config import DatasetConfig
 from nondet.seeds import hashed_seed, make_generator
+from nondet.mnist1d import load_mnist1d
 
 log = logging.getLogger("nondet")
 
@@ -132,6 +133,7 @@ def load_dataset(cfg: DatasetConfig, device: torch.device | str = "cpu") -> Data
         "cifar10": _load_cifar10,
         "mnist": _load_mnist,
         "npz": _load_npz,
+        "mnist1d": load_mnist1d,
     }
     from nondet import userdata  # your own data: a function's (custom), a directory's (imagefolder)
 

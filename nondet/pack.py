@@ -35,7 +35,7 @@ Exactness, measured on the CPU in strict fp32 (tests/test_pack.py, docs/benchmar
   trained alone (logits, weights, metrics). The GEMMs are issued so that MKL runs, per replica,
   the same ``sgemm`` call (orientation, transposition) as ``F.linear`` and its autograd do; the
   bias gradient and the training loss reduce in the solo order.
-- ``conv1`` and the ResNets on the CPU: ``conv_mode="split"`` (the CPU default) runs one
+- ``conv1``, ``cnn1d`` and the ResNets on the CPU: ``conv_mode="split"`` (the CPU default) runs one
   convolution per replica and is bitwise identical too; ``"grouped"`` (one grouped convolution,
   the CUDA default) differs from solo by float32 rounding (see docs/benchmarks.md) and may depend
   on how many replicas share the call. So ``pack`` is part of a run's identity (its group hash:
@@ -82,7 +82,7 @@ from nondet.seeds import SeedPlan
 log = logging.getLogger("nondet")
 
 # Models whose every layer has a packed form below.
-PACKABLE_MODELS = frozenset({"linear", "mlp", "conv1", "resnet6", "resnet10", "resnet14", "resnet18"})
+PACKABLE_MODELS = frozenset({"linear", "mlp", "conv1", "cnn1d", "resnet6", "resnet10", "resnet14", "resnet18"})
 # On the CPU, convolutional packs whose first-layer output per replica exceeds this many bytes
 # train one replica at a time instead (see sequential_reason).
 CPU_CONV_ACTIVATIONS = 128 * 1024

@@ -121,7 +121,13 @@ def planned_runs(overrides: list[str], replicates: int, pack: Any) -> int:
     parsed = _parse(overrides)
     replicate = parsed.get("replicate")
     step = getattr(replicate.value(), "step", None) if replicate is not None else None
-    step = step or (pack if isinstance(pack, int) and pack > 0 else 1)
+    if not step:
+        from nondet.job import pack_step  # the sweep's own step (pack=auto: up to 16)
+
+        try:
+            step = pack_step(pack, replicates)
+        except ValueError:
+            step = 1
     choices = [
         [(k, v) for v in o.sweep_string_iterator()] if o.is_sweep_override()
         else [(k, o.get_value_element_as_str())]

@@ -204,8 +204,8 @@ def record_evaluation(
     }
     replica.metrics.append(row)
     records.write_jsonl(Path(directory) / records.METRICS_FILE, replica.metrics)
-    extra = "".join(f"  {k} {v:.4g}" for k, v in evaluation.row.items() if k.endswith("perplexity"))
     logger.record_metrics(config, directory, replica.metrics)
+    extra = "".join(f"  {k} {v:.4g}" for k, v in evaluation.row.items() if k.endswith("perplexity"))
     log.info(
         "%s epoch %d/%d  train_loss %.4f  test_acc %.2f%%  test_ce %.4f%s  lr %.4g  %.1fs",
         Path(directory).name, replica.epoch, config["epochs"], train_loss, evaluation.accuracy,

@@ -1,5 +1,6 @@
 """The one run lifecycle against run directories written by the code before it
-(tests/fixtures/main_c5cb29b, made by that code with the configurations below): a sweep it
+(tests/fixtures/main_c5cb29b, made by that code with the configurations below, on one thread:
+the bits of a CPU run depend on the thread count): a sweep it
 finished is found finished, its checkpoints resume and end bitwise where its uninterrupted runs
 ended, and the runs it trained are trained again bit for bit. Also: the lifecycle's own refusals
 (inert sources and snapshots of a language model)."""
@@ -43,7 +44,7 @@ def run(config: dict) -> dict:
 
 def finished_config(root, replicate):
     return compose_config([f"output_root={root}", "sweep_name=finished", "source=init",
-                           "replicates=2", f"replicate={replicate}"])
+                           "replicates=2", f"replicate={replicate}", "threads=1"])
 
 
 def test_a_sweep_finished_by_the_old_code_is_found_finished(old_runs):
@@ -55,7 +56,7 @@ def test_a_sweep_finished_by_the_old_code_is_found_finished(old_runs):
 
 def test_the_default_pack_finds_the_old_code_s_sweep_finished(old_runs):
     config = compose_config([f"output_root={old_runs}", "sweep_name=finished", "source=init",
-                             "replicates=2", "pack=auto"])
+                             "replicates=2", "pack=auto", "threads=1"])
     outcome = run(config)  # one job: both replicates
     assert outcome["finished"] == [] and outcome["failed"] == [] and len(outcome["skipped"]) == 2
 
@@ -90,7 +91,7 @@ def test_the_old_code_s_runs_are_trained_again_bit_for_bit(old_runs, tmp_path):
 
 def test_an_image_checkpoint_of_the_old_code_resumes_bitwise(old_runs):
     config = compose_config([f"output_root={old_runs}", "sweep_name=resume", "source=all",
-                             "replicates=1", "model.dropout=0.1"])
+                             "replicates=1", "model.dropout=0.1", "threads=1"])
     directory = records.run_dir(config)
     assert (directory / "checkpoint.pt").exists()
     outcome = run(config)

@@ -69,7 +69,7 @@ def test_preset_composes_and_its_sweep_expands(preset, scale):
     groups = groups_of(jobs)
     assert config["scale"] == scale
     assert config["sweep_name"] == preset  # each preset writes its own sweep directory
-    assert len(jobs) == len(groups) * config["replicates"]
+    assert len(jobs) == len(groups) * -(-config["replicates"] // config["pack"])  # a job per pack
     # Each distinct configuration composes (the first and last of the sweep and one per
     # swept value, to keep this quick), typed by the schema.
     sample = {groups[0], groups[-1]}
@@ -82,7 +82,7 @@ def test_preset_composes_and_its_sweep_expands(preset, scale):
         if scale == "smoke":
             # CPU-sized: no GPU-only source, no torchvision download, few epochs.
             assert job["source"]["name"] not in {"lowlevel", "shuffle_lowlevel", "shuffle_augment_lowlevel"}
-            assert job["dataset"]["name"] in {"synthetic", "synthetic_text"}
+            assert job["dataset"]["name"] in {"synthetic", "synthetic_text", "mnist1d"}  # generated
             assert job["threads"] == 1
             assert job["epochs"] <= 50
 
@@ -176,13 +176,14 @@ SMOKE_FIGURES = {
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", IMAGE_PRESETS)
 def test_preset_runs_at_smoke_scale_through_the_analysis(preset, tmp_path, capsys):
-    jobs, _ = sweep_jobs(preset, "smoke")
+    jobs, config = sweep_jobs(preset, "smoke")
+    runs = len(groups_of(jobs)) * config["replicates"]
     out = launch("-m", f"+experiment={preset}", "scale=smoke", f"output_root={tmp_path}")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     sweep_dir = tmp_path / preset
     results = sorted(sweep_dir.rglob("result.json"))
-    assert len(results) == len(jobs)
-    assert f"All {len(jobs)} runs found below" in out.stdout  # the end-of-sweep table
+    assert len(results) == runs
+    assert f"All {runs} runs found below" in out.stdout  # the end-of-sweep table
 
     figures = tmp_path / "figs"
     text = analyse(capsys, sweep_dir, "--figures", str(figures), "--csv", str(tmp_path / "t.csv"),
