@@ -225,7 +225,7 @@ class Run:
         """``factory(*args, **kwargs)`` with the global RNGs seeded from the init source and given
         back afterwards (your model's own initialisation, a function of the init seed alone);
         on the training device."""
-        seed = usermodel._seed_from(self.generators["init"], "init")
+        seed = usermodel.seed_from(self.generators["init"], "init")
         with usermodel.forked_global_rng(seed):
             model = factory(*args, **kwargs)
         return model.to(self.device)

@@ -30,8 +30,6 @@ MODELS = (
     "vgg11",
     "shufflenetv2_050",
 )
-# Your own nn.Module: model=custom model._target_=PKG.CLASS (nondet/usermodel.py).
-CUSTOM_MODEL = "custom"
 # Language models (nondet/lm.py trains them on the text datasets).
 LANGUAGE_MODELS = ("qrnn",)
 DATASETS = ("synthetic", "cifar10", "mnist", "npz", "mnist1d", "custom", "imagefolder")

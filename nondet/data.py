@@ -127,7 +127,7 @@ class Dataset:
 
 
 def load_dataset(cfg: DatasetConfig, device: torch.device | str = "cpu") -> Dataset:
-    """Load ``cfg.name`` (synthetic, cifar10, mnist, npz) onto ``device``."""
+    """Load ``cfg.name`` (synthetic, cifar10, mnist, npz, mnist1d, custom, imagefolder) onto ``device``."""
     loaders = {
         "synthetic": _load_synthetic,
         "cifar10": _load_cifar10,

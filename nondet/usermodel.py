@@ -88,7 +88,7 @@ def call_target(key: str, target: Any, kwargs: Mapping[str, Any], fn=None):
     return fn(**kwargs)
 
 
-def _seed_from(generator: torch.Generator, purpose: str) -> int:
+def seed_from(generator: torch.Generator, purpose: str) -> int:
     """A 63-bit seed drawn from ``generator`` (advancing it), mixed with ``purpose``."""
     draw = int(torch.randint(2**62, (1,), generator=generator, dtype=torch.int64))
     digest = hashlib.sha256(f"nondet.usermodel/{purpose}/{draw}".encode()).digest()
@@ -116,6 +116,8 @@ def forked_global_rng(seed: int) -> Iterator[None]:
 
 
 def constructor_kwargs(cfg: Mapping[str, Any], input_shape: Sequence[int], num_classes: int, target) -> dict:
+    """The model node's keys nondet does not declare, plus ``input_shape`` and ``num_classes``
+    where ``target``'s signature names them."""
     kwargs = {k: v for k, v in cfg.items() if k not in _OWN_KEYS}
     try:
         params = inspect.signature(target).parameters
@@ -137,7 +139,7 @@ def build_custom_model(cfg, input_shape: Sequence[int], num_classes: int, init_g
         cfg = OmegaConf.to_container(cfg, resolve=True)
     target = locate_target("model._target_", cfg.get("_target_"))
     kwargs = constructor_kwargs(cfg, input_shape, num_classes, target)
-    seed = _seed_from(init_generator, "init")
+    seed = seed_from(init_generator, "init")
     with forked_global_rng(seed):
         model = call_target("model._target_", cfg["_target_"], kwargs, fn=target)
     if not isinstance(model, nn.Module):
@@ -220,11 +222,6 @@ def global_rng_from(generators: Sequence[torch.Generator]) -> Iterator[None]:
 
 def _same_np(a, b) -> bool:
     return a[0] == b[0] and np.array_equal(a[1], b[1]) and a[2:] == b[2:]
-
-
-def dropout_generators(generator: torch.Generator) -> list[torch.Generator]:
-    """The dropout source's generators for ``global_rng_from``: the training device's."""
-    return [generator]
 
 
 # --------------------------------------------------------------------------- bitflip, CKA
