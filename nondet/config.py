@@ -358,3 +358,6 @@ def check_config(config: dict) -> None:
             f"onset_epoch={config['onset_epoch']} is out of range: onset_epoch must be in "
             f"0 .. epochs={config['epochs']}"
         )
+    from nondet.usermodel import check_targets  # your own model's and data's arguments
+
+    check_targets(config)

@@ -79,10 +79,14 @@ def fingerprint(dataset: dict) -> Optional[str]:
 # --------------------------------------------------------------------------- dataset=custom
 
 
+def call_arguments(cfg: dict) -> dict:
+    """The keyword arguments of ``dataset._target_``: the keys nondet does not declare itself."""
+    return {k: v for k, v in cfg.items() if k not in _OWN_KEYS}
+
+
 def _load_custom(cfg: dict) -> tuple[str, dict]:
     target = cfg.get("_target_")
-    kwargs = {k: v for k, v in cfg.items() if k not in _OWN_KEYS}
-    returned = call_target("dataset._target_", target, kwargs)
+    returned = call_target("dataset._target_", target, call_arguments(cfg))
     where = f"dataset._target_={target}"
     return where, _as_arrays(returned, where)
 

@@ -78,14 +78,32 @@ def call_target(key: str, target: Any, kwargs: Mapping[str, Any], fn=None):
     """``target(**kwargs)`` (``fn`` when already located); an argument the callable does not
     take is one line naming ``key``, not a traceback."""
     fn = fn if fn is not None else locate_target(key, target)
+    _check_call(key, target, fn, kwargs)
+    return fn(**kwargs)
+
+
+def check_targets(config: Mapping[str, Any]) -> None:
+    """Refuse, in one line and before anything is trained, a ``model._target_`` or
+    ``dataset._target_`` that cannot be imported or does not take the arguments given."""
+    model, dataset = config.get("model") or {}, config.get("dataset") or {}
+    if is_custom(model):
+        target = locate_target("model._target_", model.get("_target_"))
+        _check_call("model._target_", model["_target_"], target, constructor_kwargs(model, (1,), 2, target))
+    if dataset.get("name") == "custom":
+        from nondet.userdata import call_arguments
+
+        target = locate_target("dataset._target_", dataset.get("_target_"))
+        _check_call("dataset._target_", dataset["_target_"], target, call_arguments(dataset))
+
+
+def _check_call(key: str, text: str, fn, kwargs: Mapping[str, Any]) -> None:
     try:
         inspect.signature(fn).bind(**kwargs)
     except TypeError as exc:
         group = key.split(".")[0]
-        raise ConfigError(f"{key}={target}: {exc} (its arguments come from +{group}.KEY=VALUE)") from None
-    except ValueError:  # no signature to inspect (a builtin): let the call say
+        raise ConfigError(f"{key}={text}: {exc} (its arguments come from +{group}.KEY=VALUE)") from None
+    except ValueError:  # no signature to inspect (a builtin): the call itself will say
         pass
-    return fn(**kwargs)
 
 
 def seed_from(generator: torch.Generator, purpose: str) -> int:

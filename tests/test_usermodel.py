@@ -156,6 +156,11 @@ def test_model_custom_composes_and_its_keys_are_the_constructors():
     assert config["model"]["hidden"] == 4
     with pytest.raises(ConfigError, match="model.widht is not a configuration key"):
         check_config(compose_config(["model.widht=3"]))
+    # the constructor's own arguments: refused when the command starts, not in every job
+    with pytest.raises(ConfigError, match=r"model._target_=.*TinyNet: .*'hiden'.*\+model.KEY=VALUE"):
+        check_config(compose_config(["model=custom", f"model._target_={HERE}.TinyNet", "+model.hiden=4"]))
+    with pytest.raises(ConfigError, match=r"dataset._target_=.*load_four: .*'shfit'"):
+        check_config(compose_config(["dataset=custom", f"dataset._target_={HERE}.load_four", "+dataset.shfit=1"]))
 
 
 # --------------------------------------------------------------------------- your own data
