@@ -158,12 +158,16 @@ class Run:
 
     def __exit__(self, kind, error, tb) -> bool:
         try:
-            if error is None and not self.done:
-                self._finish()
-            elif error is not None and not isinstance(error, (KeyboardInterrupt, SystemExit)) and not self.done:
+            if self.done or isinstance(error, (KeyboardInterrupt, SystemExit)):
+                return False  # a kill leaves the checkpoint to resume from, nothing else
+            if error is None:
+                try:
+                    self._finish()
+                except Exception:  # noqa: BLE001 - reported like a failure in the loop
+                    self._failed()
+            else:
                 self._failed()
-                return True  # the sweep goes on, as with nondet's own jobs
-            return False
+            return True  # the sweep goes on, as with nondet's own jobs
         finally:
             self._locks.close()
 

@@ -49,6 +49,10 @@ Resume: each replica resumes from its own checkpoint; finished replicas are skip
 If the replicas of a job stand at different epochs (one was restarted from scratch, say), the
 ones behind train as a pack until they reach the next ones, then all continue together.
 
+Your own model (``model=custom``) packs through ``torch.func`` (``nondet/funcpack.py``) where one
+step of a pack is what its replicas compute alone (on the CPU: bit for bit); its training steps
+run with the global generator holding the dropout stream (``Pack.randomness``).
+
 The job trains its replicas one after another instead, with a log line, for models without a
 packed form (vgg11, shufflenetv2_050: max-pooling and channel shuffles would mix replicas) and,
 on the CPU, for convolutional models too large to gain from a pack (``sequential_reason``).

@@ -137,3 +137,18 @@ def test_example_own_training_script_resumes_bitwise(tmp_path, monkeypatch):
     # killed in its second epoch, after the checkpoint of the first
     assert_same_run(*_killed_then_resumed(monkeypatch, api.Run, "record", train,
                                           tmp_path / "whole", tmp_path / "broken"))
+
+
+def test_a_script_that_stops_early_fails_its_run_in_error_txt(tmp_path):
+    """Leaving the block before the last epoch is the run's failure (error.txt), not a result."""
+    with initialize_config_dir(config_dir=str(REPO / "examples/own_loop/conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra.searchpath=[file://{CONF}]", "device=cpu",
+                                          "dataset.train_size=64", f"output_root={tmp_path}"])
+    with api.Run(cfg) as run:
+        model = run.build(torch.nn.Linear, 32, 10)
+        run.track(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        for _ in run.epochs():
+            break
+    (directory,) = run.outcome["failed"]
+    assert "without run.record" in (Path(directory) / "error.txt").read_text()
+    assert not (Path(directory) / "result.json").exists()
