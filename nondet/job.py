@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import joblog, lm, logger, pack, records
+from nondet import joblog, lm, logger, pack, records, userdata
 from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, configure_precision, resolve_device
 from nondet.config import TEXT_DATASETS, check_config
 from nondet.data import Dataset, data_fingerprint, load_dataset
@@ -179,11 +179,15 @@ def _dataset(config: dict) -> Dataset:
 def check_data_unchanged(config: dict, data) -> None:
     """The data loaded must be the data the runs' directories were named for: a file rewritten
     between composing the config and loading it would otherwise train under the old identity."""
-    named = config["dataset"].get("sha256")
-    if named is not None and getattr(data, "sha256", named) != named:
+    dataset = config["dataset"]
+    named, content = dataset.get("sha256"), getattr(data, "sha256", None)
+    where = next((f"dataset.{k}={dataset[k]}" for k in ("path", "_target_", "root") if dataset.get(k)), "the data")
+    if named is None and content is not None and dataset["name"] in userdata.CONTENT_IDENTIFIED:
+        raise ValueError(f"{where} could not be loaded when the runs were named, but can now; relaunch the command")
+    if named is not None and content not in (None, named):
         raise ValueError(
-            f"dataset.path={config['dataset']['path']} changed while this job started (its "
-            f"SHA-256 is now {data.sha256}, the runs were named for {named}); relaunch the command"
+            f"{where} changed while this job started (its SHA-256 is now {content}, the runs "
+            f"were named for {named}); relaunch the command"
         )
 
 
@@ -217,7 +221,7 @@ def inert_sources(config: dict, data) -> dict[str, str]:
                                         "embedding_dropout", "weight_dropout")]
             if not any(rates) and not config["lm"]["variable_bptt"]:
                 inert["dropout"] = "every dropout rate is 0 and lm.variable_bptt is false"
-        elif not model["dropout"]:
+        elif not model["dropout"] and model["name"] != "custom":  # your own model's dropout is its own
             inert["dropout"] = "model.dropout is 0 (set model.dropout=0.1, say)"
     return inert
 

@@ -52,6 +52,10 @@ Resume: each replica resumes from its own checkpoint; finished replicas are skip
 If the replicas of a job stand at different epochs (one was restarted from scratch, say), the
 ones behind train as a pack until they reach the next ones, then all continue together.
 
+Your own model (``model=custom``) packs through ``torch.func`` (``nondet/funcpack.py``) where one
+step of a pack is what its replicas compute alone (on the CPU: bit for bit); its training steps
+run with the global generator holding the dropout stream (``Pack.randomness``).
+
 The job trains its replicas one after another instead (each a pack of one, through the same
 loop), with a log line, for models without a packed form (vgg11, shufflenetv2_050: max-pooling and
 channel shuffles would mix replicas), on the CPU for convolutional models too large to gain from a
@@ -60,6 +64,7 @@ pack (``sequential_reason``), and with ``pack=auto`` on a GPU (``ImageFamily.apa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Callable
@@ -70,7 +75,7 @@ from omegaconf import OmegaConf
 from torch.optim.adam import adam as adam_update
 from torch.optim.sgd import sgd as sgd_update
 
-from nondet import train
+from nondet import funcpack, records, train, usermodel
 from nondet.backend import autocast
 from nondet.data import Dataset
 from nondet.models import build_model, set_dropout_generator
@@ -155,9 +160,12 @@ class Pack:
             self.params = list(self.model.parameters())
             return
         _share_generators(replicas)
-        self.model = pack_model(
-            [r.model for r in replicas], [r.generators["dropout"] for r in replicas], conv_mode
-        )
+        if usermodel.is_custom_model(replicas[0].model):  # your own model: through torch.func
+            self.model = funcpack.pack_model([r.model for r in replicas])
+        else:
+            self.model = pack_model(
+                [r.model for r in replicas], [r.generators["dropout"] for r in replicas], conv_mode
+            )
         self.names = [name for name, _ in replicas[0].model.named_parameters()]
         params = dict(self.model.named_parameters())
         self.params = [params[name] for name in self.names]
@@ -166,6 +174,18 @@ class Pack:
     @property
     def size(self) -> int:
         return len(self.replicas)
+
+    def randomness(self, training: bool):
+        """Where a model of yours draws its random numbers: in training, the global generator
+        holds the dropout source's stream (one stream: a torch.func pack shares it); in
+        evaluation, a fixed stream that touches nothing. nondet's own models draw from their
+        generators explicitly."""
+        if not usermodel.is_custom_model(self.replicas[0].model):
+            return contextlib.nullcontext()
+        if not training:
+            return usermodel.forked_global_rng(0)
+        generators, _ = self._distinct("dropout")
+        return usermodel.global_rng_from(generators[:1])
 
     # --- optimizer --------------------------------------------------------------------------
 
@@ -355,13 +375,14 @@ def train_pack_epoch(
             ).unflatten(0, (size, packs))
         x = data.normalize(x).flatten(1, 2)  # (B, P*C, H, W) or (B, P*D)
         pack.lr = learning_rate(config["schedule"], config["optimizer"]["lr"], pack.step, len(bounds), config["epochs"])
-        with autocast(precision, device):
-            logits = model(x)
-        logits = logits.float().unflatten(1, (packs, -1))  # (B, P, K)
-        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(size, packs)
-        for param in pack.params:
-            param.grad = None
-        losses.mean(0).sum().backward()
+        with pack.randomness(training=True):
+            with autocast(precision, device):
+                logits = model(x)
+            logits = logits.float().unflatten(1, (packs, -1))  # (B, P, K)
+            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(size, packs)
+            for param in pack.params:
+                param.grad = None
+            losses.mean(0).sum().backward()
         pack.optimizer_step()
         step_losses.append(losses.detach())
         pack.step += 1
@@ -380,7 +401,7 @@ def evaluate_pack(pack: Pack, data: Dataset) -> tuple[torch.Tensor, list[float],
     for start, stop in batch_bounds(len(data.y_test), train.EVAL_BATCH):
         x = data.normalize(data.x_test[start:stop])
         x = x.unsqueeze(1).expand(x.shape[0], packs, *x.shape[1:]).flatten(1, 2)
-        with autocast(config["precision"], config["device"]):
+        with pack.randomness(training=False), autocast(config["precision"], config["device"]):
             chunks.append(model(x).float().unflatten(1, (packs, -1)))
     logits = torch.cat(chunks).transpose(0, 1).contiguous()  # (P, N, K)
     accuracy = (logits.argmax(dim=2) == data.y_test).float().mean(dim=1) * 100.0
@@ -466,6 +487,7 @@ class ImageFamily:
 
     def __init__(self, conv_mode: str | None = None) -> None:
         self.conv_mode = conv_mode
+        self._custom_reasons: dict[str, str | None] = {}
 
     def new_replica(self, config: dict, data: Dataset) -> train.Replica:
         return new_replica(config, data)
@@ -480,7 +502,24 @@ class ImageFamily:
         if config["pack"] == "auto" and config["device"] != "cpu":
             return ("pack=auto fuses replicas on the CPU only, where a pack is bitwise the solo "
                     "computation (set pack=P to fuse them on a GPU)")
+        if usermodel.is_custom(config["model"]):
+            return self._custom_reason(config, data)
         return sequential_reason(config, data)
+
+    def _custom_reason(self, config: dict, data: Dataset) -> str | None:
+        """Your own model packs where torch.func trains two of its replicas as they train alone
+        (``nondet.funcpack.pack_reason``, tried once per configuration on the first batch)."""
+        key = records.config_hash({**config, "replicate": 0})
+        if key not in self._custom_reasons:
+            replicas = [new_replica({**config, "replicate": r}, data) for r in range(min(2, config["replicates"]))]
+            if len(replicas) < 2:
+                return None
+            size = min(config["batch_size"], len(data.y_train))
+            x, y = data.normalize(data.x_train[:size]), data.y_train[:size]
+            shared = torch.equal(replicas[0].generators["dropout"].get_state(),
+                                 replicas[1].generators["dropout"].get_state())
+            self._custom_reasons[key] = funcpack.pack_reason([r.model for r in replicas], x, y, shared)
+        return self._custom_reasons[key]
 
     def _mode(self, config: dict) -> str:
         return self.conv_mode or default_conv_mode(config["device"])

@@ -157,7 +157,7 @@ def start_of_epoch(replica: Replica, config: dict) -> None:
                 replica.generators[source] = make_generator(replica.plan.seeds[source], device)
         set_dropout_generator(replica.model, replica.generators["dropout"])
     if replica.plan.varies("bitflip") and replica.bitflip is None:
-        replica.bitflip = flip_one_ulp(replica.model, replica.generators["bitflip"])
+        replica.bitflip = flip_one_ulp(replica.model, replica.generators["bitflip"], config)
 
 
 # --------------------------------------------------------------------------- the run directory
