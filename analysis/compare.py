@@ -32,6 +32,7 @@ that saw different data) are printed too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import math
 import sys
@@ -448,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             if dropped:
                 notes.append(f"{dropped} runs without a partner of the same replicate index were left out")
             a, b = a[[index_a[r] for r in shared]], b[[index_b[r] for r in shared]]
+            runs_a, runs_b = [runs_a[index_a[r]] for r in shared], [runs_b[index_b[r]] for r in shared]
         result = compare_samples(
             a, b, args.metric, args.paired, args.alpha, args.power, args.bootstrap, args.permutations, args.seed,
             _label(args.dir_a, group_a, args.group_a), _label(args.dir_b, group_b, args.group_b),
@@ -456,8 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result.notes += notes
+    # The per-example statistics see the same runs as the verdict: finite ones (and, paired, partnered).
     extra = compare_lines(
-        group_a, group_b, args.metric, result.a, result.b, args.paired, args.alpha, args.multibootstrap, args.seed
+        dataclasses.replace(group_a, runs=runs_a), dataclasses.replace(group_b, runs=runs_b), args.metric, result.a, result.b, args.paired, args.alpha, args.multibootstrap, args.seed
     )
     print(format_comparison(result, extra), end="")
     return 0

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from analysis import stats_figures
 from analysis.load import Sweep, flatten, format_value
 from analysis.tables import _formatted_rows, status_lines
 from nondet import records
@@ -66,6 +67,7 @@ CAPTIONS = {
     "shuffle window and model size. Lower is more reproducible; smooth activations are expected "
     "below ReLU.",
 }
+CAPTIONS.update(stats_figures.CAPTIONS)  # test-set noise, best of k
 
 
 def sweep_figures(inputs: ReportInputs) -> list[tuple[Any, str]]:

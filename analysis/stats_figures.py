@@ -18,6 +18,15 @@ import pandas as pd
 from analysis import stats
 
 
+# One line each: what to read from the figure (the HTML report shows them under the figures).
+CAPTIONS = {
+    "test_set_noise": "Per-example error rates, and the observed accuracy SD next to what finite-test-set "
+    "noise alone predicts (Jordan 2024) and the distribution-wise SD: where the observed bar barely "
+    "exceeds the prediction, most of the spread is the test set's, not training's.",
+    "best_of_k": "Expected best test accuracy of k runs (shaded: ± SD): how much reporting the best of "
+    "k seeds inflates a result.",
+}
+
 def test_set_noise_figure(labels: list[str], error_rates: list[np.ndarray], frame: pd.DataFrame):
     """Left: histogram of the per-example error rate (fraction of runs wrong on each test example),
     one line per group. Right: observed accuracy SD per group next to the SD finite-test-set noise
@@ -46,9 +55,7 @@ def test_set_noise_figure(labels: list[str], error_rates: list[np.ndarray], fram
     right.set_ylabel("accuracy SD (%)")
     right.set_title("Observed vs independent-errors SD")
     right.legend(fontsize="small")
-    caption = ("Per-example error rates, and the observed accuracy SD next to what finite-test-set "
-               "noise alone predicts (Jordan 2024) and the distribution-wise SD.")
-    return fig, caption
+    return fig, CAPTIONS["test_set_noise"]
 
 
 def best_of_k_figure(table: pd.DataFrame, keys: list[str]):
@@ -68,8 +75,7 @@ def best_of_k_figure(table: pd.DataFrame, keys: list[str]):
     ax.set_ylabel("expected best test accuracy (%)")
     ax.set_title("Expected best of k runs (Dodge et al. 2020)")
     ax.legend(fontsize="small")
-    caption = "Expected best test accuracy of k runs (shaded: ± SD): how much reporting the best of k seeds inflates a result."
-    return fig, caption
+    return fig, CAPTIONS["best_of_k"]
 
 
 def write_stats_figures(sweep, frame: pd.DataFrame, out_dir: Path) -> list[Path]:

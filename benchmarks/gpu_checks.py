@@ -62,7 +62,7 @@ def data_for(config):
 
 
 def train_solo(config, data, replicate: int, epochs: int | None = None) -> torch.Tensor:
-    """Test logits of ``replicate`` after ``epochs`` epochs of the solo loop."""
+    """Test logits of ``replicate`` after ``epochs`` epochs alone (a pack of one)."""
     config = {**config, "replicate": replicate}
     replica = packing.new_replica(config, data)
     for _ in range(config["epochs"] if epochs is None else epochs):

@@ -109,7 +109,7 @@ def forward_flops(config: dict, data: Dataset) -> float:
 
 
 def measure(config: dict, data: Dataset, packs: int, epochs: int, repeats: int, conv_mode: str) -> dict:
-    """Model-epochs per second of the solo loop and of a pack of ``packs`` (best of repeats)."""
+    """Model-epochs per second of a pack of one and of a pack of ``packs`` (best of repeats)."""
     device = config["device"]
     solo = packing.new_replica({**config, "replicate": 0}, data)
     replicas = [packing.new_replica({**config, "replicate": r}, data) for r in range(packs)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import platform
 import socket
 import subprocess
@@ -60,10 +61,20 @@ def configure_lowlevel(device: str, nondeterministic: bool, required: bool) -> s
         status = LOWLEVEL_UNAVAILABLE
     else:
         status = LOWLEVEL_NONDETERMINISTIC if nondeterministic else LOWLEVEL_DETERMINISTIC
-    torch.use_deterministic_algorithms(not nondeterministic)
+    _deterministic_algorithms(not nondeterministic)
     torch.backends.cudnn.deterministic = not nondeterministic
     torch.backends.cudnn.benchmark = nondeterministic
     return status
+
+
+def _deterministic_algorithms(mode: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode)`` without its import of torch._inductor (about
+    a second of every job's start) when nothing has imported it: its only use there is a flag
+    for ``torch.compile``, which nondet does not call. Set on the inductor too once it is loaded."""
+    if "torch._inductor" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(mode)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=False)
 
 
 def configure_precision(precision: str) -> None:

@@ -13,7 +13,7 @@ compose the real configs with ``hydra.compose``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -22,6 +22,7 @@ MODELS = (
     "linear",
     "mlp",
     "conv1",
+    "cnn1d",
     "resnet6",
     "resnet10",
     "resnet14",
@@ -31,7 +32,7 @@ MODELS = (
 )
 # Language models (nondet/lm.py trains them on the text datasets).
 LANGUAGE_MODELS = ("qrnn",)
-DATASETS = ("synthetic", "cifar10", "mnist", "npz")
+DATASETS = ("synthetic", "cifar10", "mnist", "npz", "mnist1d", "custom", "imagefolder")
 TEXT_DATASETS = ("ptb", "synthetic_text")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "snapshot")
@@ -88,6 +89,21 @@ class DatasetConfig:
     imbalance: float = 0.0
     # The data seed is not a source of nondeterminism: every run of a sweep sees the same data.
     data_seed: int = 0
+    # imagefolder: the side, in pixels, every image is resized to (image_size x image_size).
+    image_size: Optional[int] = None
+    # --- mnist1d only: the arguments of the mnist1d package's make_dataset, its defaults (its
+    # `seed` is data_seed, 42 in conf/dataset/mnist1d.yaml; see nondet/mnist1d.py) ---
+    num_samples: int = 5000
+    train_split: float = 0.8
+    template_len: int = 12
+    padding: List[int] = field(default_factory=lambda: [36, 60])
+    scale_coeff: float = 0.4
+    max_translation: int = 48
+    corr_noise_scale: float = 0.25
+    iid_noise_scale: float = 0.02
+    shear_scale: float = 0.75
+    shuffle_seq: bool = False
+    final_seq_length: int = 40
     # --- text datasets (nondet/text.py): sizes in tokens; ptb keeps the first k ---
     valid_size: Optional[int] = None
     # synthetic_text only: words (with <eos>), hidden states, mean sentence length.
@@ -152,6 +168,14 @@ class LMConfig:
 
 
 @dataclass
+class BitflipConfig:
+    # The parameter whose element the bitflip source moves (a name from named_parameters());
+    # null = the first layer's weight (the built-in models) or the first float32 parameter
+    # in named_parameters() order (model=custom).
+    param: Optional[str] = None
+
+
+@dataclass
 class NondetConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -159,6 +183,10 @@ class NondetConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     lm: LMConfig = field(default_factory=LMConfig)
+    bitflip: BitflipConfig = field(default_factory=BitflipConfig)
+    # Your own settings (a training script of yours, nondet/api.py): any keys, part of the runs'
+    # identity, never checked by nondet; a config group of yours at user/NAME lands at user.NAME.
+    user: Dict[str, Any] = field(default_factory=dict)
     replicates: int = 8
     replicate: int = 0
     base_seed: int = 0
@@ -178,7 +206,7 @@ class NondetConfig:
     sweep_name: str = "default"
     output_root: str = "outputs"
     eval_every: int = 1
-    checkpoint_every: int = 1
+    checkpoint_every: Any = "auto"  # auto (by elapsed time: nondet.train) or every k epochs
     # torch.set_num_threads for the run (null = torch's default); recorded in env.json.
     threads: Optional[int] = None
     # Per-epoch metrics also as TensorBoard event files in each run directory (nondet/logger.py):
@@ -187,8 +215,17 @@ class NondetConfig:
 
 
 def register_configs() -> None:
-    """Register the typed primary config as ``schema`` (first in conf/config.yaml's defaults)."""
-    ConfigStore.instance().store(name="schema", node=NondetConfig)
+    """Register the typed primary config as ``schema`` (first in conf/config.yaml's defaults).
+
+    ``model`` and ``dataset`` stay open to keys the schema does not declare, so that a group file
+    of your own (``model/my_net.yaml``: ``_target_`` and the constructor's arguments) composes;
+    ``check_config`` still refuses an undeclared key in a node without a ``_target_``."""
+    from omegaconf import OmegaConf
+
+    schema = OmegaConf.structured(NondetConfig)
+    OmegaConf.set_struct(schema.model, False)
+    OmegaConf.set_struct(schema.dataset, False)
+    ConfigStore.instance().store(name="schema", node=schema)
 
 
 # --- checks that a type cannot express ------------------------------------------------------
@@ -228,7 +265,7 @@ RANGES = {
     "epochs": _at_least(1),
     "batch_size": _at_least(1),
     "eval_every": _at_least(1),
-    "checkpoint_every": _at_least(1),
+    "checkpoint_every": ((lambda v: v == "auto" or _at_least(1)[0](v)), "auto or an integer >= 1"),
     # "auto" leaves the pack size to nondet where a version offers it.
     "pack": ((lambda v: v == "auto" or _at_least(1)[0](v)), "auto or an integer >= 1"),
     "threads": _optional(_at_least(1)),
@@ -264,7 +301,9 @@ RANGES = {
 def _flat(node: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in node.items():
-        if isinstance(value, dict) and "_target_" not in value:
+        if isinstance(value, dict) and value.get("_target_") or f"{prefix}{key}" == "user":
+            continue  # your own class's arguments (its signature checks them), your own settings
+        if isinstance(value, dict):
             out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
@@ -330,3 +369,6 @@ def check_config(config: dict) -> None:
             f"onset_epoch={config['onset_epoch']} is out of range: onset_epoch must be in "
             f"0 .. epochs={config['epochs']}"
         )
+    from nondet.usermodel import check_targets  # your own model's and data's arguments
+
+    check_targets(config)

@@ -1,13 +1,13 @@
-"""One Hydra job: the replicas ``replicate .. replicate + pack - 1`` of one configuration.
+"""One Hydra job: the replicas ``replicate ..`` (``pack_step`` of them) of one configuration.
 
-``launch.py`` hands every job of a sweep to ``run_job``. With ``pack > 1`` the replicas train
-together in one fused computation (``nondet/pack.py``) when the model has a packed form, else
-one after another. Finished replicas (``result.json`` present) are skipped; a finished replica
-that lost its ``config.yaml`` gets it back (``restore_config``); unfinished ones resume from
-their checkpoint; a replica that raises leaves ``error.txt`` with the traceback and
-the sweep goes on. Mistakes in the configuration itself (unknown source, ``device=cuda``
-without a GPU, missing dataset files) raise before anything is trained, with a message that says
-what to do.
+``launch.py`` hands every job of a sweep to ``run_job``, which trains its replicas through the
+one run lifecycle (``nondet/train.py``): together in one fused computation (``nondet/pack.py``)
+where the model has a packed form that pays on the device, else one after another. Finished
+replicas (``result.json`` present) are skipped; a finished replica that lost its ``config.yaml``
+gets it back (``restore_config``); unfinished ones resume from their checkpoint; a replica that
+raises leaves ``error.txt`` with the traceback and the sweep goes on. Mistakes in the
+configuration itself (unknown source, ``device=cuda`` without a GPU, missing dataset files) raise
+before anything is trained, with a message that says what to do.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import joblog, lm, logger, pack, records
+from nondet import joblog, lm, logger, pack, records, userdata
 from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, configure_precision, resolve_device
 from nondet.config import TEXT_DATASETS, check_config
 from nondet.data import Dataset, data_fingerprint, load_dataset
@@ -93,7 +93,7 @@ def job_run_dirs(cfg: DictConfig) -> list[Path] | None:
 
 
 def replicas_of_job(config: dict) -> range:
-    """The replicate indices a job trains: ``pack`` of them from ``replicate`` on."""
+    """The replicate indices a job trains: ``pack_step`` of them from ``replicate`` on."""
     start, replicates = config["replicate"], config["replicates"]
     pack = pack_step(config["pack"], replicates)
     if not 0 <= start < replicates:
@@ -180,11 +180,15 @@ def _dataset(config: dict) -> Dataset:
 def check_data_unchanged(config: dict, data) -> None:
     """The data loaded must be the data the runs' directories were named for: a file rewritten
     between composing the config and loading it would otherwise train under the old identity."""
-    named = config["dataset"].get("sha256")
-    if named is not None and getattr(data, "sha256", named) != named:
+    dataset = config["dataset"]
+    named, content = dataset.get("sha256"), getattr(data, "sha256", None)
+    where = next((f"dataset.{k}={dataset[k]}" for k in ("path", "_target_", "root") if dataset.get(k)), "the data")
+    if named is None and content is not None and dataset["name"] in userdata.CONTENT_IDENTIFIED:
+        raise ValueError(f"{where} could not be loaded when the runs were named, but can now; relaunch the command")
+    if named is not None and content not in (None, named):
         raise ValueError(
-            f"dataset.path={config['dataset']['path']} changed while this job started (its "
-            f"SHA-256 is now {data.sha256}, the runs were named for {named}); relaunch the command"
+            f"{where} changed while this job started (its SHA-256 is now {content}, the runs "
+            f"were named for {named}); relaunch the command"
         )
 
 
@@ -218,7 +222,7 @@ def inert_sources(config: dict, data) -> dict[str, str]:
                                         "embedding_dropout", "weight_dropout")]
             if not any(rates) and not config["lm"]["variable_bptt"]:
                 inert["dropout"] = "every dropout rate is 0 and lm.variable_bptt is false"
-        elif not model["dropout"]:
+        elif not model["dropout"] and model["name"] != "custom":  # your own model's dropout is its own
             inert["dropout"] = "model.dropout is 0 (set model.dropout=0.1, say)"
     return inert
 
@@ -233,15 +237,18 @@ def check_sources_vary_something(config: dict, data) -> None:
         log.warning("data_resample=%s has no effect: source=%s does not vary data, so every run "
                     "trains on the whole training set", config["data_resample"], config["source"]["name"])
     inert = inert_sources(config, data)
-    if inert and not set(vary) <= set(inert):
-        log.warning("source=%s: %s vary nothing here (%s)", config["source"]["name"], sorted(inert),
-                    "; ".join(f"{s}: {why}" for s, why in inert.items()))
+    language_model = lm.is_language_model(config)
+    if language_model and inert and not set(vary) <= set(inert):  # source=all: the rest varies
+        log.warning("source=%s: %s vary nothing in a language model (%s)", config["source"]["name"],
+                    sorted(inert), "; ".join(f"{s}: {why}" for s, why in inert.items()))
     if vary and set(vary) <= set(inert):
         reasons = "; ".join(f"{s}: {why}" for s, why in inert.items())
+        fix = ("a language model varies with source=init, source=dropout (its masks and BPTT "
+               "lengths) or source=bitflip" if language_model else
+               "Turn the source on, or use another source")
         raise ValueError(
             f"source={config['source']['name']} varies {list(vary)}, which cannot change anything "
-            f"here ({reasons}); every replicate would be identical to the control. Turn the "
-            f"source on, or use another source."
+            f"here ({reasons}); every replicate would be identical to the control. {fix}."
         )
 
 

@@ -83,8 +83,7 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch

@@ -1,6 +1,9 @@
-"""Train a pack of replicas in one process, as one fused computation (``pack=P``).
+"""The image family of the run lifecycle (``nondet/train.py``): its replica, its step and its
+evaluation, over a pack of P replicas trained as one fused computation; a solo run is a pack of
+one (the replica's own model and optimizer, the solo computation itself).
 
     python launch.py -m source=init replicates=100 pack=25     # 4 jobs of 25 replicas each
+    python launch.py -m source=init                            # pack=auto: fused where it pays
 
 The protocol trains R replicas of one recipe; small models leave a GPU (and a CPU) idle when they
 are trained one per process. A pack trains P replicas of the same configuration and source
@@ -14,7 +17,7 @@ together, one forward and one backward per step for all of them:
   layer becomes P GEMMs issued by one ``baddbmm``, dropout draws each replica's mask from that
   replica's generator.
 - Everything random comes from each replica's own generators, drawn with the same calls in the
-  same order as the solo loop (``nondet/train.py``): shuffle order, within-batch permutation,
+  same order as a replica alone: shuffle order, within-batch permutation,
   crop offsets and flips, dropout masks, bit flip. Replicas whose generator of a per-step source is
   in the same state share one generator object (their draws are identical anyway), so
   ``source=none`` draws once per step, not P times. Under ``source=data`` each replica's epoch
@@ -37,7 +40,7 @@ Exactness, measured on the CPU in strict fp32 (tests/test_pack.py, docs/benchmar
   trained alone (logits, weights, metrics). The GEMMs are issued so that MKL runs, per replica,
   the same ``sgemm`` call (orientation, transposition) as ``F.linear`` and its autograd do; the
   bias gradient and the training loss reduce in the solo order.
-- ``conv1`` and the ResNets on the CPU: ``conv_mode="split"`` (the CPU default) runs one
+- ``conv1``, ``cnn1d`` and the ResNets on the CPU: ``conv_mode="split"`` (the CPU default) runs one
   convolution per replica and is bitwise identical too; ``"grouped"`` (one grouped convolution,
   the CUDA default) differs from solo by float32 rounding (see docs/benchmarks.md) and may depend
   on how many replicas share the call. So ``pack`` is part of a run's identity (its group hash:
@@ -51,13 +54,19 @@ Resume: each replica resumes from its own checkpoint; finished replicas are skip
 If the replicas of a job stand at different epochs (one was restarted from scratch, say), the
 ones behind train as a pack until they reach the next ones, then all continue together.
 
-The job trains its replicas one after another instead, with a log line, for models without a
-packed form (vgg11, shufflenetv2_050: max-pooling and channel shuffles would mix replicas) and,
-on the CPU, for convolutional models too large to gain from a pack (``sequential_reason``).
+Your own model (``model=custom``) packs through ``torch.func`` (``nondet/funcpack.py``) where one
+step of a pack is what its replicas compute alone (on the CPU: bit for bit); its training steps
+run with the global generator holding the dropout stream (``Pack.randomness``).
+
+The job trains its replicas one after another instead (each a pack of one, through the same
+loop), with a log line, for models without a packed form (vgg11, shufflenetv2_050: max-pooling and
+channel shuffles would mix replicas), on the CPU for convolutional models too large to gain from a
+pack (``sequential_reason``), and with ``pack=auto`` on a GPU (``ImageFamily.apart``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Callable
@@ -68,14 +77,11 @@ from omegaconf import OmegaConf
 from torch.optim.adam import adam as adam_update
 from torch.optim.sgd import sgd as sgd_update
 
-from nondet import train
+from nondet import funcpack, records, train, usermodel
 from nondet.backend import autocast
 from nondet.data import Dataset
 from nondet.models import build_model, set_dropout_generator
-from nondet.models.packed import (  # noqa: F401  (pack.PackedLinear & co. for the tests)
-    NotPackableError, PackedBatchNorm2d, PackedConv2d, PackedDropout, PackedLinear, _stack,
-    dropout_mask, pack_model,
-)
+from nondet.models.packed import _stack, pack_model
 from nondet.optim import build_optimizer, learning_rate
 from nondet.pipeline import (
     batch_bounds, crop_flip, crop_flip_draws, epoch_order, resample, resample_size,
@@ -86,7 +92,7 @@ from nondet.seeds import SeedPlan
 log = logging.getLogger("nondet")
 
 # Models whose every layer has a packed form below.
-PACKABLE_MODELS = frozenset({"linear", "mlp", "conv1", "resnet6", "resnet10", "resnet14", "resnet18"})
+PACKABLE_MODELS = frozenset({"linear", "mlp", "conv1", "cnn1d", "resnet6", "resnet10", "resnet14", "resnet18"})
 # On the CPU, convolutional packs whose first-layer output per replica exceeds this many bytes
 # train one replica at a time instead (see sequential_reason).
 CPU_CONV_ACTIVATIONS = 128 * 1024
@@ -159,9 +165,12 @@ class Pack:
             self.params = list(self.model.parameters())
             return
         _share_generators(replicas)
-        self.model = pack_model(
-            [r.model for r in replicas], [r.generators["dropout"] for r in replicas], conv_mode
-        )
+        if usermodel.is_custom_model(replicas[0].model):  # your own model: through torch.func
+            self.model = funcpack.pack_model([r.model for r in replicas])
+        else:
+            self.model = pack_model(
+                [r.model for r in replicas], [r.generators["dropout"] for r in replicas], conv_mode
+            )
         self.names = [name for name, _ in replicas[0].model.named_parameters()]
         params = dict(self.model.named_parameters())
         self.params = [params[name] for name in self.names]
@@ -170,6 +179,18 @@ class Pack:
     @property
     def size(self) -> int:
         return len(self.replicas)
+
+    def randomness(self, training: bool):
+        """Where a model of yours draws its random numbers: in training, the global generator
+        holds the dropout source's stream (one stream: a torch.func pack shares it); in
+        evaluation, a fixed stream that touches nothing. nondet's own models draw from their
+        generators explicitly."""
+        if not usermodel.is_custom_model(self.replicas[0].model):
+            return contextlib.nullcontext()
+        if not training:
+            return usermodel.forked_global_rng(0)
+        generators, _ = self._distinct("dropout")
+        return usermodel.global_rng_from(generators[:1])
 
     # --- optimizer --------------------------------------------------------------------------
 
@@ -309,7 +330,7 @@ def _nll_mean_cpu(losses: torch.Tensor) -> torch.Tensor:
 
 
 def _epoch_loss(step_losses: list[torch.Tensor], n: int, device: str) -> torch.Tensor:
-    """Per replica, the solo loop's ``loss_sum / n``: each step's mean cross-entropy computed as
+    """Per replica, a solo loop's ``loss_sum / n``: each step's mean cross-entropy computed as
     ``F.cross_entropy`` computes it (CPU; a plain mean on CUDA), accumulated step by step."""
     by_size: dict[int, list[int]] = {}
     for s, losses in enumerate(step_losses):
@@ -375,13 +396,14 @@ def train_pack_epoch(
             ).unflatten(0, (size, packs))
         x = data.normalize(x).flatten(1, 2)  # (B, P*C, H, W) or (B, P*D)
         pack.lr = learning_rate(config["schedule"], config["optimizer"]["lr"], pack.step, len(bounds), config["epochs"])
-        with autocast(precision, device):
-            logits = model(x)
-        logits = logits.float().unflatten(1, (packs, -1))  # (B, P, K)
-        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(size, packs)
-        for param in pack.params:
-            param.grad = None
-        losses.mean(0).sum().backward()
+        with pack.randomness(training=True):
+            with autocast(precision, device):
+                logits = model(x)
+            logits = logits.float().unflatten(1, (packs, -1))  # (B, P, K)
+            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(size, packs)
+            for param in pack.params:
+                param.grad = None
+            losses.mean(0).sum().backward()
         pack.optimizer_step()
         step_losses.append(losses.detach())
         pack.step += 1
@@ -393,14 +415,14 @@ def train_pack_epoch(
 @torch.no_grad()
 def evaluate_pack(pack: Pack, data: Dataset) -> tuple[torch.Tensor, list[float], list[float]]:
     """All replicas in one batched pass: test logits (P, N, K) float32 on the device, and per
-    replica accuracy (percent) and cross-entropy (nats), computed as ``train.evaluate`` does."""
+    replica accuracy (percent) and cross-entropy (nats), computed as ``F.cross_entropy`` on one replica's logits."""
     config, model, packs = pack.config, pack.model, pack.size
     model.eval()
     chunks = []
     for start, stop in batch_bounds(len(data.y_test), train.EVAL_BATCH):
         x = data.normalize(data.x_test[start:stop])
         x = x.unsqueeze(1).expand(x.shape[0], packs, *x.shape[1:]).flatten(1, 2)
-        with autocast(config["precision"], config["device"]):
+        with pack.randomness(training=False), autocast(config["precision"], config["device"]):
             chunks.append(model(x).float().unflatten(1, (packs, -1)))
     logits = torch.cat(chunks).transpose(0, 1).contiguous()  # (P, N, K)
     accuracy = (logits.argmax(dim=2) == data.y_test).float().mean(dim=1) * 100.0
@@ -490,6 +512,7 @@ class ImageFamily:
 
     def __init__(self, conv_mode: str | None = None) -> None:
         self.conv_mode = conv_mode
+        self._custom_reasons: dict[str, str | None] = {}
 
     def new_replica(self, config: dict, data: Dataset) -> train.Replica:
         return new_replica(config, data)
@@ -507,7 +530,24 @@ class ImageFamily:
         if config["pack"] == "auto" and config["device"] != "cpu":
             return ("pack=auto fuses replicas on the CPU only, where a pack is bitwise the solo "
                     "computation (set pack=P to fuse them on a GPU)")
+        if usermodel.is_custom(config["model"]):
+            return self._custom_reason(config, data)
         return sequential_reason(config, data)
+
+    def _custom_reason(self, config: dict, data: Dataset) -> str | None:
+        """Your own model packs where torch.func trains two of its replicas as they train alone
+        (``nondet.funcpack.pack_reason``, tried once per configuration on the first batch)."""
+        key = records.config_hash({**config, "replicate": 0})
+        if key not in self._custom_reasons:
+            replicas = [new_replica({**config, "replicate": r}, data) for r in range(min(2, config["replicates"]))]
+            if len(replicas) < 2:
+                return None
+            size = min(config["batch_size"], len(data.y_train))
+            x, y = data.normalize(data.x_train[:size]), data.y_train[:size]
+            shared = torch.equal(replicas[0].generators["dropout"].get_state(),
+                                 replicas[1].generators["dropout"].get_state())
+            self._custom_reasons[key] = funcpack.pack_reason([r.model for r in replicas], x, y, shared)
+        return self._custom_reasons[key]
 
     def _mode(self, config: dict) -> str:
         return self.conv_mode or default_conv_mode(config["device"])

@@ -49,6 +49,10 @@ from nondet.seeds import SeedPlan, generator_device, make_generator
 log = logging.getLogger("nondet")
 
 EVAL_BATCH = 1024
+# checkpoint_every=auto: a checkpoint after the first epoch that ends this long after the last
+# (or the start): a kill loses at most about a minute, and a run of one-second epochs does not
+# spend its time writing checkpoints.
+CHECKPOINT_SECONDS = 60.0
 
 
 @dataclass
@@ -157,7 +161,7 @@ def start_of_epoch(replica: Replica, config: dict) -> None:
                 replica.generators[source] = make_generator(replica.plan.seeds[source], device)
         set_dropout_generator(replica.model, replica.generators["dropout"])
     if replica.plan.varies("bitflip") and replica.bitflip is None:
-        replica.bitflip = flip_one_ulp(replica.model, replica.generators["bitflip"])
+        replica.bitflip = flip_one_ulp(replica.model, replica.generators["bitflip"], config)
 
 
 # --------------------------------------------------------------------------- the run directory
@@ -274,8 +278,9 @@ def train_group(
     members: list[Member], data: Any, stop: int, family: Family, on_epoch: Callable[[], None] | None = None
 ) -> None:
     """Train ``members`` (all at one epoch) together up to epoch ``stop``: evaluate every
-    ``eval_every`` epochs and at the last, checkpoint every ``checkpoint_every``, take the
-    snapshots of ``schedule=snapshot``; at ``stop == epochs`` finish every run directory."""
+    ``eval_every`` epochs and at the last, checkpoint every ``checkpoint_every`` epochs (``auto``:
+    by elapsed time, ``CHECKPOINT_SECONDS``), take the snapshots of ``schedule=snapshot`` after
+    their steps; at ``stop == epochs`` finish every run directory."""
     config = members[0].config  # what the members share: all but ``replicate``
     epochs, onset_epoch = config["epochs"], config["onset_epoch"]
     flips = "bitflip" in config["source"]["vary"]
@@ -293,6 +298,7 @@ def train_group(
             group.train_mode()
 
     final = None
+    last_checkpoint = time.monotonic()
     while group.epoch < stop:
         if group.epoch == onset_epoch and (onset_epoch > 0 or flips):
             # new generators, the bit flip: made on the solo replicas, then the group rebuilt
@@ -320,10 +326,11 @@ def train_group(
             for p, member in enumerate(members):
                 record_evaluation(member.replica, member.directory, config, losses[p], evaluations[p], group.lr)
             final = evaluations if last else None
-        if not last and group.epoch % config["checkpoint_every"] == 0:
+        if not last and _checkpoint_due(config["checkpoint_every"], group.epoch, last_checkpoint):
             group.write_back()
             for member in members:
                 write_checkpoint(member.replica, member.directory)
+            last_checkpoint = time.monotonic()
         if on_epoch is not None:
             on_epoch()
     group.write_back()
@@ -338,6 +345,12 @@ def train_group(
             member.replica, member.config, member.directory, member.lowlevel, evaluation,
             family.weights(member.replica),
         )
+
+
+def _checkpoint_due(every: Any, epoch: int, last_checkpoint: float) -> bool:
+    if every == "auto":
+        return time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS
+    return epoch % every == 0
 
 
 def fork_from_prefix(member: Member, data: Any, family: Family) -> None:

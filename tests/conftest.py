@@ -17,6 +17,7 @@ CONF = REPO / "conf"
 # so that a test's job trains the one replicate it names.
 TINY = [
     "pack=1",
+    "checkpoint_every=1",
     "epochs=2",
     "batch_size=32",
     "dataset.train_size=256",

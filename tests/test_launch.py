@@ -83,7 +83,7 @@ def test_a_failed_run_is_reported_and_the_sweep_exits_nonzero(tmp_path):
         (["source=dropout"], "model.dropout is 0"),
         # The mistake itself, not an interpolation error about hydra.sweep.subdir.
         (["replicate=5"], "replicate=5 is outside range(0, replicates=2)"),
-        (["-m", "pack=0"], "pack=0 is out of range: pack must be an integer >= 1"),
+        (["-m", "pack=0"], "pack=0 is out of range: pack must be auto or an integer >= 1"),
     ],
 )
 def test_bad_input_gets_a_clear_error(tmp_path, args, message):

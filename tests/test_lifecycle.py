@@ -1,5 +1,6 @@
 """The one run lifecycle against run directories written by the code before it
-(tests/fixtures/main_c5cb29b, made by that code with the configurations below): a sweep it
+(tests/fixtures/main_c5cb29b, made by that code with the configurations below, on one thread:
+the bits of a CPU run depend on the thread count): a sweep it
 finished is found finished, its checkpoints resume and end bitwise where its uninterrupted runs
 ended, and the runs it trained are trained again bit for bit. Also: the lifecycle's own refusals
 (inert sources and snapshots of a language model)."""
@@ -18,16 +19,9 @@ from omegaconf import OmegaConf
 from conftest import compose_config
 from nondet import records
 from nondet.job import run_job
+from test_lm import TINY_LM
 
 FIXTURE = Path(__file__).parent / "fixtures" / "main_c5cb29b"
-TINY_LM = [
-    "model=qrnn", "dataset=synthetic_text", "dataset.vocab_size=30", "dataset.hidden_states=4",
-    "dataset.train_size=1200", "dataset.valid_size=300", "dataset.test_size=300",
-    "model.embedding_dim=8", "model.width=12", "model.depth=2", "batch_size=4", "lm.bptt=10",
-    "lm.eval_batch_size=2", "lm.test_batch_size=2", "lm.logprob_positions=50",
-    "optimizer.lr=30", "optimizer.momentum=0", "optimizer.weight_decay=1.2e-6",
-    "schedule=constant", "epochs=2", "device=cpu", "threads=1",
-]
 
 
 @pytest.fixture
@@ -43,7 +37,7 @@ def run(config: dict) -> dict:
 
 def finished_config(root, replicate):
     return compose_config([f"output_root={root}", "sweep_name=finished", "source=init",
-                           "replicates=2", f"replicate={replicate}"])
+                           "replicates=2", f"replicate={replicate}", "threads=1"])
 
 
 def test_a_sweep_finished_by_the_old_code_is_found_finished(old_runs):
@@ -55,7 +49,7 @@ def test_a_sweep_finished_by_the_old_code_is_found_finished(old_runs):
 
 def test_the_default_pack_finds_the_old_code_s_sweep_finished(old_runs):
     config = compose_config([f"output_root={old_runs}", "sweep_name=finished", "source=init",
-                             "replicates=2", "pack=auto"])
+                             "replicates=2", "pack=auto", "threads=1"])
     outcome = run(config)  # one job: both replicates
     assert outcome["finished"] == [] and outcome["failed"] == [] and len(outcome["skipped"]) == 2
 
@@ -90,7 +84,7 @@ def test_the_old_code_s_runs_are_trained_again_bit_for_bit(old_runs, tmp_path):
 
 def test_an_image_checkpoint_of_the_old_code_resumes_bitwise(old_runs):
     config = compose_config([f"output_root={old_runs}", "sweep_name=resume", "source=all",
-                             "replicates=1", "model.dropout=0.1"])
+                             "replicates=1", "model.dropout=0.1", "threads=1"])
     directory = records.run_dir(config)
     assert (directory / "checkpoint.pt").exists()
     outcome = run(config)
@@ -114,7 +108,7 @@ def test_a_language_model_checkpoint_of_the_old_code_resumes_bitwise(old_runs):
 @pytest.mark.parametrize("source", ["shuffle", "reduction", "augment"])
 def test_a_language_model_refuses_sources_with_nothing_to_vary(tmp_path, source):
     config = compose_config([f"output_root={tmp_path}", f"source={source}", *TINY_LM], tiny=False)
-    with pytest.raises(ValueError, match=f"source={source}.*cannot change anything.*in order|augmentation"):
+    with pytest.raises(ValueError, match=f"source={source}.*cannot change anything.*source=init, source=dropout"):
         run(config)
     assert not any(tmp_path.rglob("config.yaml"))
 
@@ -133,3 +127,22 @@ def test_a_corrupt_language_model_checkpoint_leaves_config_yaml(tmp_path):
     outcome = run(config)
     assert outcome["failed"] == [str(directory)]
     assert (directory / "config.yaml").exists() and (directory / "error.txt").exists()
+
+
+@pytest.mark.parametrize("seconds, kept", [(60.0, False), (0.0, True)])
+def test_checkpoint_every_auto_checkpoints_by_elapsed_time(tmp_path, monkeypatch, seconds, kept):
+    from nondet import pack, train
+
+    config = compose_config([f"output_root={tmp_path}", "source=init", "epochs=3", "checkpoint_every=auto"])
+    monkeypatch.setattr(train, "CHECKPOINT_SECONDS", seconds)
+    real_epoch = pack.train_pack_epoch
+
+    def dies_in_epoch_three(group, data, *args):
+        if group.epoch == 2:
+            raise KeyboardInterrupt  # a kill
+        return real_epoch(group, data, *args)
+
+    monkeypatch.setattr(pack, "train_pack_epoch", dies_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        run(config)
+    assert (records.run_dir(config) / "checkpoint.pt").exists() == kept

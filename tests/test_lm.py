@@ -33,7 +33,7 @@ TINY_LM = [
     "model.embedding_dim=8", "model.width=12", "model.depth=2", "batch_size=4", "lm.bptt=10",
     "lm.eval_batch_size=2", "lm.test_batch_size=2", "lm.logprob_positions=50",
     "optimizer.lr=30", "optimizer.momentum=0", "optimizer.weight_decay=1.2e-6",
-    "schedule=constant", "epochs=2", "device=cpu", "threads=1", "pack=1",
+    "schedule=constant", "epochs=2", "device=cpu", "threads=1", "pack=1", "checkpoint_every=1",
 ]
 LM_FILES = ["config.yaml", "env.json", "seeds.json", "metrics.jsonl", "labels.npy",
             "target_logprobs.npy", "predictions.npy", "logprobs_subset.npy",

@@ -32,10 +32,12 @@ from nondet.models import (
 IMAGE_32 = (3, 32, 32)
 SMALL_IMAGE = (3, 8, 8)
 FEATURES = (12,)
+SIGNAL = (1, 40)
 CASES = {
     "linear": FEATURES,
     "mlp": FEATURES,
     "conv1": SMALL_IMAGE,
+    "cnn1d": SIGNAL,
     "resnet6": IMAGE_32,
     "resnet10": IMAGE_32,
     "resnet14": IMAGE_32,
@@ -380,7 +382,7 @@ def test_first_layer_weight_is_the_layer_the_input_meets(name):
     model = cached(name)
     qualified, weight = first_layer_weight(model)
     assert dict(model.named_parameters())[qualified] is weight
-    first = _forward_order(model, CASES[name], (nn.Conv2d, nn.Linear))[0]
+    first = _forward_order(model, CASES[name], (nn.Conv1d, nn.Conv2d, nn.Linear))[0]
     assert first.weight is weight
 
 
@@ -388,6 +390,7 @@ EXPECTED_LAYERS = {
     "linear": ["logits"],
     "mlp": ["hidden1", "logits"],
     "conv1": ["conv", "logits"],
+    "cnn1d": ["conv1", "conv2", "conv3", "logits"],
     "resnet6": ["conv1", "stage1", "stage2", "pool", "logits"],
     "resnet10": ["conv1", "stage1", "stage2", "stage3", "stage4", "pool", "logits"],
     "resnet14": ["conv1", "stage1", "stage2", "stage3", "pool", "logits"],

@@ -23,7 +23,7 @@ from conftest import REPO
 from nondet import pack, records, train
 from nondet.data import load_dataset
 from nondet.job import run_job
-from nondet.models import SeededDropout
+from nondet.models import SeededDropout, packed
 from nondet.pipeline import crop_flip, crop_flip_draws, random_crop_flip
 from nondet.seeds import make_generator
 
@@ -244,7 +244,7 @@ def test_resume_inside_a_pack_is_bitwise_exact(make_config, tmp_path, monkeypatc
 
 
 def test_a_pack_checkpoint_is_a_solo_checkpoint(make_config, tmp_path, monkeypatch):
-    """checkpoint.pt has the solo format: the solo loop resumes a replica a pack started."""
+    """checkpoint.pt has the solo format: a pack of one resumes a replica a pack of two started."""
     overrides = ("source=all", "pack=2", "replicates=2", "epochs=3", *MODELS["mlp"])
     whole = make_config(*overrides, f"output_root={tmp_path / 'whole'}")
     run(whole)
@@ -284,7 +284,7 @@ def test_crop_flip_draws_match_the_solo_pipeline():
 def test_dropout_masks_match_seeded_dropout():
     layer = SeededDropout(0.3, make_generator(2)).train()
     x = torch.ones(4, 5)
-    assert torch.equal(layer(x), x * pack.dropout_mask((4, 5), 0.3, make_generator(2)))
+    assert torch.equal(layer(x), x * packed.dropout_mask((4, 5), 0.3, make_generator(2)))
 
 
 @pytest.mark.parametrize("batch", [1, 7, 16, 17, 32, 100, 513])

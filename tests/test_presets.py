@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import CONF, REPO
-from nondet.job import resolved_config
+from nondet.job import pack_step, resolved_config
 
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # Language-model presets: composed here, run end to end by their own tests (tests/test_lm.py).
@@ -69,7 +69,8 @@ def test_preset_composes_and_its_sweep_expands(preset, scale):
     groups = groups_of(jobs)
     assert config["scale"] == scale
     assert config["sweep_name"] == preset  # each preset writes its own sweep directory
-    assert len(jobs) == len(groups) * config["replicates"]
+    step = pack_step(config["pack"], config["replicates"])
+    assert len(jobs) == len(groups) * -(-config["replicates"] // step)  # a job per pack
     # Each distinct configuration composes (the first and last of the sweep and one per
     # swept value, to keep this quick), typed by the schema.
     sample = {groups[0], groups[-1]}
@@ -82,7 +83,7 @@ def test_preset_composes_and_its_sweep_expands(preset, scale):
         if scale == "smoke":
             # CPU-sized: no GPU-only source, no torchvision download, few epochs.
             assert job["source"]["name"] not in {"lowlevel", "shuffle_lowlevel", "shuffle_augment_lowlevel"}
-            assert job["dataset"]["name"] in {"synthetic", "synthetic_text"}
+            assert job["dataset"]["name"] in {"synthetic", "synthetic_text", "mnist1d"}  # generated
             assert job["threads"] == 1
             assert job["epochs"] <= 50
 
@@ -102,7 +103,8 @@ def test_table1_is_the_papers_setting():
     assert values_of(groups_of(jobs), "source") == sorted(
         ["init", "shuffle", "augment", "lowlevel", "shuffle_lowlevel", "shuffle_augment_lowlevel", "all"]
     )
-    assert config["replicates"] == 100 and len(jobs) == 700
+    # pack=auto: jobs of 16 replicates (one after another on a GPU); cluster=slurm sets pack=1
+    assert config["replicates"] == 100 and len(jobs) == 7 * 7 and config["pack"] == "auto"
     assert config["model"]["name"] == "resnet14" and config["model"]["width"] == 16
     assert config["dataset"]["name"] == "cifar10" and config["dataset"]["augment"] is True
     assert config["epochs"] == 500 and config["batch_size"] == 512
@@ -156,6 +158,19 @@ def launch(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
+def launch_smoke(preset: str, tmp_path: Path) -> tuple[list, list[Path]]:
+    """The preset's sweep at smoke scale, launched: its jobs and its runs' result.json files, every
+    run finished and found by the end-of-sweep table."""
+    jobs, config = sweep_jobs(preset, "smoke")
+    runs = len(groups_of(jobs)) * config["replicates"]
+    out = launch("-m", f"+experiment={preset}", "scale=smoke", f"output_root={tmp_path}")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    results = sorted((tmp_path / preset).rglob("result.json"))
+    assert len(results) == runs
+    assert f"All {runs} runs found below" in out.stdout  # the end-of-sweep table
+    return jobs, results
+
+
 def analyse(capsys, sweep_dir: Path, *args: str) -> str:
     from analysis import __main__ as cli
 
@@ -176,13 +191,8 @@ SMOKE_FIGURES = {
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", IMAGE_PRESETS)
 def test_preset_runs_at_smoke_scale_through_the_analysis(preset, tmp_path, capsys):
-    jobs, _ = sweep_jobs(preset, "smoke")
-    out = launch("-m", f"+experiment={preset}", "scale=smoke", f"output_root={tmp_path}")
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    sweep_dir = tmp_path / preset
-    results = sorted(sweep_dir.rglob("result.json"))
-    assert len(results) == len(jobs)
-    assert f"All {len(jobs)} runs found below" in out.stdout  # the end-of-sweep table
+    _, results = launch_smoke(preset, tmp_path)
+    runs, sweep_dir = len(results), tmp_path / preset
 
     figures = tmp_path / "figs"
     text = analyse(capsys, sweep_dir, "--figures", str(figures), "--csv", str(tmp_path / "t.csv"),
@@ -211,7 +221,7 @@ def test_preset_runs_at_smoke_scale_through_the_analysis(preset, tmp_path, capsy
         assert (tmp_path / "t_table5.csv").exists()
         # Every snapshot run holds its 5 per-cycle logits, and its logits.npy is their ensemble.
         snapshot_runs = [p.parent for p in results if "name: snapshot" in (p.parent / "config.yaml").read_text()]
-        assert len(snapshot_runs) == len(jobs) // 2
+        assert len(snapshot_runs) == runs // 2
         assert all((run / "snapshots" / str(k) / "logits.npy").exists() for run in snapshot_runs for k in range(1, 6))
         assert "| snapshot M=1 (last 1 of 5) |" in text and "| snapshot M=5 |" in text
         assert "differs from the ensemble" not in text and "predate snapshot saving" not in text
@@ -220,11 +230,7 @@ def test_preset_runs_at_smoke_scale_through_the_analysis(preset, tmp_path, capsy
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(LANGUAGE_MODEL_PRESETS))
 def test_language_model_preset_runs_at_smoke_scale_through_the_analysis(preset, tmp_path, capsys):
-    jobs, _ = sweep_jobs(preset, "smoke")
-    out = launch("-m", f"+experiment={preset}", "scale=smoke", f"output_root={tmp_path}")
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    launch_smoke(preset, tmp_path)
     sweep_dir = tmp_path / preset
-    assert len(sorted(sweep_dir.rglob("result.json"))) == len(jobs)
-    assert f"All {len(jobs)} runs found below" in out.stdout
     text = analyse(capsys, sweep_dir, "--csv", str(tmp_path / "t.csv"))
     assert "PPL" in text or "perplexity" in text.lower()

@@ -61,9 +61,9 @@ def test_report_is_one_self_contained_page_with_table_notes_figures_config_and_e
     assert summary.count("<tr>") == 1 + len(SOURCES)
     assert "1 failed" in text and "1 unfinished" in text and "RuntimeError: boom" in text
     assert "Notes (1 failed, 1 unfinished, 1 corrupt)" in text  # counts runs, not the advice line
-    # Variability bars and the spread over epochs, each with its caption.
-    assert len(images(text)) == text.count("<figcaption>") == 2
-    for stem in ("variability", "cross_entropy_spread"):
+    # Variability bars, the spread over epochs, test-set noise and best of k, each with its caption.
+    assert len(images(text)) == text.count("<figcaption>") == 4
+    for stem in ("variability", "cross_entropy_spread", "test_set_noise", "best_of_k"):
         assert report.CAPTIONS[stem] in text.replace("&#x27;", "'")
     assert "source.name" in text and "0123abc" in text and "keys shared by every run" in text
 
@@ -92,8 +92,9 @@ def test_the_sweep_structure_and_cka_add_their_figures_and_registered_figures_ar
     monkeypatch.setattr(report, "FIGURES", [*report.FIGURES, extra, broken])
     text = report.render(report.ReportInputs(sweep, frame, cka, 20, 0))
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", text.replace("&#x27;", "'"))
-    assert captions[:4] == [report.CAPTIONS[s] for s in ("variability", "cka", "cross_entropy_spread", "onset")]
-    assert captions[4].startswith("Mean CKA between pairs of runs, per group") and captions[5:] == [
+    stems = ("variability", "cka", "cross_entropy_spread", "onset", "test_set_noise", "best_of_k")
+    assert captions[:6] == [report.CAPTIONS[s] for s in stems]
+    assert captions[6].startswith("Mean CKA between pairs of runs, per group") and captions[7:] == [
         "A registered figure."]
     assert "Figure test_the_sweep_structure_and_cka_add_their_figures_and_registered_figures_are_picked_up." \
            "&lt;locals&gt;.broken could not be drawn: ValueError: no data" in text

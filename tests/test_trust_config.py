@@ -33,7 +33,7 @@ from nondet.config import ConfigError, DatasetConfig, check_config
 from nondet.data import load_dataset
 from nondet.job import check_sources_vary_something, job_run_dirs, run_job
 
-SMALL = ["epochs=1", "model.width=8", "device=cpu", "dataset.train_size=128", "dataset.test_size=64"]
+SMALL = ["epochs=1", "model.width=8", "device=cpu", "pack=1", "dataset.train_size=128", "dataset.test_size=64"]
 
 
 def npz_file(path: Path, seed: int, x=None, y_train=None) -> Path:
@@ -98,8 +98,8 @@ def test_a_key_the_schema_does_not_know_is_refused_with_the_valid_keys(make_conf
         ("replicates=0", "replicates must be an integer >= 1"),
         ("replicates=-1", "replicates must be an integer >= 1"),
         ("eval_every=0", "eval_every must be an integer >= 1"),
-        ("checkpoint_every=0", "checkpoint_every must be an integer >= 1"),
-        ("pack=0", "pack must be an integer >= 1"),
+        ("checkpoint_every=0", "checkpoint_every must be auto or an integer >= 1"),
+        ("pack=0", "pack must be auto or an integer >= 1"),
         ("scale=tiny", "scale must be one of paper, smoke"),
         ("threads=0", "threads must be null or an integer >= 1"),
         ("batch_size=0", "batch_size must be an integer >= 1"),
@@ -209,7 +209,7 @@ def test_the_command_line_honours_hydra_sweep_dir_and_refuses_in_one_line(tmp_pa
                          timeout=300)
     assert bad.returncode != 0
     assert (bad.stdout + bad.stderr).strip() == (
-        "Error in the configuration: pack=0 is out of range: pack must be an integer >= 1")
+        "Error in the configuration: pack=0 is out of range: pack must be auto or an integer >= 1")
 
 
 # --- images in the wrong layout, a single class ------------------------------------------------

@@ -22,7 +22,8 @@ pooling (``x.mean(dim=(2, 3))``); dropout; linear classifier. Layers = stem + 2 
 (shortcut projections not counted). The paper's ResNet-14 has w = 16.
 
 Other models: ``linear`` and ``mlp`` (any input, flattened), ``conv1`` (one 3x3 conv hidden
-layer, 4x4 average pooling, linear classifier) -- see ``shallow.py``; ``vgg11`` and
+layer, 4x4 average pooling, linear classifier) -- see ``shallow.py``; ``cnn1d`` (the MNIST-1D
+paper's three strided Conv1d layers for 1-D signals (C, L)) -- see ``cnn1d.py``; ``vgg11`` and
 ``shufflenetv2_050`` (torchvision's, with the CIFAR adaptations) -- see ``torchvision_models.py``.
 The language model ``qrnn`` (tied-embedding QRNN with AWD-LSTM's regularisation, see ``qrnn.py``)
 is built by :func:`build_language_model` for a vocabulary size and returns per-token logits.
@@ -32,6 +33,7 @@ Representations compared by CKA (:func:`representation_layers`, names in forward
 - ResNets: ``conv1`` (stem after BN + activation), ``stage1`` .. ``stageK``, ``pool``, ``logits``.
 - mlp: ``hidden1`` .. ``hiddenK`` (after the activation), ``logits``; linear: ``logits``;
   conv1: ``conv`` (after the activation, before pooling), ``logits``.
+- cnn1d: ``conv1``, ``conv2``, ``conv3`` (after the activation), ``logits``.
 - vgg11: ``block1`` .. ``block5`` (after each max-pool), ``pool``, ``logits``.
 - shufflenetv2_050: ``conv1``, ``stage2``, ``stage3``, ``stage4``, ``conv5``, ``pool``, ``logits``.
 """
@@ -44,6 +46,7 @@ import torch
 from torch import nn
 
 from .activations import ACTIVATIONS, SmeLU, make_activation
+from .cnn1d import CNN1D
 from .dropout import SeededDropout, set_dropout_generator
 from .init import init_parameters
 from .qrnn import build_qrnn
@@ -80,6 +83,10 @@ def _conv1(cfg, shape, classes):
     return Conv1Net(shape, classes, cfg.width, cfg.activation, cfg.smelu_beta, cfg.dropout)
 
 
+def _cnn1d(cfg, shape, classes):
+    return CNN1D(shape, classes, cfg.width, cfg.activation, cfg.smelu_beta, cfg.dropout)
+
+
 def _resnet(stages):
     def build(cfg, shape, classes):
         return ResNet(
@@ -101,13 +108,16 @@ _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
     "linear": _linear,
     "mlp": _mlp,
     "conv1": _conv1,
+    "cnn1d": _cnn1d,
     **{name: _resnet(stages) for name, stages in RESNET_STAGES.items()},
     "vgg11": _vgg11,
     "shufflenetv2_050": _shufflenet,
 }
 MODEL_NAMES = tuple(_BUILDERS)
-# Models that need (C, H, W) inputs; linear and mlp flatten whatever they are given.
-IMAGE_MODELS = frozenset(MODEL_NAMES) - {"linear", "mlp"}
+# Models that need 1-D signals (C, L); linear and mlp flatten whatever they are given.
+SIGNAL_MODELS = frozenset({"cnn1d"})
+# Models that need (C, H, W) inputs.
+IMAGE_MODELS = frozenset(MODEL_NAMES) - {"linear", "mlp"} - SIGNAL_MODELS
 # Language models: built by build_language_model, trained by nondet/lm.py on text datasets.
 _LANGUAGE_BUILDERS: Dict[str, Callable[..., nn.Module]] = {"qrnn": build_qrnn}
 LANGUAGE_MODEL_NAMES = tuple(_LANGUAGE_BUILDERS)
@@ -140,7 +150,15 @@ def build_model(
     and then every parameter and buffer is overwritten by :func:`init_parameters`. The model is
     on the CPU, in training mode; the caller moves it.
     """
+    if isinstance(cfg, dict):
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.create(cfg)
     name = cfg.name
+    if name == "custom":  # your own nn.Module (nondet/usermodel.py): its own init, seeded
+        from nondet.usermodel import build_custom_model
+
+        return build_custom_model(cfg, input_shape, num_classes, init_generator)
     if name in _LANGUAGE_BUILDERS:
         raise ValueError(
             f"model {name!r} is a language model: it trains on a text dataset "
@@ -153,9 +171,15 @@ def build_model(
             f"unknown activation {cfg.activation!r}; valid: {', '.join(ACTIVATIONS)}"
         )
     input_shape = tuple(int(d) for d in input_shape)
-    if len(input_shape) not in (1, 3) or min(input_shape) < 1:
+    if len(input_shape) not in (1, 2, 3) or min(input_shape) < 1:
         raise ValueError(
-            f"input_shape must be (D,) for feature data or (C, H, W) for images, got {input_shape}"
+            f"input_shape must be (D,) for feature data, (C, L) for signals or (C, H, W) for "
+            f"images, got {input_shape}"
+        )
+    if name in SIGNAL_MODELS and len(input_shape) != 2:
+        raise ValueError(
+            f"model {name!r} needs 1-D signals (C, L) but the data have shape {input_shape}; "
+            "use dataset=mnist1d (or model=mlp / model=linear)"
         )
     if name in IMAGE_MODELS and len(input_shape) != 3:
         raise ValueError(
@@ -193,12 +217,10 @@ def first_layer_weight(model: nn.Module) -> Tuple[str, nn.Parameter]:
     raise ValueError(f"{type(model).__name__} has no Conv or Linear layer")
 
 
-def representation_layers(model: nn.Module) -> Dict[str, nn.Module]:
-    """Ordered {name: module} whose forward outputs are the representations compared by CKA."""
-    layers = getattr(model, "representation_layers", None)
-    if not callable(layers):
-        raise TypeError(
-            f"{type(model).__name__} does not declare its representation layers "
-            "(models from nondet.models.build_model do)"
-        )
-    return layers()
+def representation_layers(model: nn.Module, names: Sequence[str] | None = None) -> Dict[str, nn.Module]:
+    """Ordered {name: module} whose forward outputs are the representations compared by CKA;
+    ``names`` (``model.representations``) picks modules by qualified name."""
+    from nondet.usermodel import representation_modules
+
+    # the built-in models declare theirs; your own: model.representations, else its children
+    return representation_modules(model, names)

@@ -15,6 +15,7 @@ from torch import nn
 
 from nondet.models.dropout import SeededDropout
 from nondet.models.activations import SmeLU
+from nondet.models.cnn1d import CNN1D
 from nondet.models.layers import GlobalAvgPool
 from nondet.models.resnet import BasicBlock, ResNet
 from nondet.models.shallow import MLP, Conv1Net, LinearClassifier
@@ -23,7 +24,7 @@ from nondet.models.shallow import MLP, Conv1Net, LinearClassifier
 _PER_CHANNEL = (
     nn.Sequential, nn.Identity, nn.AvgPool2d, GlobalAvgPool,
     nn.ReLU, nn.GELU, nn.SiLU, nn.Softplus, nn.Tanh, nn.LeakyReLU, SmeLU,
-    BasicBlock, ResNet, MLP, LinearClassifier, Conv1Net,
+    BasicBlock, ResNet, MLP, LinearClassifier, Conv1Net, CNN1D,
 )
 
 
@@ -115,12 +116,13 @@ class PackedLinear(nn.Module):
 
 class PackedConv2d(nn.Module):
     """P ``nn.Conv2d`` layers: (B, P*I, H, W) -> (B, P*O, H', W'); weight (P, O, I, k, k).
+    P ``nn.Conv1d`` layers likewise: (B, P*I, L) -> (B, P*O, L'); weight (P, O, I, k).
 
     ``mode="grouped"``: one convolution with ``groups=P``. ``mode="split"``: one convolution per
     replica on its channel slice, bitwise the solo convolution (on the CPU).
     """
 
-    def __init__(self, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None, mode: str) -> None:
+    def __init__(self, conv: nn.Conv1d | nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None, mode: str) -> None:
         super().__init__()
         if mode not in ("grouped", "split"):
             raise ValueError(f"conv_mode={mode!r}: use grouped or split")
@@ -130,17 +132,18 @@ class PackedConv2d(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias)
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.mode = mode
+        self.conv = F.conv1d if isinstance(conv, nn.Conv1d) else F.conv2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packs = self.weight.shape[0]
         if self.mode == "grouped" or packs == 1:
             bias = None if self.bias is None else self.bias.flatten()
-            return F.conv2d(x, self.weight.flatten(0, 1), bias, self.stride, self.padding,
-                            self.dilation, self.groups * packs)
+            return self.conv(x, self.weight.flatten(0, 1), bias, self.stride, self.padding,
+                             self.dilation, self.groups * packs)
         slices = x.unflatten(1, (packs, -1)).unbind(1)
         outs = [
-            F.conv2d(slices[p], self.weight[p], None if self.bias is None else self.bias[p],
-                     self.stride, self.padding, self.dilation, self.groups)
+            self.conv(slices[p], self.weight[p], None if self.bias is None else self.bias[p],
+                      self.stride, self.padding, self.dilation, self.groups)
             for p in range(packs)
         ]
         return torch.stack(outs, 1).flatten(1, 2)
@@ -211,7 +214,7 @@ def _pack_children(module: nn.Module, sources: list[nn.Module], dropout_generato
                 _stack([m.weight for m in originals]),
                 None if child.bias is None else _stack([m.bias for m in originals]),
             )
-        elif isinstance(child, nn.Conv2d):
+        elif isinstance(child, (nn.Conv1d, nn.Conv2d)):
             packed = PackedConv2d(
                 child, _stack([m.weight for m in originals]),
                 None if child.bias is None else _stack([m.bias for m in originals]), conv_mode,
