@@ -130,6 +130,10 @@ class Run:
         if config["onset_epoch"]:
             raise ConfigError(f"onset_epoch={config['onset_epoch']}: a training script of yours starts every source at epoch 0")
         check_sources(config["source"]["vary"])
+        if "data" in config["source"]["vary"]:
+            raise ConfigError(f"source={config['source']['name']} varies data: a training script of yours "
+                              "draws its own batches, which nondet cannot resample; train with launch.py "
+                              "or leave data out of source.vary")
         self.config = config
         self.directory = records.run_dir(config)
         self.lowlevel = configure_lowlevel(config["device"], "lowlevel" in config["source"]["vary"],

@@ -153,3 +153,16 @@ def test_data_resample_is_named_where_unused_and_refused_where_empty(make_config
     assert "data_resample=0.5 has no effect" in caplog.text
     with pytest.raises(ValueError, match="data_resample=0.001 keeps no example of the 256"):
         check_sources_vary_something(make_config("source=data", "data_resample=0.001"), data)
+
+
+def test_a_training_script_of_ones_own_refuses_source_data(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF, TINY
+    from nondet import api
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, "source=data", f"output_root={tmp_path}"])
+    with pytest.raises(ConfigError, match="leave data out of source.vary"):
+        with api.Run(cfg):
+            pass
