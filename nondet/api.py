@@ -286,6 +286,7 @@ class Run:
         if self.done:
             return
         replica = self._tracked()
+        self._last_checkpoint = time.monotonic()  # checkpoint_every=auto counts from here
         while replica.epoch < self.config["epochs"]:
             self._began = time.perf_counter()
             yield replica.epoch
@@ -308,9 +309,11 @@ class Run:
         self._began = now
         replica.epoch += 1
         last = replica.epoch == self.config["epochs"]
-        if not last and replica.epoch % self.config["checkpoint_every"] == 0:
+        since = getattr(self, "_last_checkpoint", None) or time.monotonic()  # a loop of its own
+        if not last and train.checkpoint_due(self.config["checkpoint_every"], replica.epoch, since):
             state = {**replica.state_dict(), "user": {k: o.state_dict() for k, o in self.extra.items()}}
             records.write_torch(self.directory / records.CHECKPOINT_FILE, state)
+            self._last_checkpoint = time.monotonic()
 
     def dropout(self):
         """A block whose random draws (``nn.Dropout``, ``torch.rand``, ...) come from the dropout

@@ -326,7 +326,7 @@ def train_group(
             for p, member in enumerate(members):
                 record_evaluation(member.replica, member.directory, config, losses[p], evaluations[p], group.lr)
             final = evaluations if last else None
-        if not last and _checkpoint_due(config["checkpoint_every"], group.epoch, last_checkpoint):
+        if not last and checkpoint_due(config["checkpoint_every"], group.epoch, last_checkpoint):
             group.write_back()
             for member in members:
                 write_checkpoint(member.replica, member.directory)
@@ -347,7 +347,9 @@ def train_group(
         )
 
 
-def _checkpoint_due(every: Any, epoch: int, last_checkpoint: float) -> bool:
+def checkpoint_due(every: Any, epoch: int, last_checkpoint: float) -> bool:
+    """Whether a checkpoint is due after ``epoch`` epochs: every ``every`` epochs, or with
+    ``auto`` once ``CHECKPOINT_SECONDS`` have passed since ``last_checkpoint`` (time.monotonic)."""
     if every == "auto":
         return time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS
     return epoch % every == 0

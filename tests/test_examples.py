@@ -128,7 +128,7 @@ def test_example_own_training_script_resumes_bitwise(tmp_path, monkeypatch):
     def train(root):
         with initialize_config_dir(config_dir=str(REPO / "examples/own_loop/conf"), version_base="1.3"):
             cfg = compose("train", overrides=[f"hydra.searchpath=[file://{CONF}]", "source=all",
-                                              "source.lowlevel_required=false", "replicate=1", "epochs=3",
+                                              "source.lowlevel_required=false", "replicate=1", "epochs=3", "checkpoint_every=1",
                                               "device=cpu", "dataset.train_size=128", f"output_root={root}"])
         outcome = script.train(cfg)
         (directory,) = outcome["finished"]
