@@ -26,7 +26,8 @@ from under- or overflowing. A representation that is constant over the probe has
 CKA; ``ConstantRepresentationError`` says so instead of returning NaN.
 
 For a sweep, each run's model is rebuilt with ``nondet.models.build_model``, its ``weights.pt``
-loaded, and the outputs of ``nondet.models.representation_layers(model)`` captured with forward
+loaded, and the outputs of ``nondet.models.representation_layers(model)`` (your own model:
+``model.representations``, default its top-level children) captured with forward
 hooks on a fixed probe subset of the test set (``probe_size`` examples drawn without
 replacement with ``np.random.default_rng(probe_seed)``, then sorted). The centered Gram
 matrices of all runs of a group are stacked, so every pair's HSIC is one matrix product.
@@ -229,7 +230,7 @@ def group_cka(
         )
         model.load_state_dict(_load_state(run.path / records.WEIGHTS_FILE))
         model.to(device)
-        outputs = capture(model, representation_layers(model), x)
+        outputs = capture(model, representation_layers(model, group.config["model"].get("representations")), x)
         for name, features in outputs.items():
             try:
                 grams.setdefault(name, []).append(gram_features(features, debiased, batch_size, device))

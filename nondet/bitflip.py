@@ -1,4 +1,8 @@
-"""The bit-flip source: one float32 weight of the first layer moved by exactly one ULP.
+"""The bit-flip source: one float32 weight moved by exactly one ULP.
+
+The weight is an element of ``bitflip.param`` (a name from ``named_parameters()``); by default
+the first layer's weight for the built-in models, the first float32 parameter in
+``named_parameters()`` order for your own (``model=custom``).
 
 Summers & Dinneen (2021, Sec. 4) show that this smallest possible change, made before training,
 ends in models as different as a fresh initialisation: training is unstable. The weight, and the
@@ -6,6 +10,7 @@ direction (up or down), are chosen by the bitflip source's generator; the record
 values as hex floats so the change can be checked bit for bit.
 
     python launch.py -m source=bitflip
+    python launch.py -m source=bitflip bitflip.param=classifier.weight
 """
 
 from __future__ import annotations
@@ -16,12 +21,23 @@ import torch
 from torch import nn
 
 from nondet.models import first_layer_weight
+from nondet.usermodel import flip_parameter
 
 
-def flip_one_ulp(model: nn.Module, generator: torch.Generator) -> dict:
-    """Move one element of the first layer's weight to its float32 neighbour; returns the
-    record stored in result.json: ``{param, index, direction, before, after}``."""
-    name, weight = first_layer_weight(model)
+def flipped_parameter(model: nn.Module, config: dict | None = None) -> tuple[str, nn.Parameter]:
+    """(name, parameter) the bitflip source moves in a run of ``config``."""
+    config = config or {}
+    param = (config.get("bitflip") or {}).get("param")
+    if param is not None or (config.get("model") or {}).get("name") == "custom":
+        return flip_parameter(model, param)
+    return first_layer_weight(model)
+
+
+def flip_one_ulp(model: nn.Module, generator: torch.Generator, config: dict | None = None) -> dict:
+    """Move one element of the run's flipped parameter (``flipped_parameter``) to its float32
+    neighbour; returns the record stored in result.json: ``{param, index, direction, before,
+    after}``."""
+    name, weight = flipped_parameter(model, config)
     if weight.dtype != torch.float32:
         raise TypeError(f"bit flip needs a float32 weight; {name} is {weight.dtype}")
     index = int(torch.randint(weight.numel(), (1,), generator=generator))

@@ -13,7 +13,7 @@ compose the real configs with ``hydra.compose``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -74,6 +74,8 @@ class DatasetConfig:
     imbalance: float = 0.0
     # The data seed is not a source of nondeterminism: every run of a sweep sees the same data.
     data_seed: int = 0
+    # imagefolder: the side, in pixels, every image is resized to (image_size x image_size).
+    image_size: Optional[int] = None
     # --- mnist1d only: the arguments of the mnist1d package's make_dataset, its defaults (its
     # `seed` is data_seed, 42 in conf/dataset/mnist1d.yaml; see nondet/mnist1d.py) ---
     num_samples: int = 5000
@@ -154,6 +156,14 @@ class LMConfig:
 
 
 @dataclass
+class BitflipConfig:
+    # The parameter whose element the bitflip source moves (a name from named_parameters());
+    # null = the first layer's weight (the built-in models) or the first float32 parameter
+    # in named_parameters() order (model=custom).
+    param: Optional[str] = None
+
+
+@dataclass
 class NondetConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -161,6 +171,10 @@ class NondetConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     lm: LMConfig = field(default_factory=LMConfig)
+    bitflip: BitflipConfig = field(default_factory=BitflipConfig)
+    # Your own settings (a training script of yours, nondet/api.py): any keys, part of the runs'
+    # identity, never checked by nondet; a config group of yours at user/NAME lands at user.NAME.
+    user: Dict[str, Any] = field(default_factory=dict)
     replicates: int = 8
     replicate: int = 0
     base_seed: int = 0
@@ -172,6 +186,9 @@ class NondetConfig:
     batch_size: int = 32
     onset_epoch: int = 0
     shuffle_window: Optional[int] = None
+    # source=data: each replicate's resample of the training set, ``bootstrap`` (n examples
+    # drawn with replacement) or a fraction f in (0, 1] (floor(f n) drawn without replacement).
+    data_resample: Any = "bootstrap"
     scale: str = "paper"
     # outputs/<sweep_name>/...: a name, never a timestamp, so a relaunch finds its runs.
     sweep_name: str = "default"
@@ -186,8 +203,17 @@ class NondetConfig:
 
 
 def register_configs() -> None:
-    """Register the typed primary config as ``schema`` (first in conf/config.yaml's defaults)."""
-    ConfigStore.instance().store(name="schema", node=NondetConfig)
+    """Register the typed primary config as ``schema`` (first in conf/config.yaml's defaults).
+
+    ``model`` and ``dataset`` stay open to keys the schema does not declare, so that a group file
+    of your own (``model/my_net.yaml``: ``_target_`` and the constructor's arguments) composes;
+    ``check_config`` still refuses an undeclared key in a node without a ``_target_``."""
+    from omegaconf import OmegaConf
+
+    schema = OmegaConf.structured(NondetConfig)
+    OmegaConf.set_struct(schema.model, False)
+    OmegaConf.set_struct(schema.dataset, False)
+    ConfigStore.instance().store(name="schema", node=schema)
 
 
 # --- checks that a type cannot express ------------------------------------------------------
@@ -232,6 +258,9 @@ RANGES = {
     "pack": ((lambda v: v == "auto" or _at_least(1)[0](v)), "auto or an integer >= 1"),
     "threads": _optional(_at_least(1)),
     "shuffle_window": _optional(_at_least(1)),
+    "data_resample": ((lambda v: v == "bootstrap" or (
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1)),
+        "bootstrap or a fraction in (0, 1]"),
     "onset_epoch": _at_least(0),
     "scale": _choice(SCALES),
     "precision": _choice(PRECISIONS),
@@ -260,7 +289,9 @@ RANGES = {
 def _flat(node: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in node.items():
-        if isinstance(value, dict) and "_target_" not in value:
+        if isinstance(value, dict) and value.get("_target_") or f"{prefix}{key}" == "user":
+            continue  # your own class's arguments (its signature checks them), your own settings
+        if isinstance(value, dict):
             out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
@@ -316,8 +347,16 @@ def check_config(config: dict) -> None:
         raise ConfigError(
             f"replicate={config['replicate']} is outside range(0, replicates={config['replicates']})"
         )
+    if "data" in config["source"]["vary"] and config["onset_epoch"] > 0:
+        raise ConfigError(
+            f"source={config['source']['name']} varies data with onset_epoch={config['onset_epoch']}: "
+            "a run's resample of the training set is drawn once, at its start; use onset_epoch=0"
+        )
     if config["onset_epoch"] > config["epochs"]:
         raise ConfigError(
             f"onset_epoch={config['onset_epoch']} is out of range: onset_epoch must be in "
             f"0 .. epochs={config['epochs']}"
         )
+    from nondet.usermodel import check_targets  # your own model's and data's arguments
+
+    check_targets(config)

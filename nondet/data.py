@@ -4,6 +4,8 @@
     python launch.py dataset=cifar10 dataset.root=/data  # /data/cifar-10-batches-py/...
     python launch.py dataset=mnist dataset.root=/data    # /data/MNIST/raw/*-idx?-ubyte
     python launch.py dataset=npz dataset.path=my.npz     # bring your own arrays
+    python launch.py dataset=custom dataset._target_=my_pkg.data.load     # nondet/userdata.py
+    python launch.py dataset=imagefolder dataset.root=DIR dataset.image_size=32
 
 The training loop keeps every tensor resident on the device (no DataLoader, no workers), draws
 batches by index, augments them in their stored dtype and then calls ``Dataset.normalize``.
@@ -125,7 +127,7 @@ class Dataset:
 
 
 def load_dataset(cfg: DatasetConfig, device: torch.device | str = "cpu") -> Dataset:
-    """Load ``cfg.name`` (synthetic, cifar10, mnist, npz) onto ``device``."""
+    """Load ``cfg.name`` (synthetic, cifar10, mnist, npz, mnist1d, custom, imagefolder) onto ``device``."""
     loaders = {
         "synthetic": _load_synthetic,
         "cifar10": _load_cifar10,
@@ -133,6 +135,9 @@ def load_dataset(cfg: DatasetConfig, device: torch.device | str = "cpu") -> Data
         "npz": _load_npz,
         "mnist1d": load_mnist1d,
     }
+    from nondet import userdata  # your own data: a function's (custom), a directory's (imagefolder)
+
+    loaders.update({name: userdata.load for name in userdata.CONTENT_IDENTIFIED})
     if cfg.name not in loaders:
         raise ValueError(f"unknown dataset {cfg.name!r}; choose one of {sorted(loaders)}")
     name, x_train, y_train, x_test, y_test, num_classes, *sha256 = loaders[cfg.name](cfg)
@@ -173,7 +178,12 @@ def file_sha256(path: str) -> str:
 def data_fingerprint(dataset: dict) -> Optional[str]:
     """The content of a user's data file, as part of the runs' identity (``dataset.sha256``);
     None for data that the configuration itself determines (generated data, torchvision's
-    checksummed files) or a file that is not there (loading it says so)."""
+    checksummed files) or a file that is not there (loading it says so). Your own data
+    (``dataset=custom``, ``imagefolder``) is loaded to be fingerprinted (``nondet.userdata``)."""
+    from nondet import userdata
+
+    if dataset.get("name") in userdata.CONTENT_IDENTIFIED:
+        return userdata.fingerprint(dataset)
     path = dataset.get("path") if dataset.get("name") == "npz" else None
     if not path or not os.path.isfile(os.path.expanduser(path)):
         return None
@@ -187,14 +197,21 @@ def data_sha256(data) -> str:
     """``data_sha256`` of env.json: the loaded file's SHA-256, or one of the tensors (in order,
     with their shapes and dtypes) for data generated or read from a dataset's own files."""
     if getattr(data, "sha256", None) is None:
-        digest = hashlib.sha256()
-        for field in dataclasses.fields(data):
-            value = getattr(data, field.name)
-            if isinstance(value, torch.Tensor) and field.name not in ("mean", "std"):
-                digest.update(f"{field.name}{tuple(value.shape)}{value.dtype}".encode())
-                digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        data.sha256 = digest.hexdigest()
+        data.sha256 = tensors_sha256(
+            (field.name, getattr(data, field.name))
+            for field in dataclasses.fields(data)
+            if isinstance(getattr(data, field.name), torch.Tensor) and field.name not in ("mean", "std")
+        )
     return data.sha256
+
+
+def tensors_sha256(named) -> str:
+    """SHA-256 of (name, tensor) pairs, in order: each name, shape and dtype, then its bytes."""
+    digest = hashlib.sha256()
+    for name, value in named:
+        digest.update(f"{name}{tuple(value.shape)}{value.dtype}".encode())
+        digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -448,6 +465,14 @@ def _load_npz(cfg: DatasetConfig):
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}; save plain numeric arrays (object arrays are refused)") from exc
 
+    return ("npz", *checked_tensors(arrays, path), sha256)
+
+
+def checked_tensors(arrays: dict, path: str) -> tuple:
+    """``arrays`` (x_train, y_train, x_test, y_test as numpy arrays) checked and converted:
+    (x_train, y_train, x_test, y_test, num_classes) as tensors. Any mistake raises one line
+    that starts with ``path`` (the file, or what the data came from). The npz rules of
+    ``_load_npz``, shared by ``dataset=custom`` and ``dataset=imagefolder``."""
     xs, ys = [], []
     for split in ("train", "test"):
         x, y = _channels_first(arrays[f"x_{split}"], f"{path}: x_{split}"), arrays[f"y_{split}"]
@@ -506,7 +531,7 @@ def _load_npz(cfg: DatasetConfig):
                 raise ValueError(f"{path}: x_{split} has values beyond float32's range (about 3.4e38)")
         out.append(t)
         out.append(torch.from_numpy(y.astype(np.int64)))
-    return ("npz", *out, num_classes, sha256)
+    return (*out, num_classes)
 
 
 IMAGE_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA

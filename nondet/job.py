@@ -27,11 +27,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import joblog, lm, logger, pack, records
+from nondet import joblog, lm, logger, pack, records, userdata
 from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, configure_precision, resolve_device
 from nondet.config import SCALES, TEXT_DATASETS, check_config
 from nondet.data import Dataset, data_fingerprint, load_dataset
 from nondet.lock import run_locks
+from nondet.pipeline import resample_size
 from nondet.seeds import SeedPlan, check_sources
 from nondet.text import load_corpus
 from nondet.train import train_job
@@ -92,7 +93,7 @@ def job_run_dirs(cfg: DictConfig) -> list[Path] | None:
 
 
 def replicas_of_job(config: dict) -> range:
-    """The replicate indices a job trains: ``pack`` of them from ``replicate`` on."""
+    """The replicate indices a job trains: ``pack_step`` of them from ``replicate`` on."""
     start, replicates = config["replicate"], config["replicates"]
     pack = pack_step(config["pack"], replicates)
     if not 0 <= start < replicates:
@@ -179,11 +180,15 @@ def _dataset(config: dict) -> Dataset:
 def check_data_unchanged(config: dict, data) -> None:
     """The data loaded must be the data the runs' directories were named for: a file rewritten
     between composing the config and loading it would otherwise train under the old identity."""
-    named = config["dataset"].get("sha256")
-    if named is not None and getattr(data, "sha256", named) != named:
+    dataset = config["dataset"]
+    named, content = dataset.get("sha256"), getattr(data, "sha256", None)
+    where = next((f"dataset.{k}={dataset[k]}" for k in ("path", "_target_", "root") if dataset.get(k)), "the data")
+    if named is None and content is not None and dataset["name"] in userdata.CONTENT_IDENTIFIED:
+        raise ValueError(f"{where} could not be loaded when the runs were named, but can now; relaunch the command")
+    if named is not None and content not in (None, named):
         raise ValueError(
-            f"dataset.path={config['dataset']['path']} changed while this job started (its "
-            f"SHA-256 is now {data.sha256}, the runs were named for {named}); relaunch the command"
+            f"{where} changed while this job started (its SHA-256 is now {content}, the runs "
+            f"were named for {named}); relaunch the command"
         )
 
 
@@ -217,7 +222,7 @@ def inert_sources(config: dict, data) -> dict[str, str]:
                                         "embedding_dropout", "weight_dropout")]
             if not any(rates) and not config["lm"]["variable_bptt"]:
                 inert["dropout"] = "every dropout rate is 0 and lm.variable_bptt is false"
-        elif not model["dropout"]:
+        elif not model["dropout"] and model["name"] != "custom":  # your own model's dropout is its own
             inert["dropout"] = "model.dropout is 0 (set model.dropout=0.1, say)"
     return inert
 
@@ -226,6 +231,11 @@ def check_sources_vary_something(config: dict, data) -> None:
     """A sweep whose varied sources are all inert would report zero spread as if it were a
     finding (augment without augmentation, dropout at rate 0): refuse it, saying what to set."""
     vary = config["source"]["vary"]
+    if "data" in vary and hasattr(data, "y_train"):
+        resample_size(len(data.y_train), config["data_resample"])  # refuses an empty resample
+    if "data" not in vary and config.get("data_resample", "bootstrap") != "bootstrap":
+        log.warning("data_resample=%s has no effect: source=%s does not vary data, so every run "
+                    "trains on the whole training set", config["data_resample"], config["source"]["name"])
     inert = inert_sources(config, data)
     language_model = lm.is_language_model(config)
     if language_model and inert and not set(vary) <= set(inert):  # source=all: the rest varies

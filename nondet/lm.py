@@ -129,6 +129,12 @@ def check_config(config: dict) -> None:
             f"dataset={dataset} is text; it needs a language model ({', '.join(LANGUAGE_MODEL_NAMES)}), "
             f"not model={model}"
         )
+    if "data" in config["source"]["vary"]:
+        raise ValueError(
+            f"source={config['source']['name']} varies data with model={model}: a language model "
+            "reads its text as one stream, which has no examples to resample; leave data out of "
+            "source.vary"
+        )
     if config["schedule"]["name"] == "snapshot":
         raise ValueError(
             f"schedule=snapshot with model={model}: a snapshot ensemble of a language model is not "

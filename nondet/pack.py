@@ -20,7 +20,9 @@ together, one forward and one backward per step for all of them:
   same order as a replica alone: shuffle order, within-batch permutation,
   crop offsets and flips, dropout masks, bit flip. Replicas whose generator of a per-step source is
   in the same state share one generator object (their draws are identical anyway), so
-  ``source=none`` draws once per step, not P times.
+  ``source=none`` draws once per step, not P times. Under ``source=data`` each replica's epoch
+  order permutes positions within its own resample of the training set (``Replica.resample``,
+  the same count for all, so the pack stays rectangular).
 - The learning rate is ``nondet.optim.learning_rate(step)``, the same for all. The optimizer
   update is torch's own functional ``sgd``/``adam`` applied to the stacked tensors, with the
   hyperparameters and flags of the replicas' own ``torch.optim`` objects, so the elementwise
@@ -52,6 +54,10 @@ Resume: each replica resumes from its own checkpoint; finished replicas are skip
 If the replicas of a job stand at different epochs (one was restarted from scratch, say), the
 ones behind train as a pack until they reach the next ones, then all continue together.
 
+Your own model (``model=custom``) packs through ``torch.func`` (``nondet/funcpack.py``) where one
+step of a pack is what its replicas compute alone (on the CPU: bit for bit); its training steps
+run with the global generator holding the dropout stream (``Pack.randomness``).
+
 The job trains its replicas one after another instead (each a pack of one, through the same
 loop), with a log line, for models without a packed form (vgg11, shufflenetv2_050: max-pooling and
 channel shuffles would mix replicas), on the CPU for convolutional models too large to gain from a
@@ -60,6 +66,7 @@ pack (``sequential_reason``), and with ``pack=auto`` on a GPU (``ImageFamily.apa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Callable
@@ -70,13 +77,16 @@ from omegaconf import OmegaConf
 from torch.optim.adam import adam as adam_update
 from torch.optim.sgd import sgd as sgd_update
 
-from nondet import train
+from nondet import funcpack, records, train, usermodel
 from nondet.backend import autocast
 from nondet.data import Dataset
 from nondet.models import build_model, set_dropout_generator
 from nondet.models.packed import _stack, pack_model
 from nondet.optim import build_optimizer, learning_rate
-from nondet.pipeline import batch_bounds, crop_flip, crop_flip_draws, epoch_order, within_batch_permutation
+from nondet.pipeline import (
+    batch_bounds, crop_flip, crop_flip_draws, epoch_order, resample, resample_size,
+    within_batch_permutation,
+)
 from nondet.seeds import SeedPlan
 
 log = logging.getLogger("nondet")
@@ -155,9 +165,12 @@ class Pack:
             self.params = list(self.model.parameters())
             return
         _share_generators(replicas)
-        self.model = pack_model(
-            [r.model for r in replicas], [r.generators["dropout"] for r in replicas], conv_mode
-        )
+        if usermodel.is_custom_model(replicas[0].model):  # your own model: through torch.func
+            self.model = funcpack.pack_model([r.model for r in replicas])
+        else:
+            self.model = pack_model(
+                [r.model for r in replicas], [r.generators["dropout"] for r in replicas], conv_mode
+            )
         self.names = [name for name, _ in replicas[0].model.named_parameters()]
         params = dict(self.model.named_parameters())
         self.params = [params[name] for name in self.names]
@@ -166,6 +179,18 @@ class Pack:
     @property
     def size(self) -> int:
         return len(self.replicas)
+
+    def randomness(self, training: bool):
+        """Where a model of yours draws its random numbers: in training, the global generator
+        holds the dropout source's stream (one stream: a torch.func pack shares it); in
+        evaluation, a fixed stream that touches nothing. nondet's own models draw from their
+        generators explicitly."""
+        if not usermodel.is_custom_model(self.replicas[0].model):
+            return contextlib.nullcontext()
+        if not training:
+            return usermodel.forked_global_rng(0)
+        generators, _ = self._distinct("dropout")
+        return usermodel.global_rng_from(generators[:1])
 
     # --- optimizer --------------------------------------------------------------------------
 
@@ -322,6 +347,19 @@ def _epoch_loss(step_losses: list[torch.Tensor], n: int, device: str) -> torch.T
     return total / n
 
 
+def _resamples(pack: Pack) -> torch.Tensor | None:
+    """The replicas' resamples of the training set (P, m) (``source=data``), or None when they
+    train on all of it. Every replica of a pack shares the config, so all or none resample, and
+    all draw the same count."""
+    indices = [replica.resample for replica in pack.replicas]
+    if all(i is None for i in indices):
+        return None
+    if any(i is None for i in indices) or len({len(i) for i in indices}) != 1:
+        raise ValueError("a pack mixes replicas with and without source=data resamples, or of "
+                         "different sizes; train them in separate jobs")
+    return torch.stack(indices).to(pack.config["device"])
+
+
 def train_pack_epoch(
     pack: Pack, data: Dataset, after_step: Callable[[int], None] | None = None
 ) -> torch.Tensor:
@@ -329,7 +367,8 @@ def train_pack_epoch(
     training losses (P,) on the device. No host synchronisation in the step loop.
     ``after_step(step)`` runs after every optimizer step (snapshots are taken there)."""
     config, model = pack.config, pack.model
-    n = len(data.y_train)
+    resamples = _resamples(pack)
+    n = len(data.y_train) if resamples is None else resamples.shape[1]
     bounds = batch_bounds(n, config["batch_size"])
     augment = config["dataset"]["augment"] and data.is_image
     precision, device = config["precision"], config["device"]
@@ -340,6 +379,8 @@ def train_pack_epoch(
     model.train()
     orders = torch.stack([epoch_order(n, g, config["shuffle_window"]) for g in shufflers])
     orders = orders.to(device)[shuffle_of]  # (P, n)
+    if resamples is not None:  # source=data: the order permutes positions within each resample
+        orders = resamples.gather(1, orders)
     step_losses = []
     for start, stop in bounds:
         size = stop - start
@@ -355,13 +396,14 @@ def train_pack_epoch(
             ).unflatten(0, (size, packs))
         x = data.normalize(x).flatten(1, 2)  # (B, P*C, H, W) or (B, P*D)
         pack.lr = learning_rate(config["schedule"], config["optimizer"]["lr"], pack.step, len(bounds), config["epochs"])
-        with autocast(precision, device):
-            logits = model(x)
-        logits = logits.float().unflatten(1, (packs, -1))  # (B, P, K)
-        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(size, packs)
-        for param in pack.params:
-            param.grad = None
-        losses.mean(0).sum().backward()
+        with pack.randomness(training=True):
+            with autocast(precision, device):
+                logits = model(x)
+            logits = logits.float().unflatten(1, (packs, -1))  # (B, P, K)
+            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(size, packs)
+            for param in pack.params:
+                param.grad = None
+            losses.mean(0).sum().backward()
         pack.optimizer_step()
         step_losses.append(losses.detach())
         pack.step += 1
@@ -380,7 +422,7 @@ def evaluate_pack(pack: Pack, data: Dataset) -> tuple[torch.Tensor, list[float],
     for start, stop in batch_bounds(len(data.y_test), train.EVAL_BATCH):
         x = data.normalize(data.x_test[start:stop])
         x = x.unsqueeze(1).expand(x.shape[0], packs, *x.shape[1:]).flatten(1, 2)
-        with autocast(config["precision"], config["device"]):
+        with pack.randomness(training=False), autocast(config["precision"], config["device"]):
             chunks.append(model(x).float().unflatten(1, (packs, -1)))
     logits = torch.cat(chunks).transpose(0, 1).contiguous()  # (P, N, K)
     accuracy = (logits.argmax(dim=2) == data.y_test).float().mean(dim=1) * 100.0
@@ -416,7 +458,11 @@ def new_replica(config: dict, data: Dataset) -> train.Replica:
     ).to(device)
     set_dropout_generator(model, generators["dropout"])
     optimizer = build_optimizer(config["optimizer"], model.parameters())
-    return train.Replica(plan=plan, model=model, optimizer=optimizer, generators=generators)
+    indices = None
+    if plan.varies("data"):  # only then: a run that keeps its data draws nothing more
+        indices = resample(len(data.y_train), config["data_resample"], generators["data"]).to(device)
+    return train.Replica(plan=plan, model=model, optimizer=optimizer, generators=generators,
+                         resample=indices)
 
 
 class ImageGroup:
@@ -466,12 +512,16 @@ class ImageFamily:
 
     def __init__(self, conv_mode: str | None = None) -> None:
         self.conv_mode = conv_mode
+        self._custom_reasons: dict[str, str | None] = {}
 
     def new_replica(self, config: dict, data: Dataset) -> train.Replica:
         return new_replica(config, data)
 
     def steps_per_epoch(self, config: dict, data: Dataset) -> int:
-        return len(batch_bounds(len(data.y_train), config["batch_size"]))
+        n = len(data.y_train)
+        if "data" in config["source"]["vary"]:
+            n = resample_size(n, config["data_resample"])
+        return len(batch_bounds(n, config["batch_size"]))
 
     def apart(self, config: dict, data: Dataset) -> str | None:
         """Why this job's replicas train one at a time, or None when they train as one pack."""
@@ -480,7 +530,24 @@ class ImageFamily:
         if config["pack"] == "auto" and config["device"] != "cpu":
             return ("pack=auto fuses replicas on the CPU only, where a pack is bitwise the solo "
                     "computation (set pack=P to fuse them on a GPU)")
+        if usermodel.is_custom(config["model"]):
+            return self._custom_reason(config, data)
         return sequential_reason(config, data)
+
+    def _custom_reason(self, config: dict, data: Dataset) -> str | None:
+        """Your own model packs where torch.func trains two of its replicas as they train alone
+        (``nondet.funcpack.pack_reason``, tried once per configuration on the first batch)."""
+        key = records.config_hash({**config, "replicate": 0})
+        if key not in self._custom_reasons:
+            replicas = [new_replica({**config, "replicate": r}, data) for r in range(min(2, config["replicates"]))]
+            if len(replicas) < 2:
+                return None
+            size = min(config["batch_size"], len(data.y_train))
+            x, y = data.normalize(data.x_train[:size]), data.y_train[:size]
+            shared = torch.equal(replicas[0].generators["dropout"].get_state(),
+                                 replicas[1].generators["dropout"].get_state())
+            self._custom_reasons[key] = funcpack.pack_reason([r.model for r in replicas], x, y, shared)
+        return self._custom_reasons[key]
 
     def _mode(self, config: dict) -> str:
         return self.conv_mode or default_conv_mode(config["device"])

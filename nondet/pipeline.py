@@ -4,6 +4,9 @@
   buffer of ``shuffle_window`` examples (as a streaming input pipeline has it).
 - ``within_batch_permutation``: the reduction source — reorders the examples inside a minibatch,
   which leaves the mathematics unchanged and changes only the floating-point summation order.
+- ``resample``: the data source — the training examples a run sees, drawn once at its start:
+  a bootstrap resample or a subsample of a fraction; each epoch's order then permutes positions
+  within it.
 - ``random_crop_flip``: the augment source — per-example random crop (zero padding) and
   horizontal flip, one gather for the whole batch.
 
@@ -11,6 +14,8 @@ No DataLoader and no workers: the dataset is a tensor resident on the training d
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +51,29 @@ def epoch_order(
         buffer[slot], buffer[-1] = buffer[-1], buffer[slot]
         order.append(buffer.pop())
     return torch.tensor(order, dtype=torch.long, device=device)
+
+
+def resample_size(n: int, how: str | float) -> int:
+    """How many examples a resample of ``n`` holds: ``n`` for a bootstrap, ``floor(f n)`` for a
+    fraction ``f`` (the same for every replicate, so a pack of them stays rectangular)."""
+    size = n if how == "bootstrap" else math.floor(how * n)
+    if size < 1:
+        raise ValueError(f"data_resample={how} keeps no example of the {n} training examples: "
+                         "use a larger fraction, or data_resample=bootstrap")
+    return size
+
+
+def resample(n: int, how: str | float, generator: torch.Generator) -> torch.Tensor:
+    """The indices of the training examples one run trains on (``source=data``).
+
+    ``how="bootstrap"``: ``n`` indices drawn uniformly with replacement (about 63% of the
+    examples appear, some several times); a fraction ``f``: ``floor(f n)`` distinct indices, a
+    uniform subsample without replacement. One draw from the data generator, on its device.
+    """
+    size = resample_size(n, how)
+    if how == "bootstrap":
+        return torch.randint(0, n, (n,), generator=generator, device=generator.device)
+    return torch.randperm(n, generator=generator, device=generator.device)[:size]
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:

@@ -119,7 +119,8 @@ def _drop_new_defaults(node: Mapping[str, Any], path: tuple[str, ...] = ()) -> d
         where = (*path, key)
         if isinstance(value, Mapping):
             inner = _drop_new_defaults(value, where)
-            if inner or not value or ".".join(where) in _V1_GROUPS:  # a new group at its defaults: gone
+            # a new group at its defaults: gone (an empty one too, when empty is its default)
+            if inner or ".".join(where) in _V1_GROUPS or (not value and _default_of(where) != value):
                 out[key] = inner
         elif ".".join(where) in IDENTITY_V1_KEYS or _default_of(where) != value:
             out[key] = value

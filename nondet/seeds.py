@@ -22,7 +22,13 @@ import torch
 # Sources that draw from a generator, in the order their generators are created.
 SEEDABLE = ("init", "shuffle", "augment", "dropout", "reduction", "bitflip")
 # ``lowlevel``: CUDA/cuDNN kernel choice and atomics; on or off, never seeded.
-SOURCES = SEEDABLE + ("lowlevel",)
+PAPER_SOURCES = SEEDABLE + ("lowlevel",)
+# Seeded sources outside the paper's set (and outside ``source=all``) that exist in a run only
+# when varied: a run that does not vary them has no seed, no generator and no draw of theirs,
+# so it computes, records and checkpoints exactly what it did before they existed.
+# ``data``: the run's resample of the training set (``data_resample``; nondet/pipeline.py).
+OPTIONAL_SOURCES = ("data",)
+SOURCES = PAPER_SOURCES + OPTIONAL_SOURCES
 
 
 def hashed_seed(*parts: object) -> int:
@@ -70,6 +76,7 @@ class SeedPlan:
         seeds = {
             s: derive_seed(base_seed, s, replicate) if s in vary else base_seed for s in SEEDABLE
         }
+        seeds.update({s: derive_seed(base_seed, s, replicate) for s in OPTIONAL_SOURCES if s in vary})
         return cls(base_seed=base_seed, replicate=replicate, vary=vary, seeds=seeds)
 
     def varies(self, source: str) -> bool:
@@ -77,16 +84,17 @@ class SeedPlan:
 
     def onset_seeds(self) -> dict[str, int]:
         """Seeds before the onset epoch: every source at base_seed (the shared prefix)."""
-        return {s: self.base_seed for s in SEEDABLE}
+        return {s: self.base_seed for s in self.seeds}
 
     def generators(self, device: torch.device | str, before_onset: bool = False) -> dict:
         """A fresh generator per seedable source.
 
-        ``init`` and ``bitflip`` draw on the CPU, so a model starts from the same weights on any
-        device; the per-step sources draw on the training device, next to the data.
+        ``init``, ``bitflip`` and ``data`` draw on the CPU, so a model starts from the same
+        weights and trains on the same resample on any device; the per-step sources draw on the
+        training device, next to the data.
         """
         seeds = self.onset_seeds() if before_onset else self.seeds
-        return {s: make_generator(seeds[s], generator_device(s, device)) for s in SEEDABLE}
+        return {s: make_generator(seeds[s], generator_device(s, device)) for s in seeds}
 
     def as_record(self, lowlevel: str) -> dict:
         return {
@@ -99,7 +107,7 @@ class SeedPlan:
 
 
 def generator_device(source: str, device: torch.device | str) -> torch.device:
-    return torch.device("cpu") if source in ("init", "bitflip") else torch.device(device)
+    return torch.device("cpu") if source in ("init", "bitflip", "data") else torch.device(device)
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

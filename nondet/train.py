@@ -68,6 +68,10 @@ class Replica:
     train_seconds: float = 0.0
     bitflip: dict | None = None
     metrics: list[dict] = field(default_factory=list)
+    # source=data: the indices of the training examples this replica trains on, drawn when it is
+    # created from its data generator's seed (so a resumed replica draws the same ones; not in
+    # the checkpoint). None: the whole training set.
+    resample: torch.Tensor | None = None
 
     def state_dict(self) -> dict:
         return {
@@ -157,7 +161,7 @@ def start_of_epoch(replica: Replica, config: dict) -> None:
                 replica.generators[source] = make_generator(replica.plan.seeds[source], device)
         set_dropout_generator(replica.model, replica.generators["dropout"])
     if replica.plan.varies("bitflip") and replica.bitflip is None:
-        replica.bitflip = flip_one_ulp(replica.model, replica.generators["bitflip"])
+        replica.bitflip = flip_one_ulp(replica.model, replica.generators["bitflip"], config)
 
 
 # --------------------------------------------------------------------------- the run directory
@@ -322,7 +326,7 @@ def train_group(
             for p, member in enumerate(members):
                 record_evaluation(member.replica, member.directory, config, losses[p], evaluations[p], group.lr)
             final = evaluations if last else None
-        if not last and _checkpoint_due(config["checkpoint_every"], group.epoch, last_checkpoint):
+        if not last and checkpoint_due(config["checkpoint_every"], group.epoch, last_checkpoint):
             group.write_back()
             for member in members:
                 write_checkpoint(member.replica, member.directory)
@@ -343,7 +347,9 @@ def train_group(
         )
 
 
-def _checkpoint_due(every: Any, epoch: int, last_checkpoint: float) -> bool:
+def checkpoint_due(every: Any, epoch: int, last_checkpoint: float) -> bool:
+    """Whether a checkpoint is due after ``epoch`` epochs: every ``every`` epochs, or with
+    ``auto`` once ``CHECKPOINT_SECONDS`` have passed since ``last_checkpoint`` (time.monotonic)."""
     if every == "auto":
         return time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS
     return epoch % every == 0

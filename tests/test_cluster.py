@@ -182,8 +182,9 @@ def test_local_presets_compose(conf_copy):
 
 @pytest.mark.slow
 def test_submitit_local_sweep(tmp_path):
+    # One replica per job (pack=1), so that finished jobs can be told from unfinished ones.
     proc = start(tmp_path, "-m", "hydra/launcher=submitit_local", "source=init", "replicates=2",
-                 "device=cpu", *TINY)
+                 "device=cpu", "pack=1", *TINY)
     out = wait(proc, tmp_path, timeout=300)
     assert proc.returncode == 0, out[-4000:]
     assert summary_line(out).startswith("2 runs trained now, 0 finished earlier (skipped), 0 failed")
@@ -192,7 +193,7 @@ def test_submitit_local_sweep(tmp_path):
 
     # nondet's local launcher (hydra_plugins/nondet_launcher) submits no job whose runs are all finished.
     proc = start(tmp_path, "-m", "hydra/launcher=submitit_local", "source=init", "replicates=3",
-                 "device=cpu", "hydra.launcher._target_=hydra_plugins.nondet_launcher.launcher.LocalLauncher", *TINY)
+                 "device=cpu", "pack=1", "hydra.launcher._target_=hydra_plugins.nondet_launcher.launcher.LocalLauncher", *TINY)
     out = wait(proc, tmp_path, timeout=300)
     assert proc.returncode == 0, out[-4000:]
     assert "2 of 3 jobs not submitted: every run of theirs is finished" in out

@@ -150,7 +150,15 @@ def build_model(
     and then every parameter and buffer is overwritten by :func:`init_parameters`. The model is
     on the CPU, in training mode; the caller moves it.
     """
+    if isinstance(cfg, dict):
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.create(cfg)
     name = cfg.name
+    if name == "custom":  # your own nn.Module (nondet/usermodel.py): its own init, seeded
+        from nondet.usermodel import build_custom_model
+
+        return build_custom_model(cfg, input_shape, num_classes, init_generator)
     if name in _LANGUAGE_BUILDERS:
         raise ValueError(
             f"model {name!r} is a language model: it trains on a text dataset "
@@ -209,12 +217,10 @@ def first_layer_weight(model: nn.Module) -> Tuple[str, nn.Parameter]:
     raise ValueError(f"{type(model).__name__} has no Conv or Linear layer")
 
 
-def representation_layers(model: nn.Module) -> Dict[str, nn.Module]:
-    """Ordered {name: module} whose forward outputs are the representations compared by CKA."""
-    layers = getattr(model, "representation_layers", None)
-    if not callable(layers):
-        raise TypeError(
-            f"{type(model).__name__} does not declare its representation layers "
-            "(models from nondet.models.build_model do)"
-        )
-    return layers()
+def representation_layers(model: nn.Module, names: Sequence[str] | None = None) -> Dict[str, nn.Module]:
+    """Ordered {name: module} whose forward outputs are the representations compared by CKA;
+    ``names`` (``model.representations``) picks modules by qualified name."""
+    from nondet.usermodel import representation_modules
+
+    # the built-in models declare theirs; your own: model.representations, else its children
+    return representation_modules(model, names)

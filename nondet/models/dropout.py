@@ -58,8 +58,10 @@ def set_dropout_generator(model: nn.Module, generator: torch.Generator) -> None:
     All of a model's dropout layers share the one stream, consumed in forward order, which is
     deterministic. Raises if the model holds a stock ``nn.Dropout`` (it would use the global RNG).
     """
+    from nondet.usermodel import is_custom_model  # your own model: nn.Dropout is fed the stream
+
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd):
+        if isinstance(module, nn.modules.dropout._DropoutNd) and not is_custom_model(model):
             raise TypeError(
                 f"{name} is a {type(module).__name__}, which draws from the global RNG; "
                 "use nondet.models.SeededDropout"
