@@ -131,3 +131,30 @@ def test_run_directory_is_a_function_of_the_config():
     assert job_subdir(a) == f"{records.group_dirname(a)}/r0003"
     packed = compose_config(["pack=4", "replicate=4", "replicates=6"])
     assert job_subdir(packed).endswith("pack-r0004-r0005")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["source=shufle"], "Could not find 'source/shufle'"),
+        (["source=lowlevel"], "source=reduction"),
+        (["dataset=cifar10", "dataset.root=/nonexistent"], "cifar-10"),
+        # A source that cannot vary anything would report zero spread as a finding.
+        (["source=augment"], "dataset.augment is false (set dataset.augment=true)"),
+        (["source=dropout"], "model.dropout is 0"),
+        (["replicate=5", "pack=1"], "replicate=5 is outside range(0, replicates=2)"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_trains(tmp_path, args, message):
+    """Mistakes in a configuration, composed and run in-process as a job would be: each is refused
+    with a message that names it, before anything trains."""
+    from omegaconf import OmegaConf
+
+    from nondet.job import run_job
+
+    SMALL = ("replicates=2", "epochs=1", "device=cpu")
+
+    with pytest.raises(Exception) as raised:
+        run_job(OmegaConf.create(compose_config([f"output_root={tmp_path}", *args, *SMALL])))
+    assert message in str(raised.value)
+    assert not list(tmp_path.rglob("result.json"))
