@@ -42,7 +42,8 @@ except ImportError:  # tests/ imported as a package
     from tests.slurm_fixture import slurm_cluster  # noqa: F401
 
 # A run of a few seconds, most of which is starting Python; one thread, so two jobs share 2 cores.
-TINY = ["epochs=2", "dataset.train_size=256", "dataset.test_size=128", "model.width=16", "threads=1"]
+# pack=1: one replica per job, so that each run is its own SLURM job (pack=auto would fuse them).
+TINY = ["epochs=2", "dataset.train_size=256", "dataset.test_size=128", "model.width=16", "threads=1", "pack=1"]
 
 # The time-limit run: the embedded default, long enough to be stopped between its first checkpoint
 # and its end (~0.3 s an epoch), short enough to finish in the job after the requeue.
@@ -305,7 +306,8 @@ def test_sweep_runs_every_job_under_slurm_and_a_relaunch_trains_only_new_runs(sl
     out = wait(proc, tmp_path, timeout=300)
     cancel_jobs(tmp_path)
     assert proc.returncode == 0, out[-4000:]
-    assert summary_line(out).startswith("1 runs trained now, 4 finished earlier (skipped), 0 failed")
+    # The counts are this command's runs (init's three), not the shuffle runs beside them.
+    assert summary_line(out).startswith("1 runs trained now, 2 finished earlier (skipped), 0 failed")
     assert len(run_dirs(sweep)) == 5
     assert {d: (d / "result.json").stat().st_mtime_ns for d in dirs} == written
     # ... and only its job is submitted (hydra_plugins/nondet_launcher).
@@ -317,7 +319,7 @@ def test_sweep_runs_every_job_under_slurm_and_a_relaunch_trains_only_new_runs(sl
     out = wait(proc, tmp_path, timeout=120)
     assert proc.returncode == 0, out[-4000:]
     assert "3 of 3 jobs not submitted" in out
-    assert summary_line(out) == "0 runs trained now, 5 finished earlier (skipped), 0 failed."
+    assert summary_line(out) == "0 runs trained now, 3 finished earlier (skipped), 0 failed."
     assert len(submissions(sweep)) == 2
 
 
@@ -336,7 +338,8 @@ def test_crashing_job_is_reported_failed_with_its_job_id(slurm_cluster, tmp_path
     cancel_jobs(tmp_path)
     assert proc.returncode == 1, out[-4000:]
     assert summary_line(out).startswith("1 runs trained now, 0 finished earlier (skipped), 1 failed")
-    assert str(crashing) in out and "relaunch the same command to retry the failed runs" in out
+    # A corrupt checkpoint is not mended by a relaunch: the advice names the file to delete.
+    assert str(crashing) in out and "delete it to restart this run from scratch" in out
 
     assert not (crashing / "result.json").exists()
     error = (crashing / "error.txt").read_text()
@@ -381,7 +384,7 @@ def test_job_killed_outside_python_is_reported_and_a_relaunch_resumes_it(slurm_c
     assert proc.returncode == 1, out[-4000:]
     assert summary_line(out).startswith("1 runs trained now, 0 finished earlier (skipped), 1 failed")
     assert f"- failed: {run_dir.parent.name}/{run_dir.name}: The job was killed outside Python" in out
-    assert "relaunch the same command to retry the failed runs" in out
+    assert "1 failed: relaunch the same command to retry them" in out
     error = (run_dir / "error.txt").read_text().splitlines()
     assert re.fullmatch(r"# SLURM job \d+_\d+ ended without a result \(state: FAILED\)", error[0]), error[0]
     assert "has not produced any output (state: FAILED)" in error[2]
