@@ -194,8 +194,8 @@ class NondetConfig:
     pack: Any = "auto"
     precision: str = "fp32"
     device: str = "auto"
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: int = 24
+    batch_size: int = 32
     onset_epoch: int = 0
     shuffle_window: Optional[int] = None
     # source=data: each replicate's resample of the training set, ``bootstrap`` (n examples

@@ -42,7 +42,7 @@ except ImportError:  # tests/ imported as a package
     from tests.slurm_fixture import slurm_cluster  # noqa: F401
 
 # A run of a few seconds, most of which is starting Python; one thread, so two jobs share 2 cores.
-TINY = ["epochs=2", "dataset.train_size=256", "dataset.test_size=128", "model.width=16", "threads=1"]
+TINY = ["dataset=synthetic", "epochs=2", "dataset.train_size=256", "dataset.test_size=128", "model.width=16", "threads=1"]
 
 # The time-limit run: the embedded default, long enough to be stopped between its first checkpoint
 # and its end (~0.3 s an epoch), short enough to finish in the job after the requeue.
