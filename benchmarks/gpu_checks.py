@@ -50,7 +50,7 @@ def config_for(args, *overrides: str) -> dict:
         "dataset.image_shape=[3,32,32]", "dataset.augment=true"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[
-            "device=cuda", f"epochs={args.epochs}", f"batch_size={args.batch_size}",
+            "dataset=synthetic", "device=cuda", f"epochs={args.epochs}", f"batch_size={args.batch_size}",
             f"dataset.train_size={args.train_size}", "dataset.test_size=2048", *model, *images,
             *overrides,
         ])

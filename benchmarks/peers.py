@@ -1,6 +1,7 @@
-"""The same work three ways, each as a whole process, side by side: 16 seeds of the default recipe
-(conf/config.yaml: an MLP of width 128 on 8192 synthetic examples, batch 32, 12 epochs of SGD with
-momentum 0.9, weight decay 5e-4, lr 0.2 with one warm-up epoch and cosine decay, on the CPU).
+"""The same work three ways, each as a whole process, side by side: 16 seeds of the default MLP
+recipe on synthetic data (conf/config.yaml with dataset=synthetic epochs=12: an MLP of width 128 on
+8192 synthetic examples, batch 32, 12 epochs of SGD with momentum 0.9, weight decay 5e-4, lr 0.2
+with one warm-up epoch and cosine decay, on the CPU).
 
     python benchmarks/peers.py                 # 16 seeds, best of 3 interleaved rounds
     python benchmarks/peers.py --seeds 8 --rounds 1
@@ -10,8 +11,8 @@ momentum 0.9, weight decay 5e-4, lr 0.2 with one warm-up epoch and cosine decay,
 - ``torch.func``: model ensembling as the PyTorch tutorial does it: ``stack_module_state``, then
   ``vmap`` of ``grad`` of ``functional_call`` over the 16 stacked models (each its own shuffle),
   SGD with momentum and weight decay by hand on the stacked tensors, test accuracy at the end.
-- ``nondet``: ``python launch.py -m source=init replicates=16`` with every other key at its
-  default, which writes the whole run directory of every run (metrics of every epoch, logits,
+- ``nondet``: ``python launch.py -m source=init replicates=16 dataset=synthetic epochs=12`` with
+  every other key at its default, which writes the whole run directory of every run (metrics of every epoch, logits,
   weights, seeds, environment, checkpoints) and prints the spread table.
 
 Each is timed from process start to exit (Python, imports, data, training, records), so what
@@ -137,7 +138,7 @@ def main() -> None:
             "torch.func ensemble": lambda r: [python, str(scratch / "func.py"), str(args.seeds)],
             "nondet sweep (defaults)": lambda r: [
                 python, str(REPO / "launch.py"), "-m", "source=init", f"replicates={args.seeds}",
-                "device=cpu", f"output_root={scratch / f'nondet-{r}'}"],
+                "dataset=synthetic", f"epochs={EPOCHS}", "device=cpu", f"output_root={scratch / f'nondet-{r}'}"],
         }
         chosen = args.ways.split(",")
         ways = {name: way for name, way in ways.items() if name.split()[0].split(".")[-1] in chosen}

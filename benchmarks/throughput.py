@@ -12,8 +12,8 @@ the same configuration (source=init: every replica its own initialisation), only
 epochs are timed (evaluation is not), after one untimed warm-up epoch, best of ``--repeats``
 interleaved measurements (the machine may be shared). Cases:
 
-- ``mlp``: the embedded default (conf/config.yaml: mlp width 128 on 8192 synthetic examples,
-  batch 32) on the CPU.
+- ``mlp``: the default MLP (conf/config.yaml: mlp width 128, batch 32) on 8192 synthetic examples
+  (dataset=synthetic) on the CPU.
 - ``resnet14``: ResNet-14 (width 16) on CIFAR-shaped data (random uint8 images 3x32x32, the real
   shape and dtype; crop and flip on), batch 512 as in the paper; on the CPU with ``--cpu-images``
   images (seconds per replica-epoch are scaled to 50,000), on the GPU with ``--images`` in every
@@ -59,8 +59,9 @@ PAPER_IMAGES = 50_000
 
 
 def config_for(overrides: list[str]) -> dict:
+    """The config of ``overrides`` on synthetic data (a later ``dataset=`` wins)."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return resolved_config(compose("config", overrides=overrides))
+        return resolved_config(compose("config", overrides=["dataset=synthetic", *overrides]))
 
 
 def cifar_shaped(train_size: int, test_size: int, device: str) -> Dataset:

@@ -182,7 +182,7 @@ class NondetConfig:
     pack: Any = "auto"
     precision: str = "fp32"
     device: str = "auto"
-    epochs: int = 12
+    epochs: int = 24
     batch_size: int = 32
     onset_epoch: int = 0
     shuffle_window: Optional[int] = None

@@ -1,6 +1,7 @@
 """Datasets, loaded whole onto the training device: ``load_dataset(cfg.dataset, device)``.
 
-    python launch.py                                     # dataset=synthetic, the embedded default
+    python launch.py                                     # dataset=mnist1d, the embedded default
+    python launch.py dataset=synthetic                   # a random teacher labels Gaussian inputs
     python launch.py dataset=cifar10 dataset.root=/data  # /data/cifar-10-batches-py/...
     python launch.py dataset=mnist dataset.root=/data    # /data/MNIST/raw/*-idx?-ubyte
     python launch.py dataset=npz dataset.path=my.npz     # bring your own arrays

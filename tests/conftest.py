@@ -14,8 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 # Small enough that a run takes a fraction of a second on one core; one replica per job (pack=1),
-# so that a test's job trains the one replicate it names.
+# so that a test's job trains the one replicate it names. Synthetic data: generated in memory.
 TINY = [
+    "dataset=synthetic",
     "pack=1",
     "checkpoint_every=1",
     "epochs=2",

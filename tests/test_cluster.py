@@ -43,12 +43,13 @@ except ImportError:  # tests/ imported as a package
 
 # A run of a few seconds, most of which is starting Python; one thread, so two jobs share 2 cores.
 # pack=1: one replica per job, so that each run is its own SLURM job (pack=auto would fuse them).
-TINY = ["epochs=2", "dataset.train_size=256", "dataset.test_size=128", "model.width=16", "threads=1", "pack=1"]
+TINY = ["dataset=synthetic", "epochs=2", "dataset.train_size=256", "dataset.test_size=128", "model.width=16", "threads=1",
+        "pack=1"]
 
-# The time-limit run: the embedded default, long enough to be stopped between its first checkpoint
+# The time-limit run: the MLP on synthetic data, long enough to be stopped between its first checkpoint
 # and its end (~0.3 s an epoch), short enough to finish in the job after the requeue.
 LONG_EPOCHS = 12
-TIME_LIMIT_RUN = ["replicates=1", "threads=1", "checkpoint_every=1"]
+TIME_LIMIT_RUN = ["dataset=synthetic", "replicates=1", "threads=1", "checkpoint_every=1"]
 TIME_LIMIT_LAUNCHER = [
     "hydra.launcher.timeout_min=1",
     "hydra.launcher.signal_delay_s=10",  # USR2 20-50 s into the job: after Python has started

@@ -81,7 +81,8 @@ def test_every_source_varies_known_sources():
 
 def test_defaults_are_the_embedded_run():
     config = compose_config(tiny=False)
-    assert (config["model"]["name"], config["dataset"]["name"]) == ("mlp", "synthetic")
+    assert (config["model"]["name"], config["dataset"]["name"]) == ("mlp", "mnist1d")
+    assert config["epochs"] == 24 and config["batch_size"] == 32
     assert config["replicates"] == 8 and config["precision"] == "fp32"
     assert config["device"] in ("cpu", "cuda")  # `auto` is resolved
 

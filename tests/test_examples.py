@@ -24,7 +24,7 @@ from nondet.job import run_job
 sys.path.insert(0, str(REPO))  # examples/ is a package of the repository
 from examples.custom_cnn.data import toy_images  # noqa: E402
 
-TOY = ["replicates=2", "epochs=2", "threads=1", "device=cpu", "dataset.train_size=128",
+TOY = ["replicates=2", "dataset=synthetic", "epochs=2", "threads=1", "device=cpu", "dataset.train_size=128",
        "dataset.test_size=64"]
 CNN = ["model=custom", "model._target_=examples.custom_cnn.nets.SmallCNN", "+model.channels=4"]
 
@@ -127,7 +127,7 @@ def test_example_own_training_script_resumes_bitwise(tmp_path, monkeypatch):
 
     def train(root):
         with initialize_config_dir(config_dir=str(REPO / "examples/own_loop/conf"), version_base="1.3"):
-            cfg = compose("train", overrides=[f"hydra.searchpath=[file://{CONF}]", "source=all",
+            cfg = compose("train", overrides=[f"hydra.searchpath=[file://{CONF}]", "dataset=synthetic", "source=all",
                                               "source.lowlevel_required=false", "replicate=1", "epochs=3", "checkpoint_every=1",
                                               "device=cpu", "dataset.train_size=128", f"output_root={root}"])
         outcome = script.train(cfg)
@@ -142,7 +142,7 @@ def test_example_own_training_script_resumes_bitwise(tmp_path, monkeypatch):
 def test_a_script_that_stops_early_fails_its_run_in_error_txt(tmp_path):
     """Leaving the block before the last epoch is the run's failure (error.txt), not a result."""
     with initialize_config_dir(config_dir=str(REPO / "examples/own_loop/conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"hydra.searchpath=[file://{CONF}]", "device=cpu",
+        cfg = compose("train", overrides=[f"hydra.searchpath=[file://{CONF}]", "dataset=synthetic", "device=cpu",
                                           "dataset.train_size=64", f"output_root={tmp_path}"])
     with api.Run(cfg) as run:
         model = run.build(torch.nn.Linear, 32, 10)

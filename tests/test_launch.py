@@ -13,7 +13,7 @@ from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["replicates=2", "epochs=2", "dataset.train_size=256", "dataset.test_size=128",
+SMALL = ["replicates=2", "dataset=synthetic", "epochs=2", "dataset.train_size=256", "dataset.test_size=128",
          "model.width=16", "device=cpu"]
 
 
@@ -80,7 +80,8 @@ def test_a_failed_run_is_reported_and_the_sweep_exits_nonzero(tmp_path):
     ],
 )
 def test_bad_input_gets_a_clear_error(tmp_path, args, message):
-    out = launch(*args, f"output_root={tmp_path}", *SMALL)
+    own_dataset = [arg for arg in args if arg.startswith("dataset=")]  # wins over SMALL's (the last)
+    out = launch(*args, f"output_root={tmp_path}", *SMALL, *own_dataset)
     assert out.returncode != 0
     assert message in out.stdout + out.stderr
 

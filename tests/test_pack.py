@@ -310,7 +310,7 @@ def test_the_step_loop_never_synchronises(make_config, monkeypatch):
 
 @pytest.mark.slow
 def test_a_packed_sweep_from_the_command_line(tmp_path):
-    args = ["-m", "source=init,none", "replicates=3", "pack=2", "epochs=2", "dataset.train_size=256",
+    args = ["-m", "source=init,none", "dataset=synthetic", "replicates=3", "pack=2", "epochs=2", "dataset.train_size=256",
             "dataset.test_size=128", "model.width=16", "device=cpu", f"output_root={tmp_path}"]
     out = subprocess.run([sys.executable, "launch.py", *args], cwd=REPO, capture_output=True,
                          text=True, timeout=600)

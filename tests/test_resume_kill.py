@@ -23,9 +23,9 @@ from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-# The embedded default, one thread (bitwise-reproducible, and both runs fit on 2 cores), 20 epochs:
-# ~0.3 s an epoch, so there is time to kill the run between its first checkpoint and its end.
-RUN = ["replicates=1", "epochs=20", "threads=1", "device=cpu", "checkpoint_every=1"]
+# The MLP on synthetic data, one thread (bitwise-reproducible, and both runs fit on 2 cores), 20
+# epochs: ~0.3 s an epoch, so there is time to kill the run between its first checkpoint and its end.
+RUN = ["dataset=synthetic", "replicates=1", "epochs=20", "threads=1", "device=cpu", "checkpoint_every=1"]
 
 
 def start(output_root: Path) -> subprocess.Popen:

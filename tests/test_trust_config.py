@@ -33,7 +33,7 @@ from nondet.config import ConfigError, DatasetConfig, check_config
 from nondet.data import load_dataset
 from nondet.job import check_sources_vary_something, job_run_dirs, run_job
 
-SMALL = ["epochs=1", "model.width=8", "device=cpu", "pack=1", "dataset.train_size=128", "dataset.test_size=64"]
+SMALL = ["dataset=synthetic", "epochs=1", "model.width=8", "device=cpu", "pack=1", "dataset.train_size=128", "dataset.test_size=64"]
 
 
 def npz_file(path: Path, seed: int, x=None, y_train=None) -> Path:
@@ -60,7 +60,7 @@ def test_an_npz_file_rewritten_in_place_starts_a_new_group(make_config, tmp_path
     from analysis.load import load_sweep
 
     data = npz_file(tmp_path / "d.npz", seed=0)
-    overrides = ["dataset=npz", f"dataset.path={data}", *SMALL]
+    overrides = [*SMALL, "dataset=npz", f"dataset.path={data}"]
     first = train(make_config(*overrides, "replicates=2"))
     assert len(first["finished"]) == 2
     env = json.loads((Path(first["finished"][0]) / "env.json").read_text())

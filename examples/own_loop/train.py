@@ -32,7 +32,7 @@ class Net(nn.Module):
 
 def train(cfg) -> dict:
     with api.Run(cfg) as run:
-        data = run.data  # nondet's dataset=... (synthetic by default), whole on the device
+        data = run.data  # nondet's dataset=... (MNIST-1D by default), whole on the device
         model = run.build(Net, math.prod(data.input_shape), data.num_classes, cfg.user.hidden, cfg.user.dropout)
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
