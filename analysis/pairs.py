@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from analysis.metrics import _at_labels, log_cosh, average_ranks, probabilities, relative_classes
+from analysis.metrics import log_cosh, average_ranks, probabilities, relative_classes
 
 # Up to this many runs every pair is used, as before; the paper's largest rows have 100 runs.
 EXACT_MAX_RUNS = 100

@@ -113,11 +113,7 @@ def sweep_counts(sweep_dir: Path, since: float) -> SweepCounts:
         if result.stat().st_mtime < since:
             counts.skipped += 1
             continue
-        try:
-            resumed = json.loads((result.parent / ENV_FILE).read_text()).get("resumed_from_epoch")
-        except (OSError, ValueError):
-            resumed = None
-        if resumed is not None:
+        if _resumed(result.parent):
             counts.resumed += 1
         else:
             counts.scratch += 1
@@ -258,13 +254,14 @@ class SummaryCallback(Callback):
             sys.exit(1)
         # analysis finds runs by their config.yaml; a run can fail before writing it (a corrupt
         # checkpoint, a model that cannot be built), so those are listed here.
-        early = [d for d in failed_runs(sweep_dir) if not (d / CONFIG_FILE).exists()]
+        all_failed = failed_runs(sweep_dir)
+        early = [d for d in all_failed if not (d / CONFIG_FILE).exists()]
         for directory in early:
             print(f"- failed before writing {CONFIG_FILE}: {directory}: "
                   f"{last_line(directory / ERROR_FILE)}", flush=True)
         _, problems = scan_runs(sweep_dir)
         corrupt = [p.path.resolve() for p in problems if p.status == "corrupt"]
-        failed = [d.resolve() for d in failed_runs(sweep_dir)]
+        failed = [d.resolve() for d in all_failed]
         if launched is None:  # no outcomes: every failed or corrupt run counts
             if failed or corrupt:
                 status = analysis.sweep_status(sweep_dir)

@@ -189,8 +189,8 @@ class Pack:
             return contextlib.nullcontext()
         if not training:
             return usermodel.forked_global_rng(0)
-        generators, _ = self._distinct("dropout")
-        return usermodel.global_rng_from(generators[:1])
+        # The first replica's stream (no per-step device copy of which replica shares which).
+        return usermodel.global_rng_from([self.replicas[0].generators["dropout"]])
 
     # --- optimizer --------------------------------------------------------------------------
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import importlib
 import inspect
 import os
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from nondet.config import ConfigError, ModelConfig
+from nondet.seeds import hashed_seed
 
 # Keys nondet declares itself: never passed to the constructor.
 _OWN_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} | {"_target_", "representations"}
@@ -109,8 +109,7 @@ def _check_call(key: str, text: str, fn, kwargs: Mapping[str, Any]) -> None:
 def seed_from(generator: torch.Generator, purpose: str) -> int:
     """A 63-bit seed drawn from ``generator`` (advancing it), mixed with ``purpose``."""
     draw = int(torch.randint(2**62, (1,), generator=generator, dtype=torch.int64))
-    digest = hashlib.sha256(f"nondet.usermodel/{purpose}/{draw}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return hashed_seed("nondet.usermodel", purpose, draw)
 
 
 @contextlib.contextmanager
