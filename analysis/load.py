@@ -45,6 +45,10 @@ class MixedTestSetError(ValueError):
     """Runs of one group were evaluated on different test sets: their metrics cannot be pooled."""
 
 
+# Why a run is left out of the tables, in the order they are reported.
+PROBLEM_STATUSES = ("unfinished", "failed", "corrupt", "broken", "unreadable")
+
+
 @dataclass
 class RunProblem:
     """A run left out of the tables: ``status`` is ``unfinished``, ``failed``, ``corrupt``,

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from analysis import stats_figures
-from analysis.load import Sweep, flatten
+from analysis.load import PROBLEM_STATUSES, Sweep, flatten
 from analysis.render import PM, collected, format_value, row_label
 from analysis.tables import status_lines, table_cells
 from nondet import records
@@ -225,7 +225,7 @@ def markdown_html(text: str) -> str:
     return "\n".join(out)
 
 
-NOTE_KINDS = ("failed", "unfinished", "corrupt", "note")  # how analysis.tables.status_lines starts its items
+NOTE_KINDS = PROBLEM_STATUSES + ("note",)  # how analysis.tables.status_lines starts its items
 
 
 def notes_html(sweep: Sweep) -> str:
@@ -347,7 +347,7 @@ table.runs td:last-child { font-family: ui-monospace, monospace; font-size: .8re
 .small { color: var(--muted); font-size: .88rem; max-width: 70rem; }
 details { margin: .6rem 0; } summary { cursor: pointer; color: var(--accent); font-weight: 600; }
 ul.notes { max-height: 24rem; overflow: auto; font-size: .9rem; }
-li.failed, li.corrupt, .error { color: #a11d1d; } li.unfinished { color: #8a5a00; }
+li.failed, li.corrupt, li.broken, .error { color: #a11d1d; } li.unfinished, li.unreadable { color: #8a5a00; }
 figure { margin: 1.2rem 0 2rem; } figure img { display: block; max-width: 100%; height: auto;
          border: 1px solid var(--line); border-radius: 6px; }
 figcaption { color: var(--muted); font-size: .92rem; margin-top: .4rem; max-width: 70rem; }
@@ -364,7 +364,7 @@ def render(
     keys = sweep.display_keys
     counts = Counter(p.status for p in sweep.problems)
     badges = [f"<span>{sweep.n_finished} finished</span>", f"<span>{len(sweep.groups)} groups</span>"]
-    for status in ("failed", "corrupt", "unfinished"):
+    for status in PROBLEM_STATUSES:
         badges += [f'<span class="bad">{counts[status]} {status}</span>'] if counts[status] else []
     if len(frame):
         header, rows = table_cells(frame, keys, PM)

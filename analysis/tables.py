@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import lm, render, stats
-from analysis.load import BROKEN_ADVICE, UNREADABLE_ADVICE, Sweep, cell, load_sweep
+from analysis.load import BROKEN_ADVICE, PROBLEM_STATUSES, UNREADABLE_ADVICE, Sweep, cell, load_sweep
 from analysis.metrics import COLUMNS, group_metrics
 from analysis.render import PM, column_header, format_number, with_error
 
@@ -157,8 +157,7 @@ def status_lines(sweep: Sweep) -> list[str]:
     elif not sweep.problems:
         lines = [f"All {found} runs found below {sweep.root} are finished and readable."]
     else:
-        statuses = ("unfinished", "failed", "corrupt", "broken", "unreadable")
-        counts = {s: sum(p.status == s for p in sweep.problems) for s in statuses}
+        counts = {s: sum(p.status == s for p in sweep.problems) for s in PROBLEM_STATUSES}
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         lines = [
             f"{sweep.n_finished} of {found} runs found below {sweep.root} are in the table; "

@@ -127,3 +127,15 @@ def test_report_renders_in_headless_chromium(tmp_path):
         from PIL import Image
 
         Image.open(shot).convert("RGB").quantize(64).save(REPO / "docs" / "report.png", optimize=True)
+
+
+def test_broken_runs_get_their_badge_and_note(tmp_path):
+    """A run whose config.yaml is gone is left out as broken: the page counts and names it."""
+    sweep = small_sweep(tmp_path)
+    broken = next(p.parent for p in sorted(sweep.rglob("result.json")))
+    (broken / records.CONFIG_FILE).unlink()
+    out = tmp_path / "report.html"
+    assert main([str(sweep), "--report", str(out), "--bootstrap", "20"]) == 0
+    text = out.read_text()
+    assert '<span class="bad">1 broken</span>' in text
+    assert '<li class="broken">' in text
