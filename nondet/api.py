@@ -251,7 +251,7 @@ class Run:
         """What a checkpoint holds: ``model``, ``optimizer``, every generator, the epoch, and any
         other object with ``state_dict``/``load_state_dict`` (a scheduler, a GradScaler). Resumes
         them from the run's checkpoint; writes env.json and seeds.json; makes the bit flip."""
-        self.replica = train.Replica(self.plan, usermodel.mark_custom(model), optimizer, self.generators)
+        self.replica = train.Replica(self.plan, usermodel.mark_custom(model), lambda: optimizer, self.generators)
         self.extra = stateful
         if self.done:
             return

@@ -228,8 +228,8 @@ def new_lm_replica(config: dict, corpus: TextCorpus) -> LMReplica:
         OmegaConf.create(config["model"]), corpus.vocab_size, generators["init"]
     ).to(device)
     set_dropout_generator(model, generators["dropout"])
-    optimizer = build_optimizer(config["optimizer"], model.parameters())
-    return LMReplica(plan=plan, model=model, optimizer=optimizer, generators=generators)
+    return LMReplica(plan=plan, model=model, generators=generators,
+                     make_optimizer=lambda: build_optimizer(config["optimizer"], model.parameters()))
 
 
 @contextlib.contextmanager
@@ -471,7 +471,7 @@ class LMGroup:
     def train_mode(self) -> None:
         self.replica.model.train()
 
-    def write_back(self) -> None:
+    def write_back(self, with_optimizer: bool = True) -> None:
         pass
 
 

@@ -8,31 +8,41 @@ restarting at the maximum rate every ceil(T / M) steps.
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
 
-def build_optimizer(cfg: Mapping, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def _optimizer_class(cfg: Mapping) -> tuple[type, dict[str, Any]]:
+    """The ``torch.optim`` class of ``cfg`` and the keyword arguments nondet gives it."""
     name = cfg["name"]
     if name == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=cfg["lr"],
-            momentum=cfg["momentum"],
-            nesterov=cfg["nesterov"],
-            weight_decay=cfg["weight_decay"],
-        )
+        return torch.optim.SGD, {"lr": cfg["lr"], "momentum": cfg["momentum"],
+                                 "nesterov": cfg["nesterov"], "weight_decay": cfg["weight_decay"]}
     if name == "adam":
-        return torch.optim.Adam(
-            params,
-            lr=cfg["lr"],
-            betas=tuple(cfg["betas"]),
-            eps=cfg["eps"],
-            weight_decay=cfg["weight_decay"],
-        )
+        return torch.optim.Adam, {"lr": cfg["lr"], "betas": tuple(cfg["betas"]), "eps": cfg["eps"],
+                                  "weight_decay": cfg["weight_decay"]}
     raise ValueError(f"optimizer.name={name!r}: use sgd or adam")
+
+
+def build_optimizer(cfg: Mapping, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    cls, kwargs = _optimizer_class(cfg)
+    return cls(params, **kwargs)
+
+
+def param_group(cfg: Mapping) -> dict[str, Any]:
+    """The hyperparameters and flags that ``build_optimizer(cfg, ...)`` holds in its param group
+    (without ``params``), read from the class's signature rather than by constructing one: the
+    first ``torch.optim`` optimizer of a process imports ``torch._dynamo`` (about a second), which
+    a pack, stepping through torch's functional ``sgd``/``adam``, does without."""
+    cls, kwargs = _optimizer_class(cfg)
+    defaults = {
+        name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **kwargs}
 
 
 def learning_rate(cfg: Mapping, max_lr: float, step: int, steps_per_epoch: int, epochs: int) -> float:

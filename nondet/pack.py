@@ -82,7 +82,7 @@ from nondet.backend import autocast
 from nondet.data import Dataset
 from nondet.models import build_model, set_dropout_generator
 from nondet.models.packed import _stack, pack_model
-from nondet.optim import build_optimizer, learning_rate
+from nondet.optim import build_optimizer, learning_rate, param_group
 from nondet.pipeline import (
     batch_bounds, crop_flip, crop_flip_draws, epoch_order, resample, resample_size,
     within_batch_permutation,
@@ -157,8 +157,8 @@ class Pack:
             raise ValueError(f"a pack needs replicas at one epoch and step, got {sorted(epochs)}")
         self.replicas, self.config = replicas, config
         self.epoch, self.step = replicas[0].epoch, replicas[0].step
-        self.group = replicas[0].optimizer.param_groups[0]
-        self.lr = self.group["lr"]
+        self.group = param_group(config["optimizer"])
+        self.lr = replicas[0].optimizer.param_groups[0]["lr"] if replicas[0].has_optimizer else self.group["lr"]
         self.direct = len(replicas) == 1
         if self.direct:
             self.model = replicas[0].model
@@ -195,6 +195,8 @@ class Pack:
     # --- optimizer --------------------------------------------------------------------------
 
     def _solo_states(self, replica: train.Replica) -> list[dict]:
+        if not replica.has_optimizer:  # a fresh replica: no state yet
+            return [{} for _ in self.params]
         return [replica.optimizer.state.get(p, {}) for p in replica.optimizer.param_groups[0]["params"]]
 
     def _load_optimizer_state(self) -> None:
@@ -258,14 +260,16 @@ class Pack:
 
     # --- back to the solo replicas ------------------------------------------------------------
 
-    def write_back(self) -> None:
+    def write_back(self, with_optimizer: bool = True) -> None:
         """Copy the pack's state into each replica's solo model, optimizer and counters, so
-        ``Replica.state_dict()`` (checkpoint.pt) and weights.pt are exactly the solo format."""
+        ``Replica.state_dict()`` (checkpoint.pt) and weights.pt are exactly the solo format.
+        ``with_optimizer=False``: the runs are finished, their optimizer state goes nowhere."""
         if self.direct:
             replica = self.replicas[0]
             replica.epoch, replica.step = self.epoch, self.step
-            for group in replica.optimizer.param_groups:
-                group["lr"] = self.lr
+            if replica.has_optimizer:
+                for group in replica.optimizer.param_groups:
+                    group["lr"] = self.lr
             return
         stacked = self.model.state_dict()
         name = self.config["optimizer"]["name"]
@@ -274,6 +278,8 @@ class Pack:
                 for key, tensor in replica.model.state_dict().items():
                     tensor.copy_(stacked[key][p])
             replica.epoch, replica.step = self.epoch, self.step
+            if not with_optimizer:
+                continue
             optimizer = replica.optimizer
             for group in optimizer.param_groups:
                 group["lr"] = self.lr
@@ -457,12 +463,11 @@ def new_replica(config: dict, data: Dataset) -> train.Replica:
         OmegaConf.create(config["model"]), data.input_shape, data.num_classes, generators["init"]
     ).to(device)
     set_dropout_generator(model, generators["dropout"])
-    optimizer = build_optimizer(config["optimizer"], model.parameters())
     indices = None
     if plan.varies("data"):  # only then: a run that keeps its data draws nothing more
         indices = resample(len(data.y_train), config["data_resample"], generators["data"]).to(device)
-    return train.Replica(plan=plan, model=model, optimizer=optimizer, generators=generators,
-                         resample=indices)
+    return train.Replica(plan=plan, model=model, generators=generators, resample=indices,
+                         make_optimizer=lambda: build_optimizer(config["optimizer"], model.parameters()))
 
 
 class ImageGroup:
@@ -503,8 +508,8 @@ class ImageGroup:
     def train_mode(self) -> None:
         self.pack.model.train()
 
-    def write_back(self) -> None:
-        self.pack.write_back()
+    def write_back(self, with_optimizer: bool = True) -> None:
+        self.pack.write_back(with_optimizer)
 
 
 class ImageFamily:

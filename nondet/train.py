@@ -61,7 +61,9 @@ class Replica:
 
     plan: SeedPlan
     model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    # The replica's torch.optim optimizer, built on first use (``optimizer``): a pack steps
+    # through torch's functional update and needs it only for a checkpoint.
+    make_optimizer: Callable[[], torch.optim.Optimizer]
     generators: dict[str, torch.Generator]
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
@@ -72,6 +74,18 @@ class Replica:
     # created from its data generator's seed (so a resumed replica draws the same ones; not in
     # the checkpoint). None: the whole training set.
     resample: torch.Tensor | None = None
+    _optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        if self._optimizer is None:
+            self._optimizer = self.make_optimizer()
+        return self._optimizer
+
+    @property
+    def has_optimizer(self) -> bool:
+        """Whether the optimizer was built (it holds state only then)."""
+        return self._optimizer is not None
 
     def state_dict(self) -> dict:
         return {
@@ -130,7 +144,7 @@ class Group(Protocol):
     def end_of_epoch(self, report: bool) -> list[Evaluation] | None: ...
     def evaluate(self) -> list[Evaluation]: ...
     def train_mode(self) -> None: ...
-    def write_back(self) -> None: ...
+    def write_back(self, with_optimizer: bool = True) -> None: ...
 
 
 class Family(Protocol):
@@ -333,7 +347,7 @@ def train_group(
             last_checkpoint = time.monotonic()
         if on_epoch is not None:
             on_epoch()
-    group.write_back()
+    group.write_back(with_optimizer=stop < epochs)  # finished runs keep no optimizer state
     if stop < epochs:
         return
     if snapshots:  # the run's prediction is the snapshot ensemble

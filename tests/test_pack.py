@@ -7,6 +7,7 @@ consistency instead), every run directory holds the solo contract, and resume wo
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -351,3 +352,88 @@ def test_snapshot_ensembles_train_in_a_pack_bitwise_as_alone(make_config, tmp_pa
             snap = f"snapshots/{k}/logits.npy"
             assert np.array_equal(np.load(packed / snap).view(np.uint32), np.load(alone / snap).view(np.uint32))
         assert np.array_equal(bits(packed), bits(alone))
+
+
+# --- the batched GEMM, where it is the solo GEMM -------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_default_mlp_packs_bitwise_with_either_thread_count(make_config, tmp_path, threads):
+    """The default MLP's shapes (batch 32, 128 hidden units, 10 classes): MKL's batched GEMM
+    rounds like the solo GEMM for some of its products and not for others, depending on the
+    thread count (on the machine these numbers come from: the output layer's weight gradient
+    differs with 2 threads); the pack uses it only where the per-layout trial found it equal."""
+    torch.set_num_threads(threads)
+    solo, packed_dirs = solo_and_packed(make_config, tmp_path, "source=init", "model.width=128",
+                                        "dataset.train_size=128", "epochs=1", replicates=3)
+    for a, b in zip(solo, packed_dirs):
+        assert np.array_equal(bits(a), bits(b))
+        assert same_weights(weights(a), weights(b))
+
+
+def test_a_pack_without_the_batched_gemm_is_bitwise_too(make_config, tmp_path, monkeypatch):
+    """The per-replica GEMMs, which the pack falls back on where a batched kernel rounds
+    differently, are the solo computation on any machine."""
+    monkeypatch.setattr(packed, "batched_is_split", lambda a, b, bias: False)
+    solo, packed_dirs = solo_and_packed(make_config, tmp_path, "source=all", "model.dropout=0.2")
+    for a, b in zip(solo, packed_dirs):
+        assert np.array_equal(bits(a), bits(b))
+        assert same_weights(weights(a), weights(b))
+
+
+def test_the_batched_gemm_is_used_only_where_it_equals_the_split_one():
+    generator = torch.Generator().manual_seed(1)
+    layouts = [  # (a, b, bias) as the packed linear layer lays them out: forward, grad_x, grad_w
+        (torch.randn(32, 4, 16).transpose(0, 1), torch.randn(4, 10, 16).transpose(1, 2), True),
+        (torch.randn(32, 4, 10).transpose(0, 1), torch.randn(4, 10, 16), False),
+        (torch.randn(32, 4, 10).permute(1, 2, 0), torch.randn(32, 4, 16).transpose(0, 1), False),
+    ]
+    for a, b, bias in layouts:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            c = torch.randn(a.shape[0], b.shape[2], generator=generator) if bias else None
+            got = packed.packed_gemm(a, b, c, batch_major=False)
+            assert torch.equal(got, packed._gemm_split(a, b, c))  # whichever way it went
+            key = (tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), bias, a.dtype, threads)
+            if packed._BATCHED_IS_SPLIT[key]:  # tried once per layout and thread count
+                assert torch.equal(packed._gemm_batched(a, b, c), got)
+    assert len({k[-1] for k in packed._BATCHED_IS_SPLIT}) >= 2
+
+
+def test_a_pack_that_writes_no_checkpoint_builds_no_torch_optimizer(make_config, tmp_path, monkeypatch):
+    """The first torch.optim optimizer of a process imports torch._dynamo (about a second); a
+    pack steps through torch's functional update and builds its replicas' optimizers only for a
+    checkpoint. Its run directories are those of a pack that built them."""
+    built = []
+    for cls in (torch.optim.SGD, torch.optim.Adam):
+        real = cls.__init__
+        counted = functools.wraps(real)(lambda self, *a, _real=real, **k: built.append(1) or _real(self, *a, **k))
+        monkeypatch.setattr(cls, "__init__", counted)
+    plain = {}
+    for name in ("sgd", "adam"):
+        config = make_config("pack=2", "replicates=2", "checkpoint_every=auto", f"optimizer={name}",
+                             f"output_root={tmp_path / name}")
+        run(config)
+        assert built == [], name
+        plain[name] = records.run_dir(config, 1)
+        assert (plain[name] / "result.json").exists() and not (plain[name] / "checkpoint.pt").exists()
+    config = make_config("pack=2", "replicates=2", "checkpoint_every=1", f"output_root={tmp_path / 'ck'}")
+    run(config)  # a checkpoint after epoch 1 builds them, and the runs end where the others did
+    assert len(built) == 2
+    assert np.array_equal(bits(records.run_dir(config, 1)), bits(plain["sgd"]))
+    assert same_weights(weights(records.run_dir(config, 1)), weights(plain["sgd"]))
+
+
+def test_the_param_group_is_torch_optims():
+    from nondet.optim import build_optimizer, param_group
+
+    for name in ("sgd", "adam"):
+        cfg = compose_optimizer(name)
+        real = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(2))]).param_groups[0]
+        assert param_group(cfg) == {k: v for k, v in real.items() if k != "params"}
+
+
+def compose_optimizer(name):
+    from conftest import compose_config
+
+    return compose_config([f"optimizer={name}"])["optimizer"]

@@ -33,19 +33,87 @@ class NotPackableError(TypeError):
 
 
 
-def _gemm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: int) -> None:
-    """out[p] = beta * out[p] + a[p] @ b[p] for every p, in place.
+def _split_gemm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: int) -> None:
+    """out[p] = beta * out[p] + a[p] @ b[p] for every p, in place, one GEMM per replica.
 
     On the CPU ``out`` is a non-contiguous view (P, M, N) of a (M, P, N) tensor, so ``baddbmm_``
     takes its per-batch path: one ``addmm`` per replica, the very BLAS call (shape, strides,
-    transposition) that the solo layer makes. A contiguous result would send it to MKL's batched
-    GEMM, whose kernels round differently for some shapes.
+    transposition) that the solo layer makes.
     """
     if out.device.type == "cpu" and out.is_contiguous():
         for p in range(out.shape[0]):  # P == 1 or M == 1: no per-batch path to rely on
             out[p].addmm_(a[p], b[p], beta=beta)
     else:
         out.baddbmm_(a, b, beta=beta)
+
+
+def _gemm_split(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(bias[p] +) a[p] @ b[p] as a (P, M, N) view of a contiguous (M, P, N) tensor."""
+    packs, rows, cols = a.shape[0], a.shape[1], b.shape[2]
+    if bias is None:
+        out = a.new_empty(rows, packs, cols)
+    else:
+        out = bias.unsqueeze(0).expand(rows, packs, cols).contiguous()
+    view = out.transpose(0, 1)
+    _split_gemm(view, a, b, 0 if bias is None else 1)
+    return view
+
+
+def _gemm_batched(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(bias[p] +) a[p] @ b[p] as one contiguous (P, M, N) tensor: one batched GEMM."""
+    packs, rows, cols = a.shape[0], a.shape[1], b.shape[2]
+    if bias is None:
+        return torch.bmm(a, b)
+    out = bias.unsqueeze(1).expand(packs, rows, cols).contiguous()
+    return out.baddbmm_(a, b)
+
+
+# (layouts of a and b, bias or not, dtype, threads) -> whether the batched GEMM is the split one
+_BATCHED_IS_SPLIT: dict[tuple, bool] = {}
+
+
+def _random_like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    return out.copy_(torch.randn(t.shape, generator=generator))
+
+
+def batched_is_split(a: torch.Tensor, b: torch.Tensor, bias: bool) -> bool:
+    """Whether one batched GEMM over operands laid out as ``a`` and ``b`` computes, bit for bit,
+    what one GEMM per replica computes, on this machine with this many threads.
+
+    A batched GEMM is several times faster for a pack's small products, but MKL picks its kernels
+    by shape, layout, batch count and thread count, and some batched kernels (measured: the
+    output layer's weight gradient of the default MLP, with 2 threads) round differently from the
+    single GEMM that a replica alone calls (docs/benchmarks.md). So each layout is tried once per
+    process, on two random draws: equal products mean the same kernel (another summation order
+    changes some bits of almost any random product), and only then is the batched GEMM used.
+    On CUDA, where nothing is promised bitwise: always batched.
+    """
+    if a.device.type != "cpu":
+        return True
+    key = (tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), bias, a.dtype, torch.get_num_threads())
+    known = _BATCHED_IS_SPLIT.get(key)
+    if known is None:
+        generator = torch.Generator().manual_seed(0)
+        known = True
+        for _ in range(2):
+            x, y = _random_like(a, generator), _random_like(b, generator)
+            c = torch.randn((a.shape[0], b.shape[2]), generator=generator).to(a.dtype) if bias else None
+            if not torch.equal(_gemm_batched(x, y, c), _gemm_split(x, y, c)):
+                known = False
+                break
+        _BATCHED_IS_SPLIT[key] = known
+    return known
+
+
+def packed_gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, batch_major: bool) -> torch.Tensor:
+    """(bias[p] +) a[p] @ b[p] for every replica p, on the CPU bitwise the GEMM each replica
+    makes alone; a contiguous (M, P, N) tensor if ``batch_major``, else (P, M, N)."""
+    if batched_is_split(a, b, bias is not None):
+        out = _gemm_batched(a, b, bias)
+        return out.transpose(0, 1).contiguous() if batch_major else out
+    out = _gemm_split(a, b, bias)
+    return out.transpose(0, 1) if batch_major else out.contiguous()
 
 
 class _PackedLinearFunction(torch.autograd.Function):
@@ -59,31 +127,19 @@ class _PackedLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        batch, packs, _ = x.shape
-        outputs = weight.shape[1]
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        if bias is None:
-            out = x.new_empty(batch, packs, outputs)
-        else:
-            out = bias.unsqueeze(0).expand(batch, packs, outputs).contiguous()
-        _gemm_into(out.transpose(0, 1), x.transpose(0, 1), weight.transpose(1, 2), 0 if bias is None else 1)
-        return out
+        return packed_gemm(x.transpose(0, 1), weight.transpose(1, 2), bias, batch_major=True)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
-        batch, packs, inputs = x.shape
-        outputs = weight.shape[1]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad.new_empty(batch, packs, inputs)
-            _gemm_into(grad_x.transpose(0, 1), grad.transpose(0, 1), weight, 0)
+            grad_x = packed_gemm(grad.transpose(0, 1), weight, None, batch_major=True)
         if ctx.needs_input_grad[1]:
-            grad_w = grad.new_empty(outputs, packs, inputs)
-            _gemm_into(grad_w.transpose(0, 1), grad.permute(1, 2, 0), x.transpose(0, 1), 0)
-            grad_w = grad_w.transpose(0, 1).contiguous()
+            grad_w = packed_gemm(grad.permute(1, 2, 0), x.transpose(0, 1), None, batch_major=False)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.transpose(0, 1).contiguous().sum(1)
         return grad_x, grad_w, grad_b
