@@ -10,8 +10,8 @@ From Python (the Hydra end-of-sweep callback):
     status = sweep_status(sweep_dir)        # finished / failed / unfinished / corrupt counts
     sys.exit(0 if status.ok else 1)
 
-Only numpy, scipy, pandas and omegaconf are imported here; torch (CKA) and matplotlib
-(figures) are imported by the modules that need them.
+Only numpy, pandas and omegaconf are imported here (the end of every sweep prints the table);
+scipy (compare), torch (CKA) and matplotlib (figures) are imported by the modules that need them.
 """
 
 from analysis.load import MixedTestSetError, Sweep, SweepStatus, load_sweep, sweep_status

@@ -203,12 +203,13 @@ def report(sweep: Sweep, frame: pd.DataFrame, n_boot: int, seed: int, cka: pd.Da
     return "\n".join(parts) + "\n"
 
 
-def summarize(sweep_dir: Path, n_boot: int = 1000, seed: int = 0) -> str:
+def summarize(sweep_dir: Path | Sweep, n_boot: int = 1000, seed: int = 0) -> str:
     """The markdown table of a sweep plus the list of missing / failed runs (or 'all N found').
 
-    A group that mixes test sets is left out with a note.
+    A group that mixes test sets is left out with a note. Given a ``Sweep`` (``load_sweep``'s),
+    it reads nothing again: the end-of-sweep callback takes the run counts from the same scan.
     """
-    sweep = load_sweep(sweep_dir)
+    sweep = sweep_dir if isinstance(sweep_dir, Sweep) else load_sweep(sweep_dir)
     if sweep.n_finished + len(sweep.problems) == 0:
         return f"No run directories (holding config.yaml) found below {sweep.root}.\n"
     return report(sweep, summary_frame(sweep, n_boot, seed), n_boot, seed)

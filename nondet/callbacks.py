@@ -233,7 +233,6 @@ class SummaryCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         import analysis
-        from analysis.load import scan_runs
 
         sweep_dir = Path(config.hydra.sweep.dir)
         launched = Launched.of(_OUTCOMES) if _OUTCOMES else None
@@ -244,7 +243,8 @@ class SummaryCallback(Callback):
         counts = launched_counts(launched) if launched else sweep_counts(sweep_dir, self.started)
         print(f"\nSweep {sweep_dir}: {counts}.\n", flush=True)
         try:
-            print(analysis.summarize(sweep_dir), flush=True)
+            sweep = analysis.load_sweep(sweep_dir)  # read once: the table, the counts and the advice
+            print(analysis.summarize(sweep), flush=True)
             from analysis.report import report_command
 
             print(f"HTML report: {report_command(sweep_dir)}", flush=True)
@@ -259,12 +259,11 @@ class SummaryCallback(Callback):
         for directory in early:
             print(f"- failed before writing {CONFIG_FILE}: {directory}: "
                   f"{last_line(directory / ERROR_FILE)}", flush=True)
-        _, problems = scan_runs(sweep_dir)
-        corrupt = [p.path.resolve() for p in problems if p.status == "corrupt"]
+        corrupt = [p.path.resolve() for p in sweep.problems if p.status == "corrupt"]
         failed = [d.resolve() for d in all_failed]
         if launched is None:  # no outcomes: every failed or corrupt run counts
             if failed or corrupt:
-                status = analysis.sweep_status(sweep_dir)
+                status = sweep.status
                 more = f" (and {len(early)} failed before writing {CONFIG_FILE})" if early else ""
                 advice = status.advice or "relaunch the same command to retry the failed runs"
                 print(f"\n{status}{more}: {advice}.", flush=True)

@@ -221,3 +221,49 @@ def test_diverged_runs_are_kept_and_named(tmp_path, labels):
     assert "1 of 3 runs diverged (non-finite test cross-entropy or logits: r0001)" in text
     assert "lower the learning rate" in text
     assert len(load_sweep(tmp_path).groups[0].runs) == 3
+
+
+def test_the_summary_imports_no_plotting_or_scipy(clean_sweep):
+    """The table the end of every sweep prints needs numpy and pandas only: scipy (compare) and
+    matplotlib (figures, report) would cost ~1 s of every ``launch.py -m``."""
+    code = (
+        "import sys, analysis; from analysis.report import report_command; "
+        f"analysis.summarize({str(clean_sweep)!r}); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'matplotlib')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("text", [
+    "a: 1\nb: [x, 1.5e-3, null, 1e3]\nc: {d: true, e: '???', f: 2001-01-01}\n",  # OmegaConf's floats, no dates
+    "a: ${b}\nb: 2\n",  # an interpolation: OmegaConf resolves it
+    "a: '\\${b}'\n",
+    "",
+    "a: 1\na: 2\n",  # duplicate keys: refused
+    "- 1\n",
+    "a: [\n",
+    "a: !!binary aGk=\n",
+    "1: one\n",
+])
+def test_a_run_config_reads_as_omegaconf_reads_it(tmp_path, text):
+    """The C parser that reads config.yaml fast gives what OmegaConf gives, or leaves it to OmegaConf."""
+    from omegaconf import OmegaConf
+
+    from analysis.load import _read_config
+
+    path = tmp_path / records.CONFIG_FILE
+    path.write_text(text)
+    try:
+        expected = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        expected = expected if isinstance(expected, dict) else f"{path} does not hold a mapping"
+    except Exception as e:  # noqa: BLE001
+        expected = f"cannot read {path}: {e}"
+    try:
+        got = _read_config(path)
+    except records.CorruptRunError as e:
+        got = str(e)
+    assert got == expected and type(got) is type(expected)
+    if isinstance(got, dict):
+        assert [type(v) for v in got.values()] == [type(v) for v in expected.values()]

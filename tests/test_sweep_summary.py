@@ -7,10 +7,13 @@ from __future__ import annotations
 import errno
 import logging
 
+import numpy as np
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+from analysis import load
+from fake_runs import fake_config, random_logits, write_group
 from nondet import records
 from nondet.callbacks import SummaryCallback
 from nondet.job import run_job
@@ -150,3 +153,28 @@ def test_relaunching_into_read_only_run_directories_keeps_the_sweep_going(make_c
     assert again.returncode == 0 and "Traceback" not in again.stderr
     assert f"nondet: cannot write {finished / 'launch.log'} (Is a directory)" in again.stderr
     assert "1 runs trained now, 1 finished earlier (skipped), 0 failed" in again.stdout
+
+
+def test_the_summary_reads_each_run_once(tmp_path, monkeypatch, capsys):
+    """The table, the counts and the advice come from one scan of the sweep: each run's
+    config.yaml and logits are read, and checked against its result.json, once."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 30)
+    config = fake_config(**{"source.name": "init", "source.vary": ["init"]}, output_root=str(tmp_path))
+    paths = write_group(config, random_logits(rng, 4, 30, 3), labels)
+    records.write_json(paths[2] / records.RESULT_FILE, {"test_accuracy": 101.0})  # corrupt: contradicts
+    (paths[3] / records.RESULT_FILE).unlink()
+    records.write_text(paths[3] / records.ERROR_FILE, "RuntimeError: boom")  # failed
+    reads = []
+    read_array, read_config = records.read_array, load._read_config
+    monkeypatch.setattr(records, "read_array", lambda path, *a: reads.append(path) or read_array(path, *a))
+    monkeypatch.setattr(load, "_read_config", lambda path: reads.append(path) or read_config(path))
+
+    assert launch(paths[0].parent.parent) == 1  # no job outcomes: every failed or corrupt run counts
+    out = capsys.readouterr().out
+    assert "2 finished, 1 failed, 1 corrupt, 0 unfinished: relaunch the same command" in out
+    assert "- corrupt: " in out and "result.json says test_accuracy 101.0000" in out
+    logits = [path.parent for path in reads if path.name == records.LOGITS_FILE]
+    configs = [path.parent for path in reads if path.name == records.CONFIG_FILE]
+    assert sorted(logits) == sorted(paths[:3])  # the failed run's logits are never read
+    assert sorted(configs) == sorted(paths)
