@@ -113,9 +113,9 @@ print("accuracy %.2f +- %.2f" % (accuracies.mean(), accuracies.std()))
 '''
 
 
-def timed(command: list[str], cwd: Path) -> tuple[float, str]:
+def timed(command: list[str], cwd: Path, env: dict) -> tuple[float, str]:
     began = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - began
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command[:3])} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -127,7 +127,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is reported")
     parser.add_argument("--ways", default="plain,func,nondet", help="which of plain, func, nondet to time")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of every way (OMP_NUM_THREADS; default: torch's, one per core)")
     args = parser.parse_args()
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     python = sys.executable
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -145,12 +150,13 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in ways}
         for r in range(args.rounds):
             for name, command in ways.items():
-                seconds, line = timed(command(r), REPO)
+                seconds, line = timed(command(r), REPO, env)
                 times[name].append(seconds)
                 print(f"round {r + 1}  {name:26s} {seconds:6.1f} s   {line}", flush=True)
     nondet = min(times.get("nondet sweep (defaults)", [float("nan")]))
+    threads = args.threads or "default"
     print(f"\n{args.seeds} seeds x {EPOCHS} epochs, whole processes, {os.cpu_count()} CPUs, torch "
-          f"threads default; best of {args.rounds} (median)\n")
+          f"threads {threads}; best of {args.rounds} (median)\n")
     print("| way | seconds | nondet is faster by |\n|---|---|---|")
     for name, values in times.items():
         best = min(values)

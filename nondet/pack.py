@@ -14,7 +14,8 @@ together, one forward and one backward per step for all of them:
   feature) axis, ``(B, P*C, H, W)`` or ``(B, P*F)``, so the models' own ``forward`` methods run
   unchanged with their layers swapped: a convolution becomes a grouped one (or P convolutions,
   see ``conv_mode``), BatchNorm over P*C channels keeps running statistics per replica, a linear
-  layer becomes P GEMMs issued by one ``baddbmm``, dropout draws each replica's mask from that
+  layer becomes one batched GEMM (or P GEMMs, where the batched kernel would round differently:
+  ``nondet.models.packed.batched_is_split``), dropout draws each replica's mask from that
   replica's generator.
 - Everything random comes from each replica's own generators, drawn with the same calls in the
   same order as a replica alone: shuffle order, within-batch permutation,
@@ -25,11 +26,12 @@ together, one forward and one backward per step for all of them:
   the same count for all, so the pack stays rectangular).
 - The learning rate is ``nondet.optim.learning_rate(step)``, the same for all. The optimizer
   update is torch's own functional ``sgd``/``adam`` applied to the stacked tensors, with the
-  hyperparameters and flags of the replicas' own ``torch.optim`` objects, so the elementwise
-  arithmetic is torch's.
+  hyperparameters and flags that the replicas' own ``torch.optim`` objects hold
+  (``nondet.optim.param_group``), so the elementwise arithmetic is torch's.
 - Each replica keeps its run directory and its ``checkpoint.pt`` in exactly the solo format: the
-  pack writes its state back into the replicas' solo model and optimizer before a checkpoint and
-  at the end, and ``nondet.train`` writes the files (config, env, seeds, metrics, logits, labels,
+  pack writes its state back into the replicas' solo model and optimizer before a checkpoint
+  (which is when those optimizers are built: the first ``torch.optim`` object of a process
+  imports ``torch._dynamo``, about a second) and the model at the end, and ``nondet.train`` writes the files (config, env, seeds, metrics, logits, labels,
   weights, result last). ``env.json`` adds ``pack`` (members, mode); ``train_seconds`` is the
   pack's time divided by the number of replicas trained together (amortised, so it sums to the
   job's time).
@@ -37,9 +39,10 @@ together, one forward and one backward per step for all of them:
 Exactness, measured on the CPU in strict fp32 (tests/test_pack.py, docs/benchmarks.md):
 
 - ``linear`` and ``mlp``: a replica trained in a pack is bitwise identical to the same replica
-  trained alone (logits, weights, metrics). The GEMMs are issued so that MKL runs, per replica,
-  the same ``sgemm`` call (orientation, transposition) as ``F.linear`` and its autograd do; the
-  bias gradient and the training loss reduce in the solo order.
+  trained alone (logits, weights, metrics). Each GEMM has the orientation of the solo layer's
+  (``F.linear`` and its autograd), batched where a trial on this machine and thread count finds
+  the batched kernel computing the per-replica bits, one per replica elsewhere; the bias
+  gradient and the training loss reduce in the solo order.
 - ``conv1``, ``cnn1d`` and the ResNets on the CPU: ``conv_mode="split"`` (the CPU default) runs one
   convolution per replica and is bitwise identical too; ``"grouped"`` (one grouped convolution,
   the CUDA default) differs from solo by float32 rounding (see docs/benchmarks.md) and may depend
