@@ -8,13 +8,19 @@ and (slow) every preset of this repository runs at smoke scale end to end throug
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.util
+import io
+import logging
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -191,10 +197,38 @@ def test_a_hosted_presets_smoke_runs_are_its_hosts_runs(preset):
 # --- smoke scale, end to end ---------------------------------------------------------------
 
 
-def launch(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "launch.py", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+@functools.cache
+def launch_py():
+    """The repository's launch.py, as a module."""
+    spec = importlib.util.spec_from_file_location("launch", REPO / "launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def launch(*args: str) -> tuple[int, str]:
+    """``python launch.py ARGS`` in this process: Hydra's command line, sweeper, launcher and
+    callbacks as in a shell, less the seconds of a new interpreter importing torch (the command
+    itself, in a subprocess, is tests/test_launch.py's). Its exit status and what it printed; what
+    a run leaves behind in the process (Hydra's logging, the torch thread count) is put back."""
+    command = launch_py()
+    root, threads = logging.getLogger(), torch.get_num_threads()
+    handlers, level = root.handlers[:], root.level
+    printed = io.StringIO()
+    try:
+        with (mock.patch.object(sys, "argv", ["launch.py", "--config-path", str(CONF), *args]),
+              mock.patch.dict(os.environ, HYDRA_FULL_ERROR="1"),
+              contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed)):
+            command.main()
+        status = 0
+    except SystemExit as e:  # Hydra reports a failed job this way
+        status = e.code if isinstance(e.code, int) else 1
+    finally:
+        for handler in set(root.handlers) - set(handlers):
+            handler.close()
+        root.handlers[:], root.level = handlers, level
+        torch.set_num_threads(threads)
+    return status, printed.getvalue()
 
 
 def launch_smoke(preset: str, tmp_path: Path) -> tuple[list, list[Path]]:
@@ -202,11 +236,11 @@ def launch_smoke(preset: str, tmp_path: Path) -> tuple[list, list[Path]]:
     run finished and found by the end-of-sweep table."""
     jobs, config = sweep_jobs(preset, "smoke")
     runs = len(groups_of(jobs)) * config["replicates"]
-    out = launch("-m", f"+experiment={preset}", "scale=smoke", f"output_root={tmp_path}")
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    status, out = launch("-m", f"+experiment={preset}", "scale=smoke", f"output_root={tmp_path}")
+    assert status == 0, out[-6000:]
     results = sorted((tmp_path / preset).rglob("result.json"))
     assert len(results) == runs
-    assert f"All {runs} runs found below" in out.stdout  # the end-of-sweep table
+    assert f"All {runs} runs found below" in out  # the end-of-sweep table
     return jobs, results
 
 
