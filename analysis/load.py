@@ -17,7 +17,9 @@ keys of ``nondet.records.NON_IDENTITY_KEYS`` (``replicate``, ``replicates``, the
 ...). Seeds live in ``seeds.json`` and so never split a group. Runs of one configuration that
 saw different data (``data_sha256`` in env.json) are never pooled: they become separate rows
 (``data_sha256`` shows which). A configuration whose runs were evaluated on different test sets
-is left out of the tables with a note.
+is left out of the tables with a note. A row whose runs were computed with different float
+arithmetic (``ARITHMETIC_KEYS`` of env.json: CPU model, vector width, thread count, torch, GPU)
+stays one row, with a note naming the runs and what differs.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ from nondet import records
 
 # The order of the paper's tables; sources not listed here follow, alphabetically.
 SOURCE_ORDER = ("none", "init", "shuffle", "augment", "dropout", "lowlevel", "reduction", "bitflip", "all")
+
+
+# env.json keys whose value changes a run's floats on the same inputs, bit for bit: the device,
+# the torch build and precision on every device; the CPU's model, vector width (the ATen kernels
+# it dispatches to) and thread count (the order of parallel sums) on the CPU; the GPU's libraries
+# on CUDA (its name is ``device_name``).
+ARITHMETIC_KEYS = ("device", "device_name", "torch", "precision")
+ARITHMETIC_KEYS_ON = {"cpu": ("cpu_model", "cpu_capability", "threads"), "cuda": ("cuda", "cudnn")}
 
 
 class MixedTestSetError(ValueError):
@@ -77,6 +87,7 @@ class Run:
     # A language-model run (analysis/lm.py): per-token arrays instead of logits.
     lm: LMArrays | None = None
     data_sha256: str | None = None  # env.json's hash of the data's content (None: not recorded)
+    arithmetic: dict = field(default_factory=dict)  # env.json's recorded ARITHMETIC_KEYS
 
     @property
     def replicate(self) -> int | None:
@@ -452,10 +463,10 @@ def read_done_run(directory: Path, config: dict, key: tuple | None = None) -> Ru
         contradiction = records.result_contradiction(result, labels, np.argmax(logits, axis=1), logits)
         if contradiction:
             raise records.CorruptRunError(_contradiction_reason(directory, contradiction))
-        metrics, seeds, data_sha256 = _run_records(directory)
+        metrics, seeds, env = _run_records(directory)
     except records.CorruptRunError as e:
         return _left_out(directory, e, key, replicate)
-    return Run(directory, config, key, result, logits, labels, metrics, seeds, data_sha256=data_sha256)
+    return Run(directory, config, key, result, logits, labels, metrics, seeds, **env)
 
 
 def _contradiction_reason(directory: Path, contradiction: str) -> str:
@@ -465,22 +476,24 @@ def _contradiction_reason(directory: Path, contradiction: str) -> str:
     )
 
 
-def _run_records(directory: Path) -> tuple[list[dict], dict | None, str | None]:
-    """metrics.jsonl's rows, seeds.json (None when absent) and env.json's ``data_sha256``."""
+def _run_records(directory: Path) -> tuple[list[dict], dict | None, dict]:
+    """metrics.jsonl's rows, seeds.json (None when absent) and ``Run``'s fields from env.json."""
     seeds_path = directory / records.SEEDS_FILE
     seeds = records.read_json(seeds_path) if seeds_path.exists() else None
-    return records.read_metrics(directory / records.METRICS_FILE), seeds, _data_sha256(directory)
+    return records.read_metrics(directory / records.METRICS_FILE), seeds, _env_fields(directory)
 
 
-def _data_sha256(directory: Path) -> str | None:
-    """env.json's ``data_sha256`` (the data the run trained and was tested on); None when the
-    run predates it (or has no env.json)."""
+def _env_fields(directory: Path) -> dict:
+    """env.json's ``data_sha256`` (the data the run trained and was tested on) and its recorded
+    ``ARITHMETIC_KEYS``; a key the run predates (or a run without env.json) is left out."""
     path = directory / records.ENV_FILE
-    if not path.exists():
-        return None
-    env = records.read_json(path)
-    value = env.get("data_sha256") if isinstance(env, dict) else None
-    return str(value) if value is not None else None
+    env = records.read_json(path) if path.exists() else None
+    if not isinstance(env, dict):
+        return {"data_sha256": None, "arithmetic": {}}
+    sha = env.get("data_sha256")
+    keys = ARITHMETIC_KEYS + ARITHMETIC_KEYS_ON.get(env.get("device"), ())
+    arithmetic = {k: hashable(env[k]) for k in keys if env.get(k) is not None}
+    return {"data_sha256": str(sha) if sha is not None else None, "arithmetic": arithmetic}
 
 
 def _read_lm_run(directory: Path, config: dict, key: tuple, result: dict, replicate) -> Run | RunProblem:
@@ -491,10 +504,10 @@ def _read_lm_run(directory: Path, config: dict, key: tuple, result: dict, replic
         contradiction = records.result_contradiction(result, labels, arrays.predictions)
         if contradiction:
             raise records.CorruptRunError(_contradiction_reason(directory, contradiction))
-        metrics, seeds, data_sha256 = _run_records(directory)
+        metrics, seeds, env = _run_records(directory)
     except records.CorruptRunError as e:
         return _left_out(directory, e, key, replicate)
-    return Run(directory, config, key, result, None, labels, metrics, seeds, lm=arrays, data_sha256=data_sha256)
+    return Run(directory, config, key, result, None, labels, metrics, seeds, lm=arrays, **env)
 
 
 def scan_runs(root: Path) -> tuple[list[Run], list[RunProblem]]:
@@ -574,6 +587,34 @@ def _divergence_notes(group: Group, label: str) -> list[str]:
     ]
 
 
+def _arithmetic_notes(group: Group, label: str) -> list[str]:
+    """Runs of one row computed with different float arithmetic (``ARITHMETIC_KEYS``): the same
+    experiment, so one row, but its spread includes that difference and a ``source=none`` control
+    is not identical across them. A key some runs did not record is compared among the others."""
+    differing, keys = [], []
+    for key in dict.fromkeys(k for run in group.runs for k in run.arithmetic):
+        by_value: dict[Any, list[str]] = defaultdict(list)
+        for run in group.runs:
+            if key in run.arithmetic:
+                by_value[run.arithmetic[key]].append(run.path.name)
+        if len(by_value) > 1:
+            keys.append(key)
+            differing.append(f"{key}: " + "; ".join(
+                f"{cell(value)} for {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
+                for value, names in by_value.items()
+            ))
+    if not differing:
+        return []
+    return [
+        f"{label}: its runs were computed with different float arithmetic ({'), ('.join(differing)}): "
+        f"on the same inputs these change results bit for bit, so the spread of this row includes "
+        f"that difference and a source=none control is not identical across them. Relaunch the "
+        f"differing runs with the same settings to compare like with like: delete their "
+        f"directories and launch the same command again on one kind of node with one torch"
+        + (" (or launch with an explicit threads=N, whose runs form a row of their own)" if "threads" in keys else "")
+    ]
+
+
 def _split_by_data(key: tuple, runs: list[Run], label: str) -> tuple[list[tuple[tuple, list[Run]]], list[str]]:
     """The runs of one configuration, split by the data they saw (env.json ``data_sha256``).
 
@@ -640,6 +681,7 @@ def load_sweep(sweep_dir: Path) -> Sweep:
     groups = sort_groups(groups, keys)
     for group in groups:
         group.notes += _divergence_notes(group, group.label(keys))
+        group.notes += _arithmetic_notes(group, group.label(keys))
     seen = set()
     for group in groups + [g for g, _ in refused]:
         notes += [n for n in group.notes if not (n in seen or seen.add(n))]

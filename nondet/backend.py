@@ -111,6 +111,29 @@ def _git_commit() -> str | None:
         return None
 
 
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (``AMD EPYC 7B13``): Linux's /proc/cpuinfo, else what ``platform``
+    knows. Two CPUs (or vector widths) round the same float operations differently."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                name, sep, value = line.partition(":")
+                if sep and name.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_capability() -> str | None:
+    """The vector instruction set ATen's CPU kernels dispatch to (``AVX512``, ``AVX2``, ``DEFAULT``)."""
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):  # torch builds without the query
+        return None
+
+
 def environment(device: str, precision: str, lowlevel: str) -> dict:
     """What env.json records: enough to tell two machines' runs apart."""
     cuda = device == "cuda"
@@ -125,6 +148,8 @@ def environment(device: str, precision: str, lowlevel: str) -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device": device,
         "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": cpu_capability(),
         "threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "cudnn_deterministic": torch.backends.cudnn.deterministic,

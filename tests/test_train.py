@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import platform
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from nondet import pack, records, train
-from nondet.backend import LowLevelUnavailableError
+from nondet.backend import LowLevelUnavailableError, environment
 from nondet.job import run_job
 
 CONTRACT = ["config.yaml", "env.json", "seeds.json", "metrics.jsonl", "logits.npy", "labels.npy",
@@ -39,7 +41,7 @@ def test_run_directory_contract(make_config):
 
     env = json.loads((directory / "env.json").read_text())
     for key in ("torch", "cuda", "cudnn", "device_name", "threads", "deterministic_algorithms",
-                "precision", "git_commit", "host", "slurm_job_id", "lowlevel"):
+                "precision", "git_commit", "host", "slurm_job_id", "lowlevel", "cpu_model", "cpu_capability"):
         assert key in env, key
     assert env["precision"] == "fp32" and env["allow_tf32_matmul"] is False
 
@@ -203,6 +205,16 @@ def test_all_on_cpu_records_lowlevel_unavailable(make_config):
     env = json.loads((records.run_dir(config) / "env.json").read_text())
     assert env["lowlevel"].startswith("unavailable")
     assert env["deterministic_algorithms"] is True
+
+
+def test_env_records_what_sets_the_cpu_arithmetic():
+    """Two CPUs (or vector widths) round the same operations differently: env.json tells them apart."""
+    env = environment("cpu", "fp32", "deterministic")
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["threads"] == torch.get_num_threads()
+    model = next((line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
+    assert env["cpu_model"] == (model or platform.processor() or platform.machine()) and env["cpu_model"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")

@@ -1,6 +1,7 @@
 """Runs whose numbers cannot be trusted are left out and named, never pooled or compared silently:
 diverged runs in compare, logits that contradict result.json, runs that saw different data, runs
-without config.yaml, runs this user may not read; and the files a run writes honour the umask."""
+computed with different float arithmetic, runs without config.yaml, runs this user may not read;
+and the files a run writes honour the umask."""
 
 from __future__ import annotations
 
@@ -117,6 +118,48 @@ def test_runs_that_saw_different_data_are_never_pooled(tmp_path, labels, capsys)
     assert "--group-a data_sha256=aaaaaaaaaaaa" in capsys.readouterr().err
     assert compare.main([d, d, "--group-a", "data_sha256=aaaaaaaaaaaa", "--group-b", "data_sha256=bbbbbbbbbbbb", *FAST]) == 0
     assert "its runs saw different data" in capsys.readouterr().out
+
+
+# --- runs computed with different float arithmetic ----------------------------------------
+
+CPU_ENV = {"torch": "2.13.0", "device": "cpu", "device_name": "x86_64", "precision": "fp32",
+           "cpu_model": "AMD EPYC 7B13", "cpu_capability": "AVX2", "threads": 1, "cuda": "12.8"}
+
+
+def test_a_row_whose_runs_differ_in_float_arithmetic_is_named_once(tmp_path, labels):
+    paths = write_sweep(tmp_path, "none", np.repeat(random_logits(np.random.default_rng(4), 1, N, C), 4, 0), labels)
+    for path, threads in zip(paths, (1, 1, 2, 2)):
+        records.write_json(path / records.ENV_FILE, {**CPU_ENV, "threads": threads})
+    records.write_json(paths[3] / records.ENV_FILE, {**CPU_ENV, "threads": 2, "cpu_capability": "AVX512",
+                                                      "cuda": "13.0"})  # a CPU run's CUDA build: no matter
+
+    sweep = load_sweep(tmp_path / "s")
+    assert [len(g.runs) for g in sweep.groups] == [4]  # the same experiment: one row, not split
+    note = ("none: its runs were computed with different float arithmetic (cpu_capability: AVX2 for r0000, "
+            "r0001, r0002; AVX512 for r0003), (threads: 1 for r0000, r0001; 2 for r0002, r0003): on the "
+            "same inputs these change results bit for bit")
+    named = [n for n in sweep.notes if "float arithmetic" in n]
+    assert len(named) == 1 and named[0].startswith(note) and "threads=N" in named[0]
+    assert note in analysis.summarize(tmp_path / "s")
+
+    records.write_json(paths[2] / records.ENV_FILE, {**CPU_ENV, "torch": "2.12.1"})  # only torch differs now
+    records.write_json(paths[3] / records.ENV_FILE, CPU_ENV)
+    [named] = [n for n in load_sweep(tmp_path / "s").notes if "float arithmetic" in n]
+    assert "(torch: 2.13.0 for r0000, r0001, r0003; 2.12.1 for r0002)" in named and "threads=N" not in named
+
+
+def test_runs_with_one_arithmetic_or_none_recorded_get_no_arithmetic_note(tmp_path, labels):
+    paths = write_sweep(tmp_path, "init", random_logits(np.random.default_rng(5), 4, N, C), labels)
+    for path in paths:
+        records.write_json(path / records.ENV_FILE, CPU_ENV)
+    # An older run, without the keys: unknown is no difference by itself.
+    records.write_json(paths[0] / records.ENV_FILE, {"torch": "2.13.0", "device": "cpu"})
+    (paths[1] / records.ENV_FILE).unlink()
+    sweep = load_sweep(tmp_path / "s")
+    recorded = [run.arithmetic for run in sweep.groups[0].runs]
+    assert recorded[:2] == [{"torch": "2.13.0", "device": "cpu"}, {}]
+    assert recorded[2] == recorded[3] and recorded[2]["cpu_model"] == "AMD EPYC 7B13" and "cuda" not in recorded[2]
+    assert not [n for n in sweep.notes if "float arithmetic" in n]
 
 
 # --- a run without config.yaml -------------------------------------------------------------
