@@ -12,6 +12,8 @@ compose the real configs with ``hydra.compose``.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -298,12 +300,21 @@ def _flat(node: dict, prefix: str = "") -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def schema_defaults(schema: type) -> dict:
+    """The defaults of a structured schema as plain containers, built once (a structured config
+    takes tens of milliseconds to build). Shared: read it, never change it."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(schema))
+
+
 def unknown_keys(config: dict) -> list[str]:
     """Keys of a resolved config that the schema does not declare (``+model.widht=3``). A node
     with a ``_target_`` takes any arguments of the class it names, so its keys are not checked."""
     from omegaconf import OmegaConf
 
-    known = set(_flat(OmegaConf.to_container(OmegaConf.structured(NondetConfig))))
+    known = set(_flat(schema_defaults(NondetConfig)))
     given = {k for k in _flat({k: v for k, v in config.items() if k != "hydra"})}
     return sorted(given - known - DERIVED_KEYS)
 
@@ -328,10 +339,7 @@ def check_config(config: dict) -> None:
     if unknown:
         key = unknown[0]
         group, _, _ = key.rpartition(".")
-        from omegaconf import OmegaConf
-
-        schema = OmegaConf.to_container(OmegaConf.structured(NondetConfig))
-        node = schema
+        node = schema_defaults(NondetConfig)
         for part in group.split(".") if group else []:
             node = node.get(part, {}) if isinstance(node, dict) else {}
         valid = ", ".join(sorted(node)) if isinstance(node, dict) else ""

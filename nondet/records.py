@@ -95,17 +95,10 @@ _V1_GROUPS = frozenset(k.split(".")[0] for k in IDENTITY_V1_KEYS if "." in k)
 _NO_DEFAULT = object()
 
 
-@functools.lru_cache(maxsize=None)
-def _schema_defaults(schema: type) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.structured(schema))
-
-
 def _default_of(path: tuple[str, ...]) -> Any:
     from nondet import config as schema  # the schema of this version (a test may swap it)
 
-    node: Any = _schema_defaults(schema.NondetConfig)
+    node: Any = schema.schema_defaults(schema.NondetConfig)
     for key in path:
         if not isinstance(node, dict) or key not in node:
             return _NO_DEFAULT

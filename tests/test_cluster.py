@@ -479,3 +479,24 @@ def test_job_over_its_time_limit_is_requeued_and_resumes_bitwise_exact(time_limi
     assert "Caught signal SIGUSR2" in log and "this job is timed-out" in log
     assert "Requeued job" in log and "Job completed successfully" in log
     assert_same_run(t.run_dir, t.reference_root / t.run_dir.relative_to(t.root))
+
+
+def test_the_launcher_composes_each_jobs_config_once(monkeypatch, tmp_path):
+    """Whether a job is finished, which runs the progress watch reads, and which runs a killed
+    job leaves unfinished all come from the job's run directories: composed once per job."""
+    from types import SimpleNamespace
+
+    from hydra_plugins.nondet_launcher.launcher import LocalLauncher
+
+    import nondet.job
+
+    composed = []
+    launcher = LocalLauncher.__new__(LocalLauncher)
+    launcher.config = SimpleNamespace()
+    launcher.hydra_context = SimpleNamespace(config_loader=SimpleNamespace(
+        load_sweep_config=lambda config, overrides: composed.append(tuple(overrides)) or overrides))
+    monkeypatch.setattr(nondet.job, "job_run_dirs", lambda config: [tmp_path / "-".join(config)])
+    for _ in range(3):
+        assert launcher._run_dirs(["replicate=0"]) == [tmp_path / "replicate=0"]
+        assert launcher._finished(["replicate=16"]) is None  # not finished: no result.json
+    assert composed == [("replicate=0",), ("replicate=16",)]

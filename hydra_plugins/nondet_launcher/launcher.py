@@ -97,15 +97,21 @@ class _SweepAware:
 
     def _run_dirs(self, overrides: Sequence[str]) -> list[Path] | None:
         """The run directories of a job, from its composed config; None when they cannot be known
-        here (they depend on the node, or the config does not compose: the job will say why)."""
+        here (they depend on the node, or the config does not compose: the job will say why).
+        Composed once per job (the check for finished jobs, the progress watch and the report
+        of a killed job all ask)."""
         from nondet.job import job_run_dirs
 
-        try:
-            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            return job_run_dirs(config)
-        except Exception as e:
-            log.debug("cannot tell the run directories of %s: %s", overrides, e)
-            return None
+        cache = self.__dict__.setdefault("_run_dirs_of", {})
+        key = tuple(overrides)
+        if key not in cache:
+            try:
+                config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                cache[key] = job_run_dirs(config)
+            except Exception as e:
+                log.debug("cannot tell the run directories of %s: %s", overrides, e)
+                cache[key] = None
+        return cache[key]
 
     def _finished(self, overrides: Sequence[str]) -> list[Path] | None:
         """The job's run directories when every one is finished, else None."""
