@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -113,13 +114,17 @@ print("accuracy %.2f +- %.2f" % (accuracies.mean(), accuracies.std()))
 '''
 
 
-def timed(command: list[str], cwd: Path, env: dict) -> tuple[float, str]:
+def timed(command: list[str], cwd: Path, env: dict) -> tuple[float, float, str]:
+    """Wall seconds and CPU seconds (user + system) of the command, and its last output line."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command[:3])} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return seconds, done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    return seconds, cpu, done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
 
 def main() -> None:
@@ -148,20 +153,24 @@ def main() -> None:
         chosen = args.ways.split(",")
         ways = {name: way for name, way in ways.items() if name.split()[0].split(".")[-1] in chosen}
         times: dict[str, list[float]] = {name: [] for name in ways}
+        cpus: dict[str, list[float]] = {name: [] for name in ways}
         for r in range(args.rounds):
             for name, command in ways.items():
-                seconds, line = timed(command(r), REPO, env)
+                seconds, cpu, line = timed(command(r), REPO, env)
                 times[name].append(seconds)
-                print(f"round {r + 1}  {name:26s} {seconds:6.1f} s   {line}", flush=True)
+                cpus[name].append(cpu)
+                print(f"round {r + 1}  {name:26s} {seconds:6.1f} s  CPU {cpu:6.1f} s   {line}", flush=True)
     nondet = min(times.get("nondet sweep (defaults)", [float("nan")]))
+    nondet_cpu = min(cpus.get("nondet sweep (defaults)", [float("nan")]))
     threads = args.threads or "default"
     print(f"\n{args.seeds} seeds x {EPOCHS} epochs, whole processes, {os.cpu_count()} CPUs, torch "
-          f"threads {threads}; best of {args.rounds} (median)\n")
-    print("| way | seconds | nondet is faster by |\n|---|---|---|")
-    for name, values in times.items():
-        best = min(values)
-        print(f"| {name} | {best:.1f} ({statistics.median(values):.1f}) | {best / nondet:.2f}x |")
-
+          f"threads {threads}; best of {args.rounds} (median); CPU = user + system seconds\n")
+    print("| way | wall seconds | nondet is faster by | CPU seconds | nondet uses less CPU by |")
+    print("|---|---|---|---|---|")
+    for name in times:
+        best, cpu = min(times[name]), min(cpus[name])
+        print(f"| {name} | {best:.1f} ({statistics.median(times[name]):.1f}) | {best / nondet:.2f}x "
+              f"| {cpu:.1f} ({statistics.median(cpus[name]):.1f}) | {cpu / nondet_cpu:.2f}x |")
 
 if __name__ == "__main__":
     main()
