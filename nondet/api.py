@@ -40,11 +40,8 @@ import contextlib
 import functools
 import logging
 import math
-import os
-import socket
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -53,12 +50,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from nondet import records, train, usermodel
-from nondet.backend import configure_lowlevel, configure_precision, environment
 from nondet.bitflip import flip_one_ulp
-from nondet.config import ConfigError, check_config, register_configs
-from nondet.job import located, register_resolvers, resolved_config, runs_root
+from nondet.config import ConfigError, register_configs
+from nondet.job import configure_backend, job_config, register_resolvers, report_failure
 from nondet.lock import run_locks
-from nondet.seeds import SEEDABLE, SeedPlan, check_sources
+from nondet.seeds import SEEDABLE, SeedPlan
 
 log = logging.getLogger("nondet")
 
@@ -120,27 +116,18 @@ class Run:
     # --- the run directory ----------------------------------------------------------------
 
     def __enter__(self) -> "Run":
-        from hydra.core.hydra_config import HydraConfig
-
-        config = resolved_config(self.cfg)
-        check_config(config)
-        config = located(config, runs_root(config, HydraConfig.get() if HydraConfig.initialized() else None))
+        config = job_config(self.cfg)
         if config["pack"] != 1:
             raise ConfigError(f"pack={config['pack']}: a training script of yours trains one replicate per job; set pack=1")
         if config["onset_epoch"]:
             raise ConfigError(f"onset_epoch={config['onset_epoch']}: a training script of yours starts every source at epoch 0")
-        check_sources(config["source"]["vary"])
         if "data" in config["source"]["vary"]:
             raise ConfigError(f"source={config['source']['name']} varies data: a training script of yours "
                               "draws its own batches, which nondet cannot resample; train with launch.py "
                               "or leave data out of source.vary")
         self.config = config
         self.directory = records.run_dir(config)
-        self.lowlevel = configure_lowlevel(config["device"], "lowlevel" in config["source"]["vary"],
-                                           config["source"]["lowlevel_required"])
-        configure_precision(config["precision"])
-        if config["threads"]:
-            torch.set_num_threads(config["threads"])
+        self.lowlevel = configure_backend(config)
         self.plan = SeedPlan.for_run(config["base_seed"], config["source"]["vary"], config["replicate"])
         self.generators = self.plan.generators(config["device"])
         Run.last_outcome = self.outcome
@@ -155,9 +142,7 @@ class Run:
             self.outcome["busy"].append(str(self.directory))
             self.done = True
             return self
-        self.directory.mkdir(parents=True, exist_ok=True)
-        # config.yaml first: a run that fails later is still found by the analysis
-        records.write_text(self.directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
+        train.write_run_config(config, self.directory)
         return self
 
     def __exit__(self, kind, error, tb) -> bool:
@@ -176,20 +161,7 @@ class Run:
             self._locks.close()
 
     def _failed(self) -> None:
-        from nondet.job import failure_fix, one_line
-
-        error = sys.exc_info()[1]
-        self.outcome["failed"].append(str(self.directory))
-        fix = failure_fix(error)
-        if fix:
-            self.outcome["fixes"][str(self.directory)] = fix
-        where = f"host {socket.gethostname()}, SLURM job {os.environ.get('SLURM_JOB_ID', 'none')}"
-        try:
-            records.write_text(self.directory / records.ERROR_FILE, f"# {where}\n{traceback.format_exc()}")
-            log.error("%s: failed (%s); the traceback is in %s", self.directory, one_line(error), records.ERROR_FILE)
-        except OSError as e:
-            log.error("%s: failed (%s); its %s could not be written either (%s)", self.directory,
-                      one_line(error), records.ERROR_FILE, one_line(e))
+        report_failure(self.directory, self.outcome)  # inside __exit__: the exception is being handled
 
     def _finish(self) -> None:
         replica = self._tracked()
@@ -255,23 +227,17 @@ class Run:
         self.extra = stateful
         if self.done:
             return
-        checkpoint = self.directory / records.CHECKPOINT_FILE
-        resumed = None
-        if checkpoint.exists():
-            state = records.read_checkpoint(checkpoint, self.device)
-            self.replica.load_state_dict(state)
+
+        def restore(state: dict) -> None:
             for name, obj in stateful.items():
                 obj.load_state_dict(state["user"][name])
-            resumed = self.replica.epoch
-            log.info("%s: resuming from the checkpoint of epoch %d", self.directory, resumed)
-        env = environment(self.device, self.config["precision"], self.lowlevel)
-        env["resumed_from_epoch"] = resumed
+
+        env = {}
         if self._data is not None or self.config["dataset"].get("sha256"):
             from nondet.data import data_sha256
 
             env["data_sha256"] = data_sha256(self.data)
-        records.write_json(self.directory / records.ENV_FILE, env)
-        records.write_json(self.directory / records.SEEDS_FILE, self.plan.as_record(self.lowlevel))
+        train.start_replica(self.replica, self.config, self.directory, self.lowlevel, env, restore)
         if self.plan.varies("bitflip") and self.replica.bitflip is None:
             self.replica.bitflip = flip_one_ulp(model, self.generators["bitflip"], self.config)
 
@@ -334,9 +300,6 @@ class Run:
         cross_entropy = float(F.cross_entropy(logits, labels))
         self._evaluation = train.Evaluation(accuracy, cross_entropy, logits=logits, labels=labels)
         lr = replica.optimizer.param_groups[0]["lr"] if lr is None else lr
-        # record_evaluation writes the row of the epoch just completed: ours is still running
-        replica.epoch += 1
-        try:
-            train.record_evaluation(replica, self.directory, self.config, float(train_loss), self._evaluation, lr)
-        finally:
-            replica.epoch -= 1
+        # the row of the epoch now ending: end_epoch counts it done afterwards
+        train.record_evaluation(replica, self.directory, self.config, float(train_loss), self._evaluation, lr,
+                                epoch=replica.epoch + 1)

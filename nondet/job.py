@@ -278,15 +278,19 @@ def _set_aside_result(directory: Path) -> Path:
     return kept
 
 
-def run_job(cfg: DictConfig) -> dict[str, Any]:
-    """Train (or skip, or resume) the replicas of one job; returns counts and directories."""
+def job_config(cfg: DictConfig) -> dict:
+    """The configuration of the job running now (``run_job``, ``nondet.api.Run``): resolved,
+    checked, and located below the sweep directory Hydra gave it."""
     config = resolved_config(cfg)
     check_config(config)
     config = located(config, runs_root(config, HydraConfig.get() if HydraConfig.initialized() else None))
     check_sources(config["source"]["vary"])
-    lm.check_config(config)  # model / dataset kinds match; a no-op for image runs
-    logger.check_logger(config)
-    replicas = replicas_of_job(config)
+    return config
+
+
+def configure_backend(config: dict) -> str:
+    """Set this process's low-level kernels, precision and threads for the job's runs; returns
+    the low-level mode their records name."""
     lowlevel = configure_lowlevel(
         config["device"], "lowlevel" in config["source"]["vary"], config["source"]["lowlevel_required"]
     )
@@ -296,6 +300,16 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     configure_precision(config["precision"])
     if config["threads"]:
         torch.set_num_threads(config["threads"])
+    return lowlevel
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or skip, or resume) the replicas of one job; returns counts and directories."""
+    config = job_config(cfg)
+    lm.check_config(config)  # model / dataset kinds match; a no-op for image runs
+    logger.check_logger(config)
+    replicas = replicas_of_job(config)
+    lowlevel = configure_backend(config)
     data = _dataset(config)
     check_data_unchanged(config, data)
     check_sources_vary_something(config, data)
@@ -305,27 +319,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     outcome: dict[str, Any] = {"finished": [], "skipped": [], "failed": [], "busy": [], "fixes": {}}
 
     def failed(directory) -> None:  # called inside an ``except`` block
-        error = sys.exc_info()[1]
-        outcome["failed"].append(str(directory))
-        fix = failure_fix(error)
-        if fix:
-            outcome["fixes"][str(directory)] = fix
-        env = os.environ  # where it failed: the job to look up (sacct -j, the .submitit logs)
-        where = f"host {socket.gethostname()}, SLURM job {env.get('SLURM_JOB_ID', 'none')}"
-        if "SLURM_ARRAY_JOB_ID" in env:
-            where += f" (array task {env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']})"
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            records.write_text(directory / records.ERROR_FILE, f"# {where}\n{traceback.format_exc()}")
-        except OSError as e:  # a full disk or a read-only directory: say so, and go on
-            log.error("%s: failed (%s); its %s could not be written either (%s)", directory,
-                      one_line(error), records.ERROR_FILE, one_line(e))
-            outcome["fixes"].setdefault(str(directory), failure_fix(e) or one_line(error))
-            return
-        if isinstance(error, (OSError, records.CorruptRunError)):
-            log.error("%s: failed: %s", directory, one_line(error))
-        else:
-            log.exception("%s: failed; the traceback is in %s", directory, records.ERROR_FILE)
+        report_failure(directory, outcome)
 
     def finished(directory, result: dict) -> None:
         log.info(
@@ -379,6 +373,34 @@ def _train(config: dict, pending: list, data, lowlevel: str, finished, failed) -
     the step and evaluation of the model's family."""
     family = lm.LMFamily() if lm.is_language_model(config) else pack.ImageFamily()
     train_job(pending, data, lowlevel, family, finished=finished, failed=failed)
+
+
+def report_failure(directory: Path, outcome: dict[str, Any]) -> None:
+    """A run that failed, reported from inside its ``except`` block (``run_job``'s replicas,
+    ``nondet.api.Run``): error.txt with where it failed (host, SLURM job and array task) and
+    the traceback, a line in the log, and the run in ``outcome`` (``failed``, and in ``fixes``
+    what to do when a relaunch alone cannot mend it)."""
+    error = sys.exc_info()[1]
+    outcome["failed"].append(str(directory))
+    fix = failure_fix(error)
+    if fix:
+        outcome["fixes"][str(directory)] = fix
+    env = os.environ  # where it failed: the job to look up (sacct -j, the .submitit logs)
+    where = f"host {socket.gethostname()}, SLURM job {env.get('SLURM_JOB_ID', 'none')}"
+    if "SLURM_ARRAY_JOB_ID" in env:
+        where += f" (array task {env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']})"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        records.write_text(directory / records.ERROR_FILE, f"# {where}\n{traceback.format_exc()}")
+    except OSError as e:  # a full disk or a read-only directory: say so, and go on
+        log.error("%s: failed (%s); its %s could not be written either (%s)", directory,
+                  one_line(error), records.ERROR_FILE, one_line(e))
+        outcome["fixes"].setdefault(str(directory), failure_fix(e) or one_line(error))
+        return
+    if isinstance(error, (OSError, records.CorruptRunError)):
+        log.error("%s: failed: %s", directory, one_line(error))
+    else:
+        log.exception("%s: failed; the traceback is in %s", directory, records.ERROR_FILE)
 
 
 def one_line(error: BaseException) -> str:

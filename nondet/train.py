@@ -186,37 +186,62 @@ def open_replica(
 ) -> Replica:
     """A new replica, resumed from ``directory/checkpoint.pt`` when there is one, with
     config.yaml, env.json (plus ``env_extra``) and seeds.json written: the start of a run."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    # config.yaml first: a run that fails on its checkpoint is still found by the analysis.
-    records.write_text(directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
+    write_run_config(config, directory)
     replica = family.new_replica(config, data)
-    checkpoint = directory / records.CHECKPOINT_FILE
-    resumed_from = None
-    if checkpoint.exists():
-        replica.load_state_dict(records.read_checkpoint(checkpoint, config["device"]))
-        resumed_from = replica.epoch
-        log.info("%s: resuming from the checkpoint of epoch %d", directory, replica.epoch)
+    start_replica(replica, config, directory, lowlevel, {"data_sha256": data_sha256(data), **(env_extra or {})})
     if config["dataset"]["augment"] and getattr(data, "is_image", None) is False and replica.epoch == 0:
         warnings.warn(
             "dataset.augment=true has no effect on feature data: crop and flip need images",
             stacklevel=2,
         )
-    env = environment(config["device"], config["precision"], lowlevel)
-    env["resumed_from_epoch"] = resumed_from
-    env["data_sha256"] = data_sha256(data)
-    env.update(env_extra or {})
-    records.write_json(directory / records.ENV_FILE, env)
-    records.write_json(directory / records.SEEDS_FILE, replica.plan.as_record(lowlevel))
     return replica
 
 
-def record_evaluation(
-    replica: Replica, directory: Path, config: dict, train_loss: float, evaluation: Evaluation, lr: float
+def write_run_config(config: dict, directory: Path) -> None:
+    """The run directory and its config.yaml, the first of a run's records: a run that fails
+    later (on its checkpoint, in its first epoch) is still found by the analysis."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    records.write_text(directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
+
+
+def start_replica(
+    replica: Replica,
+    config: dict,
+    directory: Path,
+    lowlevel: str,
+    env_extra: dict | None = None,
+    restore: Callable[[dict], None] | None = None,
 ) -> None:
-    """Append the epoch's row to metrics.jsonl (``replica.epoch`` just completed)."""
+    """Resume ``replica`` from ``directory/checkpoint.pt`` when there is one (``restore(state)``
+    then restores what else the checkpoint holds), and write env.json (``resumed_from_epoch``,
+    then ``env_extra``) and seeds.json: a run's start, after its config.yaml."""
+    directory = Path(directory)
+    checkpoint = directory / records.CHECKPOINT_FILE
+    resumed_from = None
+    if checkpoint.exists():
+        state = records.read_checkpoint(checkpoint, config["device"])
+        replica.load_state_dict(state)
+        if restore is not None:
+            restore(state)
+        resumed_from = replica.epoch
+        log.info("%s: resuming from the checkpoint of epoch %d", directory, replica.epoch)
+    env = environment(config["device"], config["precision"], lowlevel)
+    env["resumed_from_epoch"] = resumed_from
+    env.update(env_extra or {})
+    records.write_json(directory / records.ENV_FILE, env)
+    records.write_json(directory / records.SEEDS_FILE, replica.plan.as_record(lowlevel))
+
+
+def record_evaluation(
+    replica: Replica, directory: Path, config: dict, train_loss: float, evaluation: Evaluation, lr: float,
+    epoch: int | None = None,
+) -> None:
+    """Append the row of ``epoch`` (default ``replica.epoch``, the epoch just completed) to
+    metrics.jsonl."""
+    epoch = replica.epoch if epoch is None else epoch
     row = {
-        "epoch": replica.epoch,
+        "epoch": epoch,
         "test_accuracy": evaluation.accuracy,
         "test_cross_entropy": evaluation.cross_entropy,
         "train_loss": train_loss,
@@ -230,7 +255,7 @@ def record_evaluation(
     extra = "".join(f"  {k} {v:.4g}" for k, v in evaluation.row.items() if k.endswith("perplexity"))
     log.info(
         "%s epoch %d/%d  train_loss %.4f  test_acc %.2f%%  test_ce %.4f%s  lr %.4g  %.1fs",
-        Path(directory).name, replica.epoch, config["epochs"], train_loss, evaluation.accuracy,
+        Path(directory).name, epoch, config["epochs"], train_loss, evaluation.accuracy,
         evaluation.cross_entropy, extra, lr, replica.train_seconds,
     )
 

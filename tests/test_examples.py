@@ -7,6 +7,7 @@ in the middle of an epoch, in-process) is bitwise exact for the first two."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,8 +140,9 @@ def test_example_own_training_script_resumes_bitwise(tmp_path, monkeypatch):
                                           tmp_path / "whole", tmp_path / "broken"))
 
 
-def test_a_script_that_stops_early_fails_its_run_in_error_txt(tmp_path):
-    """Leaving the block before the last epoch is the run's failure (error.txt), not a result."""
+def _linear_run(tmp_path: Path, first_epoch) -> api.Run:
+    """The example's config, a linear model tracked by ``api.Run``, ``first_epoch()`` called in its
+    first epoch (it raises, or leaves the block); returns the run, out of its block."""
     with initialize_config_dir(config_dir=str(REPO / "examples/own_loop/conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"hydra.searchpath=[file://{CONF}]", "dataset=synthetic", "device=cpu",
                                           "dataset.train_size=64", f"output_root={tmp_path}"])
@@ -148,7 +150,32 @@ def test_a_script_that_stops_early_fails_its_run_in_error_txt(tmp_path):
         model = run.build(torch.nn.Linear, 32, 10)
         run.track(model, torch.optim.SGD(model.parameters(), lr=0.1))
         for _ in run.epochs():
-            break
+            if first_epoch():
+                break
+    return run
+
+
+def test_a_script_that_stops_early_fails_its_run_in_error_txt(tmp_path):
+    """Leaving the block before the last epoch is the run's failure (error.txt), not a result."""
+    run = _linear_run(tmp_path, lambda: True)
     (directory,) = run.outcome["failed"]
     assert "without run.record" in (Path(directory) / "error.txt").read_text()
+    assert not (Path(directory) / "result.json").exists()
+
+
+def test_a_script_that_raises_names_its_slurm_array_task_in_error_txt(tmp_path, monkeypatch):
+    """An exception in your loop leaves the error.txt of a launcher's run: where it failed (host,
+    SLURM job, array task) over the traceback, and the sweep goes on."""
+    monkeypatch.setenv("SLURM_JOB_ID", "4321")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4320")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+
+    def boom():
+        raise RuntimeError("boom in your loop")
+
+    run = _linear_run(tmp_path, boom)
+    (directory,) = run.outcome["failed"]
+    error = (Path(directory) / "error.txt").read_text().splitlines()
+    assert re.fullmatch(r"# host \S+, SLURM job 4321 \(array task 4320_1\)", error[0]), error[0]
+    assert "Traceback (most recent call last)" in error[1] and error[-1] == "RuntimeError: boom in your loop"
     assert not (Path(directory) / "result.json").exists()
