@@ -267,7 +267,7 @@ def restore_config(config: dict, directory: Path) -> str | None:
     recorded = {k: v for k, v in (kept.seeds or {}).items() if k != "lowlevel"}
     if recorded != expected:
         return f"{records.SEEDS_FILE} does not hold this replicate's seeds {expected['seeds']}"
-    records.write_text(directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
+    records.write_config(directory, config)
     return None
 
 

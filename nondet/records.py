@@ -194,6 +194,25 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def config_yaml(config: Mapping) -> str:
+    """config.yaml's text for a resolved config (plain containers): what
+    ``OmegaConf.to_yaml(OmegaConf.create(config))`` writes, by OmegaConf's own YAML dumper without
+    building the DictConfig first (which costs as much as the dump; a pack writes one per run)."""
+    try:
+        import yaml
+        from omegaconf._utils import get_omega_conf_dumper
+    except ImportError:  # another OmegaConf: its public way
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_yaml(OmegaConf.create(dict(config)))
+    return yaml.dump(dict(config), default_flow_style=False, allow_unicode=True, sort_keys=False,
+                     Dumper=get_omega_conf_dumper())
+
+
+def write_config(directory: Path, config: Mapping) -> None:
+    write_text(Path(directory) / CONFIG_FILE, config_yaml(config))
+
+
 def write_text(path: Path, text: str) -> None:
     _atomic_write_bytes(Path(path), text.encode())
 

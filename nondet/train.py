@@ -37,7 +37,6 @@ from typing import Any, Callable, Optional, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from nondet import logger, onset, records, snapshot
 from nondet.backend import configure_lowlevel, environment
@@ -202,7 +201,7 @@ def write_run_config(config: dict, directory: Path) -> None:
     later (on its checkpoint, in its first epoch) is still found by the analysis."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    records.write_text(directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
+    records.write_config(directory, config)
 
 
 def start_replica(

@@ -221,3 +221,14 @@ def test_env_records_what_sets_the_cpu_arithmetic():
 def test_cuda_without_gpu_is_a_clear_error(make_config):
     with pytest.raises(RuntimeError, match="device=cpu"):
         make_config("device=cuda")
+
+
+def test_config_yaml_is_what_omegaconf_writes(make_config):
+    """config.yaml is written by OmegaConf's own dumper straight from the resolved config; the
+    text is OmegaConf.to_yaml's, for the default config and for values YAML could misread."""
+    from nondet.records import config_yaml
+
+    tricky = {"a": "1e-3", "b": "null", "c": "yes", "d": None, "e": [1, 2.5, "x"], "f": {"g": "${x}", "h": ""},
+              "i": "é", "j": 1e-3, "k": float("inf"), "l": True, "m": "0x1F", "n": "~"}
+    for config in (make_config(), make_config("model=cnn1d", "dataset=mnist1d"), tricky):
+        assert config_yaml(config) == OmegaConf.to_yaml(OmegaConf.create(config))
