@@ -9,7 +9,8 @@ submitit_slurm). Relaunching a sweep prints, for example:
 
 (one line). The counts, the exit status and the advice are about the runs this command launched,
 as its jobs reported them (``run_job``'s outcome: finished, skipped, failed, busy): runs that
-another launch running at the same time trained are counted as such (the summary waits for them),
+another launch running at the same time trained are counted as such (the summary waits for them,
+at most ``lock_wait_seconds``, saying whose lock it waits for),
 and failures an earlier launch left in the same sweep directory are a note, not this command's
 failure. A failed run of this command makes it exit 1, with the advice that mends it (delete a
 corrupt checkpoint, free disk space, or relaunch). Under a launcher that reports no outcomes (a

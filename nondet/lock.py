@@ -3,7 +3,7 @@
 Two users of them: the shared prefix of an onset sweep (``nondet/onset.py``: one job trains it,
 the others wait and fork) and every run directory while a process trains it (``run_locks``:
 two launches of the same sweep at once never train the same run twice; the second skips it and
-its summary waits for it).
+its summary waits for it, at most ``lock_wait_seconds``: ``nondet.callbacks.wait_for_other_launch``).
 
 A lock is a file created with O_EXCL that names its holder (host, pid, SLURM job). It is free
 again when its holder releases it, or when it is stale: its holder is a process of this host
