@@ -9,7 +9,8 @@ submitit_slurm). Relaunching a sweep prints, for example:
 
 (one line). The counts, the exit status and the advice are about the runs this command launched,
 as its jobs reported them (``run_job``'s outcome: finished, skipped, failed, busy): runs that
-another launch running at the same time trained are counted as such (the summary waits for them),
+another launch running at the same time trained are counted as such (the summary waits for them,
+at most ``lock_wait_seconds``, saying whose lock it waits for),
 and failures an earlier launch left in the same sweep directory are a note, not this command's
 failure. A failed run of this command makes it exit 1, with the advice that mends it (delete a
 corrupt checkpoint, free disk space, or relaunch). Under a launcher that reports no outcomes (a
@@ -33,7 +34,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from nondet.lock import wait_until_free
+from nondet.lock import run_lock, wait_until_free
 from nondet.records import CONFIG_FILE, ENV_FILE, ERROR_FILE, RESULT_FILE, is_done
 
 # The outcomes (run_job's return values) of the jobs this command launched, as they come back:
@@ -237,9 +238,7 @@ class SummaryCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         launched = Launched.of(_OUTCOMES) if _OUTCOMES else None
         if launched and launched.busy:
-            print(f"\nWaiting for {len(launched.busy)} runs that another process is training "
-                  f"(a second launch of this sweep), e.g. {launched.busy[0]} ...", flush=True)
-            wait_until_free(launched.busy, is_done)
+            wait_for_other_launch(launched.busy, sweep_dir, lock_wait_seconds(config))
         counts = launched_counts(launched) if launched else sweep_counts(sweep_dir, self.started)
         print(f"\nSweep {sweep_dir}: {counts}.\n", flush=True)
         try:
@@ -281,12 +280,80 @@ class SummaryCallback(Callback):
             sys.exit(1)
 
 
+# A line while the summary waits for another launch's runs, every this many seconds.
+WAIT_REPORT_SECONDS = 60.0
+
+
+def lock_wait_seconds(config: DictConfig) -> int:
+    """How long the summary waits for runs another launch is training (``lock_wait_seconds``)."""
+    from nondet.config import NondetConfig
+
+    return int(config.get("lock_wait_seconds", NondetConfig.lock_wait_seconds))
+
+
+def _runs(directories: list[Path], sweep_dir: Path, most: int = 6) -> str:
+    """``group/r0003, group/r0004, ...``: runs named below the sweep directory, at most ``most``."""
+    names = []
+    for d in directories[:most]:
+        try:
+            names.append(str(Path(d).relative_to(Path(sweep_dir).resolve())))
+        except ValueError:
+            names.append(str(d))
+    return ", ".join(names) + (f" and {len(directories) - most} more" if len(directories) > most else "")
+
+
+def _holders(directories: list[Path]) -> str:
+    return "; ".join(sorted({run_lock(d).describe() for d in directories}))
+
+
+def _stop_commands(directories: list[Path]) -> str:
+    """How to stop the processes holding the runs' locks: ``scancel 123`` or ``kill 77 on node``."""
+    commands = set()
+    for d in directories:
+        holder = run_lock(d).holder() or {}
+        job = holder.get("slurm_array_task") or holder.get("slurm_job")
+        commands.add(f"scancel {job}" if job else f"kill {holder.get('pid', '?')} on {holder.get('host', '?')}")
+    return ", ".join(sorted(commands))
+
+
+def wait_for_other_launch(busy: list[Path], sweep_dir: Path, limit: int) -> list[Path]:
+    """Wait (at most ``limit`` seconds, with a line every ``WAIT_REPORT_SECONDS``) for the runs
+    another launch of this sweep was training when this command's jobs came to them, so that the
+    summary counts them; returns those it gave up on, with one line saying what to do."""
+    waiting = [d for d in busy if not is_done(d) and run_lock(d).is_held()]
+    if not waiting:
+        return []
+    print(f"\nWaiting for {len(waiting)} runs another launch is training ({_holders(waiting)}): "
+          f"{_runs(waiting, sweep_dir)}; for at most {limit} s (lock_wait_seconds); Ctrl-C to stop "
+          f"waiting (that launch goes on).", flush=True)
+
+    def report(left: list[Path], waited: float) -> None:
+        print(f"Still waiting for {len(left)} of {len(waiting)} runs after {waited:.0f} s of "
+              f"lock_wait_seconds={limit}: {_runs(left, sweep_dir)}", flush=True)
+
+    try:
+        left = wait_until_free(waiting, is_done, limit_seconds=limit, report=report,
+                               report_seconds=WAIT_REPORT_SECONDS)
+    except KeyboardInterrupt:
+        sys.exit(f"Stopped waiting for {len(waiting)} runs another launch is training "
+                 f"({_holders(waiting)}); python -m analysis {sweep_dir} reads the sweep when they are done.")
+    if left:
+        print(f"Gave up after {limit} s (lock_wait_seconds) waiting for {len(left)} runs another launch "
+              f"is still training ({_holders(left)}): {_runs(left, sweep_dir)}. If that launch is stuck, "
+              f"stop it ({_stop_commands(left)}) and relaunch the same command; "
+              f"else let it finish (python -m analysis {sweep_dir} reads the sweep then) or relaunch with a "
+              f"larger lock_wait_seconds.", flush=True)
+    return left
+
+
 def own_advice(launched: Launched, corrupt: list[Path]) -> str:
     """What to do about this command's runs that are not done ('' when all are)."""
     lines, todo = [], []
     retry = [d for d in launched.failed if d not in launched.fixes]
     mend = [d for d in launched.failed if d in launched.fixes]
-    left = [d for d in launched.busy if not is_done(d)]
+    unfinished = [d for d in launched.busy if not is_done(d)]
+    held = [d for d in unfinished if run_lock(d).is_held()]
+    left = [d for d in unfinished if d not in held]
     if retry:
         todo.append(f"{len(retry)} failed: relaunch the same command to retry them")
     if mend:
@@ -295,6 +362,9 @@ def own_advice(launched: Launched, corrupt: list[Path]) -> str:
     if left:
         todo.append(f"{len(left)} were left unfinished by another process that was training them: "
                     f"relaunch the same command to train them")
+    if held:
+        todo.append(f"{len(held)} are still being trained by another launch (the line above says what "
+                    f"to do if it is stuck)")
     if corrupt:
         todo.append(f"{len(corrupt)} are corrupt: delete their directories (listed above) and relaunch "
                     f"to train them again")

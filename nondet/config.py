@@ -202,6 +202,9 @@ class NondetConfig:
     # Per-epoch metrics also as TensorBoard event files in each run directory (nondet/logger.py):
     # none or tensorboard (pip install -e .[tensorboard]). Not part of a run's identity.
     logger: str = "none"
+    # How long a launch's summary waits for runs another launch of the sweep is training
+    # (nondet.callbacks.wait_for_other_launch); 0: not at all. Not part of a run's identity.
+    lock_wait_seconds: int = 3600
 
 
 def register_configs() -> None:
@@ -259,6 +262,7 @@ RANGES = {
     # "auto" leaves the pack size to nondet where a version offers it.
     "pack": ((lambda v: v == "auto" or _at_least(1)[0](v)), "auto or an integer >= 1"),
     "threads": _optional(_at_least(1)),
+    "lock_wait_seconds": _at_least(0),
     "shuffle_window": _optional(_at_least(1)),
     "data_resample": ((lambda v: v == "bootstrap" or (
         isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1)),

@@ -3,7 +3,7 @@
 Two users of them: the shared prefix of an onset sweep (``nondet/onset.py``: one job trains it,
 the others wait and fork) and every run directory while a process trains it (``run_locks``:
 two launches of the same sweep at once never train the same run twice; the second skips it and
-its summary waits for it).
+its summary waits for it, at most ``lock_wait_seconds``: ``nondet.callbacks.wait_for_other_launch``).
 
 A lock is a file created with O_EXCL that names its holder (host, pid, SLURM job). It is free
 again when its holder releases it, or when it is stale: its holder is a process of this host
@@ -204,10 +204,22 @@ def run_locks(directories: Sequence[Path], heartbeat_seconds: float = HEARTBEAT_
             lock.release()
 
 
-def wait_until_free(directories: Sequence[Path], done, poll_seconds: float = 2.0) -> None:
-    """Wait until each directory is ``done(directory)`` or no live process holds its lock."""
-    waiting = list(directories)
-    while waiting:
+def wait_until_free(directories: Sequence[Path], done, poll_seconds: float = 2.0,
+                    limit_seconds: float | None = None, report=None, report_seconds: float = 60.0
+                    ) -> list[Path]:
+    """Wait until each directory is ``done(directory)`` or no live process holds its lock, for at
+    most ``limit_seconds`` (None: no limit). Every ``report_seconds`` while it waits,
+    ``report(waiting, waited_seconds)``. Returns the directories still held when it gave up
+    (empty when it waited for all)."""
+    waiting, start = list(directories), time.monotonic()
+    reported = start
+    while True:
         waiting = [d for d in waiting if not done(d) and run_lock(d).is_held()]
-        if waiting:
-            time.sleep(poll_seconds)
+        now = time.monotonic()
+        if not waiting or (limit_seconds is not None and now - start >= limit_seconds):
+            return waiting
+        if report is not None and now - reported >= report_seconds:
+            report(waiting, now - start)
+            reported = now
+        pause = poll_seconds if limit_seconds is None else min(poll_seconds, start + limit_seconds - now)
+        time.sleep(max(pause, 0.0))

@@ -24,7 +24,8 @@ import numpy as np
 # Keys that say where or how a run is stored, not what is trained: they take no part in a run's
 # identity (its directory) nor in the grouping of runs into table rows.
 NON_IDENTITY_KEYS = frozenset(
-    {"replicate", "replicates", "sweep_name", "output_root", "checkpoint_every", "logger"}
+    {"replicate", "replicates", "sweep_name", "output_root", "checkpoint_every", "logger",
+     "lock_wait_seconds"}
 )
 
 CONFIG_FILE = "config.yaml"

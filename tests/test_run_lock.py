@@ -88,7 +88,13 @@ def test_the_heartbeat_keeps_a_lock_fresh(tmp_path):
 def test_second_launch_counts_only_its_own_runs_and_waits_for_the_other(make_config, capsys, monkeypatch):
     """Launch B comes while launch A trains r0000: B trains r0001 only, waits for A's r0000, and
     says 1 trained now and 1 trained by the other launch (not 2 trained now)."""
-    monkeypatch.setattr(callbacks, "wait_until_free", functools.partial(lock.wait_until_free, poll_seconds=0.05))
+    waiting = threading.Event()
+
+    def wait_until_free(*args, **kwargs):
+        waiting.set()
+        return lock.wait_until_free(*args, **{**kwargs, "poll_seconds": 0.05})
+
+    monkeypatch.setattr(callbacks, "wait_until_free", wait_until_free)
     configs = [make_config("source=init", "epochs=1", "replicates=2", f"replicate={r}") for r in (0, 1)]
     first = records.run_dir(configs[0])
     lock_path = hold(first, os.getpid())  # launch A (alive) trains r0000
@@ -108,7 +114,7 @@ def test_second_launch_counts_only_its_own_runs_and_waits_for_the_other(make_con
     trained = records.run_dir(elsewhere)
 
     def launch_a_finishes():
-        time.sleep(0.5)
+        waiting.wait(timeout=30)  # once B waits for it
         names = sorted(p.name for p in trained.iterdir() if p.name != records.RESULT_FILE)
         for name in names + [records.RESULT_FILE]:
             os.replace(trained / name, first / name)
@@ -119,7 +125,7 @@ def test_second_launch_counts_only_its_own_runs_and_waits_for_the_other(make_con
     summary.on_multirun_end(sweep)  # waits for r0000, then summarises; exits 0
     a.join()
     out = capsys.readouterr().out
-    assert "Waiting for 1 runs that another process is training" in out
+    assert "Waiting for 1 runs another launch is training" in out
     assert "1 runs trained now, 0 finished earlier (skipped), 0 failed" in out
     assert "1 trained meanwhile by another launch of this sweep" in out
     assert "All 2 runs found" in out
@@ -151,3 +157,40 @@ def test_a_killed_jobs_locks_are_released_and_other_launches_runs_left_alone(tmp
     assert returned.return_value["failed"] == [str(own), str(free)]
     assert not (own / lock.RUN_LOCK).exists()  # a relaunch need not wait for the dead job
     assert (others / lock.RUN_LOCK).exists() and not (others / records.ERROR_FILE).exists()
+
+
+def test_the_wait_for_a_hung_launch_is_bounded_and_says_what_to_do(make_config, capsys, monkeypatch):
+    """Launch A hangs while training r0000, its lock kept fresh: B's summary says whose lock it
+    waits for, prints progress lines, gives up after lock_wait_seconds with the runs and how to
+    stop A, and exits 1. The key takes no part in a run's identity."""
+    monkeypatch.setattr(callbacks, "wait_until_free", functools.partial(lock.wait_until_free, poll_seconds=0.05))
+    monkeypatch.setattr(callbacks, "WAIT_REPORT_SECONDS", 0.3, raising=False)
+    config = make_config("source=init", "epochs=1", "replicates=1")
+    directory = records.run_dir(config)
+    hold(directory, os.getpid(), host=socket.gethostname())  # launch A: alive, never finishes
+    sweep = OmegaConf.create({"hydra": {"sweep": {"dir": str(directory.parent.parent)}}, "lock_wait_seconds": 1})
+    summary = SummaryCallback()
+    summary.on_multirun_start(sweep)
+    summary.on_job_end(sweep, JobReturn(status=JobStatus.COMPLETED, _return_value=run(config)))
+    ended = {}
+
+    def summarise():
+        try:
+            summary.on_multirun_end(sweep)
+        except SystemExit as e:
+            ended["code"] = e.code
+
+    b = threading.Thread(target=summarise, daemon=True)
+    b.start()
+    b.join(timeout=15)
+    (directory / lock.RUN_LOCK).unlink()  # an unbounded wait ends here, after the assertion fails
+    assert not b.is_alive(), "the summary still waits for a launch that never finishes"
+    out = capsys.readouterr().out
+    run_name = f"{directory.parent.name}/{directory.name}"
+    assert (f"Waiting for 1 runs another launch is training (pid {os.getpid()} on {socket.gethostname()}): "
+            f"{run_name}; for at most 1 s (lock_wait_seconds)") in out
+    assert "Still waiting for 1 of 1 runs after" in out
+    assert (f"Gave up after 1 s (lock_wait_seconds) waiting for 1 runs another launch is still training"
+            in out and f"stop it (kill {os.getpid()} on {socket.gethostname()})" in out)
+    assert "1 are still being trained by another launch" in out and ended["code"] == 1
+    assert records.run_dir(make_config("source=init", "epochs=1", "replicates=1", "lock_wait_seconds=5")) == directory

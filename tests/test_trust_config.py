@@ -102,6 +102,7 @@ def test_a_key_the_schema_does_not_know_is_refused_with_the_valid_keys(make_conf
         ("pack=0", "pack must be auto or an integer >= 1"),
         ("scale=tiny", "scale must be one of paper, smoke"),
         ("threads=0", "threads must be null or an integer >= 1"),
+        ("lock_wait_seconds=-1", "lock_wait_seconds must be an integer >= 0"),
         ("batch_size=0", "batch_size must be an integer >= 1"),
         ("model.dropout=1.5", r"model.dropout must be in \[0, 1\)"),
         ("onset_epoch=5", "onset_epoch must be in 0 .. epochs=2"),

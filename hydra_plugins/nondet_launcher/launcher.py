@@ -14,7 +14,8 @@ every run is done, that has two costs, which these subclasses remove:
   failure or a time limit with no requeue left leave no result; the job's unfinished runs get
   ``error.txt`` saying so (with submitit's report and the job's last stderr lines) and the sweep
   goes on to the end-of-sweep summary, which lists them as failed and exits 1. A relaunch
-  resumes them from their last checkpoint. A job that raised inside Python (a configuration
+  resumes them from their last checkpoint; a run killed for memory a second time is told what
+  to change instead (``killed_report``). A job that raised inside Python (a configuration
   mistake, reported before anything is trained) still ends the sweep with its traceback, as
   under the basic launcher.
 
@@ -37,6 +38,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import signal
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,18 +59,93 @@ def _has_results(sweep_dir: Path) -> bool:
     return next(sweep_dir.rglob(RESULT_FILE), None) is not None
 
 
-def killed_report(job: Any, error: Exception, executor: str) -> str:
-    """error.txt for the runs of a job that ended without a result: where, why, and the last line
-    (what the sweep summary shows) saying what to do."""
+# Each kill of a run is one line of its error.txt, carried over to the next kill's error.txt
+# (a run's error.txt stays until it finishes), so that a run killed again is told apart.
+_KILL_LINE = re.compile(r"^# kill \d+ of this run: .*\(cause (\w+); checkpoint ([^)]+)\)$", re.M)
+# SLURM states that say the kill was not for memory (scancel: "CANCELLED by <uid>").
+_NOT_MEMORY = ("CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "DEADLINE", "BOOT_FAIL")
+
+
+def kill_cause(job: Any, error: Exception) -> str:
+    """Why a job ended without a result, as far as the launcher can see: ``memory`` (SLURM's
+    OUT_OF_MEMORY, or slurmstepd's oom-kill notice in its stderr), ``sigkill`` (a local job's
+    process died of SIGKILL: the kernel's OOM killer, or a kill -9), ``other`` (scancel, a time
+    limit, a node failure) or ``unknown``."""
+    state = str(getattr(job, "state", "UNKNOWN"))
+    if state.startswith("OUT_OF_MEMORY") or re.search(r"oom[-_]kill", str(error), re.I):
+        return "memory"
+    process = getattr(job, "_process", None)  # a submitit LocalJob's process, when this launcher started it
+    if getattr(process, "returncode", None) == -signal.SIGKILL:
+        return "sigkill"
+    return "other" if state.startswith(_NOT_MEMORY) else "unknown"
+
+
+def _checkpoint_stamp(directory: Path | None) -> str:
+    """When the run's checkpoint was written: two kills with one stamp came at the same point."""
+    from nondet.records import CHECKPOINT_FILE
+
+    try:
+        mtime = (Path(directory) / CHECKPOINT_FILE).stat().st_mtime_ns if directory else None
+    except OSError:
+        mtime = None
+    if mtime is None:
+        return "none"
+    return datetime.fromtimestamp(mtime / 1e9, tz=timezone.utc).isoformat(timespec="microseconds")
+
+
+def _memory_options(executor: str, mem_gb: Any, runs_in_job: int) -> str:
+    now = f", now {mem_gb}" if mem_gb is not None else ""
+    more = (f"give the job more memory (hydra.launcher.mem_gb{now}) or a node with more"
+            if executor == "slurm" else "free memory on this machine")
+    fewer = f"fewer replicas per job (pack, now {runs_in_job} runs in this job), " if runs_in_job > 1 else ""
+    return (f"{more}, then relaunch the same command (it resumes from the last checkpoint); or need less: "
+            f"{fewer}a smaller batch_size (a different experiment: new runs)")
+
+
+def killed_report(job: Any, error: Exception, executor: str, directory: Path | None = None,
+                  mem_gb: Any = None, runs_in_job: int = 1) -> tuple[str, str | None]:
+    """error.txt for a run of a job that ended without a result (where, why, every kill of the
+    run so far, and a last line, which the sweep summary shows, saying what to do), and the fix
+    when a relaunch alone would meet the same kill (None when relaunching mends it)."""
+    from nondet.records import ERROR_FILE
+
     state = getattr(job, "state", "UNKNOWN")
     where = "SLURM job" if executor == "slurm" else "local submitit job"
-    return (
-        f"# {where} {job.job_id} ended without a result (state: {state})\n"
-        f"{error}\n"
-        f"The job was killed outside Python (state {state}: out of memory, scancel, a node failure, "
-        f"or a time limit with no requeue left); relaunch the same command to resume from the last "
-        f"checkpoint.\n"
-    )
+    try:  # a traceback there instead (the run failed in Python since) starts the count anew
+        found = list(_KILL_LINE.finditer((Path(directory) / ERROR_FILE).read_text(errors="replace")))
+    except (OSError, TypeError):  # none yet, or no directory
+        found = []
+    kills, earlier = [m.group(0) for m in found], [m.groups() for m in found]
+    cause, stamp = kill_cause(job, error), _checkpoint_stamp(directory)
+    kills.append(f"# kill {len(kills) + 1} of this run: {where} {job.job_id}, state {state} "
+                 f"(cause {cause}; checkpoint {stamp})")
+    causes = [c for c, _ in earlier] + [cause]
+    same_point = bool(earlier) and earlier[-1][1] == stamp
+    options = _memory_options(executor, mem_gb, runs_in_job)
+    fix = None
+    if causes.count("memory") >= 2:
+        fix = (f"Killed for running out of memory {causes.count('memory')} times (state {state}): a relaunch "
+               f"as it is meets the same kill; {options}.")
+    elif (cause == "sigkill" and causes.count("sigkill") >= 2) or (cause == "unknown" and same_point):
+        # Nothing says why; a kill that comes again, with no new checkpoint in between or by the
+        # signal the kernel's OOM killer sends, is most likely memory, but it may not be.
+        count = causes.count("sigkill") if cause == "sigkill" else len(causes)
+        how = " by SIGKILL" if cause == "sigkill" else ""
+        point = "before its next checkpoint each time" if same_point else "again"
+        fix = (f"Killed {count} times{how} (state {state}), {point}: most likely out of memory (the kernel's "
+               f"OOM killer: dmesg on the machine says so), else a kill from outside. If memory: {options}. "
+               f"If not: relaunch the same command.")
+    if fix:
+        advice = fix
+    elif cause == "memory":
+        advice = (f"The job ran out of memory (state {state}); relaunch the same command to resume from the "
+                  f"last checkpoint. If it is killed for memory again: {options}.")
+    else:
+        advice = (f"The job was killed outside Python (state {state}: out of memory, scancel, a node failure, "
+                  f"or a time limit with no requeue left); relaunch the same command to resume from the last "
+                  f"checkpoint.")
+    text = f"# {where} {job.job_id} ended without a result (state: {state})\n{error}\n" + "\n".join(kills)
+    return text + f"\n{advice}\n", fix
 
 
 class _SweepAware:
@@ -191,7 +270,7 @@ class _SweepAware:
         except FailedJobError as e:  # raised inside Python: the sweeper re-raises it
             return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e)
         except UncompletedJobError as e:
-            failed = []
+            failed, fixes = [], {}
             directories = self._run_dirs(overrides) or []
             for directory in directories:
                 if records.is_done(directory):
@@ -202,8 +281,12 @@ class _SweepAware:
                 elif run_lock.is_held():
                     continue  # another launch is training it (this job skipped it)
                 directory.mkdir(parents=True, exist_ok=True)
-                records.write_text(directory / records.ERROR_FILE, killed_report(job, e, self._EXECUTOR))
+                text, fix = killed_report(job, e, self._EXECUTOR, directory, getattr(self, "params", {}).get("mem_gb"),
+                                          len(directories))
+                records.write_text(directory / records.ERROR_FILE, text)
                 failed.append(str(directory))
+                if fix:
+                    fixes[str(directory)] = fix
             log.error("job %s (%s) ended without a result: %s", job.job_id,
                       " ".join(filter_overrides(overrides)), str(e).splitlines()[0])
             if not directories:  # nowhere to record it: the run directories depend on the node
@@ -211,7 +294,7 @@ class _SweepAware:
             return JobReturn(
                 overrides=list(overrides),
                 status=JobStatus.COMPLETED,
-                _return_value={"finished": [], "skipped": [], "failed": failed},
+                _return_value={"finished": [], "skipped": [], "failed": failed, "fixes": fixes},
             )
 
 
