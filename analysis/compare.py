@@ -620,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             records.write_json(args.json, comparison_json(result, results))
         except OSError as e:
-            print(f"error: cannot write --json {args.json}: {e.strerror or e}; choose a writable path", file=sys.stderr)
+            print(f"error: cannot write --json {args.json} ({e}): choose a writable path", file=sys.stderr)
             return 2
     return 0
 

@@ -188,6 +188,12 @@ def test_neither_test_rejects(tmp_path, capsys):
         "not-distinguishable", "not-distinguishable", False
     )
 
+    # A --json path that cannot be written: one line naming it, exit status 2.
+    a, b = tmp_path / "a" / "s", tmp_path / "b" / "s"
+    assert compare.main([str(a), str(b), *FAST, "--json", str(tmp_path / "c.json" / "x.json")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: cannot write --json {tmp_path / 'c.json' / 'x.json'} (") and line.endswith("choose a writable path")
+
 
 def test_deterministic_runs_one_test_example_apart_are_not_called_real(tmp_path, capsys):
     # Identical runs in each arm (source=none): no training noise, but the whole difference is
