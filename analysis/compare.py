@@ -3,6 +3,7 @@
     python -m analysis.compare outputs/baseline outputs/new_lr
     python -m analysis.compare outputs/table1 outputs/table1 --group-a source.name=init --group-b source.name=bitflip
     python -m analysis.compare outputs/a outputs/b --metric test_cross_entropy --paired
+    python -m analysis.compare outputs/a outputs/b --this-test-set --json compare.json
 
 Each DIR is a sweep or group directory; when it holds several configurations, pick one with
 ``--group-a KEY=VALUE`` / ``--group-b KEY=VALUE`` (repeatable; ``source=init`` is short for
@@ -16,11 +17,22 @@ Cohen's d and Hedges' g; and the runs per arm a two-sided two-sample t-test (alp
 for 80% power at the observed difference and the measured SDs (noncentral t, equal arms, the
 two SDs pooled). ``--paired`` pairs runs by replicate index (for runs that share seeds): paired
 t-test, sign-flip permutation test, bootstrap over pairs, d_z, and pairs needed for 80% power.
-One sentence says whether the difference is distinguishable from run-to-run noise: yes when the
-t-test, the permutation test and the CI all say so at alpha, no when none does, otherwise
-borderline. Before it, analysis/stats.py adds the multibootstrap over runs x test examples
-(``--multibootstrap`` resamples), P(B > A) with Bouthillier et al.'s rule, which noise dominates
+analysis/stats.py adds the multibootstrap over runs x test examples (``--multibootstrap``
+resamples; Sellam et al. 2022), P(B > A) with Bouthillier et al.'s rule, which noise dominates
 (test set or training), and a warning when an arm has too few runs for any rank test.
+
+One sentence, the verdict, ends the report. The run-level tests (the t-test, the permutation
+test and the CI over runs) ask whether B differs from A on this test set; the multibootstrap asks
+whether it would on a new test set from the same distribution. By default (``--population``) the
+verdict answers the second question: "Yes" when the run-level tests all reject at alpha and the
+multibootstrap's CI excludes 0; "On this test set only" when the run-level tests reject but the
+multibootstrap's CI spans 0 (it names both and what could decide it); "No" when neither does;
+"Borderline" otherwise. ``--this-test-set`` answers the first question from the run-level tests
+alone (a yes there still names a multibootstrap CI that spans 0). A metric that is one number
+per run has no multibootstrap: the run-level tests decide, and the verdict says test-set noise
+was not assessed. ``--json FILE`` writes the verdict's ``state`` (``distinguishable``,
+``this-test-set-only``, ``not-distinguishable``, ``borderline``), the question, the sentence and
+every number; the exit status is 0 whatever the verdict, 2 when the comparison is refused.
 
 No verdict comes from a non-finite value: runs whose metric is NaN or infinite (diverged runs,
 with ``--metric test_cross_entropy``) are left out and named, and with fewer than two finite
@@ -48,12 +60,27 @@ from scipy.special import gammaln
 from analysis.load import Group, MixedTestSetError, Run, display_keys, format_value, hashable, load_sweep
 from analysis.metrics import accuracy, cross_entropy
 from analysis.stats import compare_lines
+from nondet import records
 
 LOGIT_METRICS = {
     "test_accuracy": accuracy,
     "accuracy": accuracy,
     "test_cross_entropy": cross_entropy,
     "cross_entropy": cross_entropy,
+}
+
+
+# The two questions a verdict can answer. POPULATION (the default): is B better than A on the data
+# distribution, so that the difference would hold on a new test set? Both the run-level tests and
+# the multibootstrap over runs x test examples must say so. THIS_TEST_SET: is B better than A on
+# this particular test set? The run-level tests alone decide.
+POPULATION, THIS_TEST_SET = "population", "this-test-set"
+# The verdict's states (``--json``'s ``state``) and the first words of its sentence.
+HEADLINES = {
+    "distinguishable": "Yes",
+    "this-test-set-only": "On this test set only",
+    "not-distinguishable": "No",
+    "borderline": "Borderline",
 }
 
 
@@ -257,10 +284,17 @@ class Comparison:
     n_perm: int
     seed: int
     notes: list[str] = field(default_factory=list)
+    question: str = POPULATION  # the question the verdict answers: POPULATION or THIS_TEST_SET
+    multibootstrap: dict | None = None  # analysis.stats.multibootstrap's dict, when the metric has one
+    test_set_unassessed: str = ""  # why there is no multibootstrap (the verdict names it)
 
     @property
     def verdict(self) -> str:
         return verdict(self)
+
+    @property
+    def state(self) -> str:
+        return verdict_state(self)
 
 
 def compare_samples(
@@ -342,34 +376,106 @@ def _t_test(run, has_variance: bool) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
-def verdict(c: Comparison) -> str:
-    """One plain sentence: is the difference distinguishable from run-to-run noise?"""
-    arms = f"{len(c.a)} pairs of runs" if c.paired else f"{len(c.a)} and {len(c.b)} runs"
-    change = f"B - A = {c.difference:+.4g}"
-    # Deterministic arms read the same whether or not the runs are paired.
-    spread = np.concatenate([c.a - c.a.mean(), c.b - c.b.mean()])
-    if not np.any(spread != 0):
-        if c.difference == 0:
-            return f"No: every run gives the same {c.metric} in both arms: there is neither noise nor a difference."
-        return (
-            f"Yes: the difference in {c.metric} ({change}) comes with no run-to-run variation at "
-            f"all in {arms}, so it is not noise (the runs are deterministic)."
-        )
-    what = f"the difference in {c.metric} ({change}; {100 * (1 - c.alpha):.0f}% CI {c.ci[0]:+.4g} to {c.ci[1]:+.4g})"
-    tests = f"t-test p = {c.p_t:.3g}, permutation p = {c.p_perm:.3g}"
+def run_level_state(c: Comparison) -> str:
+    """What the tests over runs say (t-test, permutation test, bootstrap CI over runs): whether
+    the difference stands out of run-to-run noise on this test set."""
+    if _deterministic(c):  # any difference is not run-to-run noise
+        return "distinguishable" if c.difference != 0 else "not-distinguishable"
+    votes = _votes(c)
+    if all(votes):
+        return "distinguishable"
+    return "not-distinguishable" if not any(votes) else "borderline"
+
+
+def _deterministic(c: Comparison) -> bool:
+    """No run differs from its arm's mean: deterministic arms, whether or not the runs are paired."""
+    return not np.any(np.concatenate([c.a - c.a.mean(), c.b - c.b.mean()]) != 0)
+
+
+def _votes(c: Comparison) -> list[bool]:
     votes = [c.p_perm < c.alpha, not (c.ci[0] <= 0 <= c.ci[1])]
     if math.isfinite(c.p_t):
         votes.append(c.p_t < c.alpha)
+    return votes
+
+
+def beyond_test_set_noise(c: Comparison) -> bool | None:
+    """Whether the multibootstrap's CI (runs and test examples resampled) excludes 0; None
+    without a multibootstrap."""
+    if c.multibootstrap is None:
+        return None
+    low, high = c.multibootstrap["ci"]
+    return not (low <= 0 <= high)
+
+
+def verdict_state(c: Comparison) -> str:
+    """The verdict's state, a key of ``HEADLINES``.
+
+    For the population question "distinguishable" needs the run-level tests and the
+    multibootstrap to agree; run-level tests that reject while the multibootstrap's CI spans 0
+    give "this-test-set-only", and a multibootstrap that rejects while the run-level tests do not
+    gives "borderline". For the this-test-set question the run-level tests alone decide.
+    """
+    run, beyond = run_level_state(c), beyond_test_set_noise(c)
+    if c.question == THIS_TEST_SET or beyond is None:
+        return run
+    if run == "distinguishable":
+        return "distinguishable" if beyond else "this-test-set-only"
+    return "borderline" if run == "not-distinguishable" and beyond else run
+
+
+def verdict(c: Comparison) -> str:
+    """One plain sentence answering ``c.question``: is the difference distinguishable from
+    run-to-run noise, and (the population question) from the finite test set's noise?"""
+    arms = f"{len(c.a)} pairs of runs" if c.paired else f"{len(c.a)} and {len(c.b)} runs"
+    change = f"B - A = {c.difference:+.4g}"
+    level = f"{100 * (1 - c.alpha):.0f}%"
+    state, run, mb = verdict_state(c), run_level_state(c), c.multibootstrap
+    deterministic = _deterministic(c)
+    if deterministic and c.difference == 0:
+        return f"No: every run gives the same {c.metric} in both arms: there is neither noise nor a difference."
+    if mb is not None:  # a p of 0: no resample crossed 0, below the resampling's resolution
+        p_mb = f"p = {mb['p']:.3g}" if mb["p"] > 0 else f"p < {1 / mb['n_boot']:.2g}"
+        multi = f"multibootstrap {level} CI [{mb['ci'][0]:+.4g}, {mb['ci'][1]:+.4g}], {p_mb}"
+    # What a run-level "yes" means beyond this test set, or that nothing here says.
+    if state == "this-test-set-only":
+        if deterministic:
+            remedy = "a larger test set could decide it"
+        elif mb["sd_examples"] > mb["sd_runs"]:
+            remedy = "a larger test set or more runs could decide it (test-set noise dominates, so a larger test set would help most)"
+        else:
+            remedy = "a larger test set or more runs could decide it (training noise dominates, so more runs would help most)"
+        caveat = f", but not beyond test-set noise ({multi}); {remedy}"
+    elif run == "distinguishable" and mb is not None:
+        caveat = (
+            f" and from test-set noise ({multi})"
+            if beyond_test_set_noise(c)
+            else f", but not beyond test-set noise ({multi}): a new test set from the same distribution might not show it"
+        )
+    elif c.test_set_unassessed:
+        caveat = f"; test-set noise is not assessed ({c.test_set_unassessed})"
+    else:
+        caveat = ""
+    on_test_set = " on this test set" if mb is not None else ""
+    if deterministic:
+        return (
+            f"{HEADLINES[state]}: the difference in {c.metric} ({change}) comes with no run-to-run variation at "
+            f"all in {arms}, so it is not noise from training (the runs are deterministic){caveat}."
+        )
+    what = f"the difference in {c.metric} ({change}; {level} CI over runs {c.ci[0]:+.4g} to {c.ci[1]:+.4g})"
+    tests = f"t-test p = {c.p_t:.3g}, permutation p = {c.p_perm:.3g}"
     unit = "pairs" if c.paired else "runs per arm"
     need = (
-        f"about {c.n_needed} {unit} would detect a difference this size with {100 * c.power:.0f}% power"
+        f"about {c.n_needed} {unit} would detect a difference this size{on_test_set} with {100 * c.power:.0f}% power"
         if c.n_needed
         else "no number of runs would detect a zero difference"
     )
-    if all(votes):
-        return f"Yes: {what} is distinguishable from run-to-run noise with {arms} ({tests})."
-    if not any(votes):
+    if run == "distinguishable":
+        return f"{HEADLINES[state]}: {what} is distinguishable from run-to-run noise{on_test_set} with {arms} ({tests}){caveat}."
+    if state == "not-distinguishable":
         return f"No: {what} is not distinguishable from run-to-run noise with {arms} ({tests}); {need}."
+    if mb is not None and c.question == POPULATION:
+        tests += f"; {multi}"
     return f"Borderline: the tests disagree about {what} at alpha = {c.alpha} ({tests}); {need}."
 
 
@@ -423,7 +529,48 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--permutations", type=int, default=10000, metavar="P")
     p.add_argument("--multibootstrap", type=int, default=1000, metavar="B", help="resamples of runs x examples, and for P(B > A) (1000)")
     p.add_argument("--seed", type=int, default=0)
+    question = p.add_mutually_exclusive_group()
+    question.add_argument(
+        "--population", dest="question", action="store_const", const=POPULATION,
+        help="the verdict asks whether B differs from A on the data distribution: the run-level tests "
+        "and the multibootstrap over runs x test examples must agree (the default)",
+    )
+    question.add_argument(
+        "--this-test-set", dest="question", action="store_const", const=THIS_TEST_SET,
+        help="the verdict asks whether B differs from A on this test set: the run-level tests decide",
+    )
+    p.set_defaults(question=POPULATION)
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the numbers and the verdict's state as JSON")
     return p
+
+
+def _plain(value):
+    """JSON-ready: numpy scalars as numbers, tuples as lists, NaN and infinity as null."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.generic, float)):
+        value = value.item() if isinstance(value, np.generic) else value
+        return value if not isinstance(value, float) or math.isfinite(value) else None
+    return value
+
+
+def comparison_json(c: Comparison, results: dict) -> dict:
+    """What ``--json FILE`` writes: the verdict's state and sentence and the numbers behind them."""
+
+    def arm(label: str, values: np.ndarray) -> dict:
+        return {"label": label, "runs": len(values), "mean": values.mean(), "sd": values.std(ddof=1)}
+
+    return _plain({
+        "metric": c.metric, "question": c.question, "state": c.state, "verdict": c.verdict,
+        "run_level": run_level_state(c), "beyond_test_set_noise": beyond_test_set_noise(c),
+        "a": arm(c.label_a, c.a), "b": arm(c.label_b, c.b), "paired": c.paired, "alpha": c.alpha,
+        "difference": c.difference, "ci": c.ci, "t": c.t, "df": c.df, "p_t": c.p_t, "p_perm": c.p_perm,
+        "effect": c.effect, "hedges_g": c.hedges_g, "n_needed": c.n_needed,
+        "multibootstrap": c.multibootstrap, "multibootstrap_skipped": c.test_set_unassessed or None,
+        "prob_better": results.get("prob_better"), "notes": c.notes,
+    })
 
 
 def _label(directory: Path, group: Group, filters: list[str]) -> str:
@@ -459,10 +606,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result.notes += notes
     # The per-example statistics see the same runs as the verdict: finite ones (and, paired, partnered).
+    results: dict = {}
     extra = compare_lines(
-        dataclasses.replace(group_a, runs=runs_a), dataclasses.replace(group_b, runs=runs_b), args.metric, result.a, result.b, args.paired, args.alpha, args.multibootstrap, args.seed
+        dataclasses.replace(group_a, runs=runs_a), dataclasses.replace(group_b, runs=runs_b), args.metric, result.a, result.b, args.paired, args.alpha, args.multibootstrap, args.seed,
+        results=results,
     )
+    result.question = args.question
+    result.multibootstrap = results.get("multibootstrap")
+    result.test_set_unassessed = results.get("multibootstrap_skipped", "")
     print(format_comparison(result, extra), end="")
+    if args.json:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            records.write_json(args.json, comparison_json(result, results))
+        except OSError as e:
+            print(f"error: cannot write --json {args.json} ({e}): choose a writable path", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -356,10 +356,14 @@ def paired_order(group_a, group_b) -> tuple[list[int], list[int]]:
 
 def compare_lines(
     group_a, group_b, metric: str, a: np.ndarray, b: np.ndarray, paired: bool,
-    alpha: float = 0.05, n_boot: int = 1000, seed: int = 0,
+    alpha: float = 0.05, n_boot: int = 1000, seed: int = 0, results: dict | None = None,
 ) -> list[str]:
     """The lines ``python -m analysis.compare`` adds: multibootstrap over runs x test examples,
-    P(B > A) with Bouthillier's rule, which noise dominates, and runs too few for any test."""
+    P(B > A) with Bouthillier's rule, which noise dominates, and runs too few for any test.
+
+    ``results``, when given, receives the numbers behind them for the verdict: ``multibootstrap``
+    (``multibootstrap``'s dict) or ``multibootstrap_skipped`` (why not), and ``prob_better``."""
+    results = {} if results is None else results
     from scipy import stats as sps
 
     lines = []
@@ -369,7 +373,7 @@ def compare_lines(
         if paired:
             ia, ib = paired_order(group_a, group_b)
             xa, xb = xa[ia], xb[ib]
-        mb = multibootstrap(xa, xb, paired, n_boot, seed, alpha)
+        mb = results["multibootstrap"] = multibootstrap(xa, xb, paired, n_boot, seed, alpha)
         how = "runs paired by replicate" if paired else "runs of each arm resampled independently"
         lines.append(
             f"- multibootstrap over runs x test examples ({mb['n_boot']} resamples, examples paired, {how}): "
@@ -389,11 +393,13 @@ def compare_lines(
             f"from training runs: {dominant} noise dominates; {remedy} would tighten the comparison most{shares}"
         )
     elif xa is not None and xb is not None:
-        lines.append("- multibootstrap skipped: the arms were evaluated on different test sets")
+        results["multibootstrap_skipped"] = "the arms were evaluated on different test sets"
+        lines.append(f"- multibootstrap skipped: {results['multibootstrap_skipped']}")
     else:
-        lines.append(f"- multibootstrap skipped: {metric} is one number per run, not a mean over test examples")
+        results["multibootstrap_skipped"] = f"{metric} is one number per run, not a mean over test examples"
+        lines.append(f"- multibootstrap skipped: {results['multibootstrap_skipped']}")
     sign = 1.0 if higher_is_better(metric) else -1.0
-    pb = prob_better(sign * a, sign * b, n_boot, seed, alpha)
+    pb = results["prob_better"] = prob_better(sign * a, sign * b, n_boot, seed, alpha)
     u = sps.mannwhitneyu(sign * b, sign * a, alternative="two-sided")
     word = "higher" if sign > 0 else "lower"
     verdict = {"B": "B is better", "A": "A is better", None: "neither is better"}[pb["better"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from scipy import stats
 
 from analysis import compare
+from nondet import records
 from fake_runs import fake_config, write_group
 
 
@@ -83,12 +85,16 @@ def test_no_variance_is_handled_in_words():
 
 def _sweep_with_accuracies(root, source, accuracies, n=200, classes=4):
     """Runs whose test accuracy is exactly the given percentages (multiples of 100 / n)."""
+    return _sweep_from_correct(root, source, np.arange(n) < np.round(np.asarray(accuracies) * n / 100)[:, None], classes)
+
+
+def _sweep_from_correct(root, source, correct, classes=4):
+    """Runs that get exactly the test examples ``correct[r, i]`` right, (R, N) bool."""
+    runs, n = correct.shape
     labels = np.arange(n) % classes
-    logits = np.zeros((len(accuracies), n, classes), dtype=np.float32)
-    for r, acc in enumerate(accuracies):
-        correct = round(acc * n / 100)
-        predicted = np.where(np.arange(n) < correct, labels, (labels + 1) % classes)
-        logits[r, np.arange(n), predicted] = 5.0
+    predicted = np.where(correct, labels, (labels + 1) % classes)
+    logits = np.zeros((runs, n, classes), dtype=np.float32)
+    logits[np.arange(runs)[:, None], np.arange(n), predicted] = 5.0
     config = fake_config(**{"source.name": source, "source.vary": [source]}, output_root=str(root), sweep_name="s")
     write_group(config, logits, labels)
     return root / "s"
@@ -110,3 +116,119 @@ def test_cli_between_sweeps_and_group_filters(tmp_path, capsys):
     code = compare.main([str(a), str(a), "--group-a", "source=init", "--group-b", "source.name=shuffle", "--paired"])
     assert code == 0
     assert "paired by replicate" in capsys.readouterr().out
+
+
+# --- the verdict's question: this test set, or the data distribution -----------------------
+
+FAST = ["--bootstrap", "1000", "--permutations", "1000", "--multibootstrap", "500"]
+
+
+def _arms(n, base, extra_a, extra_b, jitter_b=(1, 3, 5, 7), runs=8):
+    """(R, N) correctness of two arms: every run gets examples 0..base-1 right; the odd runs of A
+    (the ``jitter_b`` runs of B) also example ``base``, the run-to-run noise; A's runs also get the
+    examples ``extra_a`` right, B's ``extra_b``."""
+    a, b = np.zeros((runs, n), dtype=bool), np.zeros((runs, n), dtype=bool)
+    a[:, :base] = b[:, :base] = True
+    a[1::2, base] = True
+    b[list(jitter_b), base] = True
+    a[:, list(extra_a)] = True
+    b[:, list(extra_b)] = True
+    return a, b
+
+
+def _compare(tmp_path, capsys, arms, *flags):
+    a = _sweep_from_correct(tmp_path / "a", "init", arms[0])
+    b = _sweep_from_correct(tmp_path / "b", "init", arms[1])
+    out_json = tmp_path / "c.json"
+    assert compare.main([str(a), str(b), *FAST, "--json", str(out_json), *flags]) == 0
+    verdict = capsys.readouterr().out.strip().splitlines()[-1]
+    return verdict, json.loads(out_json.read_text())
+
+
+def test_both_tests_reject_a_difference_spread_over_a_large_test_set(tmp_path, capsys):
+    # B gets 100 more of 400 examples right in every run: beyond run-to-run and test-set noise.
+    verdict, record = _compare(tmp_path, capsys, _arms(400, 200, (), range(300, 400)))
+    assert verdict.startswith("Yes: the difference in test_accuracy (B - A = +25")
+    assert "and from test-set noise (multibootstrap 95% CI [+" in verdict
+    assert (record["state"], record["run_level"], record["beyond_test_set_noise"]) == ("distinguishable", "distinguishable", True)
+    assert record["question"] == "population" and record["verdict"] == verdict
+    assert record["multibootstrap"]["ci"][0] > 0 and record["p_t"] < 0.05
+
+
+def test_a_difference_of_one_test_example_is_not_called_real_for_the_population(tmp_path, capsys):
+    # Every run of B gets example 19 of 20 right and is 5 points above its A twin: the run-level
+    # tests reject, but a test set drawn without example 19 (36% of draws) shows no difference.
+    arms = _arms(20, 10, (), (19,))
+    verdict, record = _compare(tmp_path, capsys, arms)
+    assert verdict.startswith("On this test set only: the difference in test_accuracy (B - A = +5")
+    assert "is distinguishable from run-to-run noise on this test set with 8 and 8 runs" in verdict
+    assert "but not beyond test-set noise (multibootstrap 95% CI [" in verdict
+    assert "a larger test set or more runs could decide it (test-set noise dominates" in verdict
+    assert not verdict.startswith("Yes")
+    assert (record["state"], record["run_level"], record["beyond_test_set_noise"]) == (
+        "this-test-set-only", "distinguishable", False
+    )
+    low, high = record["multibootstrap"]["ci"]
+    assert low <= 0 <= high and record["p_t"] < 0.05 and record["p_perm"] < 0.05 and record["ci"][0] > 0
+
+    # Asked about this test set, the answer is yes, and says what a new test set might do.
+    verdict, record = _compare(tmp_path / "again", capsys, arms, "--this-test-set")
+    assert verdict.startswith("Yes: the difference in test_accuracy (B - A = +5")
+    assert "but not beyond test-set noise (multibootstrap 95% CI" in verdict
+    assert "a new test set from the same distribution might not show it" in verdict
+    assert (record["question"], record["state"]) == ("this-test-set", "distinguishable")
+
+
+def test_neither_test_rejects(tmp_path, capsys):
+    # Five of B's runs and four of A's get example 10 right: noise on both counts.
+    verdict, record = _compare(tmp_path, capsys, _arms(20, 10, (), (), jitter_b=(0, 1, 3, 5, 7)))
+    assert verdict.startswith("No: the difference in test_accuracy (B - A = +0.625")
+    assert "would detect a difference this size on this test set" in verdict
+    assert (record["state"], record["run_level"], record["beyond_test_set_noise"]) == (
+        "not-distinguishable", "not-distinguishable", False
+    )
+
+    # A --json path that cannot be written: one line naming it, exit status 2.
+    a, b = tmp_path / "a" / "s", tmp_path / "b" / "s"
+    assert compare.main([str(a), str(b), *FAST, "--json", str(tmp_path / "c.json" / "x.json")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: cannot write --json {tmp_path / 'c.json' / 'x.json'} (") and line.endswith("choose a writable path")
+
+
+def test_deterministic_runs_one_test_example_apart_are_not_called_real(tmp_path, capsys):
+    # Identical runs in each arm (source=none): no training noise, but the whole difference is
+    # one of 20 test examples.
+    a, b = np.zeros((4, 20), dtype=bool), np.zeros((4, 20), dtype=bool)
+    a[:, :10] = b[:, :11] = True
+    verdict, record = _compare(tmp_path, capsys, (a, b))
+    assert verdict.startswith("On this test set only: the difference in test_accuracy (B - A = +5)")
+    assert "the runs are deterministic" in verdict and "a larger test set could decide it" in verdict
+    assert record["state"] == "this-test-set-only" and record["t"] is None  # NaN is written as null
+
+
+def test_a_multibootstrap_that_rejects_alone_is_borderline():
+    # The run-level tests see nothing; a multibootstrap CI that excludes 0 (too few runs for its
+    # percentile interval) cannot make that a yes.
+    c = compare.compare_samples([1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 3.5, 4.5], n_boot=500, n_perm=500)
+    assert c.state == "not-distinguishable" and c.verdict.startswith("No")
+    c.multibootstrap = {"ci": (0.1, 0.9), "p": 0.01, "sd_runs": 0.5, "sd_examples": 0.1}
+    assert c.state == "borderline"
+    assert c.verdict.startswith("Borderline") and "multibootstrap 95% CI [+0.1, +0.9]" in c.verdict
+    c.question = compare.THIS_TEST_SET
+    assert c.state == "not-distinguishable" and c.verdict.startswith("No")
+
+
+def test_a_metric_of_one_number_per_run_names_what_the_verdict_leaves_out(tmp_path, capsys):
+    arms = _arms(400, 200, (), range(300, 400))
+    for name, correct in zip("ab", arms):
+        for run in sorted((_sweep_from_correct(tmp_path / name, "init", correct)).glob("*/r*")):
+            result = json.loads((run / records.RESULT_FILE).read_text())
+            records.write_json(run / records.RESULT_FILE, {**result, "val_loss": 1 - result["test_accuracy"] / 100})
+    args = [str(tmp_path / "a" / "s"), str(tmp_path / "b" / "s"), *FAST, "--metric", "val_loss", "--json", str(tmp_path / "c.json")]
+    assert compare.main(args) == 0
+    verdict = capsys.readouterr().out.strip().splitlines()[-1]
+    assert verdict.startswith("Yes: the difference in val_loss (B - A = -0.25")
+    assert verdict.endswith("; test-set noise is not assessed (val_loss is one number per run, not a mean over test examples).")
+    record = json.loads((tmp_path / "c.json").read_text())
+    assert record["state"] == "distinguishable" and record["multibootstrap"] is None
+    assert record["beyond_test_set_noise"] is None and record["multibootstrap_skipped"].startswith("val_loss is one number")
