@@ -4,6 +4,7 @@
     python -m analysis outputs/table1 --csv table1.csv --latex table1.tex --figures figs/
     python -m analysis outputs/table1 --cka --cka-probe 1000 --cka-runs 25 --figures figs/
     python -m analysis outputs/table1 --report report.html    # one self-contained HTML page
+    python -m analysis outputs/table1 --figures figs/ --report report.html  # each figure drawn once
 
 Prints the markdown of ``analysis.summarize`` (plus the CKA table with ``--cka``), then what the
 sweep's structure allows (``analysis/paper.py``: Table 5, Figure 2, Figure 3, the Sec. 4.2
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from analysis import stats
@@ -84,14 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.latex:
         args.latex.parent.mkdir(parents=True, exist_ok=True)
         args.latex.write_text(latex_table(frame, sweep.display_keys))
+    drawn = None  # with --report, the figures --figures drew: the page embeds them, not new ones
     if args.figures:
         from analysis.figures import write_figures
+        from analysis.render import collected
 
-        write_figures(sweep, frame, args.figures, cka)
+        with collected(write=True) if args.report else nullcontext() as drawn:
+            write_figures(sweep, frame, args.figures, cka)
     if args.report:
         from analysis.report import ReportInputs, write_report
 
-        inputs = ReportInputs(sweep, frame, cka, args.bootstrap, args.seed)
+        inputs = ReportInputs(sweep, frame, cka, args.bootstrap, args.seed, drawn)
         print(f"Report: {write_report(inputs, args.report, extra.sections)}", file=sys.stderr)
     return 0 if sweep.n_finished else 1
 

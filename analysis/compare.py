@@ -44,7 +44,6 @@ that saw different data) are printed too.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import math
 import sys
@@ -58,15 +57,16 @@ from scipy import stats
 from scipy.special import gammaln
 
 from analysis.load import Group, MixedTestSetError, Run, display_keys, format_value, hashable, load_sweep
-from analysis.metrics import accuracy, cross_entropy
-from analysis.stats import compare_lines
+from analysis.metrics import cross_entropy, percent_correct
+from analysis.stats import compare_lines, paired_order
 from nondet import records
 
+# Metrics computed from a group's test arrays (the argmax once, ``Group.correct``), not result.json.
 LOGIT_METRICS = {
-    "test_accuracy": accuracy,
-    "accuracy": accuracy,
-    "test_cross_entropy": cross_entropy,
-    "cross_entropy": cross_entropy,
+    "test_accuracy": lambda group: percent_correct(group.correct),
+    "accuracy": lambda group: percent_correct(group.correct),
+    "test_cross_entropy": lambda group: cross_entropy(group.logits, group.labels),
+    "cross_entropy": lambda group: cross_entropy(group.logits, group.labels),
 }
 
 
@@ -178,7 +178,7 @@ def arm_notes(group: Group, arm: str, shown: int = 10) -> list[str]:
 def run_values(group: Group, metric: str) -> np.ndarray:
     """The metric of every run of the group, (R,)."""
     if metric in LOGIT_METRICS and not group.is_language_model:  # LM runs: from result.json
-        return LOGIT_METRICS[metric](group.logits, group.labels)
+        return LOGIT_METRICS[metric](group)
     values = [run.result.get(metric) for run in group.runs]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         numeric = sorted(k for k, v in group.runs[0].result.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
@@ -589,14 +589,12 @@ def main(argv: list[str] | None = None) -> int:
         runs_b, b, dropped_b = finite_arm(group_b, run_values(group_b, args.metric), args.metric, "B")
         notes += dropped_a + dropped_b
         if args.paired:
-            index_a = {r.replicate: i for i, r in enumerate(runs_a)}
-            index_b = {r.replicate: i for i, r in enumerate(runs_b)}
-            shared = sorted(set(index_a) & set(index_b) - {None})
-            dropped = len(a) + len(b) - 2 * len(shared)
+            ia, ib = paired_order(runs_a, runs_b)
+            dropped = len(a) + len(b) - 2 * len(ia)
             if dropped:
                 notes.append(f"{dropped} runs without a partner of the same replicate index were left out")
-            a, b = a[[index_a[r] for r in shared]], b[[index_b[r] for r in shared]]
-            runs_a, runs_b = [runs_a[index_a[r]] for r in shared], [runs_b[index_b[r]] for r in shared]
+            a, b = a[ia], b[ib]
+            runs_a, runs_b = [runs_a[i] for i in ia], [runs_b[i] for i in ib]
         result = compare_samples(
             a, b, args.metric, args.paired, args.alpha, args.power, args.bootstrap, args.permutations, args.seed,
             _label(args.dir_a, group_a, args.group_a), _label(args.dir_b, group_b, args.group_b),
@@ -608,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     # The per-example statistics see the same runs as the verdict: finite ones (and, paired, partnered).
     results: dict = {}
     extra = compare_lines(
-        dataclasses.replace(group_a, runs=runs_a), dataclasses.replace(group_b, runs=runs_b), args.metric, result.a, result.b, args.paired, args.alpha, args.multibootstrap, args.seed,
+        group_a.with_runs(runs_a), group_b.with_runs(runs_b), args.metric, result.a, result.b, args.paired, args.alpha, args.multibootstrap, args.seed,
         results=results,
     )
     result.question = args.question

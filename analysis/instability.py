@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import Group, Sweep, load_sweep
-from analysis.metrics import accuracy, cross_entropy, sd
+from analysis.metrics import cross_entropy, percent_correct, sd
 from analysis.render import format_number, markdown_table, save_figure
 
 MIN_RATIO = 100.0
@@ -185,7 +185,7 @@ def instability_checks(sweep: Sweep) -> list[InstabilityCheck]:
         if not deeper_groups:
             continue
         logits, labels = group.logits, group.labels
-        predictions = np.argmax(logits, axis=-1)
+        predictions = group.predictions
         changed = int(np.count_nonzero((predictions != predictions[0]).any(axis=0)))
         checks.append(
             InstabilityCheck(
@@ -193,7 +193,7 @@ def instability_checks(sweep: Sweep) -> list[InstabilityCheck]:
                 runs=len(group.runs),
                 changed_examples=changed,
                 test_examples=len(labels),
-                accuracy_sd=sd(accuracy(logits, labels)),
+                accuracy_sd=sd(percent_correct(group.correct)),
                 cross_entropy_sd=sd(cross_entropy(logits, labels)),
                 deeper={_model(g): sd(cross_entropy(g.logits, g.labels)) for g in deeper_groups},
             )

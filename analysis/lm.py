@@ -193,8 +193,7 @@ def lm_group_metrics(
 def group_lm_metrics(group, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
     """``lm_group_metrics`` of an ``analysis.load.Group`` of language-model runs."""
     target = np.stack([np.asarray(r.lm.target_logprobs, dtype=np.float32) for r in group.runs])
-    predictions = np.stack([np.asarray(r.lm.predictions, dtype=np.int64) for r in group.runs])
-    return lm_group_metrics(target, predictions, group.labels, n_boot=n_boot, seed=seed)
+    return lm_group_metrics(target, group.predictions, group.labels, n_boot=n_boot, seed=seed)
 
 
 def markdown_columns(frame, image_columns: tuple) -> tuple:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -126,6 +126,35 @@ class Group:
     @property
     def labels(self) -> np.ndarray:
         return np.asarray(self.runs[0].labels, dtype=np.int64)
+
+    @cached_property
+    def predictions(self) -> np.ndarray:
+        """(R, N) int64: each run's argmax class on each test example (a language model's stored
+        next-token predictions). Computed once, run by run from the memory-mapped logits as load
+        checked them against result.json; the table, the statistics, the figures and
+        ``python -m analysis.compare`` all read this one."""
+        if self.is_language_model:
+            rows = [np.asarray(r.lm.predictions, dtype=np.int64) for r in self.runs]
+        else:
+            rows = [np.argmax(np.asarray(r.logits), axis=1) for r in self.runs]
+        return np.stack(rows)
+
+    @cached_property
+    def correct(self) -> np.ndarray:
+        """(R, N) bool: run r's prediction is example i's label."""
+        return self.predictions == self.labels
+
+    def with_runs(self, runs: list[Run]) -> Group:
+        """The group holding only ``runs`` (some of its own, in any order: the finite or paired
+        runs of ``python -m analysis.compare``); the stacked arrays already computed come along,
+        indexed, so no argmax is taken again."""
+        position = {id(r): i for i, r in enumerate(self.runs)}
+        index = [position[id(r)] for r in runs]
+        part = replace(self, runs=list(runs))
+        for name in ("logits", "predictions", "correct"):
+            if name in self.__dict__:  # a cached_property already computed
+                part.__dict__[name] = self.__dict__[name][index]
+        return part
 
     def label(self, keys: list[str]) -> str:
         """A short row label from the given keys: ``init`` or ``init, model.width=64``."""

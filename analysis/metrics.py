@@ -62,7 +62,12 @@ PAIR_TILE_BYTES = 4 * 2**20
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(R,) percent of examples whose argmax logit is the label."""
-    return 100.0 * np.mean(np.argmax(logits, axis=-1) == labels, axis=-1)
+    return percent_correct(np.argmax(logits, axis=-1) == labels)
+
+
+def percent_correct(correct: np.ndarray) -> np.ndarray:
+    """(R,) percent of True in each row of the (R, N) ``correct`` (``Group.correct``): accuracy."""
+    return 100.0 * np.mean(correct, axis=-1)
 
 
 def probabilities(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +218,7 @@ def relative_classes(classes: int) -> int:
     return 1 if classes == 2 else classes
 
 
-def ensemble_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def ensemble_metrics(logits: np.ndarray, labels: np.ndarray, correct: np.ndarray | None = None) -> dict[str, float]:
     """Two-model ensemble gains and prediction differences, averaged over all pairs.
 
     Returns ``ensemble_delta_accuracy``, ``ensemble_delta_cross_entropy``,
@@ -227,7 +232,8 @@ def ensemble_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]
     class rows, much cheaper than argmax over a short last axis); where two classes share the
     maximum, argmax's first-index rule decides, exactly as ``argmax`` would. Every pair covers
     the same N*C entries, so the mean over pairs of a per-pair mean is the grand mean,
-    accumulated as sums.
+    accumulated as sums. ``correct``: the (R, N) argmax-equals-label matrix when the caller has
+    it (``Group.correct``), else computed here.
     """
     runs, n, classes = logits.shape
     names = (
@@ -280,7 +286,9 @@ def ensemble_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]
     pairs = runs * (runs - 1) // 2
     # Each run is in R - 1 pairs, so sum over pairs of (c_i + c_j) / 2 = (R - 1) / 2 * sum_i c_i;
     # in integer counts of correct examples the difference is exact.
-    single_correct = int(np.count_nonzero(np.argmax(logits, axis=-1) == labels))
+    if correct is None:
+        correct = np.argmax(logits, axis=-1) == labels
+    single_correct = int(np.count_nonzero(correct))
     gained = 2 * ens_correct - (runs - 1) * single_correct  # twice the gain in correct answers
     return {
         "ensemble_delta_accuracy": float(100.0 * gained / (2 * pairs * n)),
@@ -292,9 +300,12 @@ def ensemble_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]
 
 
 def group_metrics(
-    logits: np.ndarray, labels: np.ndarray, n_boot: int = 1000, seed: int = 0
+    logits: np.ndarray, labels: np.ndarray, n_boot: int = 1000, seed: int = 0, predictions: np.ndarray | None = None
 ) -> dict[str, float]:
     """Every column of ``COLUMNS`` for one group of runs: logits (R, N, C), labels (N,).
+
+    ``predictions``: the (R, N) argmax of the logits when the caller has it (``Group.predictions``,
+    shared with analysis/stats.py), else computed here, once for every column that needs it.
 
     Above ``analysis.pairs.EXACT_MAX_RUNS`` runs the pairwise columns come from identities and
     sampled pairs, and ``pairs_note`` says which and gives their standard errors.
@@ -303,7 +314,9 @@ def group_metrics(
     labels = np.asarray(labels, dtype=np.int64)
     if logits.ndim != 3 or logits.shape[1] != len(labels):
         raise ValueError(f"expected logits (R, N, C) and labels (N,), got {logits.shape} and {labels.shape}")
-    acc = accuracy(logits, labels)
+    predictions = np.argmax(logits, axis=-1) if predictions is None else np.asarray(predictions)
+    correct = predictions == labels
+    acc = percent_correct(correct)
     ce = cross_entropy(logits, labels)
     acc_sd_sd, ce_sd_sd = bootstrap_sd_sd(np.stack([acc, ce]), n_boot, seed)
     row = {
@@ -314,14 +327,14 @@ def group_metrics(
         "cross_entropy_mean": float(ce.mean()) if len(ce) else float("nan"),
         "cross_entropy_sd": sd(ce),
         "cross_entropy_sd_sd": float(ce_sd_sd),
-        "disagreement": disagreement(np.argmax(logits, axis=-1)),
+        "disagreement": disagreement(predictions),
     }
     if len(logits) > pairs.EXACT_MAX_RUNS:  # identities and sampled pairs: analysis/pairs.py
         many, note = pairs.many_run_metrics(logits, labels, seed)
         row.update(many)
         return {k: row[k] for k in COLUMNS} | {"pairs_note": note}
     row["spearman"] = spearman(logits)
-    row.update(ensemble_metrics(logits, labels))
+    row.update(ensemble_metrics(logits, labels, correct))
     return {k: row[k] for k in COLUMNS}
 
 

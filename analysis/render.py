@@ -63,16 +63,18 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_co
     return "\n".join("| " + " | ".join(str(c) for c in cells) + " |" for cells in [header, align, *rows])
 
 
-# Inside ``collected()``, figures are handed over as (stem, figure) instead of written to files.
-_COLLECTED: ContextVar[list | None] = ContextVar("collected_figures", default=None)
+# Inside ``collected()``, figures are handed over as (stem, figure), and written to files only
+# with ``write=True``: (the list, write).
+_COLLECTED: ContextVar[tuple[list, bool] | None] = ContextVar("collected_figures", default=None)
 
 
 @contextmanager
-def collected() -> Iterator[list]:
+def collected(write: bool = False) -> Iterator[list]:
     """``with collected() as figures: write_figures(...)``: the (stem, Figure) pairs, no files
-    (the HTML report, ``analysis/report.py``, embeds them)."""
+    (the HTML report, ``analysis/report.py``, embeds them). ``write=True`` writes the files too:
+    ``python -m analysis SWEEP --figures DIR --report FILE`` draws each figure once for both."""
     figures: list = []
-    token = _COLLECTED.set(figures)
+    token = _COLLECTED.set((figures, write))
     try:
         yield figures
     finally:
@@ -80,14 +82,31 @@ def collected() -> Iterator[list]:
 
 
 def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
-    """``DIR/STEM.png`` and ``DIR/STEM.pdf`` (150 dpi, tight); inside ``collected()``, no file."""
-    figures = _COLLECTED.get()
-    if figures is not None:
-        figures.append((stem, fig))
-        return []
+    """``DIR/STEM.png`` and ``DIR/STEM.pdf`` (150 dpi, tight); inside ``collected()``, no file
+    unless it was asked to write them as well."""
+    state = _COLLECTED.get()
+    if state is not None:
+        figures, write = state
+        figures.append((stem, _undrawn_copy(fig) if write else fig))
+        if not write:
+            return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
     for path in paths:
         fig.savefig(path, dpi=150, bbox_inches="tight")
     return paths
+
+
+def _undrawn_copy(fig):
+    """A copy of a figure not yet drawn, to be drawn elsewhere (the report's PNG) after the
+    original is saved. Each draw re-runs the constrained layout from where the last one left the
+    axes, which moves them by a fraction of a pixel; the copy starts where a fresh figure does,
+    so its image is byte for byte the one drawing the figure again would give. Matplotlib copies
+    figures by pickling; one that cannot be pickled is shared as it is."""
+    import pickle
+
+    try:
+        return pickle.loads(pickle.dumps(fig))
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return fig

@@ -45,6 +45,9 @@ class ReportInputs:
     cka: pd.DataFrame | None = None  # analysis.cka.sweep_cka, with --cka
     n_boot: int = 1000
     seed: int = 0
+    # The (stem, Figure) pairs ``write_figures`` already drew for ``--figures DIR``, embedded as
+    # they are; None: ``sweep_figures`` draws them.
+    drawn: list[tuple[str, Any]] | None = None
 
 
 # The figures of ``write_figures`` (analysis/figures.py, analysis/paper.py,
@@ -74,11 +77,13 @@ CAPTIONS.update(stats_figures.CAPTIONS)  # test-set noise, best of k
 
 def sweep_figures(inputs: ReportInputs) -> list[tuple[Any, str]]:
     """Variability bars, cross-entropy spread, CKA and the paper's figures, as the sweep's
-    structure allows (the figures ``--figures DIR`` writes)."""
-    from analysis.figures import write_figures
+    structure allows (the figures ``--figures DIR`` writes; those it drew, when it ran)."""
+    figures = inputs.drawn
+    if figures is None:
+        from analysis.figures import write_figures
 
-    with collected() as figures:
-        write_figures(inputs.sweep, inputs.frame, Path("."), inputs.cka)
+        with collected() as figures:
+            write_figures(inputs.sweep, inputs.frame, Path("."), inputs.cka)
     return [(fig, CAPTIONS.get(stem, f"{stem}.")) for stem, fig in figures]
 
 

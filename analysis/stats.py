@@ -4,8 +4,9 @@
     python -m analysis.compare DIR_A DIR_B [--paired]           # multibootstrap and P(B > A)
 
 Every statistic here starts from the (R, N) matrix of per-run, per-example correctness
-(``correct[r, i]``: run r's argmax is example i's label; next-token predictions for language
-models) or from per-run values. Formulas, sources and a worked example: docs/statistics.md.
+(``Group.correct`` of analysis/load.py, ``correct[r, i]``: run r's argmax is example i's label;
+next-token predictions for language models) or from per-run values. Formulas, sources and a
+worked example: docs/statistics.md.
 
 Columns of ``python -m analysis`` (percent; NaN with fewer than two runs):
 
@@ -65,25 +66,6 @@ BOUTHILLIER_GAMMA = 0.75
 
 
 # --- per-group columns ---------------------------------------------------------------------
-
-
-def correct_matrix(group) -> np.ndarray:
-    """(R, N) bool: run r is right on test example i (argmax logit, or the LM's prediction).
-
-    Computed run by run from the memory-mapped arrays and kept on the group, so the table, the
-    per-class CSV and the figures share one pass over the logits.
-    """
-    cached = getattr(group, "_correct", None)
-    if cached is not None:
-        return cached
-    labels = group.labels
-    if group.is_language_model:
-        rows = [np.asarray(r.lm.predictions) == labels for r in group.runs]
-    else:
-        rows = [np.argmax(np.asarray(r.logits), axis=1) == labels for r in group.runs]
-    correct = np.stack(rows) if rows else np.zeros((0, len(labels)), dtype=bool)
-    group._correct = correct
-    return correct
 
 
 def variance_components(correct: np.ndarray) -> dict[str, float]:
@@ -171,7 +153,7 @@ def stats_columns(correct: np.ndarray, labels: np.ndarray, classes: int | None, 
 def group_stats(group, seed: int = 0) -> tuple[dict, list[str]]:
     """``stats_columns`` of an ``analysis.load.Group``."""
     classes = None if group.is_language_model else group.runs[0].logits.shape[1]
-    return stats_columns(correct_matrix(group), group.labels, classes, seed)
+    return stats_columns(group.correct, group.labels, classes, seed)
 
 
 def test_set_sentence(frame: pd.DataFrame, labels: list[str]) -> str:
@@ -336,7 +318,7 @@ def per_example_values(group, metric: str) -> np.ndarray | None:
     """(R, N) the metric of each run on each test example when it is a mean over examples
     (accuracy in percent, cross-entropy in nats), else None (a result.json number)."""
     if metric in ("test_accuracy", "accuracy"):
-        return 100.0 * correct_matrix(group)
+        return 100.0 * group.correct
     if metric in ("test_cross_entropy", "cross_entropy"):
         if group.is_language_model:
             return -np.stack([np.asarray(r.lm.target_logprobs, dtype=np.float64) for r in group.runs])
@@ -346,10 +328,11 @@ def per_example_values(group, metric: str) -> np.ndarray | None:
     return None
 
 
-def paired_order(group_a, group_b) -> tuple[list[int], list[int]]:
-    """Indices of A's and B's runs that share a replicate index, in replicate order."""
-    index_a = {r.replicate: i for i, r in enumerate(group_a.runs)}
-    index_b = {r.replicate: i for i, r in enumerate(group_b.runs)}
+def paired_order(runs_a: list, runs_b: list) -> tuple[list[int], list[int]]:
+    """Indices of A's and B's runs that share a replicate index, in replicate order (runs without
+    one, or without a partner, are left out): ``--paired`` of ``python -m analysis.compare``."""
+    index_a = {r.replicate: i for i, r in enumerate(runs_a)}
+    index_b = {r.replicate: i for i, r in enumerate(runs_b)}
     shared = sorted(set(index_a) & set(index_b) - {None})
     return [index_a[r] for r in shared], [index_b[r] for r in shared]
 
@@ -371,7 +354,7 @@ def compare_lines(
     level = f"{100 * (1 - alpha):.0f}%"
     if xa is not None and xb is not None and xa.shape[1] == xb.shape[1]:
         if paired:
-            ia, ib = paired_order(group_a, group_b)
+            ia, ib = paired_order(group_a.runs, group_b.runs)
             xa, xb = xa[ia], xb[ib]
         mb = results["multibootstrap"] = multibootstrap(xa, xb, paired, n_boot, seed, alpha)
         how = "runs paired by replicate" if paired else "runs of each arm resampled independently"
@@ -383,7 +366,7 @@ def compare_lines(
         remedy = "a larger test set" if dominant == "test-set" else "more runs"
         shares = ""
         if metric in ("test_accuracy", "accuracy"):  # each arm's own decomposition (the table's)
-            parts = [variance_components(correct_matrix(g)) for g in (group_a, group_b)]
+            parts = [variance_components(g.correct) for g in (group_a, group_b)]
             shares = "; finite-test-set share of each arm's accuracy variance: " + ", ".join(
                 f"{arm} {min(100.0, 100.0 * p['test_set'] / p['observed']):.0f}%"
                 for arm, p in zip("AB", parts) if p["observed"] > 0
@@ -435,7 +418,7 @@ def class_table(sweep) -> pd.DataFrame:
         if group.is_language_model:
             continue
         classes = group.runs[0].logits.shape[1]
-        mean, spread = class_spread(correct_matrix(group), group.labels, classes)
+        mean, spread = class_spread(group.correct, group.labels, classes)
         examples = np.bincount(group.labels, minlength=classes)
         for c in range(classes):
             rows.append({**_key_cells(group, keys), "class": c, "examples": int(examples[c]),
@@ -449,7 +432,7 @@ def best_of_k_table(sweep) -> pd.DataFrame:
     keys = sweep.display_keys
     parts = []
     for group in sweep.groups:
-        curve = best_of_k(100.0 * correct_matrix(group).mean(axis=1))
+        curve = best_of_k(100.0 * group.correct.mean(axis=1))
         parts.append(pd.concat([pd.DataFrame([_key_cells(group, keys)] * len(curve)), curve], axis=1))
     columns = keys + ["k", "expected_best", "expected_best_sd", "inflation"]
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)

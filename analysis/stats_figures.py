@@ -88,7 +88,7 @@ def write_stats_figures(sweep, frame: pd.DataFrame, out_dir: Path) -> list[Path]
     groups = [g for g, k in zip(sweep.groups, keep) if k]
     keys = sweep.display_keys
     labels = [g.label(keys) for g in groups]
-    rates = [1.0 - stats.correct_matrix(g).mean(axis=0) for g in groups]
+    rates = [1.0 - g.correct.mean(axis=0) for g in groups]
     paths = save_figure(test_set_noise_figure(labels, rates, frame[keep].reset_index(drop=True))[0], out_dir, "test_set_noise")
     table = stats.best_of_k_table(sweep)
     table = table[table["k"].notna()]

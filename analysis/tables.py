@@ -53,7 +53,7 @@ def summary_frame(sweep: Sweep, n_boot: int = 1000, seed: int = 0) -> pd.DataFra
         if group.is_language_model:  # Table 2's columns (analysis/lm.py)
             row.update(lm.group_lm_metrics(group, n_boot=n_boot, seed=seed))
         else:
-            computed = group_metrics(group.logits, group.labels, n_boot=n_boot, seed=seed)
+            computed = group_metrics(group.logits, group.labels, n_boot=n_boot, seed=seed, predictions=group.predictions)
             if "pairs_note" in computed:  # many runs: sampled pairs (analysis/pairs.py)
                 notes.append(f"{group.label(keys)}: {computed.pop('pairs_note')}")
             row.update(computed)

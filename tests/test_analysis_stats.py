@@ -150,6 +150,35 @@ def _sweep(root, source, runs, shift, n=300, classes=3, seed=0):
     return root / "s"
 
 
+def test_the_table_csvs_and_compare_take_each_runs_argmax_once(tmp_path, monkeypatch, capsys):
+    """``Group.predictions`` is the one argmax of a run's logits: the metrics, the statistics,
+    their CSVs and ``python -m analysis.compare`` all read it."""
+    from analysis.load import load_sweep
+    from analysis.tables import summary_frame
+
+    a, b = _sweep(tmp_path / "a", "init", 4, 1.0, n=40, seed=1), _sweep(tmp_path / "b", "init", 4, 2.0, n=40, seed=2)
+    sweep = load_sweep(a)  # reading checks each run's argmax against result.json: not counted
+    argmax, calls = np.argmax, []
+
+    def counted(x, *args, **kwargs):
+        calls.append(np.shape(x))
+        return argmax(x, *args, **kwargs)
+
+    monkeypatch.setattr(np, "argmax", counted)
+    summary_frame(sweep, n_boot=5)
+    stats.class_table(sweep), stats.best_of_k_table(sweep)
+    assert calls == [(40, 3)] * 4  # one per run
+    monkeypatch.setattr(np, "argmax", argmax)
+    arms = [load_sweep(a).groups[0], load_sweep(b).groups[0]]  # read before counting, as above
+    monkeypatch.setattr(compare, "select_group", lambda directory, filters, flag: arms.pop(0))
+    monkeypatch.setattr(np, "argmax", counted)
+    calls.clear()
+    assert compare.main([str(a), str(b), "--paired", "--bootstrap", "50", "--permutations", "50",
+                         "--multibootstrap", "50"]) == 0
+    assert "multibootstrap" in capsys.readouterr().out
+    assert calls == [(40, 3)] * 8  # one per run of each arm
+
+
 def test_compare_cli_adds_multibootstrap_and_prob_better(tmp_path, capsys):
     a = _sweep(tmp_path / "a", "init", 6, 1.0, seed=1)
     b = _sweep(tmp_path / "b", "init", 6, 3.0, seed=2)
@@ -217,7 +246,7 @@ def test_figure_functions_return_a_figure_and_a_one_line_caption(tmp_path):
 
     sweep = load_sweep(_sweep(tmp_path, "init", 5, 1.0, n=60))
     frame = summary_frame(sweep, n_boot=10)
-    rates = [1.0 - stats.correct_matrix(g).mean(axis=0) for g in sweep.groups]
+    rates = [1.0 - g.correct.mean(axis=0) for g in sweep.groups]
     drawn = [
         stats_figures.test_set_noise_figure(["init"], rates, frame),
         stats_figures.best_of_k_figure(stats.best_of_k_table(sweep), sweep.display_keys),

@@ -139,3 +139,34 @@ def test_broken_runs_get_their_badge_and_note(tmp_path):
     text = out.read_text()
     assert '<span class="bad">1 broken</span>' in text
     assert '<li class="broken">' in text
+
+
+def test_figures_and_report_together_draw_each_figure_once_and_embed_the_same_images(tmp_path, monkeypatch):
+    """``--figures DIR --report FILE``: the page embeds the figures written to DIR, so each figure
+    function runs once, and the page's images are those of ``--report`` alone."""
+    from analysis import figures, instability, onset, stats_figures
+
+    sweep = small_sweep(tmp_path, onsets=(0, 2))
+    alone = tmp_path / "alone.html"
+    assert main([str(sweep), "--report", str(alone), "--bootstrap", "5"]) == 0
+    calls = {}
+
+    def counted(module, name):
+        function = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return function(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    for module, name in ((figures, "variability_bars"), (figures, "cross_entropy_spread"),
+                         (onset, "onset_figure"), (instability, "instability_figure"),
+                         (stats_figures, "test_set_noise_figure"), (stats_figures, "best_of_k_figure")):
+        counted(module, name)
+    out, figs = tmp_path / "both.html", tmp_path / "figs"
+    assert main([str(sweep), "--figures", str(figs), "--report", str(out), "--bootstrap", "5"]) == 0
+    assert calls == dict.fromkeys(calls, 1) and len(calls) == 6
+    stems = ("variability", "cross_entropy_spread", "onset", "test_set_noise", "best_of_k")
+    assert sorted(p.name for p in figs.iterdir()) == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
+    assert images(out.read_text()) == images(alone.read_text()) and len(images(alone.read_text())) == len(stems)
