@@ -7,6 +7,8 @@
 See README.md for the config groups and the run-directory contract.
 """
 
+import gc
+
 import nondet.backend  # noqa: F401  (sets CUBLAS_WORKSPACE_CONFIG before CUDA starts)
 import hydra
 from omegaconf import DictConfig
@@ -24,4 +26,8 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    # What is imported lives as long as the process: out of the garbage collector's way, its full
+    # collections (and the interpreter's exit) need not walk torch's objects (about half a second
+    # of a short sweep's wall time; docs/benchmarks.md).
+    gc.freeze()
     main()
