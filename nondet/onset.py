@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Mapping
 
 from nondet.lock import Lock, held  # noqa: F401  (onset.Lock, onset.held: the prefix's lock)
 from nondet.records import identity
+
+log = logging.getLogger("nondet")
 
 PREFIX_DIR = ".prefix"
 # Keys that do not change the base trajectory: which sources vary, the replicate, the onset.
@@ -54,13 +57,36 @@ def latest_prefix_checkpoint(config: Mapping, before_or_at: int) -> tuple[int, P
     return max(found) if found else None
 
 
+# While a job waits for the shared prefix, a log line this often (seconds).
+WAIT_LOG_SECONDS = 300.0
+
+
 def wait_for(path: Path, lock: Lock, timeout_seconds: float | None = None) -> bool:
-    """Wait until ``path`` exists (True) or the lock can be taken (False: train it yourself)."""
-    began = time.monotonic()
+    """Wait until ``path`` exists (True) or the lock can be taken (False: train it yourself).
+
+    Bounded without a limit of its own: the holder refreshes the lock after every epoch, and a
+    lock left unrefreshed for ``lock.stale_seconds`` (a holder that died or hangs) is taken over.
+    Says whom it waits for when it starts and every ``WAIT_LOG_SECONDS``."""
+    began = last_log = time.monotonic()
+    logged = False
     while not path.exists():
         if lock.try_acquire():
             return False
-        if timeout_seconds is not None and time.monotonic() - began > timeout_seconds:
+        now = time.monotonic()
+        if not logged or now - last_log >= WAIT_LOG_SECONDS:
+            log.info("waiting for the shared prefix %s, which %s is training (%.0f s so far; a lock "
+                     "not refreshed for %.0f s is taken over)", path.name, _holder_text(lock.holder()),
+                     now - began, lock.stale_seconds)
+            logged, last_log = True, now
+        if timeout_seconds is not None and now - began > timeout_seconds:
             raise TimeoutError(f"waited {timeout_seconds:.0f}s for {path} (lock {lock.path})")
         time.sleep(lock.poll_seconds)
     return True
+
+
+def _holder_text(holder: dict | None) -> str:
+    if not holder:
+        return "another job"
+    where = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+    job = holder.get("slurm_job")
+    return f"{where} (SLURM job {job})" if job else where

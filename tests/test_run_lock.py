@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
@@ -194,3 +195,18 @@ def test_the_wait_for_a_hung_launch_is_bounded_and_says_what_to_do(make_config, 
             in out and f"stop it (kill {os.getpid()} on {socket.gethostname()})" in out)
     assert "1 are still being trained by another launch" in out and ended["code"] == 1
     assert records.run_dir(make_config("source=init", "epochs=1", "replicates=1", "lock_wait_seconds=5")) == directory
+
+
+def test_a_job_waiting_for_the_shared_prefix_says_whom_it_waits_for(tmp_path, caplog):
+    """An onset sweep's jobs wait for the one training the shared prefix: a log line names it."""
+    import logging
+    import socket
+
+    from nondet import onset
+
+    lock = onset.Lock(tmp_path / "prefix.pt.lock", poll_seconds=0.01)
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": "77"}  # alive: not stale
+    lock.path.write_text(json.dumps(holder) + "\n")
+    with caplog.at_level(logging.INFO, logger="nondet"), pytest.raises(TimeoutError):
+        onset.wait_for(tmp_path / "prefix.pt", lock, timeout_seconds=0.05)
+    assert f"waiting for the shared prefix prefix.pt, which pid {os.getpid()} on {holder['host']} (SLURM job 77) is training" in caplog.text
