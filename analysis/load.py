@@ -44,12 +44,7 @@ from nondet import records
 SOURCE_ORDER = ("none", "init", "shuffle", "augment", "dropout", "lowlevel", "reduction", "bitflip", "all")
 
 
-# env.json keys whose value changes a run's floats on the same inputs, bit for bit: the device,
-# the torch build and precision on every device; the CPU's model, vector width (the ATen kernels
-# it dispatches to) and thread count (the order of parallel sums) on the CPU; the GPU's libraries
-# on CUDA (its name is ``device_name``).
-ARITHMETIC_KEYS = ("device", "device_name", "torch", "precision")
-ARITHMETIC_KEYS_ON = {"cpu": ("cpu_model", "cpu_capability", "threads"), "cuda": ("cuda", "cudnn")}
+ARITHMETIC_KEYS, ARITHMETIC_KEYS_ON = records.ARITHMETIC_KEYS, records.ARITHMETIC_KEYS_ON
 
 
 class MixedTestSetError(ValueError):
@@ -88,6 +83,8 @@ class Run:
     lm: LMArrays | None = None
     data_sha256: str | None = None  # env.json's hash of the data's content (None: not recorded)
     arithmetic: dict = field(default_factory=dict)  # env.json's recorded ARITHMETIC_KEYS
+    # the arithmetic of the run's earlier segments, where it was resumed under another
+    earlier_arithmetic: list = field(default_factory=list)
 
     @property
     def replicate(self) -> int | None:
@@ -520,9 +517,10 @@ def _env_fields(directory: Path) -> dict:
     if not isinstance(env, dict):
         return {"data_sha256": None, "arithmetic": {}}
     sha = env.get("data_sha256")
-    keys = ARITHMETIC_KEYS + ARITHMETIC_KEYS_ON.get(env.get("device"), ())
-    arithmetic = {k: hashable(env[k]) for k in keys if env.get(k) is not None}
-    return {"data_sha256": str(sha) if sha is not None else None, "arithmetic": arithmetic}
+    arithmetic = {k: hashable(v) for k, v in records.arithmetic_of(env).items()}
+    earlier = [e for e in env.get(records.EARLIER_ARITHMETIC) or [] if isinstance(e, dict)]
+    return {"data_sha256": str(sha) if sha is not None else None, "arithmetic": arithmetic,
+            "earlier_arithmetic": earlier}
 
 
 def _read_lm_run(directory: Path, config: dict, key: tuple, result: dict, replicate) -> Run | RunProblem:
@@ -644,6 +642,30 @@ def _arithmetic_notes(group: Group, label: str) -> list[str]:
     ]
 
 
+def _resumed_arithmetic_notes(group: Group, label: str) -> list[str]:
+    """Runs resumed under other float arithmetic than they trained with before (env.json
+    ``earlier_arithmetic``): each is a run no uninterrupted training gives, whose resume was not
+    bitwise."""
+    mixed = []
+    for run in group.runs:
+        if run.earlier_arithmetic:
+            now = run.arithmetic
+            changes = "; ".join(
+                f"{k}: {cell(v)} before, {cell(now[k])} after" for k, v in run.earlier_arithmetic[-1].items()
+                if k in now and now[k] != hashable(v)
+            )
+            mixed.append(f"{run.path.name} ({changes})")
+    if not mixed:
+        return []
+    shown = ", ".join(mixed[:4]) + (", ..." if len(mixed) > 4 else "")
+    return [
+        f"{label}: {len(mixed)} of {len(group.runs)} runs were resumed under other float arithmetic "
+        f"than they trained with before ({shown}): a resume is bitwise the uninterrupted run only on "
+        f"the same arithmetic, so each is a run no uninterrupted training gives. Delete their "
+        f"directories and relaunch on one kind of node to retrain them"
+    ]
+
+
 def _split_by_data(key: tuple, runs: list[Run], label: str) -> tuple[list[tuple[tuple, list[Run]]], list[str]]:
     """The runs of one configuration, split by the data they saw (env.json ``data_sha256``).
 
@@ -711,6 +733,7 @@ def load_sweep(sweep_dir: Path) -> Sweep:
     for group in groups:
         group.notes += _divergence_notes(group, group.label(keys))
         group.notes += _arithmetic_notes(group, group.label(keys))
+        group.notes += _resumed_arithmetic_notes(group, group.label(keys))
     seen = set()
     for group in groups + [g for g, _ in refused]:
         notes += [n for n in group.notes if not (n in seen or seen.add(n))]

@@ -46,6 +46,36 @@ SUBSET_POSITIONS_FILE = "subset_positions.npy"
 # schedule=snapshot: snapshots/<k>/logits.npy, the model at the end of cycle k (nondet/snapshot.py).
 SNAPSHOT_DIR = "snapshots"
 
+# env.json keys whose value changes a run's floats on the same inputs, bit for bit: the device,
+# the torch build and precision on every device; the CPU's model, vector width (the ATen kernels
+# it dispatches to) and thread count (the order of parallel sums) on the CPU; the GPU's libraries
+# on CUDA (its name is ``device_name``).
+ARITHMETIC_KEYS = ("device", "device_name", "torch", "precision")
+ARITHMETIC_KEYS_ON = {"cpu": ("cpu_model", "cpu_capability", "threads"), "cuda": ("cuda", "cudnn")}
+# env.json of a run resumed under other arithmetic than it started with: the earlier settings.
+EARLIER_ARITHMETIC = "earlier_arithmetic"
+
+
+def arithmetic_of(env: Mapping) -> dict:
+    """The ``ARITHMETIC_KEYS`` an env.json records (a key it predates is left out)."""
+    keys = ARITHMETIC_KEYS + ARITHMETIC_KEYS_ON.get(env.get("device"), ())
+    return {k: env[k] for k in keys if env.get(k) is not None}
+
+
+def earlier_arithmetic(previous: Mapping | None, now: Mapping) -> list[dict]:
+    """What a resumed run's new env.json keeps of the one it replaces: every earlier setting of
+    the run's arithmetic that differs from ``now``'s (as far as both recorded it), oldest first."""
+    if not isinstance(previous, Mapping):
+        return []
+    earlier = [e for e in previous.get(EARLIER_ARITHMETIC) or [] if isinstance(e, dict)] + [arithmetic_of(previous)]
+    current = arithmetic_of(now)
+    kept: list[dict] = []
+    for settings in earlier:
+        differs = {k: v for k, v in settings.items() if k in current and current[k] != v}
+        if differs and settings not in kept:
+            kept.append(settings)
+    return kept
+
 
 class CorruptRunError(RuntimeError):
     """A run directory holds a file that cannot be read; the message says what to delete."""

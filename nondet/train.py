@@ -228,8 +228,27 @@ def start_replica(
     env = environment(config["device"], config["precision"], lowlevel)
     env["resumed_from_epoch"] = resumed_from
     env.update(env_extra or {})
+    if resumed_from is not None:  # a run resumed under other arithmetic is no longer bitwise one
+        earlier = records.earlier_arithmetic(_previous_env(directory), env)
+        if earlier:
+            env[records.EARLIER_ARITHMETIC] = earlier
+            log.warning("%s: resumed under other float arithmetic than it trained with before (%s); it "
+                        "is not bitwise the run trained uninterrupted", directory, _differences(earlier[-1], env))
     records.write_json(directory / records.ENV_FILE, env)
     records.write_json(directory / records.SEEDS_FILE, replica.plan.as_record(lowlevel))
+
+
+def _previous_env(directory: Path) -> dict | None:
+    try:
+        previous = records.read_json(directory / records.ENV_FILE)
+    except (OSError, ValueError, records.CorruptRunError):
+        return None
+    return previous if isinstance(previous, dict) else None
+
+
+def _differences(earlier: dict, env: dict) -> str:
+    now = records.arithmetic_of(env)
+    return ", ".join(f"{k}: {v} before, {now[k]} now" for k, v in earlier.items() if k in now and now[k] != v)
 
 
 def record_evaluation(

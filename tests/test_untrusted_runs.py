@@ -240,3 +240,46 @@ def test_a_run_this_user_may_not_read_is_unreadable_not_corrupt(tmp_path, labels
     assert (status.corrupt, status.unreadable) == (0, 1) and "do not delete them" in status.advice
     text = analysis.summarize(tmp_path / "s")
     assert "- unreadable: init-" in text and "- corrupt:" not in text
+
+
+def test_a_run_resumed_under_other_arithmetic_is_named(make_config, monkeypatch, caplog):
+    """A run killed on one kind of node and resumed on another is no run an uninterrupted training
+    gives: its env.json keeps the earlier arithmetic, the resume logs it, the analysis names it."""
+    import json
+
+    from nondet import logger, train
+
+    config = make_config("source=init", "epochs=3", "checkpoint_every=1")
+    directory = records.run_dir(config)
+    original = logger.record_metrics
+
+    def killed_after_epoch_2(config, directory, history):
+        original(config, directory, history)
+        if history[-1]["epoch"] == 2:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(logger, "record_metrics", killed_after_epoch_2)
+    assert run_job(OmegaConf.create(config))["failed"] == [str(directory)]
+    first = json.loads((directory / records.ENV_FILE).read_text())
+    monkeypatch.setattr(logger, "record_metrics", original)
+    real = train.environment
+    monkeypatch.setattr(train, "environment", lambda *a: {**real(*a), "cpu_model": "Another CPU"})
+    assert run_job(OmegaConf.create(config))["finished"] == [str(directory)]
+    env = json.loads((directory / records.ENV_FILE).read_text())
+    assert env["resumed_from_epoch"] == 1
+    assert env[records.EARLIER_ARITHMETIC] == [records.arithmetic_of(first)]
+    assert "resumed under other float arithmetic" in caplog.text
+    sweep = load_sweep(directory.parents[1])
+    assert any(f"r0000 (cpu_model: {first['cpu_model']} before, Another CPU after)" in n for n in sweep.notes)
+
+
+def test_a_resume_on_the_same_arithmetic_records_none_earlier():
+    now = {"device": "cpu", "torch": "2", "threads": 2, "cpu_model": "A"}
+    assert records.earlier_arithmetic({**now}, now) == []
+    assert records.earlier_arithmetic(None, now) == []
+    assert records.earlier_arithmetic({"device": "cpu", "torch": "2"}, now) == []  # older env.json: nothing differs
+    before = {**now, "threads": 1}
+    assert records.earlier_arithmetic(before, now) == [records.arithmetic_of(before)]
+    # carried through a later resume on the same arithmetic, once
+    again = {**now, records.EARLIER_ARITHMETIC: [records.arithmetic_of(before)]}
+    assert records.earlier_arithmetic(again, now) == [records.arithmetic_of(before)]
