@@ -60,3 +60,19 @@ def make_config(tmp_path):
         return compose_config([f"output_root={tmp_path / 'outputs'}", *overrides], tiny=tiny)
 
     return make
+
+
+def kill_after_epoch(monkeypatch, epoch: int):
+    """Make a run's job fail right after it records epoch ``epoch`` (metrics row and logger
+    written; a checkpoint of a later epoch not): a job killed there. Returns the undo."""
+    from nondet import logger
+
+    original = logger.record_metrics
+
+    def killed(config, directory, history):
+        original(config, directory, history)
+        if history[-1]["epoch"] == epoch:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(logger, "record_metrics", killed)
+    return lambda: monkeypatch.setattr(logger, "record_metrics", original)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import kill_after_epoch
 from nondet import logger, records
 from nondet.job import run_job
 
@@ -49,20 +50,13 @@ def test_event_files_hold_every_epoch_tagged_by_group_and_a_resume_does_not_repe
     assert directory.parent.name == group and directory.name == "r0001"  # the run's name in TensorBoard
 
     # Killed after logging epoch 3, with the checkpoint of epoch 2: epoch 3 is trained again.
-    original = logger.record_metrics
-
-    def killed_after_epoch_3(config, directory, history):
-        original(config, directory, history)
-        if history[-1]["epoch"] == 3:
-            raise RuntimeError("killed")
-
-    monkeypatch.setattr(logger, "record_metrics", killed_after_epoch_3)
+    undo = kill_after_epoch(monkeypatch, 3)
     assert run_job(OmegaConf.create(config))["failed"] == [str(directory)]
     logger.close()  # the process that was killed holds no writer
     assert [s for s, _ in scalars(directory, group)["test_accuracy"]] == [1, 2, 3]
     assert (directory / records.CHECKPOINT_FILE).exists()
 
-    monkeypatch.setattr(logger, "record_metrics", original)
+    undo()
     assert run_job(OmegaConf.create(config))["finished"] == [str(directory)]
     assert scalars(directory, group) == expected(directory)  # epochs 1-4, once each
     assert not logger._writers  # closed at the last epoch

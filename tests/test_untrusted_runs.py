@@ -247,21 +247,15 @@ def test_a_run_resumed_under_other_arithmetic_is_named(make_config, monkeypatch,
     gives: its env.json keeps the earlier arithmetic, the resume logs it, the analysis names it."""
     import json
 
-    from nondet import logger, train
+    from conftest import kill_after_epoch
+    from nondet import train
 
     config = make_config("source=init", "epochs=3", "checkpoint_every=1")
     directory = records.run_dir(config)
-    original = logger.record_metrics
-
-    def killed_after_epoch_2(config, directory, history):
-        original(config, directory, history)
-        if history[-1]["epoch"] == 2:
-            raise RuntimeError("killed")
-
-    monkeypatch.setattr(logger, "record_metrics", killed_after_epoch_2)
+    undo = kill_after_epoch(monkeypatch, 2)  # its checkpoint: epoch 1
     assert run_job(OmegaConf.create(config))["failed"] == [str(directory)]
     first = json.loads((directory / records.ENV_FILE).read_text())
-    monkeypatch.setattr(logger, "record_metrics", original)
+    undo()
     real = train.environment
     monkeypatch.setattr(train, "environment", lambda *a: {**real(*a), "cpu_model": "Another CPU"})
     assert run_job(OmegaConf.create(config))["finished"] == [str(directory)]
