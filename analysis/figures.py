@@ -14,6 +14,10 @@
   see ``analysis/paper.py``.
 - ``test_set_noise.{png,pdf}`` and ``best_of_k.{png,pdf}``: see ``analysis/stats_figures.py``.
 
+Every figure grows with the number of groups and the length of their labels (the helpers in
+``analysis/render.py``): bars are horizontal, one row per group; legends sit beside the axes;
+groups past ten take line styles (hatches for bars) as well as colours.
+
 Figures are built on ``matplotlib.figure.Figure`` directly, so no global pyplot state or
 backend is touched (safe inside a notebook or the end-of-sweep callback).
 """
