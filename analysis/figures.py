@@ -14,6 +14,10 @@
   see ``analysis/paper.py``.
 - ``test_set_noise.{png,pdf}`` and ``best_of_k.{png,pdf}``: see ``analysis/stats_figures.py``.
 
+Every figure grows with the number of groups and the length of their labels (the helpers in
+``analysis/render.py``): bars are horizontal, one row per group; legends sit beside the axes;
+groups past ten take line styles (hatches for bars) as well as colours.
+
 Figures are built on ``matplotlib.figure.Figure`` directly, so no global pyplot state or
 backend is touched (safe inside a notebook or the end-of-sweep callback).
 """
@@ -28,7 +32,19 @@ import pandas as pd
 from analysis.instability import label_spread_axes, plot_spread, spread_by_epoch
 from analysis.load import Sweep
 from analysis.paper import paper_figures
-from analysis.render import row_label, save_figure
+from analysis.render import (
+    bar_styles,
+    bars_inches,
+    beside_inches,
+    group_barh,
+    label_inches,
+    legend_beside,
+    legend_width_inches,
+    row_label,
+    save_figure,
+    shared_legend,
+    style_groups,
+)
 from analysis.stats_figures import write_stats_figures
 
 
@@ -41,23 +57,22 @@ def variability_bars(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> lis
     from matplotlib.figure import Figure
 
     labels = _labels(frame, keys)
-    if len(labels) > 12:  # many groups: the two panels one above the other, each the page's width
-        fig = Figure(figsize=(max(6.0, 0.4 * len(labels) + 2), 8.0), layout="constrained")
-        axes = fig.subplots(2, 1)
-    else:
-        fig = Figure(figsize=(max(6.0, 0.6 * len(labels) + 3), 4.0), layout="constrained")
-        axes = fig.subplots(1, 2)
-    x = np.arange(len(labels))
+    # Horizontal bars: each group's label on one row, however long, the figure as tall as the
+    # groups need.
+    fig = Figure(figsize=(7.0 + label_inches(labels), bars_inches(len(labels))), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(labels))
     for ax, column, title in (
         (axes[0], "accuracy", "Accuracy SD (%)"),
         (axes[1], "cross_entropy", "Cross-entropy SD (nats)"),
     ):
         sds = frame[f"{column}_sd"].to_numpy(dtype=float)
         errors = np.nan_to_num(frame[f"{column}_sd_sd"].to_numpy(dtype=float))
-        ax.bar(x, np.nan_to_num(sds), yerr=errors, capsize=3, color="tab:blue")
-        ax.set_xticks(x, labels, rotation=45, ha="right")
+        ax.barh(y, np.nan_to_num(sds), xerr=errors, capsize=3, color="tab:blue")
         ax.set_title(title)
-        ax.set_ylim(bottom=0)
+        ax.set_xlim(left=0)
+        ax.grid(axis="x", alpha=0.3)
+    group_barh(axes[0], labels)
     fig.suptitle("Run-to-run variability (error bars: bootstrap SD of the SD)")
     return save_figure(fig, out_dir, "variability")
 
@@ -68,12 +83,13 @@ def cka_bars(cka: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
 
     layers = list(dict.fromkeys(cka["layer"]))
     groups = list(cka.groupby(keys, sort=False, dropna=False))
-    fig = Figure(figsize=(max(6.0, 1.2 * len(layers) + 2), 4.0), layout="constrained")
+    labels = [_labels(rows.iloc[:1], keys)[0] for _, rows in groups]
+    width_in = max(6.0, 1.2 * len(layers) + 2) + legend_width_inches(labels)
+    fig = Figure(figsize=(width_in, max(4.0, beside_inches(len(groups)))), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(1, len(groups))
-    for g, (_, rows) in enumerate(groups):
+    for g, ((_, rows), label, style) in enumerate(zip(groups, labels, bar_styles(len(groups)))):
         by_layer = rows.set_index("layer").reindex(layers)
-        label = _labels(rows.iloc[:1], keys)[0]
         ax.bar(
             np.arange(len(layers)) + (g - (len(groups) - 1) / 2) * width,
             by_layer["cka_mean"].to_numpy(dtype=float),
@@ -81,13 +97,14 @@ def cka_bars(cka: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
             yerr=np.nan_to_num(by_layer["cka_sd"].to_numpy(dtype=float)),
             capsize=2,
             label=label,
+            **style,  # past ten colours, hatches tell groups apart
         )
     low = np.nanmin(cka["cka_mean"] - cka["cka_sd"].fillna(0))
     ax.set_ylim(max(-0.05, min(0.95, low - 0.05)), 1.01)
     ax.set_xticks(np.arange(len(layers)), layers)
     ax.set_ylabel(f"linear CKA ({cka['estimator'].iloc[0]})")
     ax.set_title("Representation similarity between pairs of runs (error bars: SD over pairs)")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    legend_beside(ax)
     return save_figure(fig, out_dir, "cka")
 
 
@@ -100,13 +117,7 @@ def cross_entropy_spread(sweep: Sweep, out_dir: Path) -> list[Path]:
     keys = sweep.display_keys
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
     left, right = fig.subplots(1, 2)
-    many = len(sweep.groups) > 10  # past ten colours, line styles tell groups apart
-    if many:
-        from cycler import cycler
-        from matplotlib import colormaps
-
-        for ax in (left, right):
-            ax.set_prop_cycle(cycler(linestyle=["-", "--", ":"]) * cycler(color=colormaps["tab10"].colors))
+    style_groups(left, right, n=len(sweep.groups))  # past ten colours, line styles tell groups apart
     drawn = 0
     for group in sweep.groups:
         spread = spread_by_epoch(group)
@@ -117,12 +128,7 @@ def cross_entropy_spread(sweep: Sweep, out_dir: Path) -> list[Path]:
     if not drawn:
         return []
     label_spread_axes((left, right))
-    if drawn <= 6:
-        left.legend(fontsize="small")
-        right.legend(fontsize="small")
-    else:  # one legend beside the axes instead of two that hide the lines
-        fig.set_size_inches(12.0, max(4.0, 0.22 * drawn))
-        fig.legend(*left.get_legend_handles_labels(), loc="outside right upper", fontsize="small")
+    shared_legend(fig, [left, right])  # beside the axes, never over the lines
     return save_figure(fig, out_dir, "cross_entropy_spread")
 
 

@@ -32,7 +32,7 @@ import pandas as pd
 
 from analysis.load import Group, Sweep, load_sweep
 from analysis.metrics import cross_entropy, percent_correct, sd
-from analysis.render import format_number, markdown_table, save_figure
+from analysis.render import format_number, markdown_table, save_figure, shared_legend, style_groups
 
 MIN_RATIO = 100.0
 ZOOM_EPOCHS = 10
@@ -99,6 +99,7 @@ def instability_figure(sweep: Sweep, out_dir: Path) -> list[Path]:
     keys = [k for k in sweep.display_keys if k != "source.name"] or ["source.name"]
     fig = Figure(figsize=(10.0, 7.0), layout="constrained")
     axes = fig.subplots(2, 2)
+    style_groups(*axes.ravel(), n=len(groups))
     for group in groups:
         spread = spread_by_epoch(group)
         for row, limit in ((0, None), (1, ZOOM_EPOCHS)):
@@ -106,9 +107,8 @@ def instability_figure(sweep: Sweep, out_dir: Path) -> list[Path]:
             plot_spread(axes[row], shown, group.label(keys))
     for row, when in ((0, "all epochs"), (1, f"first {ZOOM_EPOCHS} epochs")):
         label_spread_axes(axes[row], f", {when}")
-        for ax in axes[row]:
-            ax.legend(fontsize="small")
     fig.suptitle("A one-ULP bit flip during training: spread of test cross-entropy over runs")
+    shared_legend(fig, axes)  # beside the panels, never over the lines
     return save_figure(fig, out_dir, "instability")
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import Sweep
-from analysis.render import format_number, markdown_table, row_label, save_figure
+from analysis.render import figure_legend, format_number, markdown_table, row_label, save_figure, style_groups
 
 ONSET = "onset_epoch"
 
@@ -70,7 +70,9 @@ def onset_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Pa
 
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
     axes = fig.subplots(1, 2)
-    for label, rows in onset_lines(frame, keys).items():
+    lines = onset_lines(frame, keys)
+    style_groups(*axes, n=len(lines))
+    for label, rows in lines.items():
         x = rows[ONSET].to_numpy(dtype=float)
         for ax, column in zip(axes, ("accuracy", "cross_entropy")):
             ax.errorbar(
@@ -85,6 +87,6 @@ def onset_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Pa
         ax.set_xlabel("onset epoch (nondeterminism starts)")
         ax.set_title(title)
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize="small")
     fig.suptitle("Onset of nondeterminism (error bars: bootstrap SD of the SD)")
+    figure_legend(fig, *axes[0].get_legend_handles_labels())
     return save_figure(fig, out_dir, "onset")

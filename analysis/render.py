@@ -56,6 +56,128 @@ def row_label(values: Sequence, keys: Sequence[str]) -> str:
     return ", ".join(str(v) if k == "source.name" else f"{k}={format_value(v)}" for k, v in zip(keys, values))
 
 
+# --- figures of many groups --------------------------------------------------------------
+# Matplotlib's default cycle repeats after ten colours, and legends drawn inside the axes cover
+# the data once a sweep has a dozen groups with long labels. Every figure that draws one mark per
+# group takes its styles, its legend and its height from here, so a sweep of 40 groups stays
+# readable (``tests/test_report.py`` draws every figure with 24 long labels).
+
+LINESTYLES = ("-", "--", ":", "-.")
+BAR_HATCHES = (None, "//", "..", "xx")  # a bar's stand-in for the line style of the same index
+
+
+def group_styles(n: int) -> list[dict]:
+    """``n`` distinct ``{"color", "linestyle"}`` pairs: tab10 by solid, dashed, dotted and
+    dash-dot lines up to 40 groups, tab20 by them up to 80; only past 80 does a pair repeat."""
+    from matplotlib import colormaps
+
+    colors = colormaps["tab10" if n <= 10 * len(LINESTYLES) else "tab20"].colors
+    return [{"color": colors[i % len(colors)], "linestyle": LINESTYLES[(i // len(colors)) % len(LINESTYLES)]}
+            for i in range(n)]
+
+
+def bar_styles(n: int) -> list[dict]:
+    """``group_styles`` for bars: ``{"color", "hatch"}``, the hatch standing in for the line style."""
+    return [{"color": s["color"], "hatch": BAR_HATCHES[LINESTYLES.index(s["linestyle"])]} for s in group_styles(n)]
+
+
+def style_groups(*axes, n: int) -> None:
+    """Give each axes the ``group_styles(n)`` cycle, so its i-th line is group i's on every panel."""
+    from cycler import cycler
+
+    styles = group_styles(n)
+    for ax in axes:
+        ax.set_prop_cycle(cycler(color=[s["color"] for s in styles], linestyle=[s["linestyle"] for s in styles]))
+
+
+def legend_columns(n: int) -> int:
+    """One column of legend entries up to 24, then two (40 groups: 20 rows)."""
+    return 1 if n <= 24 else 2
+
+
+def legend_inches(n: int) -> float:
+    """The height in inches a legend of ``n`` entries at ``fontsize="small"`` needs."""
+    return 0.6 + 0.21 * math.ceil(n / legend_columns(n))
+
+
+def beside_inches(n: int) -> float:
+    """The height in inches of a figure whose one row of axes has a ``legend_beside`` of ``n``
+    entries: the legend, and the axes' title and x label around it."""
+    return legend_inches(n) + 1.0
+
+
+def text_inches(labels: Sequence[str], size: str = "medium") -> float:
+    """The width in inches of the widest of these labels at a matplotlib font size
+    (``"medium"``: tick labels, ``"small"``: legends), as the Agg renderer lays it out."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    font = FontProperties(size=size)
+    widths = [TextToPath().get_text_width_height_descent(str(label), font, ismath=False)[0] for label in labels]
+    return max(widths, default=0.0) / 72.0
+
+
+def legend_width_inches(labels: Sequence[str]) -> float:
+    """How wide a legend of these labels at ``fontsize="small"`` is, in inches: the text, the
+    line's handle and the padding of each column."""
+    return legend_columns(len(labels)) * (0.6 + text_inches(labels, "small"))
+
+
+def label_inches(labels: Sequence[str]) -> float:
+    """How wide the widest of these tick labels is, in inches, with the ticks beside them."""
+    return 0.2 + text_inches(labels)
+
+
+def figure_legend(fig, handles, labels, title: str | None = None):
+    """One legend for the whole figure, right of its axes (the constrained layout makes room),
+    in two columns past 24 entries; the figure widens by the legend's width, and grows taller
+    when the legend needs it, so the axes keep their size. Call it after ``fig.suptitle``."""
+    width, height = fig.get_size_inches()
+    legend_width = legend_width_inches(labels)
+    fig.set_size_inches(width + legend_width, max(height, legend_inches(len(labels))))
+    if fig.get_suptitle():  # centred over the axes, not over the legend's column, which it would cross
+        fig.suptitle(fig.get_suptitle(), x=0.5 * width / (width + legend_width))
+    return fig.legend(handles, labels, loc="outside right upper", fontsize="small", title=title,
+                      title_fontsize="small", ncols=legend_columns(len(labels)))
+
+
+def shared_legend(fig, axes) -> None:
+    """One ``figure_legend`` for a grid of axes (a row, or rows of them) whose legends would read
+    the same; where their labels differ (``plot_spread`` counts each panel's zeros), each axes
+    keeps its own beside it, and the figure grows to hold them."""
+    import numpy as np
+
+    grid = np.atleast_2d(np.asarray(axes, dtype=object))
+    entries = [ax.get_legend_handles_labels() for ax in grid.ravel()]
+    if all(labels == entries[0][1] for _, labels in entries):
+        figure_legend(fig, *entries[0])
+        return
+    rows, columns = grid.shape
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width + columns * max(legend_width_inches(labels) for _, labels in entries),
+                        max(height, rows * legend_inches(len(entries[0][1]))))
+    for ax in grid.ravel():
+        legend_beside(ax)
+
+
+def legend_beside(ax, title: str | None = None, **kwargs):
+    """``ax``'s legend right of it, outside the data (the constrained layout makes room)."""
+    handles, labels = ax.get_legend_handles_labels()
+    return ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+                     title=title, title_fontsize="small", ncols=legend_columns(len(labels)), **kwargs)
+
+
+def bars_inches(n: int, per_group: float = 0.28) -> float:
+    """Height in inches of a horizontal bar chart of ``n`` groups (one label per row)."""
+    return max(2.5, per_group * n + 1.2)
+
+
+def group_barh(ax, labels: Sequence[str]) -> None:
+    """Group labels on ``ax``'s y axis, the first group at the top (the order of the table)."""
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> str:
     """A markdown table: the first ``text_columns`` columns left-aligned, the rest numbers
     (right-aligned). No trailing newline."""

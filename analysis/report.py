@@ -31,7 +31,7 @@ import pandas as pd
 
 from analysis import stats_figures
 from analysis.load import PROBLEM_STATUSES, Sweep, flatten
-from analysis.render import PM, collected, format_value, row_label
+from analysis.render import PM, collected, format_value, label_inches, row_label
 from analysis.tables import status_lines, table_cells
 from nondet import records
 
@@ -103,13 +103,14 @@ def cka_heatmap(inputs: ReportInputs) -> tuple[Any, str] | None:
     for i, (_, rows) in enumerate(groups):
         for row in rows.itertuples():
             values[i, layers.index(row.layer)] = row.cka_mean
-    fig = Figure(figsize=(max(5.0, 0.9 * len(layers) + 3.5), max(2.5, 0.32 * len(groups) + 1.2)),
+    labels = [row_label([rows.iloc[0][k] for k in keys], keys) for _, rows in groups]
+    fig = Figure(figsize=(max(5.0, 0.9 * len(layers) + 2.5) + label_inches(labels), max(2.5, 0.32 * len(groups) + 1.2)),
                  layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(values, aspect="auto", cmap="viridis", vmax=1.0)
     slanted = len(layers) > 8
     ax.set_xticks(range(len(layers)), layers, rotation=45 if slanted else 0, ha="right" if slanted else "center")
-    ax.set_yticks(range(len(groups)), [row_label([rows.iloc[0][k] for k in keys], keys) for _, rows in groups])
+    ax.set_yticks(range(len(groups)), labels)
     if values.size <= 400:  # the numbers themselves, while they fit in their cells
         middle = np.nanmean(values)
         for (i, j), v in np.ndenumerate(values):

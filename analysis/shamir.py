@@ -28,7 +28,16 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import Sweep
-from analysis.render import format_number, markdown_table, save_figure
+from analysis.render import (
+    bar_styles,
+    figure_legend,
+    format_number,
+    group_styles,
+    legend_beside,
+    legend_width_inches,
+    markdown_table,
+    save_figure,
+)
 
 ACTIVATION = "model.activation"
 WINDOW = "shuffle_window"
@@ -179,14 +188,16 @@ def pd_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]
     for extra in panels[n_panels:]:
         fig.delaxes(extra)
     panel = iter(panels)
+    activations = list(dict.fromkeys(frame[ACTIVATION])) if ACTIVATION in axes else []
+    line_styles = dict(zip(activations, group_styles(len(activations))))
     if ACTIVATION in axes:
         ax = next(panel)
-        activations = list(dict.fromkeys(frame[ACTIVATION]))
+        fig.set_size_inches(fig.get_figwidth() + legend_width_inches([str(s) for s in sources]), fig.get_figheight())
         width = 0.8 / max(1, len(sources))
-        for s, source in enumerate(sources):
+        for s, (source, style) in enumerate(zip(sources, bar_styles(len(sources)))):
             means = frame[frame[SOURCE] == source].groupby(ACTIVATION)["prediction_difference"].mean()
             ax.bar(np.arange(len(activations)) + (s - (len(sources) - 1) / 2) * width,
-                   [means.get(a, np.nan) for a in activations], width, label=source)
+                   [means.get(a, np.nan) for a in activations], width, label=source, **style)
         ax.set_xticks(np.arange(len(activations)), activations)
         positive = frame["prediction_difference"][frame["prediction_difference"] > 0]
         if len(positive) and positive.max() > 100 * positive.min():  # bit flips next to seeds
@@ -194,7 +205,7 @@ def pd_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]
         averaged = [k for k in axes if k != ACTIVATION]
         ax.set_title("PD by activation" + (f"\n(mean over {', '.join(averaged)})" if averaged else ""), fontsize="medium")
         ax.set_ylabel("prediction difference")
-        ax.legend(fontsize="small")
+        legend_beside(ax, title="source")
     for axis in line_axes:
         for source in sources:
             ax = next(panel)
@@ -203,12 +214,13 @@ def pd_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]
             finite = rows[x_key][np.isfinite(rows[x_key].astype(float))]
             full_at = (finite.max() * 4 if len(finite) else 1.0) if axis == WINDOW else None
             series = rows.groupby(ACTIVATION) if ACTIVATION in axes else [("", rows)]
-            for activation, lines in series:
+            for activation, lines in series:  # an activation's colour is the same on every panel
                 means = lines.groupby(x_key)["prediction_difference"].mean().sort_index()
                 x = means.index.to_numpy(dtype=float)
                 if full_at is not None:
                     x = np.where(np.isinf(x), full_at, x)
-                ax.plot(x, means.to_numpy(dtype=float), marker="o", label=str(activation) or None)
+                ax.plot(x, means.to_numpy(dtype=float), marker="o", label=str(activation) or None,
+                        **line_styles.get(activation, {}))
             if axis == "model.width" and rows[axis].min() > 0 and rows[axis].max() >= 4 * rows[axis].min():
                 ax.set_xscale("log", base=2)
             if axis == WINDOW:
@@ -218,7 +230,11 @@ def pd_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]
             averaged = [k for k in axes if k not in (axis, ACTIVATION)]
             ax.set_title(f"{source}: PD by {axis}" + (f"\n(mean over {', '.join(averaged)})" if averaged else ""), fontsize="medium")
             ax.set_xlabel(axis)
-            if ACTIVATION in axes:
-                ax.legend(fontsize="small")
     fig.suptitle("Prediction difference between runs (Snapp & Shamir)")
+    if ACTIVATION in axes and line_axes:  # one legend for the lines of every panel, beside them
+        entries = {}
+        for ax in panels[1:n_panels]:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                entries.setdefault(label, handle)
+        figure_legend(fig, list(entries.values()), list(entries), title=ACTIVATION)
     return save_figure(fig, out_dir, "prediction_difference")

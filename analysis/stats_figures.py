@@ -16,7 +16,18 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.render import save_figure
+from analysis.render import (
+    bars_inches,
+    beside_inches,
+    group_barh,
+    group_styles,
+    label_inches,
+    legend_beside,
+    legend_width_inches,
+    row_label,
+    save_figure,
+    style_groups,
+)
 
 
 # One line each: what to read from the figure (the HTML report shows them under the figures).
@@ -35,8 +46,18 @@ def test_set_noise_figure(labels: list[str], error_rates: list[np.ndarray], fram
     alone predicts (``accuracy_sd_test_set``) and the distribution-wise SD."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(9.0, 0.7 * len(labels) + 6), 4.0), layout="constrained")
-    left, right = fig.subplots(1, 2)
+    # The histogram on top with its legend beside it; below, the SDs as horizontal bars, each
+    # group's label on its own row: the figure grows with the number of groups and the labels.
+    hist_height = max(3.0, beside_inches(len(labels)))
+    bars_height = bars_inches(len(labels), per_group=0.4)
+    series = ("observed", "predicted: test-set noise", "distribution-wise")
+    width = 5.0 + max(legend_width_inches(labels), label_inches(labels) + legend_width_inches(series))
+    fig = Figure(figsize=(width, hist_height + bars_height), layout="constrained")
+    # Two subfigures, so the bars' long labels and the histogram's legend each take their own
+    # margin rather than both narrowing one shared column.
+    top, bottom = fig.subfigures(2, 1, height_ratios=[hist_height, bars_height])
+    left, right = top.subplots(), bottom.subplots()
+    style_groups(left, n=len(labels))
     bins = np.linspace(0.0, 1.0, 21)
     for label, rates in zip(labels, error_rates):
         left.hist(rates, bins=bins, histtype="step", label=label)
@@ -44,19 +65,16 @@ def test_set_noise_figure(labels: list[str], error_rates: list[np.ndarray], fram
     left.set_xlabel("fraction of runs that misclassify the example")
     left.set_ylabel("test examples")
     left.set_title("Per-example error rate")
-    left.legend(fontsize="small")
-    x = np.arange(len(labels))
-    width = 0.27
-    for offset, column, name in (
-        (-width, "accuracy_sd", "observed"),
-        (0.0, "accuracy_sd_test_set", "predicted: test-set noise"),
-        (width, "accuracy_sd_distribution", "distribution-wise"),
-    ):
-        right.bar(x + offset, np.nan_to_num(frame[column].to_numpy(dtype=float)), width, label=name)
-    right.set_xticks(x, labels, rotation=45, ha="right")
-    right.set_ylabel("accuracy SD (%)")
+    legend_beside(left)
+    y = np.arange(len(labels))
+    height = 0.27
+    for offset, column, name in zip((-height, 0.0, height),
+                                    ("accuracy_sd", "accuracy_sd_test_set", "accuracy_sd_distribution"), series):
+        right.barh(y + offset, np.nan_to_num(frame[column].to_numpy(dtype=float)), height, label=name)
+    group_barh(right, labels)
+    right.set_xlabel("accuracy SD (%)")
     right.set_title("Observed vs independent-errors SD")
-    right.legend(fontsize="small")
+    legend_beside(right)
     return fig, CAPTIONS["test_set_noise"]
 
 
@@ -64,19 +82,20 @@ def best_of_k_figure(table: pd.DataFrame, keys: list[str]):
     """Expected best test accuracy of k runs (k = 1..R) per group, shaded +- its SD."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.5, 4.0), layout="constrained")
+    groups = list(table.groupby(keys, sort=False, dropna=False)) if keys else [((), table)]
+    labels = [row_label(name if isinstance(name, tuple) else (name,), keys) or "all runs" for name, _ in groups]
+    fig = Figure(figsize=(6.5 + legend_width_inches(labels), max(4.0, beside_inches(len(labels)))),
+                 layout="constrained")
     ax = fig.subplots()
-    groups = table.groupby(keys, sort=False, dropna=False) if keys else [("all runs", table)]
-    for name, rows in groups:
-        label = ", ".join(str(v) for v in (name if isinstance(name, tuple) else (name,)))
-        ax.plot(rows["k"], rows["expected_best"], label=label)
+    for (_, rows), label, style in zip(groups, labels, group_styles(len(groups))):
+        ax.plot(rows["k"], rows["expected_best"], label=label, **style)
         ax.fill_between(rows["k"], rows["expected_best"] - rows["expected_best_sd"],
-                        rows["expected_best"] + rows["expected_best_sd"], alpha=0.2)
+                        rows["expected_best"] + rows["expected_best_sd"], alpha=0.2, color=style["color"])
     ax.set_xscale("log")
     ax.set_xlabel("k (runs, best reported)")
     ax.set_ylabel("expected best test accuracy (%)")
     ax.set_title("Expected best of k runs (Dodge et al. 2020)")
-    ax.legend(fontsize="small")
+    legend_beside(ax)
     return fig, CAPTIONS["best_of_k"]
 
 

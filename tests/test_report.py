@@ -170,3 +170,86 @@ def test_figures_and_report_together_draw_each_figure_once_and_embed_the_same_im
     stems = ("variability", "cross_entropy_spread", "onset", "test_set_noise", "best_of_k")
     assert sorted(p.name for p in figs.iterdir()) == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
     assert images(out.read_text()) == images(alone.read_text()) and len(images(alone.read_text())) == len(stems)
+
+
+def many_groups_sweep(root):
+    """24 bit-flip groups (6 models x 2 activations x 2 onsets) of 2 runs each, labels of 80+
+    characters: the sweep every figure of ``write_figures`` draws from."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 40)
+    for m in range(6):
+        for activation in ("relu", "a_smooth_activation"):
+            for onset in (0, 2):
+                config = fake_config(**{"source.name": "bitflip", "source.vary": ["bitflip"],
+                                        "model.name": f"a_deliberately_long_model_name_{m:02d}",
+                                        "model.width": 8 * 2**m, "model.activation": activation},
+                                     onset_epoch=onset, output_root=str(root), sweep_name="many")
+                write_group(config, random_logits(rng, 2, 40, 3), labels, [metrics_rows(rng, 3) for _ in range(2)])
+    return root / "many"
+
+
+def _style(handle):
+    """What tells a legend entry apart: colour, line style and hatch (of a line, a bar, a
+    histogram's outline, or the data line of error bars)."""
+    from matplotlib.colors import to_hex
+
+    if isinstance(handle, tuple):  # a BarContainer's first bar, an ErrorbarContainer's data line
+        handle = handle.patches[0] if hasattr(handle, "patches") else handle[0]
+    if hasattr(handle, "get_hatch"):
+        color = handle.get_facecolor() if handle.get_fill() else handle.get_edgecolor()
+        return to_hex(color), handle.get_linestyle(), handle.get_hatch()
+    return to_hex(handle.get_color()), handle.get_linestyle(), None
+
+
+def test_every_figure_stays_readable_with_many_groups_and_long_labels(tmp_path):
+    """Every figure, drawn for 24 groups with long labels: no layout warning, every panel keeps
+    a usable size, no legend covers a panel or another legend, tick labels do not run into each
+    other, and no two entries of a legend share colour, line style and hatch."""
+    import warnings
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    from analysis import shamir
+    from analysis.figures import write_figures
+    from analysis.load import load_sweep
+    from analysis.render import collected
+    from analysis.tables import summary_frame
+
+    sweep = load_sweep(many_groups_sweep(tmp_path))
+    frame = summary_frame(sweep, 5, 0)
+    keys = sweep.display_keys
+    assert len(sweep.groups) == 24 and min(len(g.label(keys)) for g in sweep.groups) >= 80
+    cka = pd.DataFrame([{**{k: row[k] for k in keys}, "layer": layer, "cka_mean": 0.9, "cka_sd": 0.01,
+                         "n_runs": 2, "n_pairs": 1, "estimator": "standard", "probe_size": 40}
+                        for _, row in frame.iterrows() for layer in ("fc1", "fc2")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with collected() as drawn:
+            write_figures(sweep, frame, tmp_path, cka)
+        drawn.append(("cka_heatmap", report.cka_heatmap(report.ReportInputs(sweep, frame, cka))[0]))
+        stems = [stem for stem, _ in drawn]
+        assert stems == ["variability", "cka", "cross_entropy_spread", "onset", "instability",
+                         "prediction_difference", "test_set_noise", "best_of_k", "cka_heatmap"]
+        assert shamir.has_pd_structure(sweep)
+        for stem, fig in drawn:
+            renderer = FigureCanvasAgg(fig).get_renderer()
+            fig.draw(renderer)
+            panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+            for ax in panels:
+                styles = [_style(h) for h in ax.get_legend_handles_labels()[0]]
+                assert len(set(styles)) == len(styles), (stem, "two groups look alike")
+                box = ax.get_window_extent(renderer)
+                assert box.height >= 100 and box.width >= 150, (stem, box)
+                for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+                    boxes = [t.get_window_extent(renderer) for t in ticks if t.get_visible() and t.get_text()]
+                    assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:])), (stem, "tick labels")
+            legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+            boxes = [legend.get_window_extent(renderer) for legend in legends]
+            texts = [t for t in [getattr(fig, "_suptitle", None)] + [a.title for a in panels] if t and t.get_text()]
+            for legend, box in zip(legends, boxes):
+                for covered in [ax.get_window_extent(renderer) for ax in panels] + \
+                               [t.get_window_extent(renderer) for t in texts]:
+                    overlap = Bbox.intersection(box, covered)
+                    assert overlap is None or overlap.width * overlap.height < 1, (stem, "legend over a panel or title")
+            assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), (stem, "legends")
