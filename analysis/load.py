@@ -606,7 +606,7 @@ def _divergence_notes(group: Group, label: str) -> list[str]:
             diverged.append(run.path.name)
     if not diverged:
         return []
-    shown = ", ".join(diverged[:8]) + (", ..." if len(diverged) > 8 else "")
+    shown = _listed(diverged, 8)
     return [
         f"{label}: {len(diverged)} of {len(group.runs)} runs diverged (non-finite test "
         f"cross-entropy or logits: {shown}); their metrics are NaN or meaningless: lower the "
@@ -627,7 +627,7 @@ def _arithmetic_notes(group: Group, label: str) -> list[str]:
         if len(by_value) > 1:
             keys.append(key)
             differing.append(f"{key}: " + "; ".join(
-                f"{cell(value)} for {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
+                f"{cell(value)} for {_listed(names, 4)}"
                 for value, names in by_value.items()
             ))
     if not differing:
@@ -640,6 +640,11 @@ def _arithmetic_notes(group: Group, label: str) -> list[str]:
         f"directories and launch the same command again on one kind of node with one torch"
         + (" (or launch with an explicit threads=N, whose runs form a row of their own)" if "threads" in keys else "")
     ]
+
+
+def _listed(names: list[str], limit: int) -> str:
+    """The first ``limit`` of ``names`` for a note, with ", ..." when there are more."""
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
 def _resumed_arithmetic_notes(group: Group, label: str) -> list[str]:
@@ -657,7 +662,7 @@ def _resumed_arithmetic_notes(group: Group, label: str) -> list[str]:
             mixed.append(f"{run.path.name} ({changes})")
     if not mixed:
         return []
-    shown = ", ".join(mixed[:4]) + (", ..." if len(mixed) > 4 else "")
+    shown = _listed(mixed, 4)
     return [
         f"{label}: {len(mixed)} of {len(group.runs)} runs were resumed under other float arithmetic "
         f"than they trained with before ({shown}): a resume is bitwise the uninterrupted run only on "
@@ -682,7 +687,7 @@ def _split_by_data(key: tuple, runs: list[Run], label: str) -> tuple[list[tuple[
     for sha, members in sorted(by_data.items(), key=lambda item: (item[0] is None, str(item[0]))):
         short = sha[:12] if sha else "unrecorded"
         parts.append((tuple(sorted(key + (("data_sha256", short),))), members))
-        names = ", ".join(r.path.name for r in members[:6]) + (", ..." if len(members) > 6 else "")
+        names = _listed([r.path.name for r in members], 6)
         described.append(f"{len(members)} with {short} ({names})")
     note = (
         f"{label}: its runs saw different data (env.json data_sha256: {'; '.join(described)}): "
