@@ -123,7 +123,7 @@ def killed_report(job: Any, error: Exception, executor: str, directory: Path | N
     same_point = bool(earlier) and earlier[-1][1] == stamp
     options = _memory_options(executor, mem_gb, runs_in_job)
     fix = None
-    if causes.count("memory") >= 2:
+    if cause == "memory" and causes.count("memory") >= 2:
         fix = (f"Killed for running out of memory {causes.count('memory')} times (state {state}): a relaunch "
                f"as it is meets the same kill; {options}.")
     elif (cause == "sigkill" and causes.count("sigkill") >= 2) or (cause == "unknown" and same_point):
