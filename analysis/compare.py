@@ -62,12 +62,16 @@ from analysis.stats import compare_lines, paired_order
 from nondet import records
 
 # Metrics computed from a group's test arrays (the argmax once, ``Group.correct``), not result.json.
-LOGIT_METRICS = {
-    "test_accuracy": lambda group: percent_correct(group.correct),
-    "accuracy": lambda group: percent_correct(group.correct),
-    "test_cross_entropy": lambda group: cross_entropy(group.logits, group.labels),
-    "cross_entropy": lambda group: cross_entropy(group.logits, group.labels),
-}
+def _accuracy(group: Group) -> np.ndarray:
+    return percent_correct(group.correct)
+
+
+def _cross_entropy(group: Group) -> np.ndarray:
+    return cross_entropy(group.logits, group.labels)
+
+
+LOGIT_METRICS = {"test_accuracy": _accuracy, "accuracy": _accuracy,
+                 "test_cross_entropy": _cross_entropy, "cross_entropy": _cross_entropy}
 
 
 # The two questions a verdict can answer. POPULATION (the default): is B better than A on the data

@@ -18,7 +18,7 @@ keys of ``nondet.records.NON_IDENTITY_KEYS`` (``replicate``, ``replicates``, the
 saw different data (``data_sha256`` in env.json) are never pooled: they become separate rows
 (``data_sha256`` shows which). A configuration whose runs were evaluated on different test sets
 is left out of the tables with a note. A row whose runs were computed with different float
-arithmetic (``ARITHMETIC_KEYS`` of env.json: CPU model, vector width, thread count, torch, GPU)
+arithmetic (``nondet.records.ARITHMETIC_KEYS`` of env.json: CPU model, vector width, thread count, torch, GPU)
 stays one row, with a note naming the runs and what differs.
 """
 
@@ -44,7 +44,6 @@ from nondet import records
 SOURCE_ORDER = ("none", "init", "shuffle", "augment", "dropout", "lowlevel", "reduction", "bitflip", "all")
 
 
-ARITHMETIC_KEYS, ARITHMETIC_KEYS_ON = records.ARITHMETIC_KEYS, records.ARITHMETIC_KEYS_ON
 
 
 class MixedTestSetError(ValueError):
@@ -82,7 +81,7 @@ class Run:
     # A language-model run (analysis/lm.py): per-token arrays instead of logits.
     lm: LMArrays | None = None
     data_sha256: str | None = None  # env.json's hash of the data's content (None: not recorded)
-    arithmetic: dict = field(default_factory=dict)  # env.json's recorded ARITHMETIC_KEYS
+    arithmetic: dict = field(default_factory=dict)  # env.json's recorded records.ARITHMETIC_KEYS
     # the arithmetic of the run's earlier segments, where it was resumed under another
     earlier_arithmetic: list = field(default_factory=list)
 
@@ -511,7 +510,7 @@ def _run_records(directory: Path) -> tuple[list[dict], dict | None, dict]:
 
 def _env_fields(directory: Path) -> dict:
     """env.json's ``data_sha256`` (the data the run trained and was tested on) and its recorded
-    ``ARITHMETIC_KEYS``; a key the run predates (or a run without env.json) is left out."""
+    ``records.ARITHMETIC_KEYS``; a key the run predates (or a run without env.json) is left out."""
     path = directory / records.ENV_FILE
     env = records.read_json(path) if path.exists() else None
     if not isinstance(env, dict):
@@ -615,7 +614,7 @@ def _divergence_notes(group: Group, label: str) -> list[str]:
 
 
 def _arithmetic_notes(group: Group, label: str) -> list[str]:
-    """Runs of one row computed with different float arithmetic (``ARITHMETIC_KEYS``): the same
+    """Runs of one row computed with different float arithmetic (``records.ARITHMETIC_KEYS``): the same
     experiment, so one row, but its spread includes that difference and a ``source=none`` control
     is not identical across them. A key some runs did not record is compared among the others."""
     differing, keys = [], []
@@ -654,10 +653,9 @@ def _resumed_arithmetic_notes(group: Group, label: str) -> list[str]:
     mixed = []
     for run in group.runs:
         if run.earlier_arithmetic:
-            now = run.arithmetic
             changes = "; ".join(
-                f"{k}: {cell(v)} before, {cell(now[k])} after" for k, v in run.earlier_arithmetic[-1].items()
-                if k in now and now[k] != hashable(v)
+                f"{k}: {cell(v)} before, {cell(now)} after"
+                for k, (v, now) in records.arithmetic_changes(run.earlier_arithmetic[-1], run.arithmetic).items()
             )
             mixed.append(f"{run.path.name} ({changes})")
     if not mixed:

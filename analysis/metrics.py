@@ -60,11 +60,6 @@ COLUMNS = (
 PAIR_TILE_BYTES = 4 * 2**20
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(R,) percent of examples whose argmax logit is the label."""
-    return percent_correct(np.argmax(logits, axis=-1) == labels)
-
-
 def percent_correct(correct: np.ndarray) -> np.ndarray:
     """(R,) percent of True in each row of the (R, N) ``correct`` (``Group.correct``): accuracy."""
     return 100.0 * np.mean(correct, axis=-1)

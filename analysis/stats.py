@@ -353,7 +353,7 @@ def compare_lines(
     xa, xb = per_example_values(group_a, metric), per_example_values(group_b, metric)
     level = f"{100 * (1 - alpha):.0f}%"
     if xa is not None and xb is not None and xa.shape[1] == xb.shape[1]:
-        if paired:
+        if paired:  # the identity where the caller paired the runs already (analysis.compare)
             ia, ib = paired_order(group_a.runs, group_b.runs)
             xa, xb = xa[ia], xb[ib]
         mb = results["multibootstrap"] = multibootstrap(xa, xb, paired, n_boot, seed, alpha)

@@ -316,8 +316,6 @@ def schema_defaults(schema: type) -> dict:
 def unknown_keys(config: dict) -> list[str]:
     """Keys of a resolved config that the schema does not declare (``+model.widht=3``). A node
     with a ``_target_`` takes any arguments of the class it names, so its keys are not checked."""
-    from omegaconf import OmegaConf
-
     known = set(_flat(schema_defaults(NondetConfig)))
     given = {k for k in _flat({k: v for k, v in config.items() if k != "hydra"})}
     return sorted(given - known - DERIVED_KEYS)

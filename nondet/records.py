@@ -9,7 +9,6 @@ into place with ``os.replace``; ``result.json`` is written last.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -62,17 +61,22 @@ def arithmetic_of(env: Mapping) -> dict:
     return {k: env[k] for k in keys if env.get(k) is not None}
 
 
+def arithmetic_changes(earlier: Mapping, now: Mapping) -> dict:
+    """{key: (earlier value, value in ``now``'s env.json)} for every arithmetic setting that
+    differs (as far as both recorded it)."""
+    current = arithmetic_of(now)
+    return {k: (v, current[k]) for k, v in earlier.items() if k in current and current[k] != v}
+
+
 def earlier_arithmetic(previous: Mapping | None, now: Mapping) -> list[dict]:
     """What a resumed run's new env.json keeps of the one it replaces: every earlier setting of
     the run's arithmetic that differs from ``now``'s (as far as both recorded it), oldest first."""
     if not isinstance(previous, Mapping):
         return []
     earlier = [e for e in previous.get(EARLIER_ARITHMETIC) or [] if isinstance(e, dict)] + [arithmetic_of(previous)]
-    current = arithmetic_of(now)
     kept: list[dict] = []
     for settings in earlier:
-        differs = {k: v for k, v in settings.items() if k in current and current[k] != v}
-        if differs and settings not in kept:
+        if arithmetic_changes(settings, now) and settings not in kept:
             kept.append(settings)
     return kept
 

@@ -241,14 +241,13 @@ def start_replica(
 def _previous_env(directory: Path) -> dict | None:
     try:
         previous = records.read_json(directory / records.ENV_FILE)
-    except (OSError, ValueError, records.CorruptRunError):
+    except records.CorruptRunError:  # none, or unreadable: nothing earlier to keep
         return None
     return previous if isinstance(previous, dict) else None
 
 
 def _differences(earlier: dict, env: dict) -> str:
-    now = records.arithmetic_of(env)
-    return ", ".join(f"{k}: {v} before, {now[k]} now" for k, v in earlier.items() if k in now and now[k] != v)
+    return ", ".join(f"{k}: {v} before, {now} now" for k, (v, now) in records.arithmetic_changes(earlier, env).items())
 
 
 def record_evaluation(

@@ -33,29 +33,21 @@ class NotPackableError(TypeError):
 
 
 
-def _split_gemm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: int) -> None:
-    """out[p] = beta * out[p] + a[p] @ b[p] for every p, in place, one GEMM per replica.
-
-    On the CPU ``out`` is a non-contiguous view (P, M, N) of a (M, P, N) tensor, so ``baddbmm_``
-    takes its per-batch path: one ``addmm`` per replica, the very BLAS call (shape, strides,
-    transposition) that the solo layer makes.
-    """
-    if out.device.type == "cpu" and out.is_contiguous():
-        for p in range(out.shape[0]):  # P == 1 or M == 1: no per-batch path to rely on
-            out[p].addmm_(a[p], b[p], beta=beta)
-    else:
-        out.baddbmm_(a, b, beta=beta)
-
-
 def _gemm_split(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """(bias[p] +) a[p] @ b[p] as a (P, M, N) view of a contiguous (M, P, N) tensor."""
+    """(bias[p] +) a[p] @ b[p] as a (P, M, N) view of a contiguous (M, P, N) tensor, one GEMM per
+    replica: into that non-contiguous view ``baddbmm_`` takes its per-batch path, one ``addmm``
+    per replica, the very BLAS call (shape, strides, transposition) that the solo layer makes."""
     packs, rows, cols = a.shape[0], a.shape[1], b.shape[2]
     if bias is None:
         out = a.new_empty(rows, packs, cols)
     else:
         out = bias.unsqueeze(0).expand(rows, packs, cols).contiguous()
-    view = out.transpose(0, 1)
-    _split_gemm(view, a, b, 0 if bias is None else 1)
+    view, beta = out.transpose(0, 1), 0 if bias is None else 1
+    if view.device.type == "cpu" and view.is_contiguous():
+        for p in range(packs):  # P == 1 or M == 1: no per-batch path to rely on
+            view[p].addmm_(a[p], b[p], beta=beta)
+    else:
+        view.baddbmm_(a, b, beta=beta)
     return view
 
 
