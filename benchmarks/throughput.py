@@ -206,12 +206,12 @@ def alternatives(args) -> None:
                    weight_decay=group["weight_decay"], momentum=group["momentum"], dampening=0.0,
                    nesterov=group["nesterov"], maximize=False)
 
-    def step_packed():
-        logits = group.model(x.flatten(1)).unflatten(1, (packs, -1))
-        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(32, packs)
+    def step_packed():  # the default MLP's pack is replica-major: (P, B, D) -> (P, B, K)
+        logits = group.model(x.transpose(0, 1).contiguous())
+        losses = F.cross_entropy(logits.flatten(0, 1), y.t().flatten(), reduction="none").view(packs, 32)
         for p in group.params:
             p.grad = None
-        losses.mean(0).sum().backward()
+        losses.mean(1).sum().backward()
         group.optimizer_step()
 
     for name, step in (("vmap(grad(functional_call))", step_vmap), ("packed layers", step_packed)):

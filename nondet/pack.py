@@ -10,13 +10,14 @@ are trained one per process. A pack trains P replicas of the same configuration 
 together, one forward and one backward per step for all of them:
 
 - Parameters, buffers and optimizer state are stacked along a leading replica axis, ``(P, *shape)``,
-  under the solo model's own names. Activations keep the replica axis folded into the channel (or
-  feature) axis, ``(B, P*C, H, W)`` or ``(B, P*F)``, so the models' own ``forward`` methods run
-  unchanged with their layers swapped: a convolution becomes a grouped one (or P convolutions,
-  see ``conv_mode``), BatchNorm over P*C channels keeps running statistics per replica, a linear
-  layer becomes one batched GEMM (or P GEMMs, where the batched kernel would round differently:
-  ``nondet.models.packed.batched_is_split``), dropout draws each replica's mask from that
-  replica's generator.
+  under the solo model's own names. The models' own ``forward`` methods run unchanged with their
+  layers swapped (``nondet.models.packed``): a convolution becomes a grouped one (or P
+  convolutions, see ``conv_mode``), BatchNorm over P*C channels keeps running statistics per
+  replica, a linear layer becomes one batched GEMM (or P GEMMs, where the batched kernel would
+  round differently: ``nondet.models.packed.batched_is_split``), dropout draws each replica's
+  mask from that replica's generator. Activations of ``linear`` and ``mlp`` packs are
+  replica-major, ``(P, B, F)``; those of convolutional packs keep the replica axis folded into
+  the channel axis, ``(B, P*C, H, W)``, so that convolutions, batch norm and pooling see one batch.
 - Everything random comes from each replica's own generators, drawn with the same calls in the
   same order as a replica alone: shuffle order, within-batch permutation,
   crop offsets and flips, dropout masks, bit flip. Replicas whose generator of a per-step source is
@@ -84,7 +85,7 @@ from nondet import funcpack, records, train, usermodel
 from nondet.backend import autocast
 from nondet.data import Dataset
 from nondet.models import build_model, set_dropout_generator
-from nondet.models.packed import _stack, pack_model
+from nondet.models.packed import _stack, is_replica_major, pack_model
 from nondet.optim import build_optimizer, learning_rate, param_group
 from nondet.pipeline import (
     batch_bounds, crop_flip, crop_flip_draws, epoch_order, resample, resample_size,
@@ -339,20 +340,21 @@ def _nll_mean_cpu(losses: torch.Tensor) -> torch.Tensor:
 
 
 def _epoch_loss(step_losses: list[torch.Tensor], n: int, device: str) -> torch.Tensor:
-    """Per replica, a solo loop's ``loss_sum / n``: each step's mean cross-entropy computed as
-    ``F.cross_entropy`` computes it (CPU; a plain mean on CUDA), accumulated step by step."""
+    """Per replica, a solo loop's ``loss_sum / n`` from each step's losses (P, B): each step's
+    mean cross-entropy computed as ``F.cross_entropy`` computes it (CPU; a plain mean on CUDA),
+    accumulated step by step."""
     by_size: dict[int, list[int]] = {}
     for s, losses in enumerate(step_losses):
-        by_size.setdefault(losses.shape[0], []).append(s)
+        by_size.setdefault(losses.shape[1], []).append(s)
     means: list[torch.Tensor | None] = [None] * len(step_losses)
     for size, steps in by_size.items():
-        batch = torch.stack([step_losses[s] for s in steps]).transpose(1, 2)  # (S, P, B)
+        batch = torch.stack([step_losses[s] for s in steps])  # (S, P, B)
         values = _nll_mean_cpu(batch) if device == "cpu" else batch.mean(-1)
         for k, s in enumerate(steps):
             means[s] = values[k]
     total = torch.zeros_like(means[0])
     for losses, mean in zip(step_losses, means):
-        total += mean * losses.shape[0]
+        total += mean * losses.shape[1]
     return total / n
 
 
@@ -390,31 +392,40 @@ def train_pack_epoch(
     orders = orders.to(device)[shuffle_of]  # (P, n)
     if resamples is not None:  # source=data: the order permutes positions within each resample
         orders = resamples.gather(1, orders)
+    major = is_replica_major(model)  # activations (P, B, ...), else folded (B, P*C, ...)
     step_losses = []
     for start, stop in bounds:
         size = stop - start
         perms = torch.stack([within_batch_permutation(size, g) for g in reducers]).to(device)
-        index = orders[:, start:stop].gather(1, perms[reduction_of]).t()  # (B, P)
-        x, y = data.x_train[index], data.y_train[index]  # (B, P, ...), (B, P)
+        index = orders[:, start:stop].gather(1, perms[reduction_of])  # (P, B)
+        if not major:
+            index = index.t()  # (B, P)
+        x, y = data.x_train[index], data.y_train[index]  # (P, B, ...) or (B, P, ...)
         if augment:
             draws = [crop_flip_draws(size, g, 4) for g in augmenters]
             offsets = torch.stack([o for o, _ in draws]).to(device)[augment_of]  # (P, 2, B)
             flips = torch.stack([f for _, f in draws]).to(device)[augment_of]  # (P, B)
-            x = crop_flip(
-                x.flatten(0, 1), offsets.permute(1, 2, 0).flatten(1), flips.t().flatten()
-            ).unflatten(0, (size, packs))
-        x = data.normalize(x).flatten(1, 2)  # (B, P*C, H, W) or (B, P*D)
+            if major:
+                offsets, flips = offsets.transpose(0, 1).flatten(1), flips.flatten()
+            else:
+                offsets, flips = offsets.permute(1, 2, 0).flatten(1), flips.t().flatten()
+            x = crop_flip(x.flatten(0, 1), offsets, flips).unflatten(0, index.shape)
+        x = data.normalize(x)
+        if not major:
+            x = x.flatten(1, 2)  # (B, P*C, H, W) or (B, P*D)
         pack.lr = learning_rate(config["schedule"], config["optimizer"]["lr"], pack.step, len(bounds), config["epochs"])
         with pack.randomness(training=True):
             with autocast(precision, device):
                 logits = model(x)
-            logits = logits.float().unflatten(1, (packs, -1))  # (B, P, K)
-            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(size, packs)
+            if not major:
+                logits = logits.unflatten(1, (packs, -1))  # (B, P, K)
+            logits = logits.float()
+            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(index.shape)
             for param in pack.params:
                 param.grad = None
-            losses.mean(0).sum().backward()
+            losses.mean(1 if major else 0).sum().backward()
         pack.optimizer_step()
-        step_losses.append(losses.detach())
+        step_losses.append(losses.detach() if major else losses.detach().t())  # (P, B)
         pack.step += 1
         if after_step is not None:
             after_step(pack.step)
@@ -427,13 +438,18 @@ def evaluate_pack(pack: Pack, data: Dataset) -> tuple[torch.Tensor, list[float],
     replica accuracy (percent) and cross-entropy (nats), computed as ``F.cross_entropy`` on one replica's logits."""
     config, model, packs = pack.config, pack.model, pack.size
     model.eval()
+    major = is_replica_major(model)
     chunks = []
     for start, stop in batch_bounds(len(data.y_test), train.EVAL_BATCH):
         x = data.normalize(data.x_test[start:stop])
-        x = x.unsqueeze(1).expand(x.shape[0], packs, *x.shape[1:]).flatten(1, 2)
+        if major:  # (P, B, ...): every replica reads the same block
+            x = x.unsqueeze(0).expand(packs, *x.shape)
+        else:
+            x = x.unsqueeze(1).expand(x.shape[0], packs, *x.shape[1:]).flatten(1, 2)
         with pack.randomness(training=False), autocast(config["precision"], config["device"]):
-            chunks.append(model(x).float().unflatten(1, (packs, -1)))
-    logits = torch.cat(chunks).transpose(0, 1).contiguous()  # (P, N, K)
+            out = model(x)
+        chunks.append(out.float() if major else out.float().unflatten(1, (packs, -1)).transpose(0, 1))
+    logits = torch.cat(chunks, dim=1).contiguous()  # (P, N, K)
     accuracy = (logits.argmax(dim=2) == data.y_test).float().mean(dim=1) * 100.0
     cross_entropy = torch.stack([F.cross_entropy(logits[p], data.y_test) for p in range(packs)])
     scores = torch.stack([accuracy, cross_entropy]).tolist()  # one host synchronisation

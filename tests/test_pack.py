@@ -34,6 +34,7 @@ IMAGES = ["dataset.image_shape=[3,8,8]", "dataset.augment=true", "model.width=8"
 MODELS = {
     "linear": ["model=linear", "model.dropout=0.2"],
     "mlp": ["model=mlp", "model.dropout=0.2"],
+    "mlp-images": ["model=mlp", "model.depth=2", *IMAGES, "model.dropout=0.2"],  # replica-major, augmented
     "conv1": ["model=conv1", *IMAGES],
     "resnet6": ["model=resnet6", *IMAGES, "model.dropout=0.2"],
 }
@@ -101,6 +102,16 @@ def test_a_packed_replica_is_bitwise_the_solo_replica(make_config, tmp_path, mod
         assert result(a) == result(b)  # bitflip record included
         assert (a / "seeds.json").read_text() == (b / "seeds.json").read_text()
     assert not np.array_equal(bits(packed[0]), bits(packed[1]))  # source=all: they do vary
+
+
+@pytest.mark.parametrize("model, major", [("linear", True), ("mlp", True), ("mlp-images", True),
+                                          ("conv1", False), ("resnet6", False)])
+def test_dense_packs_run_replica_major_and_convolutional_ones_folded(make_config, model, major):
+    """Both layouts of the activations are what the bitwise test above exercises."""
+    config = make_config("pack=2", "replicates=2", *MODELS[model])
+    data = load_dataset(OmegaConf.create(config["dataset"]), "cpu")
+    replicas = [pack.new_replica({**config, "replicate": r}, data) for r in range(2)]
+    assert packed.is_replica_major(pack.Pack(replicas, config, "split").model) is major
 
 
 @pytest.mark.parametrize("optimizer", ["optimizer=adam", "optimizer.nesterov=true", "precision=bf16"])

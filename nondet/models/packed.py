@@ -1,7 +1,15 @@
-"""Packed layers: P replicas of a layer as one module, the replica axis folded into the channel
-(or feature) axis, ``(B, P*C, H, W)`` or ``(B, P*F)``, so a model's own ``forward`` runs unchanged
+"""Packed layers: P replicas of a layer as one module, so a model's own ``forward`` runs unchanged
 with its layers swapped (``pack_model``). Every tensor keeps the solo name with shape
 ``(P, *solo shape)``, so a replica's state is a slice. Used by the image step (nondet/pack.py).
+
+Two layouts of the activations:
+
+- **folded** (convolutional models): the replica axis folded into the channel (or feature) axis,
+  ``(B, P*C, H, W)`` or ``(B, P*F)``, so convolutions, batch norm and pooling see one batch.
+- **replica-major** (``linear`` and ``mlp``, whose layers are linear, elementwise, dropout and a
+  flatten): ``(P, B, F)``, each replica's activations one contiguous block, so every GEMM of the
+  pack reads and writes its operands in place, with no transposed copy between layers (about a
+  fifth of a step of the default MLP, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -28,8 +36,29 @@ _PER_CHANNEL = (
 )
 
 
+# Modules that act on each element alone, whatever the layout.
+_ELEMENTWISE = (nn.Identity, nn.ReLU, nn.GELU, nn.SiLU, nn.Softplus, nn.Tanh, nn.LeakyReLU, SmeLU)
+
+
 class NotPackableError(TypeError):
     pass
+
+
+def is_replica_major(model: nn.Module) -> bool:
+    """Whether a pack of ``model`` keeps the replica axis first, ``(P, B, ...)``: a packed model
+    made by ``pack_model`` for a model whose layers are all linear, elementwise, dropout or a
+    flatten (``linear``, ``mlp``)."""
+    return getattr(model, "replica_major", False)
+
+
+def _dense_only(template: nn.Module) -> bool:
+    """Whether ``template`` is one of nondet's dense models built only of linear layers,
+    elementwise activations, dropout and flattens (whose ``forward`` composes its children and
+    nothing else), so its pack can run replica-major."""
+    leaves = (nn.Linear, SeededDropout, nn.Flatten, nn.Sequential, *_ELEMENTWISE)
+    return isinstance(template, (LinearClassifier, MLP)) and all(
+        isinstance(m, leaves) for m in template.modules() if m is not template
+    )
 
 
 
@@ -109,7 +138,8 @@ def packed_gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, bat
 
 
 class _PackedLinearFunction(torch.autograd.Function):
-    """y[:, p] = x[:, p] @ w[p].T + b[p] for x (B, P, I), w (P, O, I), b (P, O) -> y (B, P, O).
+    """y[p] = x[p] @ w[p].T + b[p] for w (P, O, I), b (P, O); x and y folded, (B, P, I) ->
+    (B, P, O), or replica-major, (P, B, I) -> (P, B, O).
 
     The backward mirrors the autograd of ``F.linear`` = ``addmm(b, x, w.t())`` GEMM for GEMM:
     grad_x = grad @ w and grad_w = grad.t() @ x (torch's ``mm_mat2_backward`` for a transposed
@@ -118,9 +148,11 @@ class _PackedLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, replica_major):
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        ctx.has_bias, ctx.replica_major = bias is not None, replica_major
+        if replica_major:
+            return packed_gemm(x, weight.transpose(1, 2), bias, batch_major=False)
         return packed_gemm(x.transpose(0, 1), weight.transpose(1, 2), bias, batch_major=True)
 
     @staticmethod
@@ -128,26 +160,37 @@ class _PackedLinearFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
+        if ctx.replica_major:  # grad (P, B, O)
+            if ctx.needs_input_grad[0]:
+                grad_x = packed_gemm(grad, weight, None, batch_major=False)
+            if ctx.needs_input_grad[1]:
+                grad_w = packed_gemm(grad.transpose(1, 2), x, None, batch_major=False)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grad_b = grad.sum(1)
+            return grad_x, grad_w, grad_b, None
+        if ctx.needs_input_grad[0]:  # grad (B, P, O)
             grad_x = packed_gemm(grad.transpose(0, 1), weight, None, batch_major=True)
         if ctx.needs_input_grad[1]:
             grad_w = packed_gemm(grad.permute(1, 2, 0), x.transpose(0, 1), None, batch_major=False)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.transpose(0, 1).contiguous().sum(1)
-        return grad_x, grad_w, grad_b
+        return grad_x, grad_w, grad_b, None
 
 
 class PackedLinear(nn.Module):
-    """P ``nn.Linear`` layers: (B, P*I) -> (B, P*O); weight (P, O, I), bias (P, O)."""
+    """P ``nn.Linear`` layers: (B, P*I) -> (B, P*O) folded, or (P, B, I) -> (P, B, O)
+    replica-major; weight (P, O, I), bias (P, O)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, replica_major: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight)
         self.bias = None if bias is None else nn.Parameter(bias)
+        self.replica_major = replica_major
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packs, outputs, inputs = self.weight.shape
-        x = x.reshape(x.shape[0], packs, inputs)
+        if not self.replica_major:
+            x = x.reshape(x.shape[0], packs, inputs)
         weight, bias = self.weight, self.bias
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):
@@ -156,10 +199,10 @@ class PackedLinear(nn.Module):
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
             with torch.autocast(device_type, enabled=False):
-                out = _PackedLinearFunction.apply(x, weight, bias)
+                out = _PackedLinearFunction.apply(x.contiguous(), weight, bias, self.replica_major)
         else:
-            out = _PackedLinearFunction.apply(x.contiguous(), weight, bias)
-        return out.reshape(out.shape[0], packs * outputs)
+            out = _PackedLinearFunction.apply(x.contiguous(), weight, bias, self.replica_major)
+        return out if self.replica_major else out.reshape(out.shape[0], packs * outputs)
 
 
 class PackedConv2d(nn.Module):
@@ -230,23 +273,29 @@ def dropout_mask(shape: Sequence[int], rate: float, generator: torch.Generator) 
 
 class PackedDropout(nn.Module):
     """P ``SeededDropout`` layers: replica p's mask, of its own shape (B, F, ...), comes from
-    ``generators[p]``; replicas that share a generator object share the one draw."""
+    ``generators[p]``; replicas that share a generator object share the one draw. The masks
+    are joined along the feature axis (folded) or stacked first (replica-major)."""
 
-    def __init__(self, rate: float, generators: list[torch.Generator]) -> None:
+    def __init__(self, rate: float, generators: list[torch.Generator], replica_major: bool = False) -> None:
         super().__init__()
         self.p = float(rate)
         self.generators = generators
+        self.replica_major = replica_major
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
         packs = len(self.generators)
-        shape = (x.shape[0], x.shape[1] // packs, *x.shape[2:])
+        if self.replica_major:
+            shape = tuple(x.shape[1:])
+        else:
+            shape = (x.shape[0], x.shape[1] // packs, *x.shape[2:])
         drawn: dict[int, torch.Tensor] = {}
         for generator in self.generators:
             if id(generator) not in drawn:
                 drawn[id(generator)] = dropout_mask(shape, self.p, generator)
-        mask = torch.cat([drawn[id(g)] for g in self.generators], dim=1)
+        masks = [drawn[id(g)] for g in self.generators]
+        mask = torch.stack(masks) if self.replica_major else torch.cat(masks, dim=1)
         return x * mask.to(device=x.device, dtype=x.dtype)
 
 
@@ -254,13 +303,15 @@ def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach() for t in tensors]).clone()
 
 
-def _pack_children(module: nn.Module, sources: list[nn.Module], dropout_generators, conv_mode) -> None:
+def _pack_children(module: nn.Module, sources: list[nn.Module], dropout_generators, conv_mode,
+                   replica_major: bool) -> None:
     for name, child in list(module.named_children()):
         originals = [getattr(source, name) for source in sources]
         if isinstance(child, nn.Linear):
             packed = PackedLinear(
                 _stack([m.weight for m in originals]),
                 None if child.bias is None else _stack([m.bias for m in originals]),
+                replica_major,
             )
         elif isinstance(child, (nn.Conv1d, nn.Conv2d)):
             packed = PackedConv2d(
@@ -271,15 +322,17 @@ def _pack_children(module: nn.Module, sources: list[nn.Module], dropout_generato
             names = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
             packed = PackedBatchNorm2d(child, {n: _stack([getattr(m, n) for m in originals]) for n in names})
         elif isinstance(child, SeededDropout):
-            packed = PackedDropout(child.p, dropout_generators)
+            packed = PackedDropout(child.p, dropout_generators, replica_major)
         elif isinstance(child, nn.Flatten):
             if child.start_dim != 1 or child.end_dim != -1:
                 raise NotPackableError(f"{name}: Flatten({child.start_dim}, {child.end_dim})")
-            continue
+            if not replica_major:
+                continue
+            packed = nn.Flatten(2, -1)  # (P, B, ...) -> (P, B, F)
         elif isinstance(child, _PER_CHANNEL):
             if any(True for _ in child.parameters(recurse=False)) or any(True for _ in child.buffers(recurse=False)):
                 raise NotPackableError(f"{name}: {type(child).__name__} holds its own tensors")
-            _pack_children(child, originals, dropout_generators, conv_mode)
+            _pack_children(child, originals, dropout_generators, conv_mode, replica_major)
             continue
         else:
             raise NotPackableError(f"{name}: no packed form of {type(child).__name__}")
@@ -287,14 +340,17 @@ def _pack_children(module: nn.Module, sources: list[nn.Module], dropout_generato
 
 
 def pack_model(models: list[nn.Module], dropout_generators: list[torch.Generator], conv_mode: str) -> nn.Module:
-    """One module computing all ``models`` (same architecture) on the folded layout; its
-    ``state_dict`` has the solo names with every tensor stacked to (P, *solo shape)."""
+    """One module computing all ``models`` (same architecture), replica-major where every layer
+    allows it (``is_replica_major``), folded elsewhere; its ``state_dict`` has the solo names
+    with every tensor stacked to (P, *solo shape)."""
     template = models[0]
     memo = {id(m.generator): None for m in template.modules() if isinstance(m, SeededDropout)}
     packed = copy.deepcopy(template, memo)
     if not isinstance(packed, _PER_CHANNEL):
         raise NotPackableError(f"no packed form of {type(packed).__name__}")
-    _pack_children(packed, models, dropout_generators, conv_mode)
+    replica_major = _dense_only(template)
+    _pack_children(packed, models, dropout_generators, conv_mode, replica_major)
+    packed.replica_major = replica_major
     solo, stacked = template.state_dict(), packed.state_dict()
     if list(solo) != list(stacked) or any(
         stacked[k].shape != (len(models), *solo[k].shape) for k in solo
