@@ -14,7 +14,7 @@ together, one forward and one backward per step for all of them:
   layers swapped (``nondet.models.packed``): a convolution becomes a grouped one (or P
   convolutions, see ``conv_mode``), BatchNorm over P*C channels keeps running statistics per
   replica, a linear layer becomes one batched GEMM (or P GEMMs, where the batched kernel would
-  round differently: ``nondet.models.packed.batched_is_split``), dropout draws each replica's
+  round differently: ``nondet.models.packed.gemm_way``), dropout draws each replica's
   mask from that replica's generator. Activations of ``linear`` and ``mlp`` packs are
   replica-major, ``(P, B, F)``; those of convolutional packs keep the replica axis folded into
   the channel axis, ``(B, P*C, H, W)``, so that convolutions, batch norm and pooling see one batch.
@@ -42,8 +42,9 @@ Exactness, measured on the CPU in strict fp32 (tests/test_pack.py, docs/benchmar
 - ``linear`` and ``mlp``: a replica trained in a pack is bitwise identical to the same replica
   trained alone (logits, weights, metrics). Each GEMM has the orientation of the solo layer's
   (``F.linear`` and its autograd), batched where a trial on this machine and thread count finds
-  the batched kernel computing the per-replica bits, one per replica elsewhere; the bias
-  gradient and the training loss reduce in the solo order.
+  the batched kernel computing each replica's bits alone, one per replica elsewhere (on fresh
+  copies of its operands where a replica's slice starts off a 16-byte boundary, which MKL
+  rounds differently); the bias gradient and the training loss reduce in the solo order.
 - ``conv1``, ``cnn1d`` and the ResNets on the CPU: ``conv_mode="split"`` (the CPU default) runs one
   convolution per replica and is bitwise identical too; ``"grouped"`` (one grouped convolution,
   the CUDA default) differs from solo by float32 rounding (see docs/benchmarks.md) and may depend

@@ -101,10 +101,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_a_packed_cnn1d_replica_is_bitwise_the_solo_replica(make_config, tmp_path, one_thread):
+@pytest.mark.parametrize("width", [[], ["model.width=5"]])  # 5: replicas' slices off 16-byte boundaries
+def test_a_packed_cnn1d_replica_is_bitwise_the_solo_replica(make_config, tmp_path, one_thread, width):
     dirs = {}
     for packs in (1, 3):
-        config = make_config("source=all", "model=cnn1d", "model.dropout=0.2", "dataset=mnist1d",
+        config = make_config("source=all", "model=cnn1d", "model.dropout=0.2", "dataset=mnist1d", *width,
                              "dataset.num_samples=400", f"dataset.root={tmp_path}", "optimizer=adam",
                              "optimizer.lr=0.01", f"pack={packs}", "replicates=3",
                              f"output_root={tmp_path / f'pack{packs}'}")

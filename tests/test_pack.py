@@ -35,6 +35,9 @@ MODELS = {
     "linear": ["model=linear", "model.dropout=0.2"],
     "mlp": ["model=mlp", "model.dropout=0.2"],
     "mlp-images": ["model=mlp", "model.depth=2", *IMAGES, "model.dropout=0.2"],  # replica-major, augmented
+    # Layers 5 to 7 wide: replicas' slices start off 16-byte boundaries, where MKL rounds differently.
+    "mlp-odd": ["model=mlp", "model.width=6", "dataset.input_dim=5", "model.dropout=0.2"],
+    "conv1-odd": ["model=conv1", "dataset.image_shape=[3,8,8]", "dataset.augment=true", "model.width=5"],
     "conv1": ["model=conv1", *IMAGES],
     "resnet6": ["model=resnet6", *IMAGES, "model.dropout=0.2"],
 }
@@ -382,33 +385,51 @@ def test_the_default_mlp_packs_bitwise_with_either_thread_count(make_config, tmp
         assert same_weights(weights(a), weights(b))
 
 
-def test_a_pack_without_the_batched_gemm_is_bitwise_too(make_config, tmp_path, monkeypatch):
+@pytest.mark.parametrize("way", ["split", "solo"])
+def test_a_pack_without_the_batched_gemm_is_bitwise_too(make_config, tmp_path, monkeypatch, way):
     """The per-replica GEMMs, which the pack falls back on where a batched kernel rounds
-    differently, are the solo computation on any machine."""
-    monkeypatch.setattr(packed, "batched_is_split", lambda a, b, bias: False)
+    differently, are the solo computation (``split`` where the replicas' slices are aligned as
+    the default MLP's are; ``solo`` anywhere)."""
+    monkeypatch.setattr(packed, "gemm_way", lambda a, b, bias: way)
     solo, packed_dirs = solo_and_packed(make_config, tmp_path, "source=all", "model.dropout=0.2")
     for a, b in zip(solo, packed_dirs):
         assert np.array_equal(bits(a), bits(b))
         assert same_weights(weights(a), weights(b))
 
 
-def test_the_batched_gemm_is_used_only_where_it_equals_the_split_one():
+def _offset(t, floats):
+    """``t``'s values in a tensor of its strides that starts ``floats`` floats past a 64-byte boundary."""
+    buffer = torch.empty(t.numel() + 32)
+    start = (-buffer.data_ptr() // 4) % 16 + floats
+    return buffer.as_strided(t.shape, t.stride(), start).copy_(t)
+
+
+def test_every_gemm_of_a_pack_is_the_gemm_of_each_replica_alone():
+    """Whatever way ``gemm_way`` picks (batched, per replica into the pack's layout, or per
+    replica on fresh copies), each replica's product is bitwise ``torch.mm``/``addmm`` on its
+    own freshly allocated operands, as its layer computes alone: for the packed linear layer's
+    layouts (forward, grad_x, grad_w), widths whose replica slices start off 16-byte boundaries
+    (5, 6, 7), and operands that start off one themselves."""
     generator = torch.Generator().manual_seed(1)
-    layouts = [  # (a, b, bias) as the packed linear layer lays them out: forward, grad_x, grad_w
-        (torch.randn(32, 4, 16).transpose(0, 1), torch.randn(4, 10, 16).transpose(1, 2), True),
-        (torch.randn(32, 4, 10).transpose(0, 1), torch.randn(4, 10, 16), False),
-        (torch.randn(32, 4, 10).permute(1, 2, 0), torch.randn(32, 4, 16).transpose(0, 1), False),
-    ]
-    for a, b, bias in layouts:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            c = torch.randn(a.shape[0], b.shape[2], generator=generator) if bias else None
-            got = packed.packed_gemm(a, b, c, batch_major=False)
-            assert torch.equal(got, packed._gemm_split(a, b, c))  # whichever way it went
-            key = (tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), bias, a.dtype, threads)
-            if packed._BATCHED_IS_SPLIT[key]:  # tried once per layout and thread count
-                assert torch.equal(packed._gemm_batched(a, b, c), got)
-    assert len({k[-1] for k in packed._BATCHED_IS_SPLIT}) >= 2
+    for width in (16, 6, 5, 7):
+        layouts = [  # (a, b, bias) as the packed linear layer lays them out
+            (torch.randn(32, 4, width).transpose(0, 1), torch.randn(4, 10, width).transpose(1, 2), True),
+            (torch.randn(4, 32, 10), torch.randn(4, 10, width), False),
+            (torch.randn(4, 32, 10).transpose(1, 2), torch.randn(4, 32, width), False),
+            (_offset(torch.randn(4, 32, width), 1), torch.randn(4, width, 10), True),
+            (torch.randn(4, 32, width), _offset(torch.randn(4, width, 10), 2), False),
+        ]
+        for a, b, bias in layouts:
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                c = torch.randn(a.shape[0], b.shape[2], generator=generator) if bias else None
+                got = packed.packed_gemm(a, b, c, batch_major=False)
+                for p in range(a.shape[0]):
+                    x, y = a[p].clone(), b[p].clone()  # fresh allocations, as a solo layer's
+                    alone = torch.mm(x, y) if c is None else torch.addmm(c[p], x, y)
+                    assert torch.equal(got[p], alone), (width, a.stride(), threads, packed.gemm_way(a, b, bias))
+    ways = set(packed._GEMM_WAY.values())
+    assert "batched" in ways and ways - {"batched"}  # tried once per layout: both verdicts occur
 
 
 def test_a_pack_that_writes_no_checkpoint_builds_no_torch_optimizer(make_config, tmp_path, monkeypatch):

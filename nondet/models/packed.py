@@ -65,7 +65,7 @@ def _dense_only(template: nn.Module) -> bool:
 def _gemm_split(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """(bias[p] +) a[p] @ b[p] as a (P, M, N) view of a contiguous (M, P, N) tensor, one GEMM per
     replica: into that non-contiguous view ``baddbmm_`` takes its per-batch path, one ``addmm``
-    per replica, the very BLAS call (shape, strides, transposition) that the solo layer makes."""
+    per replica, in the shape, strides and transposition of the solo layer's call."""
     packs, rows, cols = a.shape[0], a.shape[1], b.shape[2]
     if bias is None:
         out = a.new_empty(rows, packs, cols)
@@ -89,52 +89,81 @@ def _gemm_batched(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -
     return out.baddbmm_(a, b)
 
 
-# (layouts of a and b, bias or not, dtype, threads) -> whether the batched GEMM is the split one
-_BATCHED_IS_SPLIT: dict[tuple, bool] = {}
+def _gemm_solo(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(bias[p] +) a[p] @ b[p] as one contiguous (P, M, N) tensor, each replica's product the
+    very call its layer makes alone: operands copied into fresh tensors (a solo layer's tensors
+    are its own allocations, and MKL's result depends on where an operand starts: measured, an
+    operand or a result 4, 8 or 12 bytes off a 16-byte boundary rounds differently), the
+    product a fresh tensor (``torch.mm``, or ``torch.addmm`` with the bias)."""
+    outs = []
+    for p in range(a.shape[0]):
+        x, y = a[p].clone(), b[p].clone()
+        outs.append(torch.mm(x, y) if bias is None else torch.addmm(bias[p], x, y))
+    return torch.stack(outs)
+
+
+GEMM_WAYS = ("batched", "split", "solo")  # fastest first
+# (layouts and alignments of a and b, bias or not, dtype, threads) -> the fastest exact way
+_GEMM_WAY: dict[tuple, str] = {}
 
 
 def _random_like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    """Random values in a tensor of ``t``'s shape and strides that starts at the same offset
+    from a 64-byte boundary as ``t``, so its replicas' slices are aligned as ``t``'s are."""
+    span = 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
+    size = t.element_size()
+    buffer = torch.empty(span + 64 // size, dtype=t.dtype, device=t.device)
+    shift = (t.data_ptr() - buffer.data_ptr()) % 64 // size
+    out = buffer.as_strided(t.shape, t.stride(), shift)
     return out.copy_(torch.randn(t.shape, generator=generator))
 
 
-def batched_is_split(a: torch.Tensor, b: torch.Tensor, bias: bool) -> bool:
-    """Whether one batched GEMM over operands laid out as ``a`` and ``b`` computes, bit for bit,
-    what one GEMM per replica computes, on this machine with this many threads.
+def _gemm_key(a: torch.Tensor, b: torch.Tensor, bias: bool) -> tuple:
+    return (tuple(a.shape), a.stride(), a.data_ptr() % 64, tuple(b.shape), b.stride(), b.data_ptr() % 64,
+            bias, a.dtype, torch.get_num_threads())
+
+
+def gemm_way(a: torch.Tensor, b: torch.Tensor, bias: bool) -> str:
+    """The fastest of ``GEMM_WAYS`` that computes, bit for bit, what each replica's layer
+    computes alone (``_gemm_solo``), for operands laid out and aligned as ``a`` and ``b``, on
+    this machine with this many threads.
 
     A batched GEMM is several times faster for a pack's small products, but MKL picks its kernels
-    by shape, layout, batch count and thread count, and some batched kernels (measured: the
+    by shape, layout, alignment, batch count and thread count: some batched kernels (measured: the
     output layer's weight gradient of the default MLP, with 2 threads) round differently from the
-    single GEMM that a replica alone calls (docs/benchmarks.md). So each layout is tried once per
-    process, on two random draws: equal products mean the same kernel (another summation order
-    changes some bits of almost any random product), and only then is the batched GEMM used.
-    On CUDA, where nothing is promised bitwise: always batched.
+    single GEMM that a replica alone calls, and so does a single GEMM on a replica's slice that
+    starts off a 16-byte boundary (a layer 5, 6 or 7 wide: docs/benchmarks.md). So each layout is
+    tried once per process, on two random draws laid out and aligned as the real operands: equal
+    products mean the same kernel (another summation order changes some bits of almost any
+    random product). On CUDA, where nothing is promised bitwise: always batched.
     """
     if a.device.type != "cpu":
-        return True
-    key = (tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), bias, a.dtype, torch.get_num_threads())
-    known = _BATCHED_IS_SPLIT.get(key)
-    if known is None:
+        return "batched"
+    key = _gemm_key(a, b, bias)
+    way = _GEMM_WAY.get(key)
+    if way is None:
         generator = torch.Generator().manual_seed(0)
-        known = True
+        exact = {"batched": True, "split": True}
         for _ in range(2):
             x, y = _random_like(a, generator), _random_like(b, generator)
             c = torch.randn((a.shape[0], b.shape[2]), generator=generator).to(a.dtype) if bias else None
-            if not torch.equal(_gemm_batched(x, y, c), _gemm_split(x, y, c)):
-                known = False
-                break
-        _BATCHED_IS_SPLIT[key] = known
-    return known
+            solo = _gemm_solo(x, y, c)
+            exact["batched"] &= torch.equal(_gemm_batched(x, y, c), solo)
+            exact["split"] &= torch.equal(_gemm_split(x, y, c), solo)
+        way = next((w for w in GEMM_WAYS[:2] if exact[w]), "solo")
+        _GEMM_WAY[key] = way
+    return way
 
 
 def packed_gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, batch_major: bool) -> torch.Tensor:
     """(bias[p] +) a[p] @ b[p] for every replica p, on the CPU bitwise the GEMM each replica
-    makes alone; a contiguous (M, P, N) tensor if ``batch_major``, else (P, M, N)."""
-    if batched_is_split(a, b, bias is not None):
-        out = _gemm_batched(a, b, bias)
-        return out.transpose(0, 1).contiguous() if batch_major else out
-    out = _gemm_split(a, b, bias)
-    return out.transpose(0, 1) if batch_major else out.contiguous()
+    makes alone (``gemm_way``); a contiguous (M, P, N) tensor if ``batch_major``, else (P, M, N)."""
+    way = gemm_way(a, b, bias is not None)
+    if way == "split":
+        out = _gemm_split(a, b, bias)
+        return out.transpose(0, 1) if batch_major else out.contiguous()
+    out = _gemm_batched(a, b, bias) if way == "batched" else _gemm_solo(a, b, bias)
+    return out.transpose(0, 1).contiguous() if batch_major else out
 
 
 class _PackedLinearFunction(torch.autograd.Function):
