@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.load import Group, Sweep, cell
+from analysis.load import Group, Sweep, cell, key_frame
 from nondet import records
 
 ESTIMATORS = ("standard", "debiased")
@@ -293,4 +293,4 @@ def sweep_cka(
                 }
             )
     columns = keys + ["layer", "cka_mean", "cka_sd", "n_runs", "n_pairs", "estimator", "probe_size"]
-    return pd.DataFrame(rows, columns=columns)
+    return key_frame(rows, columns, keys)

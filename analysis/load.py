@@ -276,6 +276,18 @@ def cell(value: Any) -> Any:
     return format_value(value) if isinstance(value, tuple) else value
 
 
+def key_frame(rows: list[dict], columns: list[str], keys: list[str]):
+    """``pd.DataFrame(rows, columns=columns)`` with the configuration keys' cells kept as they
+    are (object columns): an integer stays ``128`` beside a group without that key (None), where
+    pandas would make the column float (``128.0``, ``nan``) in every table, CSV and legend."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=columns)
+    for k in keys:
+        frame[k] = pd.Series([row.get(k) for row in rows], index=frame.index, dtype=object)
+    return frame
+
+
 def display_keys(keys: list[tuple]) -> list[str]:
     """The grouping keys worth a table column: ``source.name`` and the keys that differ.
 

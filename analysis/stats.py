@@ -423,7 +423,9 @@ def class_table(sweep) -> pd.DataFrame:
         for c in range(classes):
             rows.append({**_key_cells(group, keys), "class": c, "examples": int(examples[c]),
                          "accuracy_mean": float(mean[c]), "accuracy_sd": float(spread[c])})
-    return pd.DataFrame(rows, columns=keys + ["class", "examples", "accuracy_mean", "accuracy_sd"])
+    from analysis.load import key_frame
+
+    return key_frame(rows, keys + ["class", "examples", "accuracy_mean", "accuracy_sd"], keys)
 
 
 def best_of_k_table(sweep) -> pd.DataFrame:
@@ -433,6 +435,6 @@ def best_of_k_table(sweep) -> pd.DataFrame:
     parts = []
     for group in sweep.groups:
         curve = best_of_k(100.0 * group.correct.mean(axis=1))
-        parts.append(pd.concat([pd.DataFrame([_key_cells(group, keys)] * len(curve)), curve], axis=1))
+        parts.append(pd.concat([pd.DataFrame([_key_cells(group, keys)] * len(curve), dtype=object), curve], axis=1))
     columns = keys + ["k", "expected_best", "expected_best_sd", "inflation"]
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import lm, render, stats
-from analysis.load import BROKEN_ADVICE, PROBLEM_STATUSES, UNREADABLE_ADVICE, Sweep, cell, load_sweep
+from analysis.load import BROKEN_ADVICE, PROBLEM_STATUSES, UNREADABLE_ADVICE, Sweep, cell, key_frame, load_sweep
 from analysis.metrics import COLUMNS, group_metrics
 from analysis.render import PM, column_header, format_number, with_error
 
@@ -64,7 +64,7 @@ def summary_frame(sweep: Sweep, n_boot: int = 1000, seed: int = 0) -> pd.DataFra
     columns = list(COLUMNS)
     if any(group.is_language_model for group in sweep.groups):
         columns += [c for c in lm.LM_COLUMNS if c not in COLUMNS]
-    frame = pd.DataFrame(rows, columns=keys + columns + list(stats.STATS_COLUMNS))
+    frame = key_frame(rows, keys + columns + list(stats.STATS_COLUMNS), keys)
     frame.attrs["stats_notes"] = notes
     return frame
 
@@ -76,7 +76,7 @@ def table_cells(frame: pd.DataFrame, keys: list[str], pm: str = PM) -> tuple[lis
     header = [column_header(k) for k in keys] + [h for _, h, _, _ in columns]
     rows = []
     for _, row in frame.iterrows():
-        cells = [str(row[k]) for k in keys]
+        cells = [render.format_value(row[k]) for k in keys]
         for column, _, decimals, error in columns:
             cells.append(with_error(row[column], None if error is None else row[error], decimals, pm))
         rows.append(cells)
@@ -126,7 +126,7 @@ def cka_markdown(cka: pd.DataFrame, keys: list[str]) -> str:
     rows = []
     for _, group in cka.groupby(keys, sort=False, dropna=False):
         by_layer = {r.layer: r for r in group.itertuples()}
-        cells = [str(group.iloc[0][k]) for k in keys] + [str(int(group["n_runs"].iloc[0]))]
+        cells = [render.format_value(group.iloc[0][k]) for k in keys] + [str(int(group["n_runs"].iloc[0]))]
         for layer in layers:
             r = by_layer.get(layer)
             cells.append("n/a" if r is None else f"{format_number(r.cka_mean, 4)}{PM}{format_number(r.cka_sd, 4)}")

@@ -267,3 +267,25 @@ def test_a_run_config_reads_as_omegaconf_reads_it(tmp_path, text):
     assert got == expected and type(got) is type(expected)
     if isinstance(got, dict):
         assert [type(v) for v in got.values()] == [type(v) for v in expected.values()]
+
+
+def test_integer_keys_stay_integers_beside_groups_without_them(tmp_path, labels):
+    """A key that one group sets to an integer and another lacks: pandas would make the column
+    float (``128.0``, ``nan``); the tables, the CSVs and the legends show ``128``."""
+    rng = np.random.default_rng(3)
+    for extra in ({"dataset.test_size": 128}, {"dataset.test_size": 256}, {}):
+        config = source_config(tmp_path, "init", **extra)
+        if not extra:
+            config["dataset"].pop("test_size")
+        write_group(config, random_logits(rng, 3, N, C), labels)
+    text = analysis.summarize(tmp_path / "sweep")
+    rows = [line for line in text.splitlines() if line.startswith("| init")]
+    assert sorted(row.split("|")[2].strip() for row in rows) == ["128", "256", "None"]
+    assert "128.0" not in text and "nan" not in text
+    out = tmp_path / "t.csv"
+    assert cli.main([str(tmp_path / "sweep"), "--csv", str(out)]) == 0
+    for path in (out, tmp_path / "t_classes.csv", tmp_path / "t_best_of_k.csv"):
+        body = path.read_text()
+        assert ",128," in body and "128.0" not in body, path.name
+    frame = analysis.summary_frame(load_sweep(tmp_path / "sweep"))
+    assert sorted(map(str, frame["dataset.test_size"])) == ["128", "256", "None"]
