@@ -54,8 +54,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _unwritable(args) -> str | None:
+    """The first output option whose folder cannot be made, as a one-line error; checked before
+    the sweep is read, so a typo in a path costs no wait and no traceback."""
+    for option in ("csv", "latex", "figures", "report"):
+        path = getattr(args, option)
+        if path is None:
+            continue
+        folder = path if option == "figures" else path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return f"error: --{option} {path}: cannot create {folder} ({e.strerror}); give a writable path"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    problem = _unwritable(args)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     try:
         sweep = load_sweep(args.sweep_dir)
     except FileNotFoundError as e:
@@ -75,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     for section in extra.sections:
         print("\n" + section, end="")
     if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(args.csv, index=False)
         if cka is not None and len(cka):
             cka.to_csv(args.csv.with_name(args.csv.stem + "_cka" + args.csv.suffix), index=False)
@@ -84,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         for name, table in extra.tables.items():
             table.to_csv(args.csv.with_name(f"{args.csv.stem}_{name}{args.csv.suffix}"), index=False)
     if args.latex:
-        args.latex.parent.mkdir(parents=True, exist_ok=True)
         args.latex.write_text(latex_table(frame, sweep.display_keys))
     drawn = None  # with --report, the figures --figures drew: the page embeds them, not new ones
     if args.figures:

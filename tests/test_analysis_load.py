@@ -289,3 +289,12 @@ def test_integer_keys_stay_integers_beside_groups_without_them(tmp_path, labels)
         assert ",128," in body and "128.0" not in body, path.name
     frame = analysis.summary_frame(load_sweep(tmp_path / "sweep"))
     assert sorted(map(str, frame["dataset.test_size"])) == ["128", "256", "None"]
+
+
+@pytest.mark.parametrize("option", ["--csv", "--latex", "--figures", "--report"])
+def test_an_output_path_that_cannot_be_made_is_one_line_before_any_work(clean_sweep, tmp_path, capsys, option):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert cli.main([str(clean_sweep), option, str(blocker / "out" / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {option} ") and "writable" in err
