@@ -292,6 +292,21 @@ RANGES = {
 }
 
 
+# Keys the schema cannot type as a float (they also take a word) whose numbers are fractions:
+# a whole number given there is made a float, so that ``data_resample=1`` and ``data_resample=1.0``
+# name one run directory (the float, as a fraction is written). Keys the schema types as float
+# are made floats by OmegaConf itself; keys nondet does not type (``user.*``, the ``+model.*``
+# arguments of your own model) keep the type written.
+FRACTION_KEYS = ("data_resample",)
+
+
+def whole_fractions_as_floats(config: dict) -> dict:
+    """``config`` with a whole number at a key of ``FRACTION_KEYS`` made a float."""
+    changed = {k: float(config[k]) for k in FRACTION_KEYS
+               if isinstance(config.get(k), int) and not isinstance(config[k], bool)}
+    return {**config, **changed} if changed else config
+
+
 def _flat(node: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in node.items():
