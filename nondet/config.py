@@ -177,6 +177,10 @@ class NondetConfig:
     # Your own settings (a training script of yours, nondet/api.py): any keys, part of the runs'
     # identity, never checked by nondet; a config group of yours at user/NAME lands at user.NAME.
     user: Dict[str, Any] = field(default_factory=dict)
+    # The training script of yours (nondet.api) that trains the runs, as its file's path (or a
+    # name you give): part of their identity, so they never share a directory or a table row with
+    # nondet's own loop (launch.py, null) or with another script's runs.
+    script: Optional[str] = None
     replicates: int = 8
     replicate: int = 0
     base_seed: int = 0
