@@ -73,8 +73,8 @@ def main(config_path: str | None = None, config_name: str = "config") -> Callabl
     register_resolvers()
 
     def decorate(task: Callable) -> Callable:
-        caller = Path(sys.modules[task.__module__].__file__).resolve().parent
-        path = str(caller / config_path) if config_path else str(CONF_DIR)
+        script = Path(sys.modules[task.__module__].__file__).resolve()
+        path = str(script.parent / config_path) if config_path else str(CONF_DIR)
 
         @functools.wraps(task)
         def job(cfg: DictConfig):
@@ -82,8 +82,6 @@ def main(config_path: str | None = None, config_name: str = "config") -> Callabl
             return returned if returned is not None else Run.last_outcome
 
         wrapped = hydra.main(version_base="1.3", config_path=path, config_name=config_name)(job)
-
-        script = Path(sys.modules[task.__module__].__file__).resolve()
 
         @functools.wraps(task)
         def entry() -> Any:
