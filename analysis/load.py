@@ -101,7 +101,7 @@ class Group:
 
     @property
     def params(self) -> dict:
-        return dict(self.key)
+        return {k: plain(v) for k, v in self.key}
 
     @property
     def config(self) -> dict:
@@ -266,9 +266,43 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+class Exact:
+    """A number, boolean or list in a group key: equal only to a value with the same JSON text,
+    as in the run-directory hash (``records.config_hash``), where ``1``, ``1.0`` and ``true``
+    name three directories; Python's ``1 == 1.0 == True`` would pool them in one row. Shows as
+    its value; ``Group.params`` holds the value itself."""
+
+    __slots__ = ("value", "text")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.text = records.canonical_json(value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Exact) and self.text == other.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def exact(value: Any) -> Any:
+    """A group key's leaf: strings and None as they are (their equality is already exact)."""
+    return value if value is None or isinstance(value, str) else Exact(value)
+
+
+def plain(value: Any) -> Any:
+    """The value of a group key's leaf."""
+    return value.value if isinstance(value, Exact) else value
+
+
 def group_key(config: Mapping[str, Any]) -> tuple:
-    """The grouping key of a run: every flattened identity key of its config, sorted."""
-    return tuple(sorted(flatten(records.identity(config)).items()))
+    """The grouping key of a run: every flattened identity key of its config, sorted, each value
+    compared as the run-directory hash compares it (``Exact``): runs of two directories never
+    share a row."""
+    return tuple(sorted((k, exact(v)) for k, v in flatten(records.identity(config)).items()))
 
 
 def cell(value: Any) -> Any:
@@ -753,6 +787,7 @@ def load_sweep(sweep_dir: Path) -> Sweep:
     for group in groups + [g for g, _ in refused]:
         notes += [n for n in group.notes if not (n in seen or seen.add(n))]
     notes += _data_content_notes(groups, keys)
+    notes += _number_spelling_notes(groups, keys)
     return Sweep(Path(sweep_dir), groups, sorted(problems, key=lambda p: str(p.path)), notes, refused)
 
 
@@ -776,3 +811,17 @@ def _data_content_notes(groups: list[Group], keys: list[str]) -> list[str]:
                 f"never pooled"
             )
     return notes
+
+
+def _number_spelling_notes(groups: list[Group], keys: list[str]) -> list[str]:
+    """Rows whose keys are equal but for how a number is written (``user.lr=1`` and
+    ``user.lr=1.0``): their runs live in different run directories, so they are kept apart."""
+    by_value = defaultdict(list)
+    for group in groups:
+        by_value[tuple((k, plain(v)) for k, v in group.key)].append(group)
+    return [
+        f"{' and '.join(g.label(keys) for g in same)}: the same configuration but for how a number "
+        f"is written (1 or 1.0, true or 1), so their runs are in different run directories and are "
+        f"not pooled; write the number one way and relaunch to train them in one row"
+        for same in by_value.values() if len(same) > 1
+    ]

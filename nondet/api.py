@@ -30,7 +30,8 @@ to it. ``bitflip``: ``track`` moves one element of ``bitflip.param`` by one ULP 
 
 The configuration is nondet's (``model``, ``dataset``, ``optimizer``, ``source``, ``replicates``,
 ``epochs``, ...), composed with your own: put your settings under ``user:`` (a group of yours at
-``user/NAME`` lands at ``user.NAME``); they are part of the runs' identity. A script trains one
+``user/NAME`` lands at ``user.NAME``); they are part of the runs' identity, and so is the script
+(``script``: its file, which ``main`` sets), so its runs are never launch.py's. A script trains one
 replicate per job (``api.main`` sets ``pack=1``). ``onset_epoch`` is not offered here.
 """
 
@@ -72,8 +73,8 @@ def main(config_path: str | None = None, config_name: str = "config") -> Callabl
     register_resolvers()
 
     def decorate(task: Callable) -> Callable:
-        caller = Path(sys.modules[task.__module__].__file__).resolve().parent
-        path = str(caller / config_path) if config_path else str(CONF_DIR)
+        script = Path(sys.modules[task.__module__].__file__).resolve()
+        path = str(script.parent / config_path) if config_path else str(CONF_DIR)
 
         @functools.wraps(task)
         def job(cfg: DictConfig):
@@ -84,18 +85,36 @@ def main(config_path: str | None = None, config_name: str = "config") -> Callabl
 
         @functools.wraps(task)
         def entry() -> Any:
-            if not any(a.startswith("pack=") for a in sys.argv[1:]):
-                sys.argv.append("pack=1")  # one replicate per job: the sweep steps by one
-            search = f"file://{CONF_DIR}"
-            if not any(a.startswith("hydra.searchpath") for a in sys.argv[1:]):
-                sys.argv.append(f"hydra.searchpath=[{search}]")
-            else:  # yours first, then nondet's
-                sys.argv = [a[:-1] + f",{search}]" if a.startswith("hydra.searchpath=[") else a for a in sys.argv]
+            sys.argv = script_arguments(sys.argv, script)
             return wrapped()
 
         return entry
 
     return decorate
+
+
+def script_arguments(argv: list[str], script: Path) -> list[str]:
+    """The command line of a script of yours as nondet's config needs it: ``pack=1`` (one
+    replicate per job: the sweep steps by one), ``script=`` its file (the runs' identity: never
+    launch.py's nor another script's directories) and nondet's config groups on the search path
+    (after yours), each unless given."""
+    argv = list(argv)
+    given = lambda key: any(a.startswith(key) for a in argv[1:])  # noqa: E731
+    if not given("pack="):
+        argv.append("pack=1")
+    if not given("script="):
+        argv.append(f"script={quoted(str(script))}")
+    search = f"file://{CONF_DIR}"
+    if not given("hydra.searchpath"):
+        argv.append(f"hydra.searchpath=[{search}]")
+    else:  # yours first, then nondet's
+        argv = [a[:-1] + f",{search}]" if a.startswith("hydra.searchpath=[") else a for a in argv]
+    return argv
+
+
+def quoted(text: str) -> str:
+    """``text`` as one value of a Hydra override (a path may hold commas or spaces)."""
+    return "'" + text.replace("'", "\\'") + "'"
 
 
 class Run:
@@ -105,6 +124,8 @@ class Run:
 
     def __init__(self, cfg: DictConfig | dict, data: Any = None) -> None:
         self.cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        # the code that trains, for a config composed without api.main (which names the script)
+        self._caller = str(Path(sys._getframe(1).f_code.co_filename).resolve())
         self._data = data
         self.replica: train.Replica | None = None
         self.extra: dict[str, Any] = {}
@@ -117,6 +138,8 @@ class Run:
 
     def __enter__(self) -> "Run":
         config = job_config(self.cfg)
+        if not config.get("script"):  # your loop's runs are not launch.py's (identity: nondet.config)
+            config = {**config, "script": self._caller}
         if config["pack"] != 1:
             raise ConfigError(f"pack={config['pack']}: a training script of yours trains one replicate per job; set pack=1")
         if config["onset_epoch"]:

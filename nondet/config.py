@@ -177,6 +177,10 @@ class NondetConfig:
     # Your own settings (a training script of yours, nondet/api.py): any keys, part of the runs'
     # identity, never checked by nondet; a config group of yours at user/NAME lands at user.NAME.
     user: Dict[str, Any] = field(default_factory=dict)
+    # The training script of yours (nondet.api) that trains the runs, as its file's path (or a
+    # name you give): part of their identity, so they never share a directory or a table row with
+    # nondet's own loop (launch.py, null) or with another script's runs.
+    script: Optional[str] = None
     replicates: int = 8
     replicate: int = 0
     base_seed: int = 0
@@ -290,6 +294,21 @@ RANGES = {
     "schedule.warmup_epochs": _NONNEGATIVE,
     "schedule.cycles": _at_least(1),
 }
+
+
+# Keys the schema cannot type as a float (they also take a word) whose numbers are fractions:
+# a whole number given there is made a float, so that ``data_resample=1`` and ``data_resample=1.0``
+# name one run directory (the float, as a fraction is written). Keys the schema types as float
+# are made floats by OmegaConf itself; keys nondet does not type (``user.*``, the ``+model.*``
+# arguments of your own model) keep the type written.
+FRACTION_KEYS = ("data_resample",)
+
+
+def whole_fractions_as_floats(config: dict) -> dict:
+    """``config`` with a whole number at a key of ``FRACTION_KEYS`` made a float."""
+    changed = {k: float(config[k]) for k in FRACTION_KEYS
+               if isinstance(config.get(k), int) and not isinstance(config[k], bool)}
+    return {**config, **changed} if changed else config
 
 
 def _flat(node: dict, prefix: str = "") -> dict:

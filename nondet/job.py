@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nondet import joblog, lm, logger, pack, records, userdata
 from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, configure_precision, resolve_device
-from nondet.config import SCALES, TEXT_DATASETS, check_config
+from nondet.config import SCALES, TEXT_DATASETS, ConfigError, check_config, whole_fractions_as_floats
 from nondet.data import Dataset, data_fingerprint, load_dataset
 from nondet.lock import run_locks
 from nondet.pipeline import resample_size
@@ -53,6 +53,7 @@ def resolved_config(cfg: DictConfig, *, concrete_device: bool = True) -> dict:
         for key in cfg
         if key != "hydra"
     }
+    config = whole_fractions_as_floats(config)  # data_resample=1 is data_resample=1.0
     if concrete_device:
         config["device"] = resolve_device(config["device"])
     fingerprint = data_fingerprint(config["dataset"])
@@ -306,6 +307,9 @@ def configure_backend(config: dict) -> str:
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Train (or skip, or resume) the replicas of one job; returns counts and directories."""
     config = job_config(cfg)
+    if config.get("script"):
+        raise ConfigError(f"script={config['script']} names a training script of yours (nondet.api); "
+                          "launch.py trains with nondet's own loop: leave script unset")
     lm.check_config(config)  # model / dataset kinds match; a no-op for image runs
     logger.check_logger(config)
     replicas = replicas_of_job(config)

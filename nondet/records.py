@@ -169,10 +169,14 @@ def identity(config: Mapping[str, Any]) -> dict:
     return _drop_new_defaults(kept)
 
 
+def canonical_json(value: Any) -> str:
+    """The text a run's identity is hashed from: ``1``, ``1.0`` and ``true`` are three values."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def config_hash(config: Mapping[str, Any], length: int = 10) -> str:
     """A short, stable hash of a run's identity, shared by all replicates of one group."""
-    text = json.dumps(identity(config), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+    return hashlib.sha256(canonical_json(identity(config)).encode()).hexdigest()[:length]
 
 
 def group_dirname(config: Mapping[str, Any]) -> str:

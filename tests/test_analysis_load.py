@@ -12,7 +12,7 @@ import pytest
 import analysis
 from analysis import __main__ as cli
 from analysis import compare
-from analysis.load import display_keys, load_sweep, sweep_status
+from analysis.load import display_keys, hashable, load_sweep, sweep_status
 from analysis.metrics import COLUMNS
 from analysis.stats import STATS_COLUMNS
 from fake_runs import fake_config, metrics_rows, random_logits, write_group, write_run
@@ -133,6 +133,23 @@ def test_replicates_without_a_directory_are_named(tmp_path, labels):
         write_run(records.run_dir(c), c, random_logits(rng, 1, N, C)[0], labels)
     text = analysis.summarize(tmp_path)
     assert "2 of 4 replicates have no run directory (1, 3)" in text
+
+
+def test_runs_of_two_directories_never_share_a_row(tmp_path, labels):
+    """1 and 1.0 (or true and 1) hash to different run directories; Python's 1 == 1.0 == True must
+    not pool them into one row, whose spread would count every replicate twice."""
+    rng = np.random.default_rng(5)
+    spellings = {"data_resample": (1, 1.0), "user.flag": (True, 1), "user.betas": ([1, 2], [1.0, 2.0])}
+    for key, values in spellings.items():
+        root = tmp_path / key
+        for value in values:
+            write_group(source_config(root, "data", **{key: value}), random_logits(rng, 2, N, C), labels)
+        sweep = load_sweep(root / "sweep")
+        assert len({records.group_dirname(g.config) for g in sweep.groups}) == 2, key
+        assert [len(g.runs) for g in sweep.groups] == [2, 2], key
+        assert sorted(repr(g.params[key]) for g in sweep.groups) == sorted(repr(hashable(v)) for v in values)
+        assert any("for how a number is written" in n for n in sweep.notes), sweep.notes
+        assert not any("occur more than once" in n for n in sweep.notes), sweep.notes
 
 
 def test_a_group_that_mixes_test_sets_is_left_out_not_the_whole_table(clean_sweep, tmp_path, labels, capsys):

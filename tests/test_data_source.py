@@ -102,6 +102,16 @@ def test_source_none_has_no_data_generator_and_the_same_identity(make_config):
     assert records.group_dirname(old_default) == "none-mlp-synthetic-83ffc5f5e8"
 
 
+def test_a_whole_fraction_names_the_run_of_its_float():
+    """data_resample=1 and data_resample=1.0 are one run (one directory, one config.yaml), the
+    directory a float fraction always had: sweeps finished with 0.8 or 1.0 are found again."""
+    spelled = {v: compose_config(["source=data", f"data_resample={v}", "dataset=synthetic", "epochs=12"],
+                                 tiny=False) for v in ("1", "1.0", "0.5")}
+    assert spelled["1"]["data_resample"] == 1.0 and isinstance(spelled["1"]["data_resample"], float)
+    assert records.group_dirname(spelled["1"]) == records.group_dirname(spelled["1.0"]) == "data-mlp-synthetic-ad0e5c9096"
+    assert records.group_dirname(spelled["0.5"]) == "data-mlp-synthetic-daa356352d"
+
+
 def test_resume_with_source_data_is_bitwise_exact(make_config, tmp_path, monkeypatch):
     overrides = ("source=data", "data_resample=0.75", "pack=2", "replicates=2", "epochs=3",
                  "checkpoint_every=1")

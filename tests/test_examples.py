@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF, REPO
 from nondet import api, pack, records
+from nondet.config import ConfigError
 from nondet.job import run_job
 
 sys.path.insert(0, str(REPO))  # examples/ is a package of the repository
@@ -179,3 +180,43 @@ def test_a_script_that_raises_names_its_slurm_array_task_in_error_txt(tmp_path, 
     assert re.fullmatch(r"# host \S+, SLURM job 4321 \(array task 4320_1\)", error[0]), error[0]
     assert "Traceback (most recent call last)" in error[1] and error[-1] == "RuntimeError: boom in your loop"
     assert not (Path(directory) / "result.json").exists()
+
+
+def _recorded_run(config: dict) -> api.Run:
+    """A run of a script of yours that trains nothing: a linear model's logits, every epoch."""
+    with api.Run(OmegaConf.create(config)) as run:
+        model = run.build(torch.nn.Linear, 32, 10)
+        run.track(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        for _ in run.epochs():
+            with torch.no_grad():
+                run.record(model(run.data.x_test))
+    return run
+
+
+def test_a_script_never_shares_runs_with_launch_py_or_another_script(make_config, tmp_path):
+    """Runs of nondet.api are not launch.py's (skipped as finished, pooled in its row), nor another
+    script's; a relaunch of the same script skips its own."""
+    from analysis.load import load_sweep
+
+    config = make_config("source=init", "replicates=1", "epochs=1")
+    (launched,) = run_job(OmegaConf.create(config))["finished"]
+    mine = _recorded_run(config)
+    (directory,) = mine.outcome["finished"]
+    assert Path(directory) != Path(launched)
+    assert OmegaConf.load(Path(directory) / "config.yaml").script == str(Path(__file__).resolve())
+    assert _recorded_run(config).outcome["skipped"] == [directory]
+    (other,) = _recorded_run({**config, "script": "other/train.py"}).outcome["finished"]
+    assert other not in (directory, launched)
+    sweep = load_sweep(tmp_path / "outputs" / "default")
+    assert sorted(str(g.params.get("script")) for g in sweep.groups) == sorted(
+        ["None", str(Path(__file__).resolve()), "other/train.py"])
+    assert [len(g.runs) for g in sweep.groups] == [1, 1, 1]
+    with pytest.raises(ConfigError, match="script=other/train.py names a training script"):
+        run_job(OmegaConf.create({**config, "script": "other/train.py"}))
+
+
+def test_a_script_names_itself_on_its_command_line():
+    argv = api.script_arguments(["train.py", "-m", "source=init"], Path("/my project/a,b/train.py"))
+    assert argv[:3] == ["train.py", "-m", "source=init"]
+    assert "pack=1" in argv and "script='/my project/a,b/train.py'" in argv
+    assert api.script_arguments(["train.py", "script=mine"], Path("/x.py")).count("script=mine") == 1
