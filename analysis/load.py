@@ -83,6 +83,7 @@ class Run:
     # A language-model run (analysis/lm.py): per-token arrays instead of logits.
     lm: LMArrays | None = None
     data_sha256: str | None = None  # env.json's hash of the data's content (None: not recorded)
+    test_sha256: str | None = None  # env.json's hash of the test set alone (None: not recorded)
     arithmetic: dict = field(default_factory=dict)  # env.json's recorded records.ARITHMETIC_KEYS
     # the arithmetic of the run's earlier segments, where it was resumed under another
     earlier_arithmetic: list = field(default_factory=list)
@@ -511,16 +512,18 @@ def _run_records(directory: Path) -> tuple[list[dict], dict | None, dict]:
 
 
 def _env_fields(directory: Path) -> dict:
-    """env.json's ``data_sha256`` (the data the run trained and was tested on) and its recorded
-    ``records.ARITHMETIC_KEYS``; a key the run predates (or a run without env.json) is left out."""
+    """env.json's ``data_sha256`` (the data the run trained and was tested on), ``test_sha256``
+    (its test set alone) and its recorded ``records.ARITHMETIC_KEYS``; a key the run predates
+    (or a run without env.json) is left out."""
     path = directory / records.ENV_FILE
     env = records.read_json(path) if path.exists() else None
     if not isinstance(env, dict):
         return {"data_sha256": None, "arithmetic": {}}
-    sha = env.get("data_sha256")
+    sha, test = env.get("data_sha256"), env.get("test_sha256")
     arithmetic = {k: hashable(v) for k, v in records.arithmetic_of(env).items()}
     earlier = [e for e in env.get(records.EARLIER_ARITHMETIC) or [] if isinstance(e, dict)]
-    return {"data_sha256": str(sha) if sha is not None else None, "arithmetic": arithmetic,
+    return {"data_sha256": str(sha) if sha is not None else None,
+            "test_sha256": str(test) if test is not None else None, "arithmetic": arithmetic,
             "earlier_arithmetic": earlier}
 
 
