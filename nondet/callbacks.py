@@ -185,10 +185,15 @@ def launch_values(config: DictConfig, key: str) -> list | None:
     both, ``batch_size=1`` one), else a preset's ``hydra.sweeper.params``; None when neither
     names it (the composed config holds its one value)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     params = config.hydra.sweeper.get("params") or {}
     for lines in (list(config.hydra.overrides.task), [f"{key}={params[key]}"] if key in params else []):
-        for override in OverridesParser.create().parse_overrides(lines):
+        try:
+            overrides = OverridesParser.create().parse_overrides(lines)
+        except HydraException:  # a sweeper's own syntax: the sweeper reads it, not this check
+            continue
+        for override in overrides:
             if override.key_or_group == key and not override.is_delete():
                 return list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
     return None
