@@ -18,7 +18,8 @@ for 80% power at the observed difference and the measured SDs (noncentral t, equ
 two SDs pooled). ``--paired`` pairs runs by replicate index (for runs that share seeds): paired
 t-test, sign-flip permutation test, bootstrap over pairs, d_z, and pairs needed for 80% power.
 analysis/stats.py adds the multibootstrap over runs x test examples (``--multibootstrap``
-resamples; Sellam et al. 2022), P(B > A) with Bouthillier et al.'s rule, which noise dominates
+resamples; Sellam et al. 2022; only when both arms were evaluated on one test set: the same labels
+and env.json ``test_sha256``, else skipped with why), P(B > A) with Bouthillier et al.'s rule, which noise dominates
 (test set or training), and a warning when an arm has too few runs for any rank test.
 
 One sentence, the verdict, ends the report. The run-level tests (the t-test, the permutation

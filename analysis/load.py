@@ -19,7 +19,9 @@ saw different data (``data_sha256`` in env.json) are never pooled: they become s
 (``data_sha256`` shows which). A configuration whose runs were evaluated on different test sets
 is left out of the tables with a note. A row whose runs were computed with different float
 arithmetic (``nondet.records.ARITHMETIC_KEYS`` of env.json: CPU model, vector width, thread count, torch, GPU)
-stays one row, with a note naming the runs and what differs.
+stays one row, with a note naming the runs and what differs. Each row's test logits are compared
+bit for bit with its first run's: a ``source=none`` control whose runs differ, and a row varying a
+source whose runs are all identical, get a note (``_variation_notes``).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Run:
     # A language-model run (analysis/lm.py): per-token arrays instead of logits.
     lm: LMArrays | None = None
     data_sha256: str | None = None  # env.json's hash of the data's content (None: not recorded)
+    test_sha256: str | None = None  # env.json's hash of the test set alone (None: not recorded)
     arithmetic: dict = field(default_factory=dict)  # env.json's recorded records.ARITHMETIC_KEYS
     # the arithmetic of the run's earlier segments, where it was resumed under another
     earlier_arithmetic: list = field(default_factory=list)
@@ -555,16 +558,18 @@ def _run_records(directory: Path) -> tuple[list[dict], dict | None, dict]:
 
 
 def _env_fields(directory: Path) -> dict:
-    """env.json's ``data_sha256`` (the data the run trained and was tested on) and its recorded
-    ``records.ARITHMETIC_KEYS``; a key the run predates (or a run without env.json) is left out."""
+    """env.json's ``data_sha256`` (the data the run trained and was tested on), ``test_sha256``
+    (its test set alone) and its recorded ``records.ARITHMETIC_KEYS``; a key the run predates
+    (or a run without env.json) is left out."""
     path = directory / records.ENV_FILE
     env = records.read_json(path) if path.exists() else None
     if not isinstance(env, dict):
         return {"data_sha256": None, "arithmetic": {}}
-    sha = env.get("data_sha256")
+    sha, test = env.get("data_sha256"), env.get("test_sha256")
     arithmetic = {k: hashable(v) for k, v in records.arithmetic_of(env).items()}
     earlier = [e for e in env.get(records.EARLIER_ARITHMETIC) or [] if isinstance(e, dict)]
-    return {"data_sha256": str(sha) if sha is not None else None, "arithmetic": arithmetic,
+    return {"data_sha256": str(sha) if sha is not None else None,
+            "test_sha256": str(test) if test is not None else None, "arithmetic": arithmetic,
             "earlier_arithmetic": earlier}
 
 
@@ -715,6 +720,68 @@ def _resumed_arithmetic_notes(group: Group, label: str) -> list[str]:
     ]
 
 
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bitwise equality (NaN included), without copying memory-mapped arrays."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(
+        np.ascontiguousarray(a).reshape(-1).view(np.uint8), np.ascontiguousarray(b).reshape(-1).view(np.uint8))
+
+
+def _outputs(run: Run) -> np.ndarray:
+    """What a run computed on the test set: its logits (a language model's target log-probabilities)."""
+    return run.logits if run.lm is None else run.lm.target_logprobs
+
+
+# Why a varied source can leave every run bitwise identical, for the note that says so.
+_INERT_HINTS = {
+    "init": "the model sets its own initial weights (a torch.manual_seed in its __init__, or weights "
+            "loaded from a file): let nondet's init seed draw them",
+    "shuffle": "the data order never changes (shuffle_window=1 keeps the stored order: use "
+               "shuffle_window=null or a window > 1)",
+    "augment": "no augmentation acts (dataset.augment=false, or the data are not images)",
+    "dropout": "no dropout acts (model.dropout=0, or your own loop calls dropout outside `with run.dropout():`)",
+    "reduction": "no batch has two examples to reorder (batch_size=1: use batch_size > 1)",
+    "lowlevel": "no non-deterministic kernel ran (lowlevel acts only on a GPU)",
+    "bitflip": "the one-ULP change did not reach the logits (precision=tf32 or bf16 rounds it away, "
+               "or bitflip.param names a weight the output does not use)",
+    "data": "every resample drew the same examples",
+}
+
+
+def _variation_notes(group: Group, label: str, arithmetic_differs: bool) -> list[str]:
+    """The safety net under every row: a ``source=none`` control whose runs are not bitwise
+    identical (every other row's spread then includes that nondeterminism), and a row varying a
+    source whose runs all are (its zero spread is by construction, not a finding). One run: no note."""
+    if len(group.runs) < 2:
+        return []
+    vary = list(group.config.get("source", {}).get("vary") or [])
+    first = _outputs(group.runs[0])
+    if not vary:
+        differ = [r.path.name for r in group.runs[1:] if not _same_bits(_outputs(r), first)]
+        if not differ:
+            return []
+        cause = ("its runs were computed with different float arithmetic (the note on it says which)"
+                 if arithmetic_differs else
+                 "randomness nondet does not seed: the model or your own loop draws from torch's global "
+                 "generator (dropout outside `with run.dropout():`, torch.rand, a DataLoader's shuffle), "
+                 "or a GPU kernel that is not deterministic")
+        return [
+            f"{label}: the control is not deterministic: {len(differ)} of its {len(group.runs)} runs "
+            f"differ bitwise from {group.runs[0].path.name} in their test logits ({_listed(differ, 4)}), "
+            f"so every other row's spread includes this nondeterminism. Likely cause: {cause}; make "
+            f"the control's runs bitwise identical before trusting the other rows"
+        ]
+    if any(not _same_bits(_outputs(r), first) for r in group.runs[1:]):
+        return []
+    name = group.config["source"].get("name", "+".join(vary))
+    hints = "; ".join(f"{s}: {_INERT_HINTS[s]}" for s in vary if s in _INERT_HINTS)
+    return [
+        f"{label}: source {name} varied nothing in this configuration: its {len(group.runs)} runs "
+        f"are bitwise identical (test logits), so its spread is 0 by construction, not a finding. "
+        f"Likely cause: {hints or 'the varied sources do not reach the result'}"
+    ]
+
+
 def _split_by_data(key: tuple, runs: list[Run], label: str) -> tuple[list[tuple[tuple, list[Run]]], list[str]]:
     """The runs of one configuration, split by the data they saw (env.json ``data_sha256``).
 
@@ -781,8 +848,10 @@ def load_sweep(sweep_dir: Path) -> Sweep:
     groups = sort_groups(groups, keys)
     for group in groups:
         group.notes += _divergence_notes(group, group.label(keys))
-        group.notes += _arithmetic_notes(group, group.label(keys))
+        arithmetic = _arithmetic_notes(group, group.label(keys))
+        group.notes += arithmetic
         group.notes += _resumed_arithmetic_notes(group, group.label(keys))
+        group.notes += _variation_notes(group, group.label(keys), bool(arithmetic))
     seen = set()
     for group in groups + [g for g, _ in refused]:
         notes += [n for n in group.notes if not (n in seen or seen.add(n))]

@@ -337,6 +337,33 @@ def paired_order(runs_a: list, runs_b: list) -> tuple[list[int], list[int]]:
     return [index_a[r] for r in shared], [index_b[r] for r in shared]
 
 
+def test_set_difference(group_a, group_b) -> str | None:
+    """Why the two arms cannot be paired example by example (None: one test set). The same
+    labels are not enough: two test sets may share them (a synthetic set of another
+    ``dataset.data_seed``), so the runs' env.json must also name the same test data:
+    ``test_sha256``, or for runs that predate it the same ``data_sha256``."""
+    if len(group_a.labels) != len(group_b.labels) or not np.array_equal(group_a.labels, group_b.labels):
+        return "the arms were evaluated on different test sets (their test labels differ)"
+
+    def recorded(name: str) -> tuple[set, set]:
+        return tuple({getattr(r, name) for r in g.runs} for g in (group_a, group_b))
+
+    def one(values: set) -> bool:
+        return len(values) == 1 and None not in values
+
+    test_a, test_b = recorded("test_sha256")
+    if one(test_a) and one(test_b):
+        if test_a == test_b:
+            return None
+        return (f"the arms were evaluated on different test sets with the same labels (env.json test_sha256 "
+                f"{next(iter(test_a))[:12]} and {next(iter(test_b))[:12]})")
+    data_a, data_b = recorded("data_sha256")
+    if one(data_a) and data_a == data_b:
+        return None
+    return ("their test labels agree, but the runs' env.json does not show that they share the test data "
+            "(no test_sha256, and data_sha256 differs or is not recorded)")
+
+
 def compare_lines(
     group_a, group_b, metric: str, a: np.ndarray, b: np.ndarray, paired: bool,
     alpha: float = 0.05, n_boot: int = 1000, seed: int = 0, results: dict | None = None,
@@ -352,7 +379,8 @@ def compare_lines(
     lines = []
     xa, xb = per_example_values(group_a, metric), per_example_values(group_b, metric)
     level = f"{100 * (1 - alpha):.0f}%"
-    if xa is not None and xb is not None and xa.shape[1] == xb.shape[1]:
+    different = None if xa is None or xb is None else test_set_difference(group_a, group_b)
+    if xa is not None and xb is not None and different is None:
         if paired:  # the identity where the caller paired the runs already (analysis.compare)
             ia, ib = paired_order(group_a.runs, group_b.runs)
             xa, xb = xa[ia], xb[ib]
@@ -376,7 +404,7 @@ def compare_lines(
             f"from training runs: {dominant} noise dominates; {remedy} would tighten the comparison most{shares}"
         )
     elif xa is not None and xb is not None:
-        results["multibootstrap_skipped"] = "the arms were evaluated on different test sets"
+        results["multibootstrap_skipped"] = different
         lines.append(f"- multibootstrap skipped: {results['multibootstrap_skipped']}")
     else:
         results["multibootstrap_skipped"] = f"{metric} is one number per run, not a mean over test examples"

@@ -257,9 +257,9 @@ class Run:
 
         env = {}
         if self._data is not None or self.config["dataset"].get("sha256"):
-            from nondet.data import data_sha256
+            from nondet.data import data_identity
 
-            env["data_sha256"] = data_sha256(self.data)
+            env.update(data_identity(self.data))
         train.start_replica(self.replica, self.config, self.directory, self.lowlevel, env, restore)
         if self.plan.varies("bitflip") and self.replica.bitflip is None:
             self.replica.bitflip = flip_one_ulp(model, self.generators["bitflip"], self.config)

@@ -32,7 +32,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from nondet.lock import run_lock, wait_until_free
 from nondet.records import CONFIG_FILE, ENV_FILE, ERROR_FILE, RESULT_FILE, is_done
@@ -180,6 +180,61 @@ def swept_values(config: DictConfig):
                 yield override.key_or_group, value
 
 
+def launch_values(config: DictConfig, key: str) -> list | None:
+    """The values this launch gives ``key``: the command line's (``-m shuffle_window=1,16`` gives
+    both, ``batch_size=1`` one), else a preset's ``hydra.sweeper.params``; None when neither
+    names it (the composed config holds its one value)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    params = config.hydra.sweeper.get("params") or {}
+    for lines in (list(config.hydra.overrides.task), [f"{key}={params[key]}"] if key in params else []):
+        try:
+            overrides = OverridesParser.create().parse_overrides(lines)
+        except HydraException:  # a sweeper's own syntax: the sweeper reads it, not this check
+            continue
+        for override in overrides:
+            if override.key_or_group == key and not override.is_delete():
+                return list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+    return None
+
+
+def _source_option(config: DictConfig, name: str) -> dict | None:
+    """``source=name`` composed with the launch's other fixed overrides: its ``vary``."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    fixed = [o.input_line for o in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+             if not o.is_sweep_override() and o.key_or_group != "source"]
+    try:
+        composed = GlobalHydra.instance().config_loader().load_sweep_config(config, fixed + [f"source={name}"])
+    except (HydraException, ValueError):  # the job composing it says what is wrong
+        return None
+    return OmegaConf.to_container(composed.source, resolve=True)
+
+
+def check_settings_leave_sources_varying(config: DictConfig, resolved: dict) -> None:
+    """Refuse a launch in which a setting fixed for every job turns off everything a source
+    varies (``-m source=shuffle shuffle_window=1``, ``source=reduction batch_size=1``): its rows
+    would show zero spread as if it were a finding. A sweep over the setting is left alone."""
+    from nondet.job import SOURCE_SETTINGS, inert_by_setting, refuse_inert
+
+    values = {k: launch_values(config, k) for k in SOURCE_SETTINGS}
+    studied = {k for k, v in values.items() if v is not None and len(v) > 1}
+    setting = {**resolved, **{k: v[0] for k, v in values.items() if v is not None and len(v) == 1}}
+    if not any(setting[k] == 1 for k in SOURCE_SETTINGS if k not in studied):
+        return  # nothing could be turned off: no source is composed
+    names = launch_values(config, "source")
+    if names is None or names == [resolved["source"]["name"]]:
+        sources = [resolved["source"]]
+    else:
+        sources = [s for s in (_source_option(config, str(n)) for n in names) if s is not None]
+    for source in sources:
+        one = {**setting, "source": source}
+        refuse_inert(one, inert_by_setting(one, studied))
+
+
 def check_or_exit(config: DictConfig) -> None:
     """Exit with one line (naming the key and what it accepts) for a configuration mistake, before
     the launcher starts any job: an unknown key, a value out of range, a preset that cannot
@@ -191,9 +246,11 @@ def check_or_exit(config: DictConfig) -> None:
 
     try:
         check_range("scale", config.get("scale"))  # first: presets resolve their values by it
-        check_config(resolved_config(config, concrete_device=False))
+        resolved = resolved_config(config, concrete_device=False)
+        check_config(resolved)
         for key, value in swept_values(config):
             check_range(key, value)
+        check_settings_leave_sources_varying(config, resolved)
     except (ValueError, OmegaConfBaseException) as e:
         # An interpolation error wraps the mistake (by_scale's, pack_step's): say the mistake.
         cause = e

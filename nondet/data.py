@@ -206,6 +206,32 @@ def data_sha256(data) -> str:
     return data.sha256
 
 
+def test_sha256(data) -> str | None:
+    """``test_sha256`` of env.json: the test set's tensors alone (``x_test``, ``y_test``; a text
+    corpus's ``test``), so that configurations whose training data differ can still be known to
+    share their test examples (``python -m analysis.compare`` pairs examples only then). None
+    for data without them. Computed once per loaded dataset."""
+    cached = getattr(data, "_test_sha256", None)
+    if cached is None:
+        named = [(name, getattr(data, name)) for name in ("x_test", "y_test", "test")
+                 if isinstance(getattr(data, name, None), torch.Tensor)]
+        if not named:
+            return None
+        cached = tensors_sha256(named)
+        try:
+            data._test_sha256 = cached
+        except AttributeError:  # a frozen or slotted object: hashed again next time
+            pass
+    return cached
+
+
+def data_identity(data) -> dict:
+    """env.json's ``data_sha256`` and (when the data have a test set) ``test_sha256``."""
+    identity = {"data_sha256": data_sha256(data)}
+    test = test_sha256(data)
+    return identity if test is None else {**identity, "test_sha256": test}
+
+
 def tensors_sha256(named) -> str:
     """SHA-256 of (name, tensor) pairs, in order: each name, shape and dtype, then its bytes."""
     digest = hashlib.sha256()

@@ -193,8 +193,29 @@ def check_data_unchanged(config: dict, data) -> None:
         )
 
 
-def inert_sources(config: dict, data) -> dict[str, str]:
-    """The varied sources that cannot change anything in this configuration, with why."""
+# Settings that can turn a varied source off, and so can be refused before any data is loaded.
+# A sweep over one of them (``+experiment=shamir`` sweeps shuffle_window=1,16,...) means its
+# value 1 on purpose, the end of a curve: only a value fixed for the whole launch is refused.
+SOURCE_SETTINGS = ("shuffle_window", "batch_size")
+
+
+def inert_by_setting(config: dict, studied=()) -> dict[str, str]:
+    """The varied sources a ``SOURCE_SETTINGS`` value turns off, with why; the keys in
+    ``studied`` (swept by the launch) are left alone. Checked when the command starts
+    (``nondet.callbacks.check_or_exit``) and in every job outside a sweep."""
+    vary, inert = config["source"]["vary"], {}
+    if lm.is_language_model(config):  # inert_sources says why text has no shuffle or reduction
+        return inert
+    if "shuffle" in vary and config["shuffle_window"] == 1 and "shuffle_window" not in studied:
+        inert["shuffle"] = "shuffle_window=1 keeps the stored order (set shuffle_window=null, or a window > 1)"
+    if "reduction" in vary and config["batch_size"] == 1 and "batch_size" not in studied:
+        inert["reduction"] = "batch_size=1 leaves no order inside a batch to permute (set batch_size > 1)"
+    return inert
+
+
+def inert_sources(config: dict, data, studied=()) -> dict[str, str]:
+    """The varied sources that cannot change anything in this configuration, with why
+    (``studied``: settings the launch sweeps, see ``inert_by_setting``)."""
     vary = config["source"]["vary"]
     inert = {}
     onset, epochs = config["onset_epoch"], config["epochs"]
@@ -205,6 +226,7 @@ def inert_sources(config: dict, data) -> dict[str, str]:
     if onset > 0 and "init" in vary:
         inert["init"] = (f"the weights are initialised before onset_epoch={onset} "
                          "(use onset_epoch=0 to vary init)")
+    inert.update(inert_by_setting(config, studied))
     if lm.is_language_model(config):
         text = "a language model reads its text in order, in windows that are not shuffled"
         for source, why in (("shuffle", text), ("reduction", text),
@@ -228,7 +250,7 @@ def inert_sources(config: dict, data) -> dict[str, str]:
     return inert
 
 
-def check_sources_vary_something(config: dict, data) -> None:
+def check_sources_vary_something(config: dict, data, studied=()) -> None:
     """A sweep whose varied sources are all inert would report zero spread as if it were a
     finding (augment without augmentation, dropout at rate 0): refuse it, saying what to set."""
     vary = config["source"]["vary"]
@@ -237,15 +259,21 @@ def check_sources_vary_something(config: dict, data) -> None:
     if "data" not in vary and config.get("data_resample", "bootstrap") != "bootstrap":
         log.warning("data_resample=%s has no effect: source=%s does not vary data, so every run "
                     "trains on the whole training set", config["data_resample"], config["source"]["name"])
-    inert = inert_sources(config, data)
+    inert = inert_sources(config, data, studied)
     language_model = lm.is_language_model(config)
     if language_model and inert and not set(vary) <= set(inert):  # source=all: the rest varies
         log.warning("source=%s: %s vary nothing in a language model (%s)", config["source"]["name"],
                     sorted(inert), "; ".join(f"{s}: {why}" for s, why in inert.items()))
+    refuse_inert(config, inert)
+
+
+def refuse_inert(config: dict, inert: dict[str, str]) -> None:
+    """Raise when every source ``config`` varies is ``inert`` (one line: why, and what to set)."""
+    vary = config["source"]["vary"]
     if vary and set(vary) <= set(inert):
         reasons = "; ".join(f"{s}: {why}" for s, why in inert.items())
         fix = ("a language model varies with source=init, source=dropout (its masks and BPTT "
-               "lengths) or source=bitflip" if language_model else
+               "lengths) or source=bitflip" if lm.is_language_model(config) else
                "Turn the source on, or use another source")
         raise ValueError(
             f"source={config['source']['name']} varies {list(vary)}, which cannot change anything "
@@ -316,7 +344,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     lowlevel = configure_backend(config)
     data = _dataset(config)
     check_data_unchanged(config, data)
-    check_sources_vary_something(config, data)
+    # In a sweep, the launch judged the settings it sweeps or fixes (nondet.callbacks.check_or_exit):
+    # a job sees its own shuffle_window=1, not whether the sweep also tries 16.
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    check_sources_vary_something(config, data, SOURCE_SETTINGS if sweep else ())
 
     # busy: runs another live process is training (left to it); fixes: what to do about a failed
     # run that a relaunch alone cannot mend, by directory.

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from nondet import logger, onset, records, snapshot
 from nondet.backend import configure_lowlevel, environment
 from nondet.bitflip import flip_one_ulp
-from nondet.data import data_sha256
+from nondet.data import data_identity
 from nondet.models import set_dropout_generator
 from nondet.seeds import SeedPlan, generator_device, make_generator
 
@@ -187,7 +187,7 @@ def open_replica(
     config.yaml, env.json (plus ``env_extra``) and seeds.json written: the start of a run."""
     write_run_config(config, directory)
     replica = family.new_replica(config, data)
-    start_replica(replica, config, directory, lowlevel, {"data_sha256": data_sha256(data), **(env_extra or {})})
+    start_replica(replica, config, directory, lowlevel, {**data_identity(data), **(env_extra or {})})
     if config["dataset"]["augment"] and getattr(data, "is_image", None) is False and replica.epoch == 0:
         warnings.warn(
             "dataset.augment=true has no effect on feature data: crop and flip need images",

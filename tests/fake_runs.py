@@ -10,6 +10,7 @@ is written, as in the engine. Nothing here trains a model.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,11 @@ def write_run(
     seeds: dict | None = None,
     error: str | None = None,
     weights: dict | None = None,
+    env: dict | None = None,
 ) -> Path:
     """Write one run directory. ``result=False`` leaves the run unfinished (no result.json);
-    ``error`` writes error.txt instead of result.json, as a failed run does."""
+    ``error`` writes error.txt instead of result.json, as a failed run does. env.json holds
+    ``env``, by default a ``test_sha256`` of the labels (runs with the same labels share a test set)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     records.write_text(directory / records.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
@@ -86,6 +89,9 @@ def write_run(
         records.write_text(directory / records.ERROR_FILE, error)
         return directory
     if logits is not None:
+        if env is None:
+            env = {"test_sha256": hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest()}
+        records.write_json(directory / records.ENV_FILE, env)
         records.write_npy(directory / records.LOGITS_FILE, np.asarray(logits, dtype=np.float32))
         records.write_npy(directory / records.LABELS_FILE, np.asarray(labels, dtype=np.int64))
     if weights is not None:
@@ -116,7 +122,8 @@ def metrics_rows(rng: np.random.Generator, epochs: int, scale: float = 0.1) -> l
 
 
 def write_group(
-    config: dict, logits: np.ndarray, labels: np.ndarray, metrics: list[list[dict]] | None = None
+    config: dict, logits: np.ndarray, labels: np.ndarray, metrics: list[list[dict]] | None = None,
+    env: dict | None = None,
 ) -> list[Path]:
     """One run per replicate r = 0..R-1 of ``config``, at the engine's path ``records.run_dir``."""
     paths = []
@@ -130,6 +137,7 @@ def write_group(
                 labels,
                 metrics=None if metrics is None else metrics[r],
                 seeds={"init": 1000 + r},
+                env=env,
             )
         )
     return paths

@@ -88,15 +88,16 @@ def _sweep_with_accuracies(root, source, accuracies, n=200, classes=4):
     return _sweep_from_correct(root, source, np.arange(n) < np.round(np.asarray(accuracies) * n / 100)[:, None], classes)
 
 
-def _sweep_from_correct(root, source, correct, classes=4):
-    """Runs that get exactly the test examples ``correct[r, i]`` right, (R, N) bool."""
+def _sweep_from_correct(root, source, correct, classes=4, env=None, first_label=0):
+    """Runs that get exactly the test examples ``correct[r, i]`` right, (R, N) bool; env.json
+    holds ``env`` (by default a test_sha256 of the labels)."""
     runs, n = correct.shape
-    labels = np.arange(n) % classes
+    labels = (first_label + np.arange(n)) % classes
     predicted = np.where(correct, labels, (labels + 1) % classes)
     logits = np.zeros((runs, n, classes), dtype=np.float32)
     logits[np.arange(runs)[:, None], np.arange(n), predicted] = 5.0
     config = fake_config(**{"source.name": source, "source.vary": [source]}, output_root=str(root), sweep_name="s")
-    write_group(config, logits, labels)
+    write_group(config, logits, labels, env=env)
     return root / "s"
 
 
@@ -232,3 +233,33 @@ def test_a_metric_of_one_number_per_run_names_what_the_verdict_leaves_out(tmp_pa
     record = json.loads((tmp_path / "c.json").read_text())
     assert record["state"] == "distinguishable" and record["multibootstrap"] is None
     assert record["beyond_test_set_noise"] is None and record["multibootstrap_skipped"].startswith("val_loss is one number")
+
+
+@pytest.mark.parametrize("env_a, env_b, first_label_b, why", [
+    # data_seed=0 against data_seed=1: test sets of the same size (and here the same labels)
+    ({"test_sha256": "a" * 64}, {"test_sha256": "b" * 64}, 0, "different test sets with the same labels"),
+    (None, None, 1, "their test labels differ"),
+    ({"data_sha256": "a" * 64}, {"data_sha256": "b" * 64}, 0, "does not show that they share the test data"),
+    ({}, {}, 0, "does not show that they share the test data"),
+])
+def test_arms_on_different_test_sets_are_not_paired_example_by_example(tmp_path, capsys, env_a, env_b, first_label_b, why):
+    arms = _arms(400, 200, (), range(300, 400))
+    a = _sweep_from_correct(tmp_path / "a", "init", arms[0], env=env_a)
+    b = _sweep_from_correct(tmp_path / "b", "init", arms[1], env=env_b, first_label=first_label_b)
+    assert compare.main([str(a), str(b), *FAST, "--json", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    (skipped,) = [line for line in out.splitlines() if line.startswith("- multibootstrap skipped: ")]
+    assert why in skipped and "examples paired" not in out and "on this test set" not in out.splitlines()[-1]
+    assert out.splitlines()[-1].startswith("Yes: the difference in test_accuracy")  # the run-level tests stay
+    assert "test-set noise is not assessed (" in out.splitlines()[-1]
+    record = json.loads((tmp_path / "c.json").read_text())
+    assert record["multibootstrap"] is None and why in record["multibootstrap_skipped"]
+
+
+def test_arms_that_record_the_same_data_are_paired_example_by_example(tmp_path, capsys):
+    arms = _arms(400, 200, (), range(300, 400))
+    same = {"data_sha256": "c" * 64}  # runs that predate test_sha256: the same data, so one test set
+    a = _sweep_from_correct(tmp_path / "a", "init", arms[0], env=same)
+    b = _sweep_from_correct(tmp_path / "b", "init", arms[1], env=same)
+    assert compare.main([str(a), str(b), *FAST]) == 0
+    assert "examples paired" in capsys.readouterr().out

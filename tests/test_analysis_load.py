@@ -240,6 +240,39 @@ def test_diverged_runs_are_kept_and_named(tmp_path, labels):
     assert len(load_sweep(tmp_path).groups[0].runs) == 3
 
 
+def test_a_control_that_is_not_deterministic_is_named(tmp_path, labels):
+    """source=none runs that differ (a model drawing from the global generator) pass silently
+    otherwise: every other row's spread would include that nondeterminism unnoticed."""
+    control = fake_config(output_root=str(tmp_path), sweep_name="sweep")  # source=none, vary []
+    same = np.repeat(random_logits(np.random.default_rng(8), 1, N, C), 3, axis=0)
+    write_group(control, same, labels)
+    assert not any("control" in n for n in load_sweep(tmp_path / "sweep").notes)  # bitwise identical
+    differs = same.copy()
+    differs[2, 0, 0] = np.nextafter(differs[2, 0, 0], np.float32(np.inf))  # one ULP is enough
+    write_group(control, differs, labels)
+    (note,) = [n for n in load_sweep(tmp_path / "sweep").notes if "control" in n]
+    assert note.startswith("none: the control is not deterministic: 1 of its 3 runs differ bitwise")
+    assert "every other row's spread includes this nondeterminism" in note and "run.dropout()" in note
+    assert f"- note: {note}" in analysis.summarize(tmp_path / "sweep")  # the end-of-sweep summary
+
+
+@pytest.mark.parametrize("source, setting, cause", [
+    ("shuffle", {"shuffle_window": 1}, "shuffle_window=1 keeps the stored order"),
+    ("reduction", {"batch_size": 1}, "batch_size=1"),
+    ("init", {}, "torch.manual_seed in its __init__"),
+])
+def test_a_source_that_varied_nothing_is_named(tmp_path, labels, source, setting, cause):
+    config = source_config(tmp_path, source, **setting)
+    write_group(config, np.repeat(random_logits(np.random.default_rng(9), 1, N, C), 3, axis=0), labels)
+    write_group(source_config(tmp_path, "bitflip"), random_logits(np.random.default_rng(10), 3, N, C), labels)
+    sweep = load_sweep(tmp_path / "sweep")
+    (note,) = sweep.notes
+    assert f": source {source} varied nothing in this configuration: its 3 runs are bitwise identical" in note
+    assert cause in note and "\n" not in note
+    assert f"- note: {note}" in analysis.summarize(sweep)
+    assert cli.main([str(tmp_path / "sweep")]) == 0  # named, not fatal: the rows are what ran
+
+
 def test_the_summary_imports_no_plotting_or_scipy(clean_sweep):
     """The table the end of every sweep prints needs numpy and pandas only: scipy (compare) and
     matplotlib (figures, report) would cost ~1 s of every ``launch.py -m``."""

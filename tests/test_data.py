@@ -21,6 +21,7 @@ from nondet.data import (
     DatasetNotFoundError,
     TEACHER_ACTIVATIONS,
     channel_stats,
+    data_identity,
     load_dataset,
     synthetic_generator,
 )
@@ -76,6 +77,14 @@ def test_synthetic_test_split_does_not_depend_on_train_size():
     a, b = load_dataset(small(train_size=100)), load_dataset(small(train_size=300))
     assert len(a.x_train) == 100 and len(b.x_train) == 300
     assert torch.equal(bits(a.x_test), bits(b.x_test)) and torch.equal(a.y_test, b.y_test)
+
+
+def test_env_json_names_the_test_set_apart_from_the_training_data():
+    """analysis.compare pairs test examples only between runs whose test sets are one: another
+    train_size keeps the test set, another data_seed does not."""
+    base, more, other = (data_identity(load_dataset(small(**kw))) for kw in ({}, {"train_size": 300}, {"data_seed": 1}))
+    assert base["data_sha256"] != more["data_sha256"] and base["test_sha256"] == more["test_sha256"]
+    assert base["test_sha256"] != other["test_sha256"]
 
 
 def test_synthetic_matches_the_documented_process():

@@ -156,6 +156,48 @@ def test_the_onset_leaves_other_sources_of_a_combination_varying():
     check_sources_vary_something(compose_config(["source=none", "onset_epoch=2"]), features)
 
 
+# --- settings that turn the varied source off --------------------------------------------------
+
+
+def launch_check(fixed, task):
+    """check_or_exit as the command runs it: ``fixed`` composed, ``task`` as `-m` records it
+    (sweeps included); inside Hydra's context, where the check composes swept sources."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["epochs=2", *fixed], return_hydra_config=True)
+        cfg.hydra.overrides.task = list(task)
+        check_or_exit(cfg)
+
+
+@pytest.mark.parametrize("fixed, task, why", [
+    (["source=shuffle", "shuffle_window=1"], [], "shuffle: shuffle_window=1 keeps the stored order (set shuffle_window=null"),
+    (["source=reduction", "batch_size=1"], [], "reduction: batch_size=1 leaves no order inside a batch"),
+    (["shuffle_window=1"], ["source=init,shuffle", "shuffle_window=1"], "source=shuffle varies ['shuffle']"),
+    (["source=shuffle_reduction", "shuffle_window=1", "batch_size=1"], [], "source=shuffle_reduction varies"),
+])
+def test_a_fixed_setting_that_turns_the_varied_source_off_is_refused_at_launch(fixed, task, why):
+    with pytest.raises(SystemExit) as exit_:
+        launch_check(fixed, task or fixed)
+    text = str(exit_.value.code)
+    assert "\n" not in text and text.startswith("Error in the configuration: ") and why in text, text
+    # A job outside a sweep refuses it too; a job of a sweep leaves it to the launch.
+    if not task:
+        config = compose_config(fixed)
+        with pytest.raises(ValueError, match="cannot change anything here"):
+            check_sources_vary_something(config, SimpleNamespace(is_image=False))
+        check_sources_vary_something(config, SimpleNamespace(is_image=False), ("shuffle_window", "batch_size"))
+
+
+@pytest.mark.parametrize("fixed, task", [
+    (["source=shuffle"], ["source=shuffle", "shuffle_window=1,16"]),  # a sweep over the window: a curve
+    (["source=all", "shuffle_window=1", "batch_size=1"], []),  # init, dropout, bitflip still vary
+    (["source=shuffle_reduction", "shuffle_window=1"], []),  # reduction still varies
+    (["source=init", "batch_size=1", "shuffle_window=1"], []),
+    (["+experiment=shamir"], ["+experiment=shamir"]),  # sweeps source=shuffle x shuffle_window=1,...
+])
+def test_the_launch_check_leaves_sources_that_vary_alone(fixed, task):
+    launch_check(fixed, task or fixed)
+
+
 # --- Hydra's output options decide where runs go ---------------------------------------------
 
 
