@@ -15,7 +15,8 @@ within each arm); Welch's t-test; a permutation test (exact over all splits when
 most ``--permutations`` of them, else that many random ones; p = (1 + hits) / (1 + draws));
 Cohen's d and Hedges' g; and the runs per arm a two-sided two-sample t-test (alpha 0.05) needs
 for 80% power at the observed difference and the measured SDs (noncentral t, equal arms, the
-two SDs pooled). ``--paired`` pairs runs by replicate index (for runs that share seeds): paired
+two SDs pooled), and never fewer than the exact permutation test needs to reach p < alpha at all
+(4 per arm, 6 pairs, at alpha 0.05: the verdict needs both tests). ``--paired`` pairs runs by replicate index (for runs that share seeds): paired
 t-test, sign-flip permutation test, bootstrap over pairs, d_z, and pairs needed for 80% power.
 analysis/stats.py adds the multibootstrap over runs x test examples (``--multibootstrap``
 resamples; Sellam et al. 2022; only when both arms were evaluated on one test set: the same labels
@@ -59,7 +60,7 @@ from scipy.special import gammaln
 
 from analysis.load import Group, MixedTestSetError, Run, display_keys, format_value, hashable, load_sweep
 from analysis.metrics import cross_entropy, percent_correct
-from analysis.stats import compare_lines, paired_order
+from analysis.stats import compare_lines, exact_test_runs_needed, paired_order
 from nondet import records
 
 # Metrics computed from a group's test arrays (the argmax once, ``Group.correct``), not result.json.
@@ -354,6 +355,8 @@ def compare_samples(
         planning_sd = math.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)
         planning_effect = difference / planning_sd if planning_sd > 0 else (math.inf if difference else math.nan)
     n_needed = runs_for_power(planning_effect, paired, alpha, power) if not math.isnan(planning_effect) else None
+    if n_needed is not None:  # the verdict also needs the permutation test, which few runs cannot pass
+        n_needed = max(n_needed, exact_test_runs_needed(alpha, paired))
     low, high = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     notes = []
     if exact:

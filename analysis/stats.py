@@ -296,11 +296,13 @@ def prob_better(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0,
     return {"p": p, "ci": (low, high), "better": better}
 
 
-def mann_whitney_runs_needed(alpha: float) -> int:
-    """Smallest n with 2 / C(2n, n) < alpha: runs per arm the exact two-sided Mann-Whitney test
-    needs to reach p < alpha at all (with n and n runs, no ties)."""
+def exact_test_runs_needed(alpha: float, paired: bool = False) -> int:
+    """Smallest n (runs per arm, or pairs) with which an exact two-sided rank or permutation test
+    can reach p < ``alpha`` at all: its smallest p is 2 / C(2n, n) for two arms of n runs without
+    ties (Mann-Whitney, or the permutation test of means), 2 / 2**n for n pairs (sign flips).
+    At alpha 0.05: 4 runs per arm, 6 pairs."""
     n = 1
-    while 2 / math.comb(2 * n, n) >= alpha:
+    while 2 / (2**n if paired else math.comb(2 * n, n)) >= alpha:
         n += 1
     return n
 
@@ -421,7 +423,7 @@ def compare_lines(
     )
     smallest = 2 / math.comb(len(a) + len(b), len(a))
     if smallest >= alpha:
-        need = mann_whitney_runs_needed(alpha)
+        need = exact_test_runs_needed(alpha)
         lines.append(
             f"- warning: with {len(a)} and {len(b)} runs the Mann-Whitney test of P(B > A) cannot reach "
             f"p < {alpha} (its smallest possible p is {smallest:.3g}): train at least {need} runs per arm"

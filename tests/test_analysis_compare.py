@@ -263,3 +263,15 @@ def test_arms_that_record_the_same_data_are_paired_example_by_example(tmp_path, 
     b = _sweep_from_correct(tmp_path / "b", "init", arms[1], env=same)
     assert compare.main([str(a), str(b), *FAST]) == 0
     assert "examples paired" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("paired, floor", [(False, 4), (True, 6)])
+def test_the_runs_it_asks_for_can_pass_the_permutation_test_too(paired, floor):
+    """A large difference measured on 3 runs per arm: the t-test's power alone would ask for 2 or
+    3 runs, but the verdict also needs the exact permutation test, whose smallest p with n runs
+    per arm is 2 / C(2n, n) (2 / 2**n for pairs): it asks for no fewer than 4 runs (6 pairs)."""
+    a = np.array([90.0, 90.1, 89.9])
+    b = a + np.array([1.0, 1.2, 0.8])
+    c = compare.compare_samples(a, b, paired=paired, n_boot=500, n_perm=500, seed=0)
+    assert c.n_needed == floor
+    assert f"about {floor} " in c.verdict or c.verdict.startswith("Yes")

@@ -137,7 +137,8 @@ def test_bouthillier_rule():
     assert stats.prob_better(a, b)["better"] == "B"
     assert stats.prob_better(b, a)["better"] == "A"
     assert stats.prob_better(a, rng.normal(0, 1, 30))["better"] is None
-    assert stats.mann_whitney_runs_needed(0.05) == 4  # 2 / C(8, 4) = 0.029; 2 / C(6, 3) = 0.1
+    assert stats.exact_test_runs_needed(0.05) == 4  # 2 / C(8, 4) = 0.029; 2 / C(6, 3) = 0.1
+    assert stats.exact_test_runs_needed(0.05, paired=True) == 6  # 2 / 2**6 = 0.031; 2 / 2**5 = 0.063
 
 
 def _sweep(root, source, runs, shift, n=300, classes=3, seed=0):
