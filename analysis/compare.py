@@ -581,8 +581,11 @@ def comparison_json(c: Comparison, results: dict) -> dict:
     })
 
 
-def _label(directory: Path, group: Group, filters: list[str]) -> str:
-    return f"{directory}" + (f" [{', '.join(filters)}]" if filters else f" [source {group.params.get('source.name')}]")
+def _labels(dir_a: Path, group_a: Group, dir_b: Path, group_b: Group) -> tuple[str, str]:
+    """Each arm as its folder and what sets it apart: its source and every key whose value
+    differs between the two (``init, epochs=1``), whatever selected it."""
+    keys = display_keys([group_a.key, group_b.key])
+    return f"{dir_a} [{group_a.label(keys)}]", f"{dir_b} [{group_b.label(keys)}]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -605,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             runs_a, runs_b = [runs_a[i] for i in ia], [runs_b[i] for i in ib]
         result = compare_samples(
             a, b, args.metric, args.paired, args.alpha, args.power, args.bootstrap, args.permutations, args.seed,
-            _label(args.dir_a, group_a, args.group_a), _label(args.dir_b, group_b, args.group_b),
+            *_labels(args.dir_a, group_a, args.dir_b, group_b),
         )
     except (SelectionError, MixedTestSetError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,7 +11,7 @@ from scipy import stats
 
 from analysis import compare
 from nondet import records
-from fake_runs import fake_config, write_group
+from fake_runs import fake_config, random_logits, write_group
 
 
 def test_finds_a_planted_difference():
@@ -275,3 +275,16 @@ def test_the_runs_it_asks_for_can_pass_the_permutation_test_too(paired, floor):
     c = compare.compare_samples(a, b, paired=paired, n_boot=500, n_perm=500, seed=0)
     assert c.n_needed == floor
     assert f"about {floor} " in c.verdict or c.verdict.startswith("Yes")
+
+
+def test_each_arm_is_labelled_by_what_sets_it_apart(tmp_path, capsys):
+    """Two sweeps of one source that differ in a key: each arm names its value of that key."""
+    labels = np.arange(60) % 4
+    for epochs, root in ((1, tmp_path / "a"), (2, tmp_path / "b")):
+        config = fake_config(**{"source.name": "init", "source.vary": ["init"]}, output_root=str(root),
+                             sweep_name="s", epochs=epochs)
+        write_group(config, random_logits(np.random.default_rng(epochs), 4, 60, 4), labels)
+    assert compare.main([str(tmp_path / "a" / "s"), str(tmp_path / "b" / "s"), *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "- A: " + str(tmp_path / "a" / "s") + " [init, epochs=1]: 4 runs" in out
+    assert "- B: " + str(tmp_path / "b" / "s") + " [init, epochs=2]: 4 runs" in out
