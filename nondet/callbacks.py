@@ -270,7 +270,7 @@ def check_command_line(args: list[str], config_dir: Path) -> None:
     for override in overrides:
         key = override.key_or_group
         plain = override.type == OverrideType.CHANGE and override.package is None
-        if plain and "." not in key and key not in known:
+        if plain and key.isidentifier() and key not in known:  # not model.width, hydra/launcher
             sys.exit(f"Error in the configuration: {unknown_key_message(key, top)}")
 
 

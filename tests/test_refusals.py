@@ -117,4 +117,26 @@ def test_a_top_level_typo_names_the_key_it_resembles():
     text = str(exit_.value.code)
     assert text.startswith("Error in the configuration: epoch is not a configuration key (a typo? did you "
                            "mean epochs?); the top-level keys are: base_seed, batch_size") and "\n" not in text
-    check_command_line(["-m", "+experiment=table1", "source=init", "hydra.sweep.dir=x", "+user.x=1"], CONF)
+    check_command_line(["-m", "+experiment=table1", "source=init", "hydra.sweep.dir=x", "+user.x=1",
+                        "hydra/launcher=basic", "model.widht=3"], CONF)  # Hydra's, or check_or_exit's
+
+
+def test_jobs_on_a_clusters_nodes_get_the_checks_their_configuration_alone_allows(tmp_path, hydra_state):
+    _, dropout = hydra_config(tmp_path, RunMode.RUN, "source=dropout")
+    with pytest.raises(ValueError, match=re.escape("model.dropout is 0")):
+        check_job(dropout, local=False)
+    _, augment = hydra_config(tmp_path, RunMode.RUN, "source=augment", "dataset.augment=true")
+    check_job(augment, local=False)  # whether the data are images is the node's to say
+
+
+@pytest.mark.parametrize("preset", ["table1", "table2", "mnist1d"])
+def test_the_presets_jobs_pass_the_checks_on_a_cpu(tmp_path, hydra_state, preset):
+    from nondet.callbacks import check_or_exit, sweep_jobs
+
+    overrides = [f"+experiment={preset}", "scale=smoke", f"output_root={tmp_path}"]
+    cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    cfg.hydra.mode = RunMode.MULTIRUN
+    cfg.hydra.overrides.task = overrides
+    jobs = sweep_jobs(cfg)
+    assert len(jobs) > 1
+    check_or_exit(cfg, jobs)
