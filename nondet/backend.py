@@ -64,14 +64,14 @@ def check_lowlevel(device: str, source: dict) -> None:
     if "lowlevel" not in source["vary"] or not source["lowlevel_required"] or device == "cuda":
         return
     name, rest = source["name"], [s for s in source["vary"] if s != "lowlevel"]
-    stand_in, without = CPU_STAND_INS.get(name, ("reduction" if not rest else None, None))
-    if without is None and rest:
-        without = f"source.name={'_'.join(rest)} source.vary=[{','.join(rest)}]"
-    elif without is not None:
-        without = f"source={without}"
-    fixes = [f"source={stand_in}, its seedable stand-in on a CPU (reduction permutes examples within "
-             "each minibatch, so only the floating-point summation order changes)"] if stand_in else []
-    fixes += [f"{without} to vary the rest without lowlevel"] if without else []
+    stand_in, without = CPU_STAND_INS.get(name, (None if rest else "reduction", None))
+    fixes = []
+    if stand_in:
+        fixes.append(f"source={stand_in}, its seedable stand-in on a CPU (reduction permutes examples "
+                     "within each minibatch, so only the floating-point summation order changes)")
+    if without or rest:
+        instead = f"source={without}" if without else f"source.name={'_'.join(rest)} source.vary=[{','.join(rest)}]"
+        fixes.append(f"{instead} to vary the rest without lowlevel")
     raise LowLevelUnavailableError(
         f"source={name} varies `lowlevel` (CUDA/cuDNN kernel nondeterminism), which needs a CUDA "
         f"device, but this run is on the CPU. Use {', or '.join(fixes)}; or run on a GPU."
