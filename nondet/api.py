@@ -70,7 +70,6 @@ def main(config_path: str | None = None, config_name: str = "config") -> Callabl
 
     register_configs()
     register_resolvers()
-    callbacks.CHECK_JOBS = False  # check_job checks nondet's model and data, not yours
 
     def decorate(task: Callable) -> Callable:
         caller = Path(sys.modules[task.__module__].__file__).resolve().parent
@@ -85,6 +84,7 @@ def main(config_path: str | None = None, config_name: str = "config") -> Callabl
 
         @functools.wraps(task)
         def entry() -> Any:
+            callbacks.CHECK_JOBS = False  # check_job checks nondet's model and data, not yours
             if not any(a.startswith("pack=") for a in sys.argv[1:]):
                 sys.argv.append("pack=1")  # one replicate per job: the sweep steps by one
             search = f"file://{CONF_DIR}"
