@@ -281,8 +281,9 @@ CHECK_JOBS = True
 
 
 class CheckCallback(Callback):
-    """``hydra.callbacks.check``: the configuration checks of ``nondet.config.check_config`` when
-    the command starts, so a mistake is one line instead of a traceback per job."""
+    """``hydra.callbacks.check``: the configuration checks of ``nondet.config.check_config``, then
+    those of ``nondet.job.check_job`` for every job, when the command starts, so a mistake is one
+    line before anything trains instead of a traceback once some jobs are done."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_or_exit(config, [config] if CHECK_JOBS else None)
