@@ -8,11 +8,14 @@ See README.md for the config groups and the run-directory contract.
 """
 
 import gc
+import sys
+from pathlib import Path
 
 import nondet.backend  # noqa: F401  (sets CUBLAS_WORKSPACE_CONFIG before CUDA starts)
 import hydra
 from omegaconf import DictConfig
 
+from nondet.callbacks import check_command_line
 from nondet.config import register_configs
 from nondet.job import register_resolvers, run_job
 
@@ -30,4 +33,5 @@ if __name__ == "__main__":
     # collections (and the interpreter's exit) need not walk torch's objects (about half a second
     # of a short sweep's wall time; docs/benchmarks.md).
     gc.freeze()
+    check_command_line(sys.argv[1:], Path(__file__).resolve().parent / "conf")
     main()

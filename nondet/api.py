@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import records, train, usermodel
+from nondet import callbacks, records, train, usermodel
 from nondet.bitflip import flip_one_ulp
 from nondet.config import ConfigError, register_configs
 from nondet.job import configure_backend, job_config, register_resolvers, report_failure
@@ -85,6 +85,7 @@ def main(config_path: str | None = None, config_name: str = "config") -> Callabl
 
         @functools.wraps(task)
         def entry() -> Any:
+            callbacks.CHECK_JOBS = False  # check_job checks nondet's model and data, not yours
             sys.argv = script_arguments(sys.argv, script)
             return wrapped()
 

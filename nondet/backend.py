@@ -49,16 +49,39 @@ def resolve_device(name: str) -> str:
     return name
 
 
+# The CPU stand-in of each source that varies ``lowlevel`` (conf/source/), and, where there is
+# one, the same source without lowlevel.
+CPU_STAND_INS = {
+    "lowlevel": ("reduction", None),
+    "shuffle_lowlevel": ("shuffle_reduction", "shuffle"),
+    "shuffle_augment_lowlevel": ("shuffle_augment_reduction", None),
+}
+
+
+def check_lowlevel(device: str, source: dict) -> None:
+    """``LowLevelUnavailableError`` when ``source`` (a config's ``source`` node) must vary
+    ``lowlevel`` on a device without CUDA, naming the sources that run there instead."""
+    if "lowlevel" not in source["vary"] or not source["lowlevel_required"] or device == "cuda":
+        return
+    name, rest = source["name"], [s for s in source["vary"] if s != "lowlevel"]
+    stand_in, without = CPU_STAND_INS.get(name, (None if rest else "reduction", None))
+    fixes = []
+    if stand_in:
+        fixes.append(f"source={stand_in}, its seedable stand-in on a CPU (reduction permutes examples "
+                     "within each minibatch, so only the floating-point summation order changes)")
+    if without or rest:
+        instead = f"source={without}" if without else f"source.name={'_'.join(rest)} source.vary=[{','.join(rest)}]"
+        fixes.append(f"{instead} to vary the rest without lowlevel")
+    raise LowLevelUnavailableError(
+        f"source={name} varies `lowlevel` (CUDA/cuDNN kernel nondeterminism), which needs a CUDA "
+        f"device, but this run is on the CPU. Use {', or '.join(fixes)}; or run on a GPU."
+    )
+
+
 def configure_lowlevel(device: str, nondeterministic: bool, required: bool) -> str:
     """Set PyTorch's determinism switches for this process; returns the status for env.json."""
     if nondeterministic and device != "cuda":
-        if required:
-            raise LowLevelUnavailableError(
-                "source varies `lowlevel` (CUDA/cuDNN kernel nondeterminism), which needs a CUDA "
-                "device, but this run is on the CPU. Use source=reduction, the seedable stand-in "
-                "that works on a CPU (it permutes examples within each minibatch, so only the "
-                "floating-point summation order changes), or run on a GPU."
-            )
+        check_lowlevel(device, {"name": "lowlevel", "vary": ["lowlevel"], "lowlevel_required": required})
         nondeterministic = False
         status = LOWLEVEL_UNAVAILABLE
     else:

@@ -32,6 +32,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from nondet.lock import run_lock, wait_until_free
@@ -235,14 +236,61 @@ def check_settings_leave_sources_varying(config: DictConfig, resolved: dict) -> 
         refuse_inert(one, inert_by_setting(one, studied))
 
 
-def check_or_exit(config: DictConfig) -> None:
+def sweep_jobs(config: DictConfig) -> list[DictConfig]:
+    """The configurations of a multirun's jobs, composed as Hydra's basic sweeper composes them:
+    one per combination of swept values, ``replicate`` aside (no refusal depends on it); none
+    under another sweeper (one that picks its values as it goes)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return []
+    loader = GlobalHydra.instance().config_loader()
+    params = config.hydra.sweeper.get("params") or {}
+    swept = [f"{key}={params[key]}" for key in params if key != "replicate"]
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(
+        swept + list(config.hydra.overrides.task))
+    (jobs,) = BasicSweeper.split_arguments(overrides, None)
+    return [loader.load_sweep_config(config, job) for job in jobs]
+
+
+def runs_here(config: DictConfig) -> bool:
+    """Whether the jobs run in this process (Hydra's basic launcher), on this machine's device
+    and with its data, rather than on a cluster's nodes."""
+    return str(config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher")
+
+
+# What a configuration mistake raises: nondet's checks, a dataset that cannot load, a device
+# that is not there (RuntimeError: device=cuda, lowlevel on a CPU).
+REFUSALS = (ValueError, RuntimeError, OSError)
+
+
+def refusal_line(error: BaseException) -> str:
+    """``Error in the configuration: ...``: the mistake, in one line (an ``OSError`` with its type:
+    a file that is missing or cannot be written, ``PermissionError: ...``)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nondet.job import one_line
+
+    # An interpolation error wraps the mistake (by_scale's, pack_step's): say the mistake.
+    while isinstance(error, OmegaConfBaseException) and error.__cause__ is not None:
+        error = error.__cause__
+    if isinstance(error, OSError):
+        return f"Error: {one_line(error)}"
+    lines = str(error).strip().splitlines()
+    return f"Error in the configuration: {lines[0] if lines else type(error).__name__}"
+
+
+def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None) -> None:
     """Exit with one line (naming the key and what it accepts) for a configuration mistake, before
     the launcher starts any job: an unknown key, a value out of range, a preset that cannot
-    resolve (``scale=tiny``, ``-m pack=0``)."""
+    resolve (``scale=tiny``, ``-m pack=0``); then every refusal of each of ``jobs`` (a source
+    that varies nothing, a model the data do not fit, ``lowlevel`` on a CPU: ``check_job``)."""
     from omegaconf.errors import OmegaConfBaseException
 
     from nondet.config import check_config, check_range
-    from nondet.job import resolved_config
+    from nondet.job import check_job, resolved_config
 
     try:
         check_range("scale", config.get("scale"))  # first: presets resolve their values by it
@@ -251,24 +299,58 @@ def check_or_exit(config: DictConfig) -> None:
         for key, value in swept_values(config):
             check_range(key, value)
         check_settings_leave_sources_varying(config, resolved)
-    except (ValueError, OmegaConfBaseException) as e:
-        # An interpolation error wraps the mistake (by_scale's, pack_step's): say the mistake.
-        cause = e
-        while isinstance(cause, OmegaConfBaseException) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        sys.exit(f"Error in the configuration: {str(cause).splitlines()[0]}")
+        for job in jobs or []:
+            check_job(job, local=runs_here(config))
+    except (*REFUSALS, OmegaConfBaseException) as e:
+        sys.exit(refusal_line(e))
+
+
+def check_command_line(args: list[str], config_dir: Path) -> None:
+    """Exit with one line for an override of a top-level key the schema does not have
+    (``epoch=3``). Hydra refuses it while it composes the config, before any callback runs, and
+    advises ``+epoch=3``, which would only add a key nothing reads; a nested one (``model.widht``)
+    composes and ``check_or_exit`` names it. Config groups (``experiment=...``) are Hydra's to say."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    from nondet.config import NondetConfig, schema_defaults, unknown_key_message
+
+    top = schema_defaults(NondetConfig)
+    known = {*top, "hydra", *(d.name for d in config_dir.iterdir() if d.is_dir())}
+    try:
+        given = get_args_parser().parse_known_args(args)[0].overrides
+        overrides = OverridesParser.create().parse_overrides(given)
+    except HydraException:  # a malformed override: Hydra says what is wrong with it
+        return
+    for override in overrides:
+        key = override.key_or_group
+        plain = override.type == OverrideType.CHANGE and override.package is None
+        if plain and key.isidentifier() and key not in known:  # not model.width, hydra/launcher
+            sys.exit(f"Error in the configuration: {unknown_key_message(key, top)}")
+
+
+# Whether the command's jobs are launch.py's (``run_job``), whose data, model and device
+# ``check_job`` checks before any starts; a script of yours (``nondet.api.main``) trains a model
+# of its own, on data of its choosing, so only its configuration is checked up front.
+CHECK_JOBS = True
 
 
 class CheckCallback(Callback):
-    """``hydra.callbacks.check``: the configuration checks of ``nondet.config.check_config`` when
-    the command starts, so a mistake is one line instead of a traceback per job."""
+    """``hydra.callbacks.check``: the configuration checks of ``nondet.config.check_config``, then
+    those of ``nondet.job.check_job`` for every job, when the command starts, so a mistake is one
+    line before anything trains instead of a traceback once some jobs are done."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_or_exit(config)
+        check_or_exit(config, [config] if CHECK_JOBS else None)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # The sweeper resolves hydra.sweeper.params (``${nondet.pack_step:${pack},${replicates}}``) next.
+        # The sweeper resolves hydra.sweeper.params (``${nondet.pack_step:${pack},${replicates}}``)
+        # next: first the command's own config, whose mistake is then said once, not per job.
         check_or_exit(config)
+        if CHECK_JOBS:
+            check_or_exit(config, sweep_jobs(config))
 
 
 class SummaryCallback(Callback):
@@ -286,13 +368,35 @@ class SummaryCallback(Callback):
             sys.exit(1)
         self.started = filesystem_now(sweep_dir)
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _OUTCOMES.clear()
+        self.started = filesystem_now(run_sweep_dir(config))
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         record_job_returns([job_return])  # a job of this process (basic launcher)
+        failed = job_return.status == JobStatus.FAILED
+        if failed and config.hydra.mode == RunMode.MULTIRUN and runs_here(config):
+            # The sweeper raises this job's error next, ending the sweep: first say what the
+            # jobs before it did, and a refusal in one line instead of a traceback.
+            if _OUTCOMES:
+                self.summarize(Path(config.hydra.sweep.dir), config, exit_on_failure=False)
+            refuse(job_return._return_value)
+
+    def on_run_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """A single run (no ``-m``): the same summary and exit status as a multirun's."""
+        if job_return.status == JobStatus.FAILED:
+            refuse(job_return._return_value)
+            return  # Hydra's traceback follows: not a mistake of the configuration
+        self.summarize(run_sweep_dir(config), config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self.summarize(Path(config.hydra.sweep.dir), config)
+
+    def summarize(self, sweep_dir: Path, config: DictConfig, exit_on_failure: bool = True) -> None:
+        """The counts line, the table and the advice for what this command launched; exit 1
+        when a run it launched is not done (``exit_on_failure``)."""
         import analysis
 
-        sweep_dir = Path(config.hydra.sweep.dir)
         launched = Launched.of(_OUTCOMES) if _OUTCOMES else None
         if launched and launched.busy:
             wait_for_other_launch(launched.busy, sweep_dir, lock_wait_seconds(config))
@@ -323,7 +427,8 @@ class SummaryCallback(Callback):
                 more = f" (and {len(early)} failed before writing {CONFIG_FILE})" if early else ""
                 advice = status.advice or "relaunch the same command to retry the failed runs"
                 print(f"\n{status}{more}: {advice}.", flush=True)
-                sys.exit(1)
+                if exit_on_failure:
+                    sys.exit(1)
             return
         mine = launched.all()
         earlier = sorted({d for d in failed + corrupt if d not in mine})
@@ -334,7 +439,24 @@ class SummaryCallback(Callback):
         advice = own_advice(launched, [d for d in corrupt if d in mine])
         if advice:
             print("\n" + advice, flush=True)
-            sys.exit(1)
+            if exit_on_failure:
+                sys.exit(1)
+
+
+def run_sweep_dir(config: DictConfig) -> Path:
+    """The sweep directory of a single run (no ``-m``): where its run directories go."""
+    from nondet.job import resolved_config, runs_root
+
+    return runs_root(resolved_config(config), config.hydra)
+
+
+def refuse(error: BaseException) -> None:
+    """Exit with one line for a job that refused its configuration or its data (any other error
+    keeps Hydra's traceback: a RuntimeError of a job is more likely a bug than a mistake)."""
+    from nondet.backend import LowLevelUnavailableError
+
+    if isinstance(error, (ValueError, OSError, LowLevelUnavailableError)):
+        sys.exit(refusal_line(error))
 
 
 # A line while the summary waits for another launch's runs, every this many seconds.

@@ -340,6 +340,26 @@ def unknown_keys(config: dict) -> list[str]:
     return sorted(given - known - DERIVED_KEYS)
 
 
+def unknown_key_message(key: str, known) -> str:
+    """The line for a key that is not in its node: the close match, if any, and the node's keys."""
+    import difflib
+
+    group, _, name = key.rpartition(".")
+    close = difflib.get_close_matches(name, list(known), n=1)
+    where = f"the keys of {group} are" if group else "the top-level keys are"
+    return (f"{key} is not a configuration key (a typo?"
+            + (f" did you mean {group + '.' if group else ''}{close[0]}?" if close else "")
+            + f"); {where}: {', '.join(sorted(known))}")
+
+
+def _model_choices() -> dict:
+    """The names ``model.name`` and ``model.activation`` accept, where the models are built."""
+    from nondet.models import ACTIVATIONS, LANGUAGE_MODEL_NAMES, MODEL_NAMES
+
+    return {"model.name": _choice((*MODEL_NAMES, *LANGUAGE_MODEL_NAMES, "custom")),
+            "model.activation": _choice(ACTIVATIONS)}
+
+
 def check_range(key: str, value) -> None:
     """``ConfigError`` when ``value`` is outside the range ``RANGES`` allows for ``key``."""
     accepts, allowed = RANGES[key]
@@ -363,15 +383,14 @@ def check_config(config: dict) -> None:
         node = schema_defaults(NondetConfig)
         for part in group.split(".") if group else []:
             node = node.get(part, {}) if isinstance(node, dict) else {}
-        valid = ", ".join(sorted(node)) if isinstance(node, dict) else ""
-        where = f"the keys of {group} are" if group else "the top-level keys are"
-        raise ConfigError(
-            f"{key} is not a configuration key (a typo?); {where}: {valid}"
-            + (f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else "")
-        )
+        raise ConfigError(unknown_key_message(key, node if isinstance(node, dict) else {})
+                          + (f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""))
     flat = _flat(config)
     for key in RANGES.keys() & flat.keys():
         check_range(key, flat[key])
+    for key, (accepts, allowed) in _model_choices().items():
+        if key in flat and not accepts(flat[key]):
+            raise ConfigError(f"{key}={flat[key]} is out of range: {key} must be {allowed}")
     if not 0 <= config["replicate"] < config["replicates"]:
         raise ConfigError(
             f"replicate={config['replicate']} is outside range(0, replicates={config['replicates']})"

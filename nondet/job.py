@@ -28,7 +28,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from nondet import joblog, lm, logger, pack, records, userdata
-from nondet.backend import LOWLEVEL_NONDETERMINISTIC, configure_lowlevel, configure_precision, resolve_device
+from nondet.backend import (LOWLEVEL_NONDETERMINISTIC, check_lowlevel, configure_lowlevel,
+                            configure_precision, resolve_device)
 from nondet.config import SCALES, TEXT_DATASETS, ConfigError, check_config, whole_fractions_as_floats
 from nondet.data import Dataset, data_fingerprint, load_dataset
 from nondet.lock import run_locks
@@ -215,7 +216,8 @@ def inert_by_setting(config: dict, studied=()) -> dict[str, str]:
 
 def inert_sources(config: dict, data, studied=()) -> dict[str, str]:
     """The varied sources that cannot change anything in this configuration, with why
-    (``studied``: settings the launch sweeps, see ``inert_by_setting``)."""
+    (``studied``: settings the launch sweeps, see ``inert_by_setting``). ``data``: None where
+    they are not loaded (what depends on them is then not refused)."""
     vary = config["source"]["vary"]
     inert = {}
     onset, epochs = config["onset_epoch"], config["epochs"]
@@ -233,7 +235,8 @@ def inert_sources(config: dict, data, studied=()) -> dict[str, str]:
                             ("augment", "text has no augmentation (crop and flip are for images)")):
             if source in vary:
                 inert[source] = why
-    elif "augment" in vary and not (config["dataset"]["augment"] and getattr(data, "is_image", False)):
+    elif "augment" in vary and not (config["dataset"]["augment"]
+                                    and (data is None or getattr(data, "is_image", False))):
         inert["augment"] = (
             "dataset.augment is false (set dataset.augment=true)" if not config["dataset"]["augment"]
             else "the data are not images (crop and flip need images)"
@@ -320,6 +323,7 @@ def job_config(cfg: DictConfig) -> dict:
 def configure_backend(config: dict) -> str:
     """Set this process's low-level kernels, precision and threads for the job's runs; returns
     the low-level mode their records name."""
+    check_lowlevel(config["device"], config["source"])  # names the source's stand-ins
     lowlevel = configure_lowlevel(
         config["device"], "lowlevel" in config["source"]["vary"], config["source"]["lowlevel_required"]
     )
@@ -332,22 +336,71 @@ def configure_backend(config: dict) -> str:
     return lowlevel
 
 
-def run_job(cfg: DictConfig) -> dict[str, Any]:
-    """Train (or skip, or resume) the replicas of one job; returns counts and directories."""
-    config = job_config(cfg)
+def check_job_config(config: dict) -> None:
+    """The refusals of a job's configuration that need neither its data nor its device."""
     if config.get("script"):
         raise ConfigError(f"script={config['script']} names a training script of yours (nondet.api); "
                           "launch.py trains with nondet's own loop: leave script unset")
     lm.check_config(config)  # model / dataset kinds match; a no-op for image runs
     logger.check_logger(config)
-    replicas = replicas_of_job(config)
-    lowlevel = configure_backend(config)
+
+
+def job_data(config: dict):
+    """The job's data, loaded and checked against its configuration: the data the runs were
+    named for, sources that vary something."""
     data = _dataset(config)
     check_data_unchanged(config, data)
-    # In a sweep, the launch judged the settings it sweeps or fixes (nondet.callbacks.check_or_exit):
-    # a job sees its own shuffle_window=1, not whether the sweep also tries 16.
+    check_sources_vary_something(config, data, _launch_judges())
+    return data
+
+
+def _launch_judges() -> tuple[str, ...]:
+    """The settings a sweep's launch judged for every job (``nondet.callbacks.check_or_exit``):
+    a job sees its own shuffle_window=1, not whether the sweep also tries 16."""
     sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    check_sources_vary_something(config, data, SOURCE_SETTINGS if sweep else ())
+    return SOURCE_SETTINGS if sweep else ()
+
+
+def check_model_builds(config: dict, data) -> None:
+    """Build the job's model once (on the CPU, from a throwaway generator): a model that cannot
+    take these data (``model=resnet6`` on signals), an unknown activation, a ``bitflip.param``
+    the model lacks are refused before any run starts, not once per run."""
+    from nondet.bitflip import flipped_parameter
+    from nondet.models import build_model
+
+    model = build_model(OmegaConf.create(config["model"]), data.input_shape, data.num_classes,
+                        torch.Generator().manual_seed(0))
+    if "bitflip" in config["source"]["vary"]:
+        flipped_parameter(model, config)
+
+
+def check_job(cfg: DictConfig, *, local: bool) -> None:
+    """Every refusal ``run_job`` makes before it trains, made without training: for each job of
+    a sweep when the command starts (``nondet.callbacks.CheckCallback``). ``local``: the job runs
+    on this machine, so its device (``lowlevel`` needs CUDA) and its data are checked too; else
+    only what the configuration alone says."""
+    config = resolved_config(cfg, concrete_device=local)
+    check_config(config)
+    check_sources(config["source"]["vary"])
+    check_job_config(config)
+    if local:
+        check_lowlevel(config["device"], config["source"])
+        data = job_data(config)
+        if not lm.is_language_model(config):
+            check_model_builds(config, data)
+    else:
+        if config["device"] != "auto":  # the node's device is known here only when it is named
+            check_lowlevel(config["device"], config["source"])
+        check_sources_vary_something(config, None, _launch_judges())
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or skip, or resume) the replicas of one job; returns counts and directories."""
+    config = job_config(cfg)
+    check_job_config(config)
+    replicas = replicas_of_job(config)
+    lowlevel = configure_backend(config)
+    data = job_data(config)
 
     # busy: runs another live process is training (left to it); fixes: what to do about a failed
     # run that a relaunch alone cannot mend, by directory.
@@ -448,6 +501,8 @@ def failure_fix(error: BaseException | None) -> str | None:
     """What to do about a failed run when relaunching the same command cannot mend it."""
     if isinstance(error, records.CorruptRunError):
         return str(error)  # it names the file to delete
+    if isinstance(error, ConfigError):  # the same configuration fails the same way again
+        return f"{str(error).strip().splitlines()[0]}: mend the configuration, then relaunch"
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return "the disk is full: free space, then relaunch the same command"
     if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -75,6 +75,8 @@ def test_a_failed_run_is_reported_and_the_sweep_exits_nonzero(tmp_path):
     "args, message",
     [
         (["model.widht=3"], "widht"),
+        # Hydra refuses it before nondet's checks run; launch.py says it as they would.
+        (["epoch=3"], "Error in the configuration: epoch is not a configuration key (a typo? did you mean epochs?)"),
         # The mistake itself, in one line, not an interpolation error from the sweeper.
         (["-m", "pack=0"], "pack=0 is out of range: pack must be auto or an integer >= 1"),
     ],

@@ -45,6 +45,8 @@ from typing import Callable, Dict, Sequence, Tuple
 import torch
 from torch import nn
 
+from nondet.config import ConfigError  # a configuration mistake: no relaunch mends it
+
 from .activations import ACTIVATIONS, SmeLU, make_activation
 from .cnn1d import CNN1D
 from .dropout import SeededDropout, set_dropout_generator
@@ -127,7 +129,7 @@ def build_language_model(cfg, vocab_size: int, init_generator: torch.Generator) 
     """Build the language model ``cfg.name`` (``qrnn``: see ``qrnn.py``) for ``vocab_size``
     words, initialised from ``init_generator`` alone; on the CPU, in training mode."""
     if cfg.name not in _LANGUAGE_BUILDERS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown language model {cfg.name!r}; valid: {', '.join(LANGUAGE_MODEL_NAMES)}"
         )
     model = _LANGUAGE_BUILDERS[cfg.name](cfg, int(vocab_size), init_generator)
@@ -160,39 +162,39 @@ def build_model(
 
         return build_custom_model(cfg, input_shape, num_classes, init_generator)
     if name in _LANGUAGE_BUILDERS:
-        raise ValueError(
+        raise ConfigError(
             f"model {name!r} is a language model: it trains on a text dataset "
             "(dataset=synthetic_text or dataset=ptb) through build_language_model"
         )
     if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODEL_NAMES)}")
+        raise ConfigError(f"unknown model {name!r}; valid: {', '.join(MODEL_NAMES)}")
     if cfg.activation not in ACTIVATIONS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown activation {cfg.activation!r}; valid: {', '.join(ACTIVATIONS)}"
         )
     input_shape = tuple(int(d) for d in input_shape)
     if len(input_shape) not in (1, 2, 3) or min(input_shape) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"input_shape must be (D,) for feature data, (C, L) for signals or (C, H, W) for "
             f"images, got {input_shape}"
         )
     if name in SIGNAL_MODELS and len(input_shape) != 2:
-        raise ValueError(
+        raise ConfigError(
             f"model {name!r} needs 1-D signals (C, L) but the data have shape {input_shape}; "
             "use dataset=mnist1d (or model=mlp / model=linear)"
         )
     if name in IMAGE_MODELS and len(input_shape) != 3:
-        raise ValueError(
+        raise ConfigError(
             f"model {name!r} needs image inputs (C, H, W) but the data are features of shape "
             f"{input_shape}; for synthetic data set dataset.image_shape=[3,32,32] (or another "
             "C,H,W whose product is the input size), or use model=mlp or model=linear"
         )
     if num_classes < 1:
-        raise ValueError(f"num_classes must be positive, got {num_classes}")
+        raise ConfigError(f"num_classes must be positive, got {num_classes}")
     if not 0.0 <= cfg.dropout < 1.0:
-        raise ValueError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
+        raise ConfigError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.width < 1:
-        raise ValueError(f"model.width must be positive, got {cfg.width}")
+        raise ConfigError(f"model.width must be positive, got {cfg.width}")
 
     with torch.random.fork_rng(devices=[]):
         model = _BUILDERS[name](cfg, input_shape, int(num_classes))

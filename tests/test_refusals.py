@@ -1,0 +1,142 @@
+"""What the command says when it cannot do what it was asked: a mistake in the configuration is
+one line before anything trains, for every job of a sweep; a single run's failures set the exit
+status as a sweep's do; a failure that a relaunch cannot mend does not advise one."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from conftest import CONF, TINY
+from nondet import records
+from nondet.callbacks import CheckCallback, SummaryCallback
+from nondet.config import ConfigError, check_config
+from nondet.job import check_job, failure_fix, job_config, run_job
+
+
+def hydra_config(tmp_path, mode: RunMode, *overrides: str):
+    """Hydra's full config of a command ``launch.py [-m] OVERRIDES`` (sweeps as the command line
+    records them), and its task config; call inside ``initialize_config_dir``."""
+    fixed = [*TINY, "epochs=1", "replicates=1", f"output_root={tmp_path}"]
+    cfg = compose("config", overrides=[*fixed, *(o for o in overrides if "," not in o)],
+                  return_hydra_config=True)
+    cfg.hydra.mode = mode
+    cfg.hydra.overrides.task = [*fixed, *overrides]
+    task = OmegaConf.create(OmegaConf.to_container(cfg))
+    del task["hydra"]
+    return cfg, task
+
+
+@pytest.fixture
+def hydra_state():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield
+    HydraConfig.instance().cfg = None
+
+
+def test_a_single_run_whose_runs_fail_exits_1_with_the_summary(tmp_path, hydra_state, capsys):
+    cfg, task = hydra_config(tmp_path, RunMode.RUN, "source=init")
+    HydraConfig.instance().set_config(cfg)
+    directory = records.run_dir(job_config(task))
+    directory.mkdir(parents=True)
+    (directory / records.CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    summary = SummaryCallback()
+    summary.on_run_start(cfg)
+    job_return = JobReturn(status=JobStatus.COMPLETED, _return_value=run_job(task))
+    summary.on_job_end(cfg, job_return)
+    with pytest.raises(SystemExit) as exit_:
+        summary.on_run_end(cfg, job_return=job_return)
+    assert exit_.value.code == 1
+    out = capsys.readouterr().out
+    assert f"Sweep {directory.parent.parent}: 0 runs trained now, 0 finished earlier (skipped), 1 failed" in out
+    assert f"cannot read the checkpoint {directory / records.CHECKPOINT_FILE}" in out
+
+
+def test_every_job_of_a_sweep_is_checked_before_any_trains(tmp_path, hydra_state):
+    cfg, _ = hydra_config(tmp_path, RunMode.MULTIRUN, "source=init,dropout")
+    with pytest.raises(SystemExit) as exit_:
+        CheckCallback().on_multirun_start(cfg)
+    text = str(exit_.value.code)
+    assert "\n" not in text and text.startswith("Error in the configuration: source=dropout varies")
+    assert "model.dropout is 0 (set model.dropout=0.1, say)" in text
+    assert not list(tmp_path.rglob(records.RESULT_FILE))
+
+
+def test_a_refusal_mid_sweep_keeps_the_summary_of_what_finished(tmp_path, hydra_state, capsys):
+    cfg, task = hydra_config(tmp_path, RunMode.MULTIRUN, "source=init")
+    summary = SummaryCallback()
+    summary.on_multirun_start(cfg)
+    summary.on_job_end(cfg, JobReturn(status=JobStatus.COMPLETED, _return_value=run_job(task)))
+    refused = JobReturn(status=JobStatus.FAILED, _return_value=ConfigError("source=dropout varies nothing"))
+    with pytest.raises(SystemExit) as exit_:
+        summary.on_job_end(cfg, refused)
+    assert exit_.value.code == "Error in the configuration: source=dropout varies nothing"
+    assert f"Sweep {tmp_path / 'default'}: 1 runs trained now" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["onset_epoch=1", "source=init"], "onset_epoch=1 >= epochs=1, so no epoch varies"),
+        (["source=augment", "dataset.augment=true"], "the data are not images"),
+        (["dataset=npz"], "dataset=npz needs dataset.path="),
+        (["source=lowlevel"], "Use source=reduction, its seedable stand-in"),
+        (["source=shuffle_lowlevel"], "or source=shuffle to vary the rest without lowlevel"),
+        (["source=shuffle_augment_lowlevel"], "source.name=shuffle_augment source.vary=[shuffle,augment]"),
+        (["model=qrnn"], "model=qrnn is a language model"),
+        (["model=cnn1d"], "model 'cnn1d' needs 1-D signals"),
+        (["source=bitflip", "bitflip.param=foo"], "bitflip.param=foo is not a parameter of MLP"),
+    ],
+)
+def test_a_jobs_refusals_are_made_without_training(tmp_path, hydra_state, overrides, message):
+    _, task = hydra_config(tmp_path, RunMode.RUN, *overrides)
+    with pytest.raises((ValueError, RuntimeError), match=re.escape(message)):
+        check_job(task, local=True)
+    assert not tmp_path.exists() or not list(tmp_path.rglob(records.RESULT_FILE))
+
+
+def test_an_unknown_activation_is_refused_and_a_model_that_cannot_build_is_not_retried(make_config):
+    with pytest.raises(ConfigError, match="model.activation=foo is out of range: model.activation must "
+                                         "be one of relu, smelu"):
+        check_config(make_config("model.activation=foo"))
+    fix = failure_fix(ConfigError("model 'cnn1d' needs 1-D signals (C, L)\nmore"))
+    assert fix == "model 'cnn1d' needs 1-D signals (C, L): mend the configuration, then relaunch"
+
+
+def test_a_top_level_typo_names_the_key_it_resembles():
+    from nondet.callbacks import check_command_line
+
+    with pytest.raises(SystemExit) as exit_:
+        check_command_line(["-m", "epoch=3,4", "source=init"], CONF)
+    text = str(exit_.value.code)
+    assert text.startswith("Error in the configuration: epoch is not a configuration key (a typo? did you "
+                           "mean epochs?); the top-level keys are: base_seed, batch_size") and "\n" not in text
+    check_command_line(["-m", "+experiment=table1", "source=init", "hydra.sweep.dir=x", "+user.x=1",
+                        "hydra/launcher=basic", "model.widht=3"], CONF)  # Hydra's, or check_or_exit's
+
+
+def test_jobs_on_a_clusters_nodes_get_the_checks_their_configuration_alone_allows(tmp_path, hydra_state):
+    _, dropout = hydra_config(tmp_path, RunMode.RUN, "source=dropout")
+    with pytest.raises(ValueError, match=re.escape("model.dropout is 0")):
+        check_job(dropout, local=False)
+    _, augment = hydra_config(tmp_path, RunMode.RUN, "source=augment", "dataset.augment=true")
+    check_job(augment, local=False)  # whether the data are images is the node's to say
+
+
+@pytest.mark.parametrize("preset", ["table1", "table2", "mnist1d"])
+def test_the_presets_jobs_pass_the_checks_on_a_cpu(tmp_path, hydra_state, preset):
+    from nondet.callbacks import check_or_exit, sweep_jobs
+
+    overrides = [f"+experiment={preset}", "scale=smoke", f"output_root={tmp_path}"]
+    cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    cfg.hydra.mode = RunMode.MULTIRUN
+    cfg.hydra.overrides.task = overrides
+    jobs = sweep_jobs(cfg)
+    assert len(jobs) > 1
+    check_or_exit(cfg, jobs)
