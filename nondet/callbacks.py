@@ -290,7 +290,7 @@ def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None) -> N
     from omegaconf.errors import OmegaConfBaseException
 
     from nondet.config import check_config, check_range
-    from nondet.job import check_job, resolved_config
+    from nondet.job import SOURCE_SETTINGS, check_job, resolved_config
 
     try:
         check_range("scale", config.get("scale"))  # first: presets resolve their values by it
@@ -298,9 +298,9 @@ def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None) -> N
         check_config(resolved)
         for key, value in swept_values(config):
             check_range(key, value)
-        check_settings_leave_sources_varying(config, resolved)
+        check_settings_leave_sources_varying(config, resolved)  # judges SOURCE_SETTINGS for all
         for job in jobs or []:
-            check_job(job, local=runs_here(config))
+            check_job(job, local=runs_here(config), judged=SOURCE_SETTINGS)
     except (*REFUSALS, OmegaConfBaseException) as e:
         sys.exit(refusal_line(e))
 

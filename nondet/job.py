@@ -345,12 +345,13 @@ def check_job_config(config: dict) -> None:
     logger.check_logger(config)
 
 
-def job_data(config: dict):
+def job_data(config: dict, judged: tuple[str, ...] | None = None):
     """The job's data, loaded and checked against its configuration: the data the runs were
-    named for, sources that vary something."""
+    named for, sources that vary something (but for the settings in ``judged``, by default those
+    a sweep's launch judged: ``_launch_judges``)."""
     data = _dataset(config)
     check_data_unchanged(config, data)
-    check_sources_vary_something(config, data, _launch_judges())
+    check_sources_vary_something(config, data, _launch_judges() if judged is None else judged)
     return data
 
 
@@ -374,24 +375,25 @@ def check_model_builds(config: dict, data) -> None:
         flipped_parameter(model, config)
 
 
-def check_job(cfg: DictConfig, *, local: bool) -> None:
+def check_job(cfg: DictConfig, *, local: bool, judged: tuple[str, ...] = ()) -> None:
     """Every refusal ``run_job`` makes before it trains, made without training: for each job of
     a sweep when the command starts (``nondet.callbacks.CheckCallback``). ``local``: the job runs
     on this machine, so its device (``lowlevel`` needs CUDA) and its data are checked too; else
-    only what the configuration alone says."""
+    only what the configuration alone says. ``judged``: settings the caller has judged for the
+    whole launch (``SOURCE_SETTINGS``: a sweep over shuffle_window=1,16 means its 1)."""
     config = resolved_config(cfg, concrete_device=local)
     check_config(config)
     check_sources(config["source"]["vary"])
     check_job_config(config)
     if local:
         check_lowlevel(config["device"], config["source"])
-        data = job_data(config)
+        data = job_data(config, judged)
         if not lm.is_language_model(config):
             check_model_builds(config, data)
     else:
         if config["device"] != "auto":  # the node's device is known here only when it is named
             check_lowlevel(config["device"], config["source"])
-        check_sources_vary_something(config, None, _launch_judges())
+        check_sources_vary_something(config, None, judged)
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:

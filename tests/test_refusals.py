@@ -68,6 +68,18 @@ def test_every_job_of_a_sweep_is_checked_before_any_trains(tmp_path, hydra_state
     assert not list(tmp_path.rglob(records.RESULT_FILE))
 
 
+def test_a_sweep_over_a_setting_that_turns_a_source_off_is_checked_as_a_curve(tmp_path, hydra_state):
+    """``-m source=shuffle shuffle_window=1,16`` (as ``+experiment=shamir`` sweeps it) means its
+    window 1 on purpose, the end of a curve: the per-job checks at launch leave the window to the
+    launch's own judgement, which refuses only a window fixed for the whole launch."""
+    cfg, _ = hydra_config(tmp_path, RunMode.MULTIRUN, "source=shuffle", "shuffle_window=1,16")
+    CheckCallback().on_multirun_start(cfg)
+    cfg, _ = hydra_config(tmp_path, RunMode.MULTIRUN, "source=shuffle", "shuffle_window=1", "model.width=8,16")
+    with pytest.raises(SystemExit) as exit_:
+        CheckCallback().on_multirun_start(cfg)
+    assert "shuffle_window=1 keeps the stored order" in str(exit_.value.code)
+
+
 def test_a_refusal_mid_sweep_keeps_the_summary_of_what_finished(tmp_path, hydra_state, capsys):
     cfg, task = hydra_config(tmp_path, RunMode.MULTIRUN, "source=init")
     summary = SummaryCallback()
@@ -129,7 +141,7 @@ def test_jobs_on_a_clusters_nodes_get_the_checks_their_configuration_alone_allow
     check_job(augment, local=False)  # whether the data are images is the node's to say
 
 
-@pytest.mark.parametrize("preset", ["table1", "table2", "mnist1d"])
+@pytest.mark.parametrize("preset", ["table1", "table2", "mnist1d", "shamir"])
 def test_the_presets_jobs_pass_the_checks_on_a_cpu(tmp_path, hydra_state, preset):
     from nondet.callbacks import check_or_exit, sweep_jobs
 
