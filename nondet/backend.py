@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nondet.config import DEVICES, PRECISIONS
+from nondet.config import DEVICES, PRECISIONS, ConfigError
 
 # cuBLAS needs a fixed workspace to be deterministic; it must be set before cuBLAS starts, so
 # launch.py imports this module first thing.
@@ -76,6 +76,18 @@ def check_lowlevel(device: str, source: dict) -> None:
         f"source={name} varies `lowlevel` (CUDA/cuDNN kernel nondeterminism), which needs a CUDA "
         f"device, but this run is on the CPU. Use {', or '.join(fixes)}; or run on a GPU."
     )
+
+
+def check_precision(device: str, precision: str) -> None:
+    """``precision=tf32`` off CUDA is refused: TF32 is an NVIDIA tensor-core format, so such runs
+    would compute something else (strict fp32 here; on CPUs where oneDNN takes float32 matmuls
+    at reduced precision, not even that) under a ``tf32`` label, and a tf32 row would look like
+    a measurement of TF32."""
+    if precision == "tf32" and device not in ("cuda", "auto"):
+        raise ConfigError(
+            f"precision=tf32 needs a CUDA device (TF32 is an NVIDIA tensor-core format), but device={device}: "
+            "use precision=fp32 or precision=bf16 on the CPU"
+        )
 
 
 def configure_lowlevel(device: str, nondeterministic: bool, required: bool) -> str:

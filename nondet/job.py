@@ -28,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from nondet import joblog, lm, logger, pack, records, userdata
-from nondet.backend import (LOWLEVEL_NONDETERMINISTIC, check_lowlevel, configure_lowlevel,
+from nondet.backend import (LOWLEVEL_NONDETERMINISTIC, check_lowlevel, check_precision, configure_lowlevel,
                             configure_precision, resolve_device)
 from nondet.config import SCALES, TEXT_DATASETS, ConfigError, check_config, whole_fractions_as_floats
 from nondet.data import Dataset, data_fingerprint, load_dataset
@@ -324,6 +324,7 @@ def configure_backend(config: dict) -> str:
     """Set this process's low-level kernels, precision and threads for the job's runs; returns
     the low-level mode their records name."""
     check_lowlevel(config["device"], config["source"])  # names the source's stand-ins
+    check_precision(config["device"], config["precision"])
     lowlevel = configure_lowlevel(
         config["device"], "lowlevel" in config["source"]["vary"], config["source"]["lowlevel_required"]
     )
@@ -387,12 +388,14 @@ def check_job(cfg: DictConfig, *, local: bool, judged: tuple[str, ...] = ()) -> 
     check_job_config(config)
     if local:
         check_lowlevel(config["device"], config["source"])
+        check_precision(config["device"], config["precision"])
         data = job_data(config, judged)
         if not lm.is_language_model(config):
             check_model_builds(config, data)
     else:
         if config["device"] != "auto":  # the node's device is known here only when it is named
             check_lowlevel(config["device"], config["source"])
+            check_precision(config["device"], config["precision"])
         check_sources_vary_something(config, None, judged)
 
 

@@ -80,6 +80,19 @@ def test_a_sweep_over_a_setting_that_turns_a_source_off_is_checked_as_a_curve(tm
     assert "shuffle_window=1 keeps the stored order" in str(exit_.value.code)
 
 
+def test_tf32_off_cuda_is_refused_in_one_line(tmp_path, hydra_state):
+    """TF32 is an NVIDIA format: on the CPU a tf32 row would be fp32 (or oneDNN's reduced
+    precision) under a tf32 label. Refused when the command starts, and by the job itself."""
+    cfg, _ = hydra_config(tmp_path, RunMode.MULTIRUN, "precision=tf32,fp32", "device=cpu")
+    with pytest.raises(SystemExit) as exit_:
+        CheckCallback().on_multirun_start(cfg)
+    assert str(exit_.value.code).startswith("Error in the configuration: precision=tf32 needs a CUDA device")
+    _, task = hydra_config(tmp_path, RunMode.RUN, "precision=tf32", "device=cpu")
+    with pytest.raises(ConfigError, match="precision=fp32 or precision=bf16 on the CPU"):
+        run_job(task)
+    assert not list(tmp_path.rglob(records.CONFIG_FILE))
+
+
 def test_a_refusal_mid_sweep_keeps_the_summary_of_what_finished(tmp_path, hydra_state, capsys):
     cfg, task = hydra_config(tmp_path, RunMode.MULTIRUN, "source=init")
     summary = SummaryCallback()
