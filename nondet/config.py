@@ -195,6 +195,11 @@ class NondetConfig:
     # source=data: each replicate's resample of the training set, ``bootstrap`` (n examples
     # drawn with replacement) or a fraction f in (0, 1] (floor(f n) drawn without replacement).
     data_resample: Any = "bootstrap"
+    # source=data: the order a resample is kept in. ``sorted`` (stored order: the epoch shuffle,
+    # the same for every replicate unless shuffle is varied too, then orders the same positions,
+    # so only WHICH examples differ); ``drawn`` (the order of the draw: the data seed also reorders
+    # the epochs, as runs recorded before ``data_order`` existed did).
+    data_order: str = "sorted"
     scale: str = "paper"
     # outputs/<sweep_name>/...: a name, never a timestamp, so a relaunch finds its runs.
     sweep_name: str = "default"
@@ -272,6 +277,7 @@ RANGES = {
         isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1)),
         "bootstrap or a fraction in (0, 1]"),
     "onset_epoch": _at_least(0),
+    "data_order": _choice(("sorted", "drawn")),
     "scale": _choice(SCALES),
     "precision": _choice(PRECISIONS),
     "device": _choice(DEVICES),

@@ -197,7 +197,7 @@ def check_data_unchanged(config: dict, data) -> None:
 # Settings that can turn a varied source off, and so can be refused before any data is loaded.
 # A sweep over one of them (``+experiment=shamir`` sweeps shuffle_window=1,16,...) means its
 # value 1 on purpose, the end of a curve: only a value fixed for the whole launch is refused.
-SOURCE_SETTINGS = ("shuffle_window", "batch_size")
+SOURCE_SETTINGS = ("shuffle_window", "batch_size", "data_resample")
 
 
 def inert_by_setting(config: dict, studied=()) -> dict[str, str]:
@@ -211,6 +211,10 @@ def inert_by_setting(config: dict, studied=()) -> dict[str, str]:
         inert["shuffle"] = "shuffle_window=1 keeps the stored order (set shuffle_window=null, or a window > 1)"
     if "reduction" in vary and config["batch_size"] == 1 and "batch_size" not in studied:
         inert["reduction"] = "batch_size=1 leaves no order inside a batch to permute (set batch_size > 1)"
+    if ("data" in vary and config["data_resample"] == 1 and config.get("data_order") == "sorted"
+            and "data_resample" not in studied):
+        inert["data"] = ("data_resample=1 keeps every training example, in stored order (use a fraction "
+                         "below 1, or data_resample=bootstrap)")
     return inert
 
 

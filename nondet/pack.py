@@ -485,7 +485,8 @@ def new_replica(config: dict, data: Dataset) -> train.Replica:
     set_dropout_generator(model, generators["dropout"])
     indices = None
     if plan.varies("data"):  # only then: a run that keeps its data draws nothing more
-        indices = resample(len(data.y_train), config["data_resample"], generators["data"]).to(device)
+        indices = resample(len(data.y_train), config["data_resample"], generators["data"],
+                           config.get("data_order", "drawn")).to(device)
     return train.Replica(plan=plan, model=model, generators=generators, resample=indices,
                          make_optimizer=lambda: build_optimizer(config["optimizer"], model.parameters()))
 

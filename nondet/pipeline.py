@@ -63,17 +63,25 @@ def resample_size(n: int, how: str | float) -> int:
     return size
 
 
-def resample(n: int, how: str | float, generator: torch.Generator) -> torch.Tensor:
+def resample(n: int, how: str | float, generator: torch.Generator, order: str = "sorted") -> torch.Tensor:
     """The indices of the training examples one run trains on (``source=data``).
 
     ``how="bootstrap"``: ``n`` indices drawn uniformly with replacement (about 63% of the
     examples appear, some several times); a fraction ``f``: ``floor(f n)`` distinct indices, a
     uniform subsample without replacement. One draw from the data generator, on its device.
+    ``order="sorted"`` keeps them in stored order, so that the epoch order (positions in the
+    resample, permuted by the shuffle generator) differs between replicates only as much as their
+    examples do: varying the data does not also reorder the epochs (a fraction of 1 then trains
+    every replicate alike). ``"drawn"`` keeps the order of the draw.
     """
     size = resample_size(n, how)
     if how == "bootstrap":
-        return torch.randint(0, n, (n,), generator=generator, device=generator.device)
-    return torch.randperm(n, generator=generator, device=generator.device)[:size]
+        indices = torch.randint(0, n, (n,), generator=generator, device=generator.device)
+    else:
+        indices = torch.randperm(n, generator=generator, device=generator.device)[:size]
+    if order not in ("sorted", "drawn"):
+        raise ValueError(f"data_order={order!r}: use sorted or drawn")
+    return indices.sort().values if order == "sorted" else indices
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:

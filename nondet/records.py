@@ -162,11 +162,18 @@ def identity(config: Mapping[str, Any]) -> dict:
 
     ``pack`` counts only where a pack may compute otherwise than one replica alone: an explicit
     ``pack=P`` on a GPU. On the CPU a packed replica is bitwise the solo one, and ``pack=auto``
-    fuses only there, so the pack size neither splits a group nor moves a run's directory."""
+    fuses only there, so the pack size neither splits a group nor moves a run's directory.
+    ``data_order`` counts only under ``source=data`` and when not ``drawn``."""
     kept = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS and k != "hydra"}
     if "pack" in kept and (kept["pack"] == "auto" or kept.get("device") == "cpu"):
         kept["pack"] = 1
-    return _drop_new_defaults(kept)
+    # data_order matters only where the data are resampled; ``drawn`` is what runs recorded
+    # before the key computed, so they keep their directories, and ``sorted`` runs get new ones.
+    order = kept.pop("data_order", "drawn")
+    kept = _drop_new_defaults(kept)
+    if order != "drawn" and "data" in (config.get("source") or {}).get("vary", ()):
+        kept["data_order"] = order
+    return kept
 
 
 def canonical_json(value: Any) -> str:

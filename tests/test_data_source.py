@@ -104,12 +104,51 @@ def test_source_none_has_no_data_generator_and_the_same_identity(make_config):
 
 def test_a_whole_fraction_names_the_run_of_its_float():
     """data_resample=1 and data_resample=1.0 are one run (one directory, one config.yaml), the
-    directory a float fraction always had: sweeps finished with 0.8 or 1.0 are found again."""
-    spelled = {v: compose_config(["source=data", f"data_resample={v}", "dataset=synthetic", "epochs=12"],
-                                 tiny=False) for v in ("1", "1.0", "0.5")}
+    directory a float fraction always had: sweeps finished with 0.8 or 1.0 (which kept their
+    resamples in the order drawn) are found again with data_order=drawn."""
+    spelled = {v: compose_config(["source=data", f"data_resample={v}", "dataset=synthetic", "epochs=12",
+                                  "data_order=drawn"], tiny=False) for v in ("1", "1.0", "0.5")}
     assert spelled["1"]["data_resample"] == 1.0 and isinstance(spelled["1"]["data_resample"], float)
     assert records.group_dirname(spelled["1"]) == records.group_dirname(spelled["1.0"]) == "data-mlp-synthetic-ad0e5c9096"
     assert records.group_dirname(spelled["0.5"]) == "data-mlp-synthetic-daa356352d"
+
+
+def test_a_resample_keeps_stored_order_so_that_only_its_examples_differ(make_config):
+    """A replicate's resample in stored order: with the shuffle fixed, the epoch visits the same
+    positions in every replicate, so varying the data changes which examples are seen, not also
+    their order (``data_order=drawn``, the order of the draw, did both: a fraction of 1 then
+    showed spread). The draw itself is the same; only its order differs."""
+    data = load_dataset(OmegaConf.create(make_config()["dataset"]), "cpu")
+    for how in ("data_resample=0.5", "data_resample=bootstrap"):
+        kept = new_replica(make_config("source=data", how, "replicate=1"), data).resample
+        drawn = new_replica(make_config("source=data", how, "replicate=1", "data_order=drawn"), data).resample
+        assert torch.equal(kept, drawn.sort().values) and not torch.equal(kept, drawn)
+    whole = [new_replica(make_config("source=data", "data_resample=1", f"replicate={r}"), data).resample
+             for r in (0, 1)]
+    assert torch.equal(whole[0], torch.arange(N)) and torch.equal(whole[1], whole[0])
+
+
+def test_sorted_resamples_are_new_runs_and_drawn_ones_keep_their_directories():
+    base = ["dataset=synthetic", "epochs=12"]
+    data = {order: compose_config(["source=data", *base, f"data_order={order}"], tiny=False)
+            for order in ("sorted", "drawn")}
+    assert records.group_dirname(data["drawn"]) == "data-mlp-synthetic-f4aea1a4b8"  # as recorded before
+    assert records.group_dirname(data["sorted"]) != records.group_dirname(data["drawn"])
+    # where nothing is resampled the order is nobody's business: one directory either way
+    for source in ("none", "init"):
+        names = {records.group_dirname(compose_config([f"source={source}", *base, f"data_order={o}"], tiny=False))
+                 for o in ("sorted", "drawn")}
+        assert len(names) == 1
+
+
+def test_a_whole_training_set_in_stored_order_varies_nothing(make_config):
+    from nondet.job import inert_by_setting
+
+    assert "data_resample=1 keeps every training example" in inert_by_setting(
+        make_config("source=data", "data_resample=1"))["data"]
+    assert inert_by_setting(make_config("source=data", "data_resample=1"), studied=("data_resample",)) == {}
+    assert inert_by_setting(make_config("source=data", "data_resample=1", "data_order=drawn")) == {}
+    assert inert_by_setting(make_config("source=data", "data_resample=0.5")) == {}
 
 
 def test_resume_with_source_data_is_bitwise_exact(make_config, tmp_path, monkeypatch):
