@@ -484,7 +484,7 @@ class LMFamily:
     def steps_per_epoch(self, config: dict, corpus: TextCorpus) -> int:
         return 0  # no snapshots (refused by check_config)
 
-    def apart(self, config: dict, corpus: TextCorpus) -> str:
+    def apart(self, config: dict, corpus: TextCorpus, size: int | None = None) -> str:
         return f"model={config['model']['name']} has no packed form"
 
     def env(self, config: dict, replicates: list[int]) -> dict:

@@ -60,7 +60,8 @@ If the replicas of a job stand at different epochs (one was restarted from scrat
 ones behind train as a pack until they reach the next ones, then all continue together.
 
 Your own model (``model=custom``) packs through ``torch.func`` (``nondet/funcpack.py``) where one
-step of a pack is what its replicas compute alone (on the CPU: bit for bit); its training steps
+step of a pack is what its replicas compute alone (on the CPU: bit for bit, for every batch shape
+of the job, training and evaluation, tried when the job starts); its training steps
 run with the global generator holding the dropout stream (``Pack.randomness``).
 
 The job trains its replicas one after another instead (each a pack of one, through the same
@@ -170,6 +171,8 @@ class Pack:
             self.params = list(self.model.parameters())
             return
         _share_generators(replicas)
+        for replica in replicas:  # a pack trains: the replica that trained a shared prefix and
+            replica.model.train()  # evaluated it comes in eval mode, a forked one in train mode
         if usermodel.is_custom_model(replicas[0].model):  # your own model: through torch.func
             self.model = funcpack.pack_model([r.model for r in replicas])
         else:
@@ -549,30 +552,43 @@ class ImageFamily:
             n = resample_size(n, config["data_resample"])
         return len(batch_bounds(n, config["batch_size"]))
 
-    def apart(self, config: dict, data: Dataset) -> str | None:
-        """Why this job's replicas train one at a time, or None when they train as one pack."""
+    def apart(self, config: dict, data: Dataset, size: int | None = None) -> str | None:
+        """Why this job's replicas (``size`` of them; default the job's share of the sweep,
+        ``pack_step``) train one at a time, or None when they train as one pack."""
         if config["pack"] == 1:
             return "pack=1"
         if config["pack"] == "auto" and config["device"] != "cpu":
             return ("pack=auto fuses replicas on the CPU only, where a pack is bitwise the solo "
                     "computation (set pack=P to fuse them on a GPU)")
         if usermodel.is_custom(config["model"]):
-            return self._custom_reason(config, data)
+            from nondet.job import pack_step
+
+            size = pack_step(config["pack"], config["replicates"]) if size is None else size
+            return self._custom_reason(config, data, size) if size > 1 else None
         return sequential_reason(config, data)
 
-    def _custom_reason(self, config: dict, data: Dataset) -> str | None:
-        """Your own model packs where torch.func trains two of its replicas as they train alone
-        (``nondet.funcpack.pack_reason``, tried once per configuration on the first batch)."""
-        key = records.config_hash({**config, "replicate": 0})
+    def _custom_reason(self, config: dict, data: Dataset, size: int) -> str | None:
+        """Your own model packs where torch.func trains ``size`` of its replicas as they train
+        alone (``nondet.funcpack.pack_reason``), tried once per configuration, pack size and
+        thread count in this process, on one step of every batch shape the job will see: the
+        full and the short last training batch, the full and the last evaluation chunk (the
+        CPU's batched kernels round by shape, batch count, alignment and thread count)."""
+        key = (records.config_hash({**config, "replicate": 0}), size, torch.get_num_threads())
         if key not in self._custom_reasons:
-            replicas = [new_replica({**config, "replicate": r}, data) for r in range(min(2, config["replicates"]))]
-            if len(replicas) < 2:
-                return None
-            size = min(config["batch_size"], len(data.y_train))
-            x, y = data.normalize(data.x_train[:size]), data.y_train[:size]
-            shared = torch.equal(replicas[0].generators["dropout"].get_state(),
-                                 replicas[1].generators["dropout"].get_state())
-            self._custom_reasons[key] = funcpack.pack_reason([r.model for r in replicas], x, y, shared)
+            replicas = [new_replica({**config, "replicate": r}, data) for r in range(size)]
+            n = len(data.y_train)
+            if "data" in config["source"]["vary"]:
+                n = resample_size(n, config["data_resample"])
+            sizes = [stop - start for start, stop in batch_bounds(n, config["batch_size"])]
+            tests = [stop - start for start, stop in batch_bounds(len(data.y_test), train.EVAL_BATCH)]
+            x, y = data.normalize(data.x_train[:sizes[0]]), data.y_train[:sizes[0]]
+            shared = all(torch.equal(replicas[0].generators["dropout"].get_state(), r.generators["dropout"].get_state())
+                         for r in replicas[1:])
+            with autocast(config["precision"], config["device"]):
+                self._custom_reasons[key] = funcpack.pack_reason(
+                    [r.model for r in replicas], x, y, shared, sizes=sizes,
+                    x_test=data.normalize(data.x_test[:tests[0]]), test_sizes=tests,
+                )
         return self._custom_reasons[key]
 
     def _mode(self, config: dict) -> str:

@@ -152,7 +152,7 @@ class Family(Protocol):
 
     def new_replica(self, config: dict, data: Any) -> Replica: ...
     def steps_per_epoch(self, config: dict, data: Any) -> int: ...
-    def apart(self, config: dict, data: Any) -> str | None: ...
+    def apart(self, config: dict, data: Any, size: int | None = None) -> str | None: ...
     def env(self, config: dict, replicates: list[int]) -> dict: ...
     def with_spares(self, replicas: list[Replica], config: dict, data: Any) -> list[Replica]: ...
     def group(self, replicas: list[Replica], config: dict, data: Any) -> Group: ...
@@ -341,7 +341,7 @@ def train_group(
     epochs, onset_epoch = config["epochs"], config["onset_epoch"]
     flips = "bitflip" in config["source"]["vary"]
     replicas = [m.replica for m in members]
-    if family.apart(config, data) is None:  # a pack (spares fill it where its size matters)
+    if family.apart(config, data, len(replicas)) is None:  # a pack (spares fill it where its size matters)
         replicas = family.with_spares(replicas, config, data)
     group = family.group(replicas, config, data)
     snapshots = snapshot.snapshot_steps(config["schedule"], epochs * family.steps_per_epoch(config, data))
@@ -451,7 +451,7 @@ def train_job(
     if not jobs:
         return
     config = jobs[0][0]
-    apart = family.apart(config, data)
+    apart = family.apart(config, data, len(jobs))
     if apart is not None and len(jobs) > 1:
         log.info("pack=%s: %s; training its replicas one after another", config["pack"], apart)
     env = None if apart is not None else family.env(config, [c["replicate"] for c, _ in jobs])
@@ -484,7 +484,12 @@ def _train_catching_up(members: list[Member], data: Any, family: Family, finishe
         if ahead:
             log.info("replicas at epoch %d catch up with those at epoch %d", start, stop)
         try:
-            train_group(behind, data, stop, family)
+            config = behind[0].config
+            if len(behind) > 1 and family.apart(config, data, len(behind)) is not None:
+                for member in behind:  # a pack of this size is not the solo computation
+                    train_group([member], data, stop, family)
+            else:
+                train_group(behind, data, stop, family)
         except Exception:
             for member in behind:
                 failed(member.directory)

@@ -53,6 +53,23 @@ class ItemNet(TinyNet):
         return h * (2.0 if h.sum().item() > 0 else 1.0)
 
 
+
+class SkewNet(nn.Module):
+    """Elementwise, so a torch.func pack computes each replica's own bits on any batch, except
+    that under vmap a batch of ``skew`` examples is shifted: a batched kernel that rounds
+    differently at one batch shape, forced. Its weight's gradient is zero, exactly."""
+
+    def __init__(self, input_shape, num_classes, skew: int = 0):
+        super().__init__()
+        self.shift = nn.Parameter(torch.ones(num_classes))
+        self.skew, self.out = skew, nn.Identity()  # a child module: what CKA compares
+
+    def forward(self, x):
+        out = x.flatten(1)[:, : len(self.shift)] + 0.0 * self.shift
+        if x.shape[0] == self.skew and torch._C._functorch.is_batchedtensor(x):
+            out = out + 1.0
+        return self.out(out)
+
 def model_cfg(**extra):
     return {"name": "custom", "_target_": f"{HERE}.TinyNet", "representations": None, **extra}
 
@@ -320,3 +337,72 @@ def test_a_torch_func_pack_trains_every_replica(make_config, monkeypatch):
     for replicate, config in enumerate(solo):
         mine = np.load(records.run_dir({**packed, "replicate": replicate}) / "logits.npy")
         np.testing.assert_allclose(mine, np.load(records.run_dir(config) / "logits.npy"), rtol=1e-4, atol=1e-5)
+
+
+def test_a_custom_pack_is_tried_on_every_batch_shape_of_the_job(make_config, monkeypatch, caplog):
+    """On the CPU a pack of your model is used only where it is bitwise each replica alone on
+    every batch shape the job sees: the short last training batch and the last evaluation chunk
+    too (forced by SkewNet, whose pack is off at one batch size only)."""
+    from nondet import records, train
+    from nondet.job import run_job
+    from nondet.pack import ImageFamily
+
+    monkeypatch.setattr(train, "EVAL_BATCH", 100)  # 128 test examples: chunks of 100 and 28
+
+    def config(skew, *more):
+        return make_config("model=custom", f"model._target_={HERE}.SkewNet", f"+model.skew={skew}",
+                           "dataset.train_size=300", "pack=auto", "replicates=3", "source=none", *more)
+
+    data = load_dataset(OmegaConf.create(config(0)["dataset"]))
+    assert ImageFamily().apart(config(0), data) is None  # bitwise on every shape: a pack
+    assert "(training batch of 12, loss)" in (ImageFamily().apart(config(12), data) or "")  # 300 = 9*32 + 12
+    packed, solo = config(28), config(28, "pack=1")
+    with caplog.at_level("INFO", logger="nondet"):
+        run_job(OmegaConf.create(packed))
+    assert "(evaluation chunk of 28, logits); training its replicas one after another" in caplog.text
+    run_job(OmegaConf.create(solo))  # replicate 0 alone
+    alone = np.load(records.run_dir(solo) / "logits.npy")
+    for replicate in range(3):
+        mine = np.load(records.run_dir({**packed, "replicate": replicate}) / "logits.npy")
+        assert mine.tobytes() == alone.tobytes()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_custom_pack_on_the_cpu_is_each_replica_alone(make_config, threads):
+    """pack=auto with the CPU's real kernels, a short last batch (300 = 9*32 + 12) and layers 5
+    and 8 wide (a replica's slice off and on a 16-byte boundary): whether the job packs or not,
+    every replica's logits and weights are bitwise those of the replica trained alone."""
+    from nondet import records
+    from nondet.job import run_job
+
+    before = torch.get_num_threads()
+    try:
+        for hidden in (5, 8):
+            def config(*more):
+                return custom_run(make_config, f"model.hidden={hidden}", "dataset.train_size=300", "source=none",
+                                  "replicates=3", f"threads={threads}", f"sweep_name=h{hidden}", *more)
+
+            packed, solo = config("pack=auto"), config("pack=1", f"sweep_name=h{hidden}-solo")
+            run_job(OmegaConf.create(packed))
+            run_job(OmegaConf.create(solo))
+            alone = records.run_dir(solo)
+            weights = torch.load(alone / "weights.pt")
+            for replicate in range(3):
+                mine = records.run_dir({**packed, "replicate": replicate})
+                assert np.load(mine / "logits.npy").tobytes() == np.load(alone / "logits.npy").tobytes()
+                for name, tensor in torch.load(mine / "weights.pt").items():
+                    assert torch.equal(tensor, weights[name]), (hidden, replicate, name)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_pack_after_the_shared_prefix_takes_its_replicas_in_training_mode(make_config, monkeypatch):
+    """onset_epoch=1: the replica that trained the shared prefix evaluated it (eval mode), the
+    other forked from it (training mode); the pack of both trains them (forced to pack here)."""
+    from nondet import funcpack
+    from nondet.job import run_job
+
+    monkeypatch.setattr(funcpack, "pack_reason", lambda *a, **k: None)
+    config = custom_run(make_config, "source=shuffle", "onset_epoch=1", "replicates=2", "pack=auto")
+    result = run_job(OmegaConf.create(config))
+    assert len(result["finished"]) == 2 and not result.get("failed")
