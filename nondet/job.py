@@ -83,10 +83,14 @@ def located(config: dict, root: Path) -> dict:
     return {**config, "output_root": str(root.parent), "sweep_name": root.name}
 
 
-def job_run_dirs(cfg: DictConfig) -> list[Path] | None:
+def job_run_dirs(cfg: DictConfig, device: str | None = None) -> list[Path] | None:
     """The run directories a job will write, computed on any machine (the launching one), or
-    None when they depend on the machine that runs it (``device=auto``)."""
+    None when they depend on the machine that runs it (``device=auto``: the device is part of a
+    run's identity, so a run on a GPU never pools with one on a CPU) and ``device``, what
+    ``auto`` becomes on that machine, is not given."""
     config = resolved_config(cfg, concrete_device=False)
+    if config["device"] == "auto" and device is not None:
+        config["device"] = device
     if config["device"] not in ("cpu", "cuda"):
         return None
     if "hydra" in cfg:
