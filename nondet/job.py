@@ -35,6 +35,7 @@ from nondet.data import Dataset, data_fingerprint, load_dataset
 from nondet.lock import run_locks
 from nondet.pipeline import resample_size
 from nondet.seeds import SeedPlan, check_sources
+from nondet.snapshot import check_snapshot_count
 from nondet.text import load_corpus
 from nondet.train import train_job
 
@@ -357,6 +358,8 @@ def job_data(config: dict, judged: tuple[str, ...] | None = None):
     data = _dataset(config)
     check_data_unchanged(config, data)
     check_sources_vary_something(config, data, _launch_judges() if judged is None else judged)
+    if not lm.is_language_model(config):  # (a language model has no snapshot schedule)
+        check_snapshot_count(config["schedule"], pack.ImageFamily().steps_per_epoch(config, data), config["epochs"])
     return data
 
 
