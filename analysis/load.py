@@ -875,11 +875,19 @@ def _data_content_notes(groups: list[Group], keys: list[str]) -> list[str]:
             )
             label = same[0].label([k for k in keys if k != "dataset.sha256"])
             notes.append(
-                f"{label}: dataset.path={same[0].params.get('dataset.path')} had different "
-                f"contents for different runs (SHA-256 {contents}); each content is its own row, "
-                f"never pooled"
+                f"{label}: {_data_source(same[0].params)} for different runs (SHA-256 {contents}); "
+                f"each content is its own row, never pooled"
             )
     return notes
+
+
+def _data_source(params: dict) -> str:
+    """The key that names a row's data, with what it held: the file of ``dataset=npz``, the
+    function of ``dataset=custom``, the directory of ``dataset=imagefolder``."""
+    if params.get("dataset.name") == "custom":
+        return f"dataset._target_={params.get('dataset._target_')} returned different data"
+    key = "dataset.root" if params.get("dataset.name") == "imagefolder" else "dataset.path"
+    return f"{key}={params.get(key)} had different contents"
 
 
 def _number_spelling_notes(groups: list[Group], keys: list[str]) -> list[str]:

@@ -32,7 +32,7 @@ import pandas as pd
 from analysis import stats_figures
 from analysis.load import PROBLEM_STATUSES, Sweep, flatten
 from analysis.render import PM, collected, format_value, label_inches, row_label
-from analysis.tables import status_lines, table_cells
+from analysis.tables import status_lines, table_cells, table_notes
 from nondet import records
 
 
@@ -374,14 +374,11 @@ def render(
         badges += [f'<span class="bad">{counts[status]} {status}</span>'] if counts[status] else []
     if len(frame):
         header, rows = table_cells(frame, keys, PM)
-        table = table_html(header, rows, len(keys), "summary") + (
-            f'<p class="small">SD ± SD of the SD over {inputs.n_boot} bootstrap resamples of the '
-            f"runs (seed {inputs.seed}); SDs with ddof=1. Pairwise columns average over all pairs "
-            "of runs in a row; ensembles average the two models' softmax probabilities.</p>")
-        if "ppl_mean" in frame:  # language models: what their columns mean
-            from analysis.lm import LM_NOTE
-
-            table += f'<p class="small">{esc(LM_NOTE)}</p>'
+        paragraphs, notes = table_notes(sweep, frame, inputs.n_boot, inputs.seed)
+        table = table_html(header, rows, len(keys), "summary") + "".join(
+            f'<p class="small">{esc(p)}</p>' for p in paragraphs)
+        if notes:
+            table += '<ul class="notes">' + "".join(f'<li class="note">note: {esc(n)}</li>' for n in notes) + "</ul>"
     else:
         table = f"<p>No finished runs below {esc(sweep.root)}.</p>"
     extra = "".join(f"<section>{markdown_html(s)}</section>" for s in sections)

@@ -175,26 +175,35 @@ def status_lines(sweep: Sweep) -> list[str]:
     return lines
 
 
+def table_notes(sweep: Sweep, frame: pd.DataFrame, n_boot: int, seed: int) -> tuple[list[str], list[str]]:
+    """What is said below the table, in the markdown and in the HTML report alike: paragraphs
+    (how the errors were computed, the language models' columns, the share of the accuracy
+    variance that is test-set noise) and the statistics' notes."""
+    paragraphs = [
+        f"SD ± SD of the SD over {n_boot} bootstrap resamples of the runs (seed {seed}); SDs "
+        "with ddof=1. Pairwise columns average over all pairs of runs in a row; ensembles "
+        "average the two models' softmax probabilities; PD = mean |p_i - p_j| over examples "
+        "and classes, relative PD = mean |p_i - p_j| / ((p_i + p_j) / 2) (for two classes: "
+        "of the positive class's probability).",
+    ]
+    if "ppl_mean" in frame:
+        paragraphs.append(lm.LM_NOTE)
+    share = stats.test_set_sentence(frame, [g.label(sweep.display_keys) for g in sweep.groups])
+    if share:
+        paragraphs.append(share)
+    return paragraphs, list(frame.attrs.get("stats_notes", []))
+
+
 def report(sweep: Sweep, frame: pd.DataFrame, n_boot: int, seed: int, cka: pd.DataFrame | None = None) -> str:
     """The full markdown of ``python -m analysis``: table, how errors were computed, run status."""
     keys = sweep.display_keys
     parts = []
     if len(frame):
-        parts += [
-            markdown_table(frame, keys),
-            "",
-            f"SD ± SD of the SD over {n_boot} bootstrap resamples of the runs (seed {seed}); SDs "
-            "with ddof=1. Pairwise columns average over all pairs of runs in a row; ensembles "
-            "average the two models' softmax probabilities; PD = mean |p_i - p_j| over examples "
-            "and classes, relative PD = mean |p_i - p_j| / ((p_i + p_j) / 2) (for two classes: "
-            "of the positive class's probability).",
-        ]
-        if "ppl_mean" in frame:
-            parts += ["", lm.LM_NOTE]
-        share = stats.test_set_sentence(frame, [g.label(keys) for g in sweep.groups])
-        if share:
-            parts += ["", share]
-        parts += [f"- note: {n}" for n in frame.attrs.get("stats_notes", [])]
+        paragraphs, notes = table_notes(sweep, frame, n_boot, seed)
+        parts.append(markdown_table(frame, keys))
+        for paragraph in paragraphs:
+            parts += ["", paragraph]
+        parts += [f"- note: {n}" for n in notes]
     else:
         parts.append(f"No finished runs below {sweep.root}.")
     if cka is not None and len(cka):

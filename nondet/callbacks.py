@@ -26,7 +26,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +59,14 @@ class Launched:
     failed: list[Path]
     busy: list[Path]  # being trained by another process when the job came to them
     fixes: dict[Path, str]  # failed runs a relaunch alone cannot mend: what to do
+    lost: list[str] = field(default_factory=list)  # jobs killed before their runs could be found
 
     @classmethod
     def of(cls, outcomes: list[dict]) -> "Launched":
         paths = lambda key: [Path(p).resolve() for o in outcomes for p in o.get(key, [])]  # noqa: E731
         fixes = {Path(p).resolve(): fix for o in outcomes for p, fix in o.get("fixes", {}).items()}
-        return cls(paths("finished"), paths("skipped"), paths("failed"), paths("busy"), fixes)
+        return cls(paths("finished"), paths("skipped"), paths("failed"), paths("busy"), fixes,
+                   [job for o in outcomes for job in o.get("lost", [])])
 
     def all(self) -> set[Path]:
         return {*self.finished, *self.skipped, *self.failed, *self.busy}
@@ -547,6 +549,11 @@ def own_advice(launched: Launched, corrupt: list[Path]) -> str:
     if corrupt:
         todo.append(f"{len(corrupt)} are corrupt: delete their directories (listed above) and relaunch "
                     f"to train them again")
+    if launched.lost:
+        jobs = f"{len(launched.lost)} job" + ("s" if len(launched.lost) > 1 else "")
+        todo.append(f"those of {jobs} killed outside Python before locking any (device=auto: only the node "
+                    f"knows their directories) are not done: relaunch the same command to train or resume them")
+        lines += [f"- killed: {job}" for job in launched.lost]
     if not todo:
         return ""
     return "\n".join(["Of the runs this command launched, " + "; ".join(todo) + ".", *lines])

@@ -35,6 +35,7 @@ from nondet.data import Dataset, data_fingerprint, load_dataset
 from nondet.lock import run_locks
 from nondet.pipeline import resample_size
 from nondet.seeds import SeedPlan, check_sources
+from nondet.snapshot import check_snapshot_count
 from nondet.text import load_corpus
 from nondet.train import train_job
 
@@ -83,10 +84,14 @@ def located(config: dict, root: Path) -> dict:
     return {**config, "output_root": str(root.parent), "sweep_name": root.name}
 
 
-def job_run_dirs(cfg: DictConfig) -> list[Path] | None:
+def job_run_dirs(cfg: DictConfig, device: str | None = None) -> list[Path] | None:
     """The run directories a job will write, computed on any machine (the launching one), or
-    None when they depend on the machine that runs it (``device=auto``)."""
+    None when they depend on the machine that runs it (``device=auto``: the device is part of a
+    run's identity, so a run on a GPU never pools with one on a CPU) and ``device``, what
+    ``auto`` becomes on that machine, is not given."""
     config = resolved_config(cfg, concrete_device=False)
+    if config["device"] == "auto" and device is not None:
+        config["device"] = device
     if config["device"] not in ("cpu", "cuda"):
         return None
     if "hydra" in cfg:
@@ -357,6 +362,8 @@ def job_data(config: dict, judged: tuple[str, ...] | None = None):
     data = _dataset(config)
     check_data_unchanged(config, data)
     check_sources_vary_something(config, data, _launch_judges() if judged is None else judged)
+    if not lm.is_language_model(config):  # (a language model has no snapshot schedule)
+        check_snapshot_count(config["schedule"], pack.ImageFamily().steps_per_epoch(config, data), config["epochs"])
     return data
 
 

@@ -4,6 +4,8 @@ With ``schedule=snapshot`` the learning rate follows M cosine cycles of ceil(T /
 end of cycle k the run saves that snapshot's test logits as ``snapshots/k/logits.npy``; the run's
 own ``logits.npy`` is the snapshot ensemble: the log of the mean of the snapshots' softmax
 probabilities, so argmax and cross-entropy of ``logits.npy`` are the ensemble's, unchanged.
+A schedule whose cycles fit fewer than M snapshots into training is refused before it trains
+(``check_snapshot_count``).
 
     python launch.py -m source=init schedule=snapshot schedule.cycles=5
 """
@@ -17,6 +19,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from nondet.config import ConfigError
 from nondet.optim import cycle_length
 from nondet.records import LOGITS_FILE, SNAPSHOT_DIR
 
@@ -28,6 +31,28 @@ def snapshot_steps(schedule: Mapping, total_steps: int) -> list[int]:
         return []
     cycle = cycle_length(schedule, total_steps)
     return sorted({min(k * cycle, total_steps) for k in range(1, math.ceil(total_steps / cycle) + 1)})
+
+
+def check_snapshot_count(schedule: Mapping, steps_per_epoch: int, epochs: int) -> None:
+    """Refuse ``schedule=snapshot`` where its cycles of ceil(T / M) steps fit fewer than M into
+    the T steps of training (T = 6, M = 4: cycles of 2 steps, 3 snapshots): the run would be an
+    ensemble of fewer members, under fewer restarts, than its ``schedule.cycles`` says, and every
+    comparison labelled with it (snapshot against vanilla ensembles of M runs) would be wrong."""
+    total = steps_per_epoch * epochs
+    cycles = schedule["cycles"] if schedule["name"] == "snapshot" else 0
+    count = len(snapshot_steps(schedule, total))
+    if cycles < 2 or count == cycles:
+        return
+    fits = [m for m in range(1, cycles) if len(snapshot_steps({**schedule, "cycles": m}, total)) == m]
+    # Every M fits in T > M (M - 1) steps, so a few more epochs always do.
+    more = next(e for e in range(epochs + 1, epochs + cycles * cycles + 2)
+                if len(snapshot_steps(schedule, e * steps_per_epoch)) == cycles)
+    length = cycle_length(schedule, total)
+    listed = f" (counts that fit: {', '.join(map(str, fits))})" if 1 < len(fits) <= 10 else ""
+    raise ConfigError(
+        f"schedule.cycles={cycles} takes only {count} snapshots in {total} steps ({steps_per_epoch} per epoch x "
+        f"epochs={epochs}; cycles of ceil({total}/{cycles}) = {length} step{'s' if length > 1 else ''}): set "
+        f"schedule.cycles={fits[-1]}{listed}, or epochs={more}")
 
 
 def snapshot_path(directory: Path, k: int) -> Path:

@@ -152,6 +152,21 @@ def test_runs_of_two_directories_never_share_a_row(tmp_path, labels):
         assert not any("occur more than once" in n for n in sweep.notes), sweep.notes
 
 
+@pytest.mark.parametrize("dataset, named", [
+    ({"dataset.name": "custom", "dataset._target_": "my_pkg.data.load"},
+     "dataset._target_=my_pkg.data.load returned different data for different runs"),
+    ({"dataset.name": "imagefolder", "dataset.root": "/data/pets"},
+     "dataset.root=/data/pets had different contents for different runs"),
+])
+def test_rows_apart_by_their_datas_content_name_the_key_of_the_data(tmp_path, labels, dataset, named):
+    rng = np.random.default_rng(6)
+    for sha in ("a" * 64, "b" * 64):
+        config = source_config(tmp_path, "init", **dataset, **{"dataset.sha256": sha})
+        write_group(config, random_logits(rng, 2, N, C), labels)
+    notes = [n for n in load_sweep(tmp_path / "sweep").notes if "SHA-256" in n]
+    assert len(notes) == 1 and named in notes[0] and "dataset.path" not in notes[0], notes
+
+
 def test_a_group_that_mixes_test_sets_is_left_out_not_the_whole_table(clean_sweep, tmp_path, labels, capsys):
     config = source_config(tmp_path, "init", replicate=9, replicates=R)
     other = (labels + 1) % C

@@ -495,7 +495,7 @@ def test_the_launcher_composes_each_jobs_config_once(monkeypatch, tmp_path):
     launcher.config = SimpleNamespace()
     launcher.hydra_context = SimpleNamespace(config_loader=SimpleNamespace(
         load_sweep_config=lambda config, overrides: composed.append(tuple(overrides)) or overrides))
-    monkeypatch.setattr(nondet.job, "job_run_dirs", lambda config: [tmp_path / "-".join(config)])
+    monkeypatch.setattr(nondet.job, "job_run_dirs", lambda config, device=None: [tmp_path / "-".join(config)])
     for _ in range(3):
         assert launcher._run_dirs(["replicate=0"]) == [tmp_path / "replicate=0"]
         assert launcher._finished(["replicate=16"]) is None  # not finished: no result.json

@@ -96,3 +96,63 @@ def test_a_repeated_kill_that_may_be_memory_gives_both_fixes(tmp_path, kills, ad
     assert bool(outcome["fixes"]) == ("most likely out of memory" in advice)
     if outcome["fixes"]:
         assert "If not: relaunch the same command." in error[-1] and "a smaller batch_size" in error[-1]
+
+
+def auto_device_launcher(cls, tmp_path):
+    """A launcher of class ``cls`` whose every job composes to one device=auto run (the real
+    config) below ``tmp_path``, as ``launch.py -m hydra/launcher=...`` would compose it."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF, TINY
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, "device=auto", "replicates=1", f"hydra.sweep.dir={tmp_path}"],
+                      return_hydra_config=True)
+    launcher_ = cls.__new__(cls)
+    launcher_.config, launcher_.params = SimpleNamespace(), {"mem_gb": None}
+    launcher_.hydra_context = SimpleNamespace(config_loader=SimpleNamespace(load_sweep_config=lambda c, o: cfg))
+    return launcher_, cfg
+
+
+def test_a_local_job_with_device_auto_killed_outside_python_leaves_error_txt(tmp_path, monkeypatch):
+    from hydra_plugins.nondet_launcher.launcher import LocalLauncher
+
+    from nondet.job import job_run_dirs
+
+    local, cfg = auto_device_launcher(LocalLauncher, tmp_path)
+    (run,) = job_run_dirs(cfg, device="cpu")  # submitit's local jobs see no GPU unless given one
+    outcome = local._collect(killed("4242", "INTERRUPTED", -signal.SIGKILL), ["source=init"]).return_value
+    assert outcome["failed"] == [str(run)] and not outcome["lost"]
+    assert "relaunch the same command to resume from the last checkpoint" in (run / records.ERROR_FILE).read_text()
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert local._node_device() == "cpu"
+    local.params["gpus_per_node"] = 1
+    assert local._node_device() == "cuda"
+
+
+def test_a_slurm_job_with_device_auto_killed_outside_python_is_reported_in_one_line(tmp_path):
+    import json
+
+    from hydra_plugins.nondet_launcher.launcher import SlurmLauncher
+
+    from nondet import lock
+    from nondet.job import job_run_dirs
+
+    slurm, cfg = auto_device_launcher(SlurmLauncher, tmp_path)
+    assert slurm._run_dirs(["source=init"]) is None  # the node's device is unknown here
+    # The job locked its run on a CPU node, then was killed: its runs are those it still locks.
+    (run,) = job_run_dirs(cfg, device="cpu")
+    run.mkdir(parents=True)
+    (run / lock.RUN_LOCK).write_text(json.dumps({"host": "node7", "pid": 1, "slurm_job": "777"}))
+    outcome = slurm._collect(killed("777", "OUT_OF_MEMORY"), ["source=init"]).return_value
+    assert outcome["failed"] == [str(run)] and not outcome["lost"]
+    assert (run / records.ERROR_FILE).read_text().splitlines()[-1].startswith("The job ran out of memory")
+    assert not (run / lock.RUN_LOCK).exists()  # released: the relaunch resumes it
+
+    # Killed before it locked anything: no directory to write to; the summary names the job.
+    outcome = slurm._collect(killed("778", "CANCELLED by 1000"), ["source=init"]).return_value
+    assert outcome["failed"] == [] and outcome["lost"] == ["slurm job 778 (source=init), state CANCELLED by 1000"]
+    advice = own_advice(Launched.of([outcome]), []).splitlines()
+    assert "those of 1 job killed outside Python before locking any" in advice[0]
+    assert "relaunch the same command" in advice[0] and advice[1:] == [f"- killed: {outcome['lost'][0]}"]

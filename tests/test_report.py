@@ -68,6 +68,20 @@ def test_report_is_one_self_contained_page_with_table_notes_figures_config_and_e
     assert "source.name" in text and "0123abc" in text and "keys shared by every run" in text
 
 
+def test_report_says_every_sentence_and_note_the_markdown_summary_says(tmp_path, capsys):
+    import html
+
+    sweep = small_sweep(tmp_path)
+    out = tmp_path / "report.html"
+    assert main([str(sweep), "--report", str(out), "--bootstrap", "20"]) == 0
+    markdown = capsys.readouterr().out
+    page = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", out.read_text())).split())
+    said = [" ".join(line.removeprefix("- ").split()) for line in markdown.splitlines()
+            if line.strip() and not line.startswith("|")]
+    assert any(line.startswith("Share of the accuracy variance that is finite-test-set noise") for line in said)
+    assert [line for line in said if line not in page] == []
+
+
 def test_the_sweep_structure_and_cka_add_their_figures_and_registered_figures_are_picked_up(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -30,6 +31,33 @@ def test_snapshot_learning_rate_restarts_at_cycle_boundaries():
     # T not divisible by M: cycles of ceil(T/M) steps, the last one cut short at the end.
     assert snapshot.snapshot_steps({"name": "snapshot", "cycles": 3}, 100) == [34, 68, 100]
     assert snapshot.snapshot_steps({"name": "cosine", "cycles": 3}, 100) == []
+
+
+@pytest.mark.parametrize("steps_per_epoch, epochs, cycles, fix", [
+    (3, 2, 4, "set schedule.cycles=3 (counts that fit: 1, 2, 3), or epochs=4"),  # 3 snapshots
+    (1, 6, 7, "set schedule.cycles=6 (counts that fit: 1, 2, 3, 6), or epochs=7"),  # 6 snapshots
+])
+def test_a_snapshot_schedule_with_fewer_snapshots_than_cycles_is_refused(steps_per_epoch, epochs, cycles, fix):
+    schedule = {"name": "snapshot", "cycles": cycles}
+    with pytest.raises(ValueError, match=f"^schedule.cycles={cycles} takes only .*{re.escape(fix)}$"):
+        snapshot.check_snapshot_count(schedule, steps_per_epoch, epochs)
+    count = int(fix.split("epochs=")[1])  # the epochs it names do give every snapshot
+    assert len(snapshot.snapshot_steps(schedule, steps_per_epoch * count)) == cycles
+    snapshot.check_snapshot_count(schedule, steps_per_epoch, count)
+    snapshot.check_snapshot_count({"name": "snapshot", "cycles": int(fix.split("cycles=")[1][0])}, steps_per_epoch,
+                                  epochs)
+
+
+def test_a_job_refuses_a_snapshot_schedule_before_it_trains(make_config):
+    """8 steps an epoch (256 examples, batches of 32): 7 cycles of 2 steps fit 4 in one epoch;
+    in 2 or 3 epochs 6, in 4 epochs all 7."""
+    from nondet.job import job_data
+
+    config = make_config("schedule=snapshot", "schedule.cycles=7", "epochs=1", "source=init")
+    with pytest.raises(ValueError, match=r"schedule.cycles=7 takes only 4 snapshots in 8 steps \(8 per epoch x "
+                                         r"epochs=1; .*\): set schedule.cycles=4 .*, or epochs=4$"):
+        job_data(config)
+    assert not records.run_dir(config).exists()
 
 
 def test_snapshot_run_saves_each_cycle_and_stores_the_ensemble(make_config):

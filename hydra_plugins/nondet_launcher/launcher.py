@@ -8,12 +8,15 @@ every run is done, that has two costs, which these subclasses remove:
   ``config.yaml`` the analysis needs: a run that lost it is submitted, to restore it) would only start
   Python on a node to skip them; a relaunch of a 700-run sweep with 690 done submits 10 jobs.
   The run directories are computed from the job's composed config, exactly as the job would
-  (``nondet.job.job_run_dirs``); a job whose directories depend on the node (``device=auto``)
-  is submitted as before.
+  (``nondet.job.job_run_dirs``); a SLURM job whose directories depend on the node
+  (``device=auto``) is submitted as before. A local job's node is this machine, so ``auto``
+  is resolved here, as submitit's local executor will let the job see it.
 - **A job killed outside Python does not end the sweep.** Out of memory, ``scancel``, a node
   failure or a time limit with no requeue left leave no result; the job's unfinished runs get
   ``error.txt`` saying so (with submitit's report and the job's last stderr lines) and the sweep
-  goes on to the end-of-sweep summary, which lists them as failed and exits 1. A relaunch
+  goes on to the end-of-sweep summary, which lists them as failed and exits 1 (a SLURM job with
+  ``device=auto``: the runs whose lock it still holds; one killed before it locked any is named
+  in the summary by its job id, in one line). A relaunch
   resumes them from their last checkpoint; a run killed for memory a second time is told what
   to change instead (``killed_report``). A job that raised inside Python (a configuration
   mistake, reported before anything is trained) still ends the sweep with its traceback, as
@@ -174,23 +177,46 @@ class _SweepAware:
         })
         return executor
 
-    def _run_dirs(self, overrides: Sequence[str]) -> list[Path] | None:
+    def _node_device(self) -> str | None:
+        """What ``device=auto`` becomes on the machine that runs a job; None when only that
+        machine can tell (a SLURM node)."""
+        return None
+
+    def _run_dirs(self, overrides: Sequence[str], device: str | None = None) -> list[Path] | None:
         """The run directories of a job, from its composed config; None when they cannot be known
         here (they depend on the node, or the config does not compose: the job will say why).
-        Composed once per job (the check for finished jobs, the progress watch and the report
-        of a killed job all ask)."""
+        ``device``: what ``auto`` becomes on the node, when not ``_node_device()``. Composed once
+        per job (the check for finished jobs, the progress watch and the report of a killed job
+        all ask)."""
         from nondet.job import job_run_dirs
 
         cache = self.__dict__.setdefault("_run_dirs_of", {})
-        key = tuple(overrides)
+        key = (tuple(overrides), device or self._node_device())
         if key not in cache:
             try:
-                config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-                cache[key] = job_run_dirs(config)
+                configs = self.__dict__.setdefault("_config_of", {})
+                if key[0] not in configs:
+                    configs[key[0]] = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                cache[key] = job_run_dirs(configs[key[0]], device=key[1])
             except Exception as e:
                 log.debug("cannot tell the run directories of %s: %s", overrides, e)
                 cache[key] = None
         return cache[key]
+
+    def _killed_job_dirs(self, job: Any, overrides: Sequence[str]) -> list[Path]:
+        """The run directories of a job killed outside Python. Where they depend on the node's
+        device (``device=auto`` on SLURM), those of either device whose run lock the job still
+        holds: the job locked them when it started training them, and a kill leaves the lock."""
+        from nondet import lock
+
+        directories = self._run_dirs(overrides)
+        if directories is not None:
+            return directories
+        held = []
+        for device in ("cpu", "cuda"):
+            held += [d for d in self._run_dirs(overrides, device) or []
+                     if lock.run_lock(d).held_by_job(job.job_id, local=self._EXECUTOR == "local")]
+        return held
 
     def _finished(self, overrides: Sequence[str]) -> list[Path] | None:
         """The job's run directories when every one is finished, else None."""
@@ -271,7 +297,7 @@ class _SweepAware:
             return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e)
         except UncompletedJobError as e:
             failed, fixes = [], {}
-            directories = self._run_dirs(overrides) or []
+            directories = self._killed_job_dirs(job, overrides)
             for directory in directories:
                 if records.is_done(directory):
                     continue
@@ -287,14 +313,16 @@ class _SweepAware:
                 failed.append(str(directory))
                 if fix:
                     fixes[str(directory)] = fix
-            log.error("job %s (%s) ended without a result: %s", job.job_id,
-                      " ".join(filter_overrides(overrides)), str(e).splitlines()[0])
-            if not directories:  # nowhere to record it: the run directories depend on the node
-                return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e)
+            label = " ".join(filter_overrides(overrides))
+            log.error("job %s (%s) ended without a result: %s", job.job_id, label, str(e).splitlines()[0])
+            # Killed before it locked any run of a device=auto job on SLURM: no run directory to
+            # record it in, so the sweep summary names the job instead (and exits 1).
+            lost = [] if directories else [f"{self._EXECUTOR} job {job.job_id} ({label}), state "
+                                           f"{getattr(job, 'state', 'UNKNOWN')}"]
             return JobReturn(
                 overrides=list(overrides),
                 status=JobStatus.COMPLETED,
-                _return_value={"finished": [], "skipped": [], "failed": failed, "fixes": fixes},
+                _return_value={"finished": [], "skipped": [], "failed": failed, "fixes": fixes, "lost": lost},
             )
 
 
@@ -303,4 +331,10 @@ class SlurmLauncher(_SweepAware, submitit_launcher.SlurmLauncher):
 
 
 class LocalLauncher(_SweepAware, submitit_launcher.LocalLauncher):
-    pass
+    def _node_device(self) -> str:
+        # The node is this machine; submitit gives a local job CUDA_VISIBLE_DEVICES with
+        # hydra.launcher.gpus_per_node GPUs, none by default, so device=auto trains on the CPU then.
+        import torch
+
+        gpus = (getattr(self, "params", None) or {}).get("gpus_per_node") or 0
+        return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
