@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import joblog, lm, logger, pack, records, userdata
+from nondet import joblog, lm, logger, pack, records, usercode, userdata
 from nondet.backend import (LOWLEVEL_NONDETERMINISTIC, check_lowlevel, check_precision, configure_lowlevel,
                             configure_precision, resolve_device)
 from nondet.config import SCALES, TEXT_DATASETS, ConfigError, check_config, whole_fractions_as_floats
@@ -392,6 +392,10 @@ def check_job(cfg: DictConfig, *, local: bool, judged: tuple[str, ...] = ()) -> 
         data = job_data(config, judged)
         if not lm.is_language_model(config):
             check_model_builds(config, data)
+        if "hydra" in cfg:  # no run of the sweep carries on across an edit of your code
+            sweep = cfg.hydra.mode == RunMode.MULTIRUN or cfg.hydra.mode is None  # a sweep's job
+            root = Path(cfg.hydra.sweep.dir) if sweep else runs_root(config, cfg.hydra)
+            usercode.check_code_unchanged(located(config, root), replicas_of_job(config))
     else:
         if config["device"] != "auto":  # the node's device is known here only when it is named
             check_lowlevel(config["device"], config["source"])
@@ -406,6 +410,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     replicas = replicas_of_job(config)
     lowlevel = configure_backend(config)
     data = job_data(config)
+    usercode.check_code_unchanged(config, replicas)
 
     # busy: runs another live process is training (left to it); fixes: what to do about a failed
     # run that a relaunch alone cannot mend, by directory.
