@@ -179,8 +179,10 @@ def file_sha256(path: str) -> str:
 def data_fingerprint(dataset: dict) -> Optional[str]:
     """The content of a user's data file (npz) or files (the Penn Treebank's three), as part of
     the runs' identity (``dataset.sha256``); None for data that the configuration itself
-    determines (generated data, torchvision's checksummed files) or files that are not there
-    (loading them says so). Your own data
+    determines (generated data; CIFAR-10, whose files torchvision checks against their MD5s),
+    root-based data read by another library (MNIST: torchvision checks only that its files
+    exist, so a changed file shows only in env.json's ``data_sha256``) or files that are not
+    there (loading them says so). Your own data
     (``dataset=custom``, ``imagefolder``) is loaded to be fingerprinted (``nondet.userdata``)."""
     from nondet import userdata
 
