@@ -181,7 +181,8 @@ def data_fingerprint(dataset: dict) -> Optional[str]:
     the runs' identity (``dataset.sha256``); None for data that the configuration itself
     determines (generated data; CIFAR-10, whose files torchvision checks against their MD5s),
     root-based data read by another library (MNIST: torchvision checks only that its files
-    exist, so a changed file shows only in env.json's ``data_sha256``) or files that are not
+    exist, so a changed file shows in env.json's ``data_sha256``, which the analysis splits rows
+    by and a resume checks: ``nondet.job.check_resumed_data``) or files that are not
     there (loading them says so). Your own data
     (``dataset=custom``, ``imagefolder``) is loaded to be fingerprinted (``nondet.userdata``)."""
     from nondet import userdata
