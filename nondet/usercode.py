@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Mapping
 
@@ -34,7 +35,7 @@ def code_files(config: Mapping) -> dict[str, str]:
     """{role: file} of the user code a run is built with: the module file that defines
     ``model._target_`` (``model=custom``) and ``dataset._target_`` (``dataset=custom``), and
     ``script`` (a training script of yours). A target that cannot be imported has none here
-    (building it refuses it)."""
+    (building it refuses it), nor one that an installed library defines (``_installed_roots``)."""
     files = {}
     for role, node in (("model._target_", config["model"]), ("dataset._target_", config["dataset"])):
         if node.get("name") == "custom" and node.get("_target_"):
@@ -56,7 +57,20 @@ def _defining_file(role: str, target: str) -> str | None:
     # the module that defines it: a class re-exported by a package's __init__ lives elsewhere
     module = sys.modules.get(getattr(obj, "__module__", None) or "") or sys.modules.get(target.rsplit(".", 1)[0])
     path = getattr(module, "__file__", None)
-    return os.path.realpath(path) if path and os.path.isfile(path) else None
+    if not path or not os.path.isfile(path):
+        return None
+    path = os.path.realpath(path)
+    return None if any(path.startswith(root) for root in _installed_roots()) else path
+
+
+def _installed_roots() -> list[str]:
+    """Where installed code lives (the standard library, site-packages, nondet itself): a
+    ``_target_`` there (``torchvision.models.resnet18``) is a library's, whose version env.json
+    records already; an upgrade must not make a finished sweep refuse."""
+    paths = sysconfig.get_paths()
+    roots = [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths]
+    roots.append(str(Path(__file__).resolve().parent))
+    return [os.path.join(os.path.realpath(r), "") for r in roots]
 
 
 def code_identity(config: Mapping) -> dict:

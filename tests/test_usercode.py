@@ -102,3 +102,10 @@ def test_an_edited_training_script_is_not_skipped(make_config, tmp_path):
     script.write_text("# a training loop of yours, changed\n")
     with pytest.raises(ConfigError, match=r"my_train.py \(script\) has changed since the finished run"):
         train()
+
+
+def test_a_library_target_is_not_your_code(make_config):
+    """A model an installed library defines is versioned by the library (env.json records torch's):
+    upgrading it must not make a finished sweep refuse."""
+    config = make_config("model=custom", "model._target_=torchvision.models.resnet18")
+    assert usercode.code_files(config) == {} and usercode.code_identity(config) == {}
