@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import callbacks, records, train, usermodel
+from nondet import callbacks, records, train, usercode, usermodel
 from nondet.bitflip import flip_one_ulp
 from nondet.config import ConfigError, register_configs
 from nondet.job import configure_backend, job_config, register_resolvers, report_failure
@@ -155,6 +155,7 @@ class Run:
         self.plan = SeedPlan.for_run(config["base_seed"], config["source"]["vary"], config["replicate"])
         self.generators = self.plan.generators(config["device"])
         Run.last_outcome = self.outcome
+        usercode.check_code_unchanged(config, [config["replicate"]])  # your script, edited since?
         if records.is_done(self.directory):
             log.info("%s: finished already, skipped", self.directory)
             self.outcome["skipped"].append(str(self.directory))
@@ -256,7 +257,7 @@ class Run:
             for name, obj in stateful.items():
                 obj.load_state_dict(state["user"][name])
 
-        env = {}
+        env = usercode.code_identity(self.config)
         if self._data is not None or self.config["dataset"].get("sha256"):
             from nondet.data import data_identity
 

@@ -177,18 +177,27 @@ def file_sha256(path: str) -> str:
 
 
 def data_fingerprint(dataset: dict) -> Optional[str]:
-    """The content of a user's data file, as part of the runs' identity (``dataset.sha256``);
-    None for data that the configuration itself determines (generated data, torchvision's
-    checksummed files) or a file that is not there (loading it says so). Your own data
+    """The content of a user's data file (npz) or files (the Penn Treebank's three), as part of
+    the runs' identity (``dataset.sha256``); None for data that the configuration itself
+    determines (generated data; CIFAR-10, whose files torchvision checks against their MD5s),
+    root-based data read by another library (MNIST: torchvision checks only that its files
+    exist, so a changed file shows in env.json's ``data_sha256``, which the analysis splits rows
+    by and a resume checks: ``nondet.job.check_resumed_data``) or files that are not
+    there (loading them says so). Your own data
     (``dataset=custom``, ``imagefolder``) is loaded to be fingerprinted (``nondet.userdata``)."""
     from nondet import userdata
 
     if dataset.get("name") in userdata.CONTENT_IDENTIFIED:
         return userdata.fingerprint(dataset)
-    path = dataset.get("path") if dataset.get("name") == "npz" else None
-    if not path or not os.path.isfile(os.path.expanduser(path)):
-        return None
     try:
+        if dataset.get("name") == "ptb" and dataset.get("root"):  # three text files, not checksummed
+            from nondet.text import PTB_SPLITS, ptb_files, ptb_sha256
+
+            paths = ptb_files(dataset["root"])
+            return None if paths is None else ptb_sha256({s: file_sha256(paths[s]) for s in PTB_SPLITS})
+        path = dataset.get("path") if dataset.get("name") == "npz" else None
+        if not path or not os.path.isfile(os.path.expanduser(path)):
+            return None
         return file_sha256(os.path.expanduser(path))
     except OSError:  # unreadable: loading it says so, in one line
         return None

@@ -27,11 +27,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import joblog, lm, logger, pack, records, userdata
+from nondet import joblog, lm, logger, pack, records, usercode, userdata
 from nondet.backend import (LOWLEVEL_NONDETERMINISTIC, check_lowlevel, check_precision, configure_lowlevel,
                             configure_precision, resolve_device)
 from nondet.config import SCALES, TEXT_DATASETS, ConfigError, check_config, whole_fractions_as_floats
-from nondet.data import Dataset, data_fingerprint, load_dataset
+from nondet.data import Dataset, data_fingerprint, data_sha256, load_dataset
 from nondet.lock import run_locks
 from nondet.pipeline import resample_size
 from nondet.seeds import SeedPlan, check_sources
@@ -189,7 +189,7 @@ def check_data_unchanged(config: dict, data) -> None:
     between composing the config and loading it would otherwise train under the old identity."""
     dataset = config["dataset"]
     named, content = dataset.get("sha256"), getattr(data, "sha256", None)
-    where = next((f"dataset.{k}={dataset[k]}" for k in ("path", "_target_", "root") if dataset.get(k)), "the data")
+    where = _data_where(dataset)
     if named is None and content is not None and dataset["name"] in userdata.CONTENT_IDENTIFIED:
         raise ValueError(f"{where} could not be loaded when the runs were named, but can now; relaunch the command")
     if named is not None and content not in (None, named):
@@ -197,6 +197,32 @@ def check_data_unchanged(config: dict, data) -> None:
             f"{where} changed while this job started (its SHA-256 is now {content}, the runs "
             f"were named for {named}); relaunch the command"
         )
+
+
+def _data_where(dataset: dict) -> str:
+    return next((f"dataset.{k}={dataset[k]}" for k in ("path", "_target_", "root") if dataset.get(k)), "the data")
+
+
+def check_resumed_data(config: dict, data, replicas) -> None:
+    """A checkpoint is resumed only on the data it was trained on (env.json ``data_sha256``).
+    Data named by their content (npz, ptb, your own) name new run directories when they change;
+    this catches the rest, such as MNIST's files, which torchvision reads without a checksum."""
+    now = None
+    for replicate in replicas:
+        directory = records.run_dir(config, replicate)
+        if records.is_done(directory) or not (directory / records.CHECKPOINT_FILE).exists():
+            continue
+        try:
+            before = records.read_json(directory / records.ENV_FILE).get("data_sha256")
+        except (records.CorruptRunError, AttributeError):  # no record to compare: resumed as it is
+            continue
+        now = now or data_sha256(data)
+        if before is not None and before != now:
+            raise ConfigError(
+                f"{directory / records.CHECKPOINT_FILE} was trained on other data than {_data_where(config['dataset'])} "
+                f"holds now (env.json data_sha256 {str(before)[:12]}, now {now[:12]}): put the data back to "
+                "resume it, or delete the checkpoint to train the run again from scratch"
+            )
 
 
 # Settings that can turn a varied source off, and so can be refused before any data is loaded.
@@ -403,6 +429,10 @@ def check_job(cfg: DictConfig, *, local: bool, judged: tuple[str, ...] = ()) -> 
         data = job_data(config, judged)
         if not lm.is_language_model(config):
             check_model_builds(config, data)
+        if "hydra" in cfg:  # no run of the sweep carries on across an edit of your code
+            sweep = cfg.hydra.mode == RunMode.MULTIRUN or cfg.hydra.mode is None  # a sweep's job
+            root = Path(cfg.hydra.sweep.dir) if sweep else runs_root(config, cfg.hydra)
+            usercode.check_code_unchanged(located(config, root), replicas_of_job(config))
     else:
         if config["device"] != "auto":  # the node's device is known here only when it is named
             check_lowlevel(config["device"], config["source"])
@@ -417,6 +447,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     replicas = replicas_of_job(config)
     lowlevel = configure_backend(config)
     data = job_data(config)
+    usercode.check_code_unchanged(config, replicas)
+    check_resumed_data(config, data, replicas)
 
     # busy: runs another live process is training (left to it); fixes: what to do about a failed
     # run that a relaunch alone cannot mend, by directory.

@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import hashlib
+import io
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -81,6 +83,9 @@ class TextCorpus:
     train: torch.Tensor
     valid: torch.Tensor
     test: torch.Tensor
+    # The files' content (``ptb_sha256``), as npz data records the file's: env.json's
+    # ``data_sha256`` and the ``dataset.sha256`` of the runs' identity. None: generated text.
+    sha256: Optional[str] = None
 
     @property
     def vocab_size(self) -> int:
@@ -135,13 +140,24 @@ def _ptb_error(root: str) -> TextNotFoundError:
     )
 
 
+def ptb_sha256(digests: dict[str, str]) -> str:
+    """``dataset.sha256`` of the Penn Treebank: the SHA-256 of its three files' SHA-256s, in
+    split order, so that a file rewritten in place names new runs (``nondet.data.data_fingerprint``)."""
+    return hashlib.sha256("".join(f"{s}:{digests[s]}\n" for s in PTB_SPLITS).encode()).hexdigest()
+
+
 def read_words(path: str) -> list[str]:
     """The tokens of a one-sentence-per-line file: each line's words, then ``<eos>``."""
+    with open(path, "rb") as f:
+        return words_of(f.read())
+
+
+def words_of(raw: bytes) -> list[str]:
+    """The tokens of a one-sentence-per-line file's bytes (UTF-8, any newline convention)."""
     words: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            words += line.split()
-            words.append(EOS)
+    for line in io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"):
+        words += line.split()
+        words.append(EOS)
     return words
 
 
@@ -176,13 +192,18 @@ def load_ptb(cfg: DatasetConfig) -> TextCorpus:
     paths = ptb_files(cfg.root)
     if paths is None:
         raise _ptb_error(cfg.root)
-    words = {s: read_words(paths[s]) for s in PTB_SPLITS}
+    raw = {}
+    for split in PTB_SPLITS:  # hashed as read: the runs record the text they trained on
+        with open(paths[split], "rb") as f:
+            raw[split] = f.read()
+    words = {s: words_of(raw[s]) for s in PTB_SPLITS}
     vocab = build_vocab(words["train"])
     index = {w: i for i, w in enumerate(vocab)}
     streams = {s: encode(words[s], index, s) for s in PTB_SPLITS}
     sizes = {"train": cfg.train_size, "valid": cfg.valid_size, "test": cfg.test_size}
     streams = {s: _first_tokens(t, sizes[s], f"{s}_size") for s, t in streams.items()}
-    return TextCorpus("ptb", vocab, streams["train"], streams["valid"], streams["test"])
+    sha256 = ptb_sha256({s: hashlib.sha256(raw[s]).hexdigest() for s in PTB_SPLITS})
+    return TextCorpus("ptb", vocab, streams["train"], streams["valid"], streams["test"], sha256)
 
 
 # --------------------------------------------------------------------------- synthetic text

@@ -44,6 +44,7 @@ from nondet.bitflip import flip_one_ulp
 from nondet.data import data_identity
 from nondet.models import set_dropout_generator
 from nondet.seeds import SeedPlan, generator_device, make_generator
+from nondet.usercode import code_identity, record_prefix_code
 
 log = logging.getLogger("nondet")
 
@@ -187,7 +188,8 @@ def open_replica(
     config.yaml, env.json (plus ``env_extra``) and seeds.json written: the start of a run."""
     write_run_config(config, directory)
     replica = family.new_replica(config, data)
-    start_replica(replica, config, directory, lowlevel, {**data_identity(data), **(env_extra or {})})
+    env = {**data_identity(data), **code_identity(config), **(env_extra or {})}
+    start_replica(replica, config, directory, lowlevel, env)
     if config["dataset"]["augment"] and getattr(data, "is_image", None) is False and replica.epoch == 0:
         warnings.warn(
             "dataset.augment=true has no effect on feature data: crop and flip need images",
@@ -426,6 +428,7 @@ def fork_from_prefix(member: Member, data: Any, family: Family) -> None:
                     replica.load_state_dict(records.read_checkpoint(latest[1], config["device"]))
                 log.info("%s: training the shared prefix up to epoch %d", directory.name, onset_epoch)
                 train_group([member], data, onset_epoch, family, on_epoch=lock.refresh)
+                record_prefix_code(config)
                 records.write_torch(shared, replica.state_dict())
                 return
     log.info("%s: forking from the shared prefix at epoch %d", directory.name, onset_epoch)

@@ -498,3 +498,30 @@ def test_dataset_is_a_dataclass_with_the_agreed_fields():
     names = [f.name for f in dataclasses.fields(Dataset)]
     assert names == ["name", "x_train", "y_train", "x_test", "y_test", "num_classes", "mean", "std",
                      "sha256"]
+
+
+def test_a_checkpoint_is_not_resumed_on_mnist_files_rewritten_since(tmp_path, make_config, monkeypatch):
+    """torchvision checks only that MNIST's files exist: a checkpoint trained on other files is
+    refused by its env.json ``data_sha256`` instead of resumed on the new ones."""
+    from omegaconf import OmegaConf
+
+    from conftest import kill_after_epoch
+    from nondet import job, records
+    from nondet.config import ConfigError
+
+    root = tmp_path / "data"
+    write_mnist(str(root), n_train=32, n_test=8)
+    config = make_config("dataset=mnist", f"dataset.root={root}", "epochs=3", "source=init")
+    directory = records.run_dir(config)
+    undo = kill_after_epoch(monkeypatch, 2)  # its checkpoint: epoch 1
+    assert job.run_job(OmegaConf.create(config))["failed"] == [str(directory)]
+    undo()
+    for name in os.listdir(root / "MNIST" / "raw"):
+        os.remove(root / "MNIST" / "raw" / name)
+    os.rmdir(root / "MNIST" / "raw")
+    write_mnist(str(root), n_train=32, n_test=8, seed=1)
+    monkeypatch.setattr(job, "_DATA_CACHE", {})  # a relaunch: a new process reads the files again
+    with pytest.raises(ConfigError, match=r"r0000/checkpoint.pt was trained on other data than dataset.root=.* "
+                                          r"holds now .*put the data back to resume it, or delete the checkpoint"):
+        job.run_job(OmegaConf.create(config))
+    assert (directory / records.CHECKPOINT_FILE).exists()

@@ -257,6 +257,47 @@ def test_ptb_missing_files_say_where_to_get_them(tmp_path):
         load_corpus(OmegaConf.structured(DatasetConfig(name="ptb", root=str(tmp_path / "x"))))
 
 
+def test_ptb_rewritten_in_place_is_never_resumed_under_the_old_runs(tmp_path, monkeypatch):
+    """The Penn Treebank's files are part of the runs' identity (``dataset.sha256``), like an npz
+    file: shuffled text trains new runs instead of resuming the old checkpoint, and a job whose
+    files change after its runs were named refuses."""
+    from conftest import kill_after_epoch
+    from nondet import job
+
+    root = tmp_path / "ptb"
+    root.mkdir()
+    words = [f"w{i}" for i in range(19)] + ["<unk>"]
+    lines = [" ".join(words[(7 * i + j) % 20] for j in range(5)) for i in range(60)]
+    for name, part in (("ptb.train.txt", lines), ("ptb.valid.txt", lines[:20]), ("ptb.test.txt", lines[20:40])):
+        (root / name).write_text("\n".join(part) + "\n")
+    overrides = [o for o in TINY_LM if not o.startswith("dataset")]
+    compose = lambda: compose_config([f"output_root={tmp_path / 'out'}", *overrides, "dataset=ptb",  # noqa: E731
+                                      f"dataset.root={root}", "source=init", "replicate=1"], tiny=False)
+    old = compose()
+    undo = kill_after_epoch(monkeypatch, 2)  # the checkpoint of epoch 1 stays
+    run(old)
+    undo()
+    assert (records.run_dir(old) / "checkpoint.pt").exists()
+    (root / "ptb.train.txt").write_text("\n".join(lines[30:] + lines[:30]) + "\n")  # the same words, shuffled
+    new = compose()
+    assert new["dataset"]["sha256"] != old["dataset"]["sha256"]
+    assert records.run_dir(new) != records.run_dir(old)
+    assert run(new)["finished"] == [str(records.run_dir(new))]
+    env = json.loads((records.run_dir(new) / "env.json").read_text())
+    assert env["resumed_from_epoch"] is None and env["data_sha256"] == new["dataset"]["sha256"]
+    assert run(new)["skipped"]  # the corpus its job cached is the one its runs were named for
+    assert (records.run_dir(old) / "checkpoint.pt").exists()
+    # rewritten again while a job starts, between naming its runs and reading the text
+    def rewritten_then_loaded(*args):
+        (root / "ptb.train.txt").write_text("\n".join(lines) + "\n")
+        return load_corpus(*args)
+
+    monkeypatch.setattr(job, "_DATA_CACHE", {})
+    monkeypatch.setattr(job, "load_corpus", rewritten_then_loaded)
+    with pytest.raises(ValueError, match=f"dataset.root={root} changed while this job started"):
+        run(new)
+
+
 def test_synthetic_text_depends_on_its_data_seed_alone():
     cfg = DatasetConfig(name="synthetic_text", vocab_size=40, hidden_states=5, train_size=500,
                         valid_size=100, test_size=120)
