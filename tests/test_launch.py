@@ -106,22 +106,17 @@ def test_inert_sources_are_refused_only_when_nothing_else_varies():
         check_sources_vary_something(compose_config(["source=dropout"]), features)
 
 
-def test_openmp_threads_sleep_when_idle_and_the_bits_do_not_care(tmp_path):
-    """nondet makes idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE, set on import before
-    torch loads libgomp) unless the user chose a policy; spinning or sleeping, the same threads
-    split the same work, so a 2-thread sweep gives the same bits either way."""
-    chosen = subprocess.run([sys.executable, "-c", "import os, nondet; print(os.environ['OMP_WAIT_POLICY'])"],
-                            cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_WAIT_POLICY": "ACTIVE"})
-    assert chosen.stdout.strip() == "ACTIVE"
+def test_the_openmp_wait_policy_changes_no_bit(tmp_path):
+    """OMP_WAIT_POLICY=PASSIVE, the advice for machines shared with other CPU-bound work
+    (docs/benchmarks.md, "Threads on shared cores"), only changes how idle threads wait: the same
+    threads split the same work, so a 2-thread sweep gives the same bits under either policy."""
     logits = {}
-    for policy in ("ACTIVE", None):
-        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-        if policy:
-            env["OMP_WAIT_POLICY"] = policy
-        root = tmp_path / str(policy)
+    for policy in ("ACTIVE", "PASSIVE"):
+        env = {**os.environ, "OMP_WAIT_POLICY": policy}
+        root = tmp_path / policy
         out = subprocess.run([sys.executable, "launch.py", "-m", "source=init", "threads=2", "pack=2",
                               f"output_root={root}", *SMALL], cwd=REPO, env=env, capture_output=True,
                              text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         logits[policy] = [(d / "logits.npy").read_bytes() for d in run_dirs(root / "default")]
-    assert len(logits[None]) == 2 and logits[None] == logits["ACTIVE"]
+    assert len(logits["PASSIVE"]) == 2 and logits["PASSIVE"] == logits["ACTIVE"]
