@@ -883,10 +883,10 @@ def _data_content_notes(groups: list[Group], keys: list[str]) -> list[str]:
 
 def _data_source(params: dict) -> str:
     """The key that names a row's data, with what it held: the file of ``dataset=npz``, the
-    function of ``dataset=custom``, the directory of ``dataset=imagefolder``."""
+    function of ``dataset=custom``, the directory of ``dataset=imagefolder`` and ``dataset=ptb``."""
     if params.get("dataset.name") == "custom":
         return f"dataset._target_={params.get('dataset._target_')} returned different data"
-    key = "dataset.root" if params.get("dataset.name") == "imagefolder" else "dataset.path"
+    key = "dataset.root" if params.get("dataset.name") in ("imagefolder", "ptb") else "dataset.path"
     return f"{key}={params.get(key)} had different contents"
 
 

@@ -322,10 +322,12 @@ def check_command_line(args: list[str], config_dir: Path) -> None:
     top = schema_defaults(NondetConfig)
     known = {*top, "hydra", *(d.name for d in config_dir.iterdir() if d.is_dir())}
     try:
-        given = get_args_parser().parse_known_args(args)[0].overrides
-        overrides = OverridesParser.create().parse_overrides(given)
+        parsed = get_args_parser().parse_known_args(args)[0]
+        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
     except HydraException:  # a malformed override: Hydra says what is wrong with it
         return
+    if parsed.config_dir or parsed.config_name or any(o.key_or_group == "hydra.searchpath" for o in overrides):
+        return  # a config of your own may bring config groups of its own: Hydra judges those
     for override in overrides:
         key = override.key_or_group
         plain = override.type == OverrideType.CHANGE and override.package is None

@@ -228,7 +228,7 @@ def check_resumed_data(config: dict, data, replicas) -> None:
 # Settings that can turn a varied source off, and so can be refused before any data is loaded.
 # A sweep over one of them (``+experiment=shamir`` sweeps shuffle_window=1,16,...) means its
 # value 1 on purpose, the end of a curve: only a value fixed for the whole launch is refused.
-SOURCE_SETTINGS = ("shuffle_window", "batch_size", "data_resample")
+SOURCE_SETTINGS = ("shuffle_window", "batch_size", "data_resample", "data_order")
 
 
 def inert_by_setting(config: dict, studied=()) -> dict[str, str]:
@@ -242,10 +242,11 @@ def inert_by_setting(config: dict, studied=()) -> dict[str, str]:
         inert["shuffle"] = "shuffle_window=1 keeps the stored order (set shuffle_window=null, or a window > 1)"
     if "reduction" in vary and config["batch_size"] == 1 and "batch_size" not in studied:
         inert["reduction"] = "batch_size=1 leaves no order inside a batch to permute (set batch_size > 1)"
-    if ("data" in vary and config["data_resample"] == 1 and config.get("data_order") == "sorted"
-            and "data_resample" not in studied):
+    if ("data" in vary and config["data_resample"] == 1 and config["data_order"] == "sorted"
+            and not {"data_resample", "data_order"} & set(studied)):
         inert["data"] = ("data_resample=1 keeps every training example, in stored order (use a fraction "
-                         "below 1, or data_resample=bootstrap)")
+                         "below 1 or data_resample=bootstrap; data_order=drawn reorders the epochs by the "
+                         "data seed, as runs recorded before data_order did)")
     return inert
 
 
@@ -407,10 +408,28 @@ def check_model_builds(config: dict, data) -> None:
     from nondet.bitflip import flipped_parameter
     from nondet.models import build_model
 
-    model = build_model(OmegaConf.create(config["model"]), data.input_shape, data.num_classes,
-                        torch.Generator().manual_seed(0))
-    if "bitflip" in config["source"]["vary"]:
+    flips = "bitflip" in config["source"]["vary"]
+    key = json.dumps([config["model"], list(data.input_shape), data.num_classes,
+                      config["bitflip"] if flips else None], sort_keys=True, default=str)
+    if key in _MODELS_BUILT:  # the jobs of a sweep that share a model: built once at launch
+        return
+    try:
+        model = build_model(OmegaConf.create(config["model"]), data.input_shape, data.num_classes,
+                            torch.Generator().manual_seed(0))
+    except ConfigError:
+        raise
+    except Exception as e:  # a model of yours failed in its own code: where, not just what
+        import traceback
+
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        raise ConfigError(f"building model={config['model']['name']} raised {one_line(e)} "
+                          f"(at {where.filename}:{where.lineno}, in {where.name})") from e
+    if flips:
         flipped_parameter(model, config)
+    _MODELS_BUILT.add(key)
+
+
+_MODELS_BUILT: set[str] = set()
 
 
 def check_job(cfg: DictConfig, *, local: bool, judged: tuple[str, ...] = ()) -> None:

@@ -489,7 +489,7 @@ def new_replica(config: dict, data: Dataset) -> train.Replica:
     indices = None
     if plan.varies("data"):  # only then: a run that keeps its data draws nothing more
         indices = resample(len(data.y_train), config["data_resample"], generators["data"],
-                           config.get("data_order", "drawn")).to(device)
+                           config["data_order"]).to(device)
     return train.Replica(plan=plan, model=model, generators=generators, resample=indices,
                          make_optimizer=lambda: build_optimizer(config["optimizer"], model.parameters()))
 

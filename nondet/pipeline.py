@@ -63,7 +63,7 @@ def resample_size(n: int, how: str | float) -> int:
     return size
 
 
-def resample(n: int, how: str | float, generator: torch.Generator, order: str = "sorted") -> torch.Tensor:
+def resample(n: int, how: str | float, generator: torch.Generator, order: str) -> torch.Tensor:
     """The indices of the training examples one run trains on (``source=data``).
 
     ``how="bootstrap"``: ``n`` indices drawn uniformly with replacement (about 63% of the

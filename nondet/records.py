@@ -163,7 +163,8 @@ def identity(config: Mapping[str, Any]) -> dict:
     ``pack`` counts only where a pack may compute otherwise than one replica alone: an explicit
     ``pack=P`` on a GPU. On the CPU a packed replica is bitwise the solo one, and ``pack=auto``
     fuses only there, so the pack size neither splits a group nor moves a run's directory.
-    ``data_order`` counts only under ``source=data`` and when not ``drawn``."""
+    ``data_order`` counts only where the data are varied (``data`` in ``source.vary``) and when
+    not ``drawn``."""
     kept = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS and k != "hydra"}
     if "pack" in kept and (kept["pack"] == "auto" or kept.get("device") == "cpu"):
         kept["pack"] = 1

@@ -157,6 +157,8 @@ def test_runs_of_two_directories_never_share_a_row(tmp_path, labels):
      "dataset._target_=my_pkg.data.load returned different data for different runs"),
     ({"dataset.name": "imagefolder", "dataset.root": "/data/pets"},
      "dataset.root=/data/pets had different contents for different runs"),
+    ({"dataset.name": "ptb", "dataset.root": "/data/ptb"},
+     "dataset.root=/data/ptb had different contents for different runs"),
 ])
 def test_rows_apart_by_their_datas_content_name_the_key_of_the_data(tmp_path, labels, dataset, named):
     rng = np.random.default_rng(6)

@@ -220,3 +220,17 @@ def test_a_script_names_itself_on_its_command_line():
     assert argv[:3] == ["train.py", "-m", "source=init"]
     assert "pack=1" in argv and "script='/my project/a,b/train.py'" in argv
     assert api.script_arguments(["train.py", "script=mine"], Path("/x.py")).count("script=mine") == 1
+
+
+def test_a_run_made_outside_a_script_file_must_be_named(make_config):
+    """A Run made in a notebook cell or ``python -c`` has no file to name its training code, and a
+    cell's name changes every session: it asks for script=NAME rather than never finding its runs."""
+    config = make_config("source=init", "replicates=1", "epochs=1")
+    made = {}
+    exec(compile("made['run'] = api.Run(OmegaConf.create(config))", "<string>", "exec"),
+         {"api": api, "OmegaConf": OmegaConf, "config": config, "made": made})
+    with pytest.raises(ConfigError, match="set script=NAME"):
+        made["run"].__enter__()
+    named = {**config, "script": "my-notebook"}
+    (directory,) = _recorded_run(named).outcome["finished"]
+    assert OmegaConf.load(Path(directory) / "config.yaml").script == "my-notebook"

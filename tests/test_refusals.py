@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
@@ -134,6 +135,24 @@ def test_an_unknown_activation_is_refused_and_a_model_that_cannot_build_is_not_r
     assert fix == "model 'cnn1d' needs 1-D signals (C, L): mend the configuration, then relaunch"
 
 
+class Broken(torch.nn.Module):
+    """A model of yours whose own code fails while it is built."""
+
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        raise RuntimeError("weights file /nowhere.pt not found")
+
+
+def test_a_model_of_yours_that_fails_to_build_is_named_with_where(tmp_path, hydra_state):
+    """Checked at launch like nondet's models, in one line, which says where in your code."""
+    _, task = hydra_config(tmp_path, RunMode.RUN, "model=custom", f"model._target_={__name__}.Broken")
+    with pytest.raises(ConfigError) as error:
+        check_job(task, local=True)
+    text = str(error.value)
+    assert "raised RuntimeError: weights file /nowhere.pt not found" in text
+    assert f"{__file__}:" in text and "in __init__" in text and "\n" not in text
+
+
 def test_a_top_level_typo_names_the_key_it_resembles():
     from nondet.callbacks import check_command_line
 
@@ -144,6 +163,9 @@ def test_a_top_level_typo_names_the_key_it_resembles():
                            "mean epochs?); the top-level keys are: base_seed, batch_size") and "\n" not in text
     check_command_line(["-m", "+experiment=table1", "source=init", "hydra.sweep.dir=x", "+user.x=1",
                         "hydra/launcher=basic", "model.widht=3"], CONF)  # Hydra's, or check_or_exit's
+    # A config of your own may bring groups of its own (myexp=b): Hydra composes them, or says why.
+    for own in (["--config-dir", "/somewhere"], ["--config-name", "mine"], ["hydra.searchpath=[file:///x]"]):
+        check_command_line(["-m", *own, "myexp=b"], CONF)
 
 
 def test_jobs_on_a_clusters_nodes_get_the_checks_their_configuration_alone_allows(tmp_path, hydra_state):
