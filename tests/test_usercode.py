@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import kill_after_epoch
+from test_examples import _recorded_run
 from nondet import api, records, usercode
 from nondet.config import ConfigError
 from nondet.job import run_job
@@ -87,21 +88,11 @@ def test_an_edited_training_script_is_not_skipped(make_config, tmp_path):
     script = tmp_path / "my_train.py"
     script.write_text("# a training loop of yours\n")
     config = make_config(f"script={script}", "epochs=1", "pack=1")
-
-    def train():
-        with api.Run(OmegaConf.create(config)) as run:
-            model = run.build(torch.nn.Linear, 32, 10)
-            run.track(model, torch.optim.SGD(model.parameters(), lr=0.1))
-            for _ in run.epochs():
-                with torch.no_grad():
-                    run.record(model(run.data.x_test))
-        return run
-
-    assert train().outcome["finished"]
-    assert train().outcome["skipped"]
+    assert _recorded_run(config).outcome["finished"]
+    assert _recorded_run(config).outcome["skipped"]
     script.write_text("# a training loop of yours, changed\n")
     with pytest.raises(ConfigError, match=r"my_train.py \(script\) has changed since the finished run"):
-        train()
+        _recorded_run(config)
 
 
 def test_a_library_target_is_not_your_code(make_config):
