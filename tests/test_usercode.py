@@ -7,12 +7,11 @@ import itertools
 import json
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from conftest import kill_after_epoch
 from test_examples import _recorded_run
-from nondet import api, records, usercode
+from nondet import records, usercode
 from nondet.config import ConfigError
 from nondet.job import run_job
 
