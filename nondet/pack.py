@@ -536,12 +536,15 @@ class ImageGroup:
         self.pack.write_back(with_optimizer)
 
 
+# (configuration, pack size, threads, evaluation batch) -> why a pack of your model is not used
+_CUSTOM_REASONS: dict[tuple, str | None] = {}
+
+
 class ImageFamily:
     """Image classifiers: a pack of P replicas (P = 1 for a solo run) through one step loop."""
 
     def __init__(self, conv_mode: str | None = None) -> None:
         self.conv_mode = conv_mode
-        self._custom_reasons: dict[str, str | None] = {}
 
     def new_replica(self, config: dict, data: Dataset) -> train.Replica:
         return new_replica(config, data)
@@ -573,8 +576,8 @@ class ImageFamily:
         thread count in this process, on one step of every batch shape the job will see: the
         full and the short last training batch, the full and the last evaluation chunk (the
         CPU's batched kernels round by shape, batch count, alignment and thread count)."""
-        key = (records.config_hash({**config, "replicate": 0}), size, torch.get_num_threads())
-        if key not in self._custom_reasons:
+        key = (records.config_hash({**config, "replicate": 0}), size, torch.get_num_threads(), train.EVAL_BATCH)
+        if key not in _CUSTOM_REASONS:  # once per launch, not once per job
             replicas = [new_replica({**config, "replicate": r}, data) for r in range(size)]
             n = len(data.y_train)
             if "data" in config["source"]["vary"]:
@@ -585,11 +588,11 @@ class ImageFamily:
             shared = all(torch.equal(replicas[0].generators["dropout"].get_state(), r.generators["dropout"].get_state())
                          for r in replicas[1:])
             with autocast(config["precision"], config["device"]):
-                self._custom_reasons[key] = funcpack.pack_reason(
+                _CUSTOM_REASONS[key] = funcpack.pack_reason(
                     [r.model for r in replicas], x, y, shared, sizes=sizes,
                     x_test=data.normalize(data.x_test[:tests[0]]), test_sizes=tests,
                 )
-        return self._custom_reasons[key]
+        return _CUSTOM_REASONS[key]
 
     def _mode(self, config: dict) -> str:
         return self.conv_mode or default_conv_mode(config["device"])
