@@ -284,23 +284,25 @@ def refusal_line(error: BaseException) -> str:
     return f"Error in the configuration: {lines[0] if lines else type(error).__name__}"
 
 
-def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None) -> None:
+def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None, *, config_checked: bool = False) -> None:
     """Exit with one line (naming the key and what it accepts) for a configuration mistake, before
     the launcher starts any job: an unknown key, a value out of range, a preset that cannot
-    resolve (``scale=tiny``, ``-m pack=0``); then every refusal of each of ``jobs`` (a source
-    that varies nothing, a model the data do not fit, ``lowlevel`` on a CPU: ``check_job``)."""
+    resolve (``scale=tiny``, ``-m pack=0``), unless ``config_checked`` (a first call did); then
+    every refusal of each of ``jobs`` (a source that varies nothing, a model the data do not fit,
+    ``lowlevel`` on a CPU: ``check_job``)."""
     from omegaconf.errors import OmegaConfBaseException
 
     from nondet.config import check_config, check_range
     from nondet.job import SOURCE_SETTINGS, check_job, resolved_config
 
     try:
-        check_range("scale", config.get("scale"))  # first: presets resolve their values by it
-        resolved = resolved_config(config, concrete_device=False)
-        check_config(resolved)
-        for key, value in swept_values(config):
-            check_range(key, value)
-        check_settings_leave_sources_varying(config, resolved)  # judges SOURCE_SETTINGS for all
+        if not config_checked:
+            check_range("scale", config.get("scale"))  # first: presets resolve their values by it
+            resolved = resolved_config(config, concrete_device=False)
+            check_config(resolved)
+            for key, value in swept_values(config):
+                check_range(key, value)
+            check_settings_leave_sources_varying(config, resolved)  # judges SOURCE_SETTINGS for all
         for job in jobs or []:
             check_job(job, local=runs_here(config), judged=SOURCE_SETTINGS)
     except (*REFUSALS, OmegaConfBaseException) as e:
@@ -354,7 +356,7 @@ class CheckCallback(Callback):
         # next: first the command's own config, whose mistake is then said once, not per job.
         check_or_exit(config)
         if CHECK_JOBS:
-            check_or_exit(config, sweep_jobs(config))
+            check_or_exit(config, sweep_jobs(config), config_checked=True)
 
 
 class SummaryCallback(Callback):
