@@ -638,10 +638,37 @@ def _completeness_notes(members: list, label: str) -> list[str]:
     if absent:
         shown = ", ".join(map(str, absent[:20])) + (" ..." if len(absent) > 20 else "")
         notes.append(f"{label}: {len(absent)} of {expected} replicates have no run directory ({shown})")
-    twice = sorted(r for r, n in Counter(seen).items() if n > 1)
-    if twice:
-        notes.append(f"{label}: replicate indices {twice} occur more than once")
     return notes
+
+
+def _one_run_per_replicate(members: list[Run], label: str) -> tuple[list[Run], list[str], str | None]:
+    """A run found twice under the analysed directory (the same sweep copied in twice, two presets
+    sharing a configuration) would count as two replicates and bias every metric. Copies that
+    computed the same bits are one run: the first path is kept, with a note. Copies that differ
+    cannot both be replicate r: (members, notes, why the row is left out or None)."""
+    by_replicate: dict = defaultdict(list)
+    for run in members:
+        by_replicate[run.replicate].append(run)
+    kept, counted_once, conflicting = [], [], []
+    for replicate, runs in by_replicate.items():
+        if replicate is None or len(runs) == 1:
+            kept += runs
+            continue
+        kept.append(runs[0])
+        first = _outputs(runs[0])
+        same = all(_same_bits(_outputs(r), first) for r in runs[1:])
+        (counted_once if same else conflicting).append((replicate, runs))
+    notes = [
+        f"{label}: replicate {r} is under the analysed directory {len(runs)} times, bitwise the same run "
+        f"({_listed([str(x.path) for x in runs], 3)}): counted once"
+        for r, runs in counted_once
+    ]
+    why = None
+    if conflicting:
+        shown = "; ".join(f"r{r}: {_listed([str(x.path) for x in runs], 3)}" for r, runs in conflicting[:3])
+        why = (f"replicate indices {[r for r, _ in conflicting]} occur more than once with different results "
+               f"({shown}): analyse one copy of each run (one sweep directory, or move the copies apart)")
+    return kept, notes, why
 
 
 def _divergence_notes(group: Group, label: str) -> list[str]:
@@ -835,11 +862,14 @@ def load_sweep(sweep_dir: Path) -> Sweep:
         whole.notes += data_notes
         for key, members in parts:
             members.sort(key=lambda r: (r.replicate is None, r.replicate or 0, str(r.path)))
-            group = Group(key, members, list(whole.notes), whole.problems)
+            members, copy_notes, conflict = _one_run_per_replicate(members, label)
+            group = Group(key, members, list(whole.notes) + copy_notes, whole.problems)
             try:
                 _check_test_set(members)
             except MixedTestSetError as e:
-                reason = f"{label}: left out of the tables: {e}"
+                conflict = conflict or str(e)
+            if conflict:
+                reason = f"{label}: left out of the tables: {conflict}"
                 group.notes.append(reason)
                 refused.append((group, reason))
                 continue

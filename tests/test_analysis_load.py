@@ -365,3 +365,32 @@ def test_an_output_path_that_cannot_be_made_is_one_line_before_any_work(clean_sw
     assert cli.main([str(clean_sweep), option, str(blocker / "out" / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {option} ") and "writable" in err
+
+
+def test_a_run_found_twice_counts_once_and_differing_copies_leave_the_row_out(tmp_path, labels):
+    """The same sweep copied twice under the analysed directory (or two presets sharing a
+    configuration): its runs would count as twice the replicates, biasing every SD and pairwise
+    metric. Bitwise copies count once, with a note; copies that differ leave the row out."""
+    import shutil
+
+    rng = np.random.default_rng(8)
+    write_group(source_config(tmp_path / "a", "init"), random_logits(rng, 3, N, C), labels)
+    write_group(source_config(tmp_path / "a", "shuffle"), random_logits(rng, 3, N, C), labels)
+    alone = analysis.summary_frame(load_sweep(tmp_path / "a"))
+    shutil.copytree(tmp_path / "a", tmp_path / "both" / "copy1")
+    shutil.copytree(tmp_path / "a", tmp_path / "both" / "copy2")
+    sweep = load_sweep(tmp_path / "both")
+    assert [len(g.runs) for g in sweep.groups] == [3, 3]
+    pd.testing.assert_frame_equal(analysis.summary_frame(sweep), alone)
+    assert sum("is under the analysed directory 2 times, bitwise the same run" in n for n in sweep.notes) == 6
+    # a copy that computed something else cannot be the same replicate
+    other = write_group(source_config(tmp_path / "other", "init"), random_logits(rng, 3, N, C), labels)[1]
+    (copy,) = [p.parent for p in (tmp_path / "both" / "copy2").rglob(records.RESULT_FILE)
+               if p.parent.name == other.name and p.parent.parent.name == other.parent.name]
+    shutil.rmtree(copy)
+    shutil.copytree(other, copy)
+    sweep = load_sweep(tmp_path / "both")
+    assert [g.params["source.name"] for g in sweep.groups] == ["shuffle"]
+    assert [g.params["source.name"] for g, _ in sweep.refused] == ["init"]
+    assert any("left out of the tables: replicate indices [1] occur more than once with different results" in n
+               for n in sweep.notes), sweep.notes
