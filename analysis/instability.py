@@ -8,7 +8,9 @@ Figure 3: for every group of bit-flip runs with per-epoch metrics (``metrics.jso
 over runs of the test cross-entropy at each evaluated epoch and the width of its middle 95%
 (2.5th to 97.5th percentile), on a log scale; the top row over all epochs, the bottom row over
 the first 10. Zeros (bitwise-identical runs) cannot be drawn on a log axis and are left out,
-with "(0 at k epochs)" in the legend.
+with "(0 at k epochs)" in the legend. ``metrics.jsonl`` records the cross-entropy in float32, so
+an SD within ``ROUNDING_ULPS`` float32 ULPs of it (a stable model's) is the rounding of the
+record; the printed table marks those cells.
 
 Sec. 4.2 (and Table 8): a linear model is convex, and a one-ULP change to one weight leaves its
 trajectory within rounding of the unperturbed one: the paper's linear bit-flip runs have accuracy
@@ -119,12 +121,37 @@ def instability_markdown(sweep: Sweep, epochs: tuple[int, ...] = (1, 2, 3, 5, 10
     spreads = {g.label(keys): spread_by_epoch(g) for g in groups}
     last = max(int(s["epoch"].max()) for s in spreads.values())
     shown = sorted({e for e in epochs if e < last} | {last})
-    rows = []
-    for label, spread in spreads.items():
+    rows, rounding = [], False
+    for group, (label, spread) in zip(groups, spreads.items()):
         by_epoch = dict(zip(spread["epoch"], spread["cross_entropy_sd"]))
-        rows.append([label] + [format_number(by_epoch.get(e, np.nan), 4) for e in shown])
+        ulps = dict(zip(*float32_ulps(group)))
+        cells = [label]
+        for e in shown:
+            value = by_epoch.get(e, np.nan)
+            below = 0 < value <= ROUNDING_ULPS * ulps.get(e, 0.0)
+            rounding |= below
+            cells.append(format_number(value, 4) + (" †" if below else ""))
+        rows.append(cells)
     table = markdown_table(["Group", *(str(e) for e in shown)], rows)
-    return "Figure 3: SD over bit-flip runs of the test cross-entropy at epoch:\n\n" + table + "\n"
+    text = "Figure 3: SD over bit-flip runs of the test cross-entropy at epoch:\n\n" + table + "\n"
+    if rounding:
+        text += (f"\n† within {ROUNDING_ULPS} float32 ULPs of the cross-entropy: metrics.jsonl records it "
+                 "in float32, so such an SD is the rounding of the record, not a measured spread (the run "
+                 "table's cross-entropy SD, from the logits, is the measure at the last epoch).\n")
+    return text
+
+
+# An SD of values that differ by one or two float32 ULPs is about 0.6-1.2 ULPs: a per-epoch SD up
+# to this many ULPs of the recorded value cannot be told from the rounding of the record.
+ROUNDING_ULPS = 2
+
+
+def float32_ulps(group: Group) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, one float32 ULP of the group's largest recorded test cross-entropy at each)."""
+    epochs, values = per_epoch(group)
+    if not values.size:
+        return epochs, np.zeros(0)
+    return epochs, np.spacing(np.abs(values).max(axis=0).astype(np.float32)).astype(float)
 
 
 # --- the claim of Sec. 4.2 ------------------------------------------------------------------

@@ -314,3 +314,20 @@ def test_paper_analyses_of_a_plain_sweep_add_nothing(tmp_path, labels):
     frame = summary_frame(sweep, n_boot=5)
     assert paper_analyses(sweep, frame).sections == []
     assert paper_figures(sweep, frame, tmp_path / "figs") == []
+
+
+def test_figure3_marks_a_spread_within_the_rounding_of_the_float32_record(tmp_path, labels):
+    """metrics.jsonl records the test cross-entropy in float32: runs one or two ULPs apart give an
+    SD of about one ULP, which is the rounding of the record, not a measured spread."""
+    rng = np.random.default_rng(9)
+    logits = random_logits(rng, 3, N, C)
+    ce = np.float32(0.6929251)
+    one_ulp_apart = [ce, np.nextafter(ce, np.float32(1)), ce]
+    for name, values in (("linear", one_ulp_apart), ("mlp", [0.69, 0.71, 0.74])):
+        metrics = [[{"epoch": e, "test_cross_entropy": float(v), "test_accuracy": 50.0, "train_loss": 1.0}
+                    for e in (1, 2)] for v in values]
+        write_group(config(tmp_path, "bitflip", **{"model.name": name}), logits, labels, metrics)
+    text = instability.instability_markdown(load_sweep(tmp_path / "sweep"))
+    linear, mlp = (line for line in text.splitlines() if line.startswith("| model.name="))
+    assert linear.count("†") == 2 and "†" not in mlp
+    assert "within 2 float32 ULPs of the cross-entropy" in text
