@@ -97,14 +97,14 @@ def seed_selection_gain(correct: np.ndarray, splits: int = SPLITS, seed: int = 0
     halves = np.argsort(rng.random((splits, n)), axis=1) < n // 2  # (S, N): a random half each
     first = halves.astype(np.float32)
     x = correct.astype(np.float32)
-    hits_first = x @ first.T  # (R, S): exact small integers in float32
+    hits_first = (x @ first.T).astype(np.float64)  # (R, S): exact small integers
     hits_second = x.sum(axis=1, keepdims=True) - hits_first
-    acc_first = hits_first / (n // 2)
-    acc_second = hits_second / (n - n // 2)
     gains = []
-    for ranked, held in ((acc_first, acc_second), (acc_second, acc_first)):
-        best = np.argsort(-ranked, axis=0, kind="stable")[:top]  # (top, S)
-        gains.append(np.take_along_axis(held, best, axis=0).mean(axis=0) - held.mean(axis=0))
+    for ranked, held, size in ((hits_first, hits_second, n - n // 2), (hits_second, hits_first, n // 2)):
+        best = np.argsort(-ranked, axis=0, kind="stable")[:top]  # (top, S): one denominator, same order
+        # sums of integer counts are exact, so runs that all score alike give exactly 0
+        top_hits = np.take_along_axis(held, best, axis=0).sum(axis=0) / top
+        gains.append((top_hits - held.sum(axis=0) / runs) / size)
     return float(100.0 * np.mean(gains))
 
 

@@ -67,6 +67,10 @@ def test_seed_selection_gain_is_zero_without_lucky_seeds_and_finds_real_ones():
     accuracy = 100 * correct.mean(axis=1)  # in increasing order: the ranking never errs
     expected = accuracy[-4:].mean() - accuracy.mean()
     assert stats.seed_selection_gain(correct) == pytest.approx(expected, abs=0.5)
+    # Runs that all get the same examples right (a stable model's bit flips): exactly 0, not a
+    # rounding residue such as -3e-08.
+    same = np.tile(rng.random(1000) < 0.7, (8, 1))
+    assert stats.seed_selection_gain(same) == 0.0
 
 
 def test_class_spread_by_direct_computation():
