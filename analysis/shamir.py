@@ -110,20 +110,32 @@ def _level(axis: str, value) -> str:
     return _window_label(value) if axis == WINDOW else str(value)
 
 
-def _compare_counts(frame: pd.DataFrame, keys: list[str], axis: str, order) -> tuple[int, int, list[str]]:
+def _measurable(frame: pd.DataFrame) -> np.ndarray:
+    """Rows whose PD measures something: some test prediction differs between their runs. Where
+    none does (a stable model's bit flip: disagreement 0), the PD is float rounding of the
+    probabilities (about 1e-8), and comparing two such rows is comparing rounding."""
+    return frame["disagreement"].to_numpy(dtype=float) > 0
+
+
+def _compare_counts(frame: pd.DataFrame, keys: list[str], axis: str, order) -> tuple[int, int, list[str], int]:
     """Over settings that differ only in ``axis``: how many (larger, smaller) pairs of ``axis``
-    values have the larger PD at the larger value; returns (agree, total, examples of disagreement)."""
+    values have the larger PD at the larger value; returns (agree, total, examples of
+    disagreement, pairs left out because a row's PD is rounding: ``_measurable``)."""
     fixed = [k for k in keys if k != axis]
-    agree = total = 0
+    agree = total = rounding = 0
     against = []
     groups = frame.groupby(fixed, sort=False, dropna=False) if fixed else [((), frame)]
     for values, rows in groups:
         rows = rows.assign(_order=[order(v) for v in rows[axis]]).sort_values("_order")
         pd_values = rows["prediction_difference"].to_numpy(dtype=float)
+        measurable = _measurable(rows)
         levels = rows[axis].tolist()
         for i in range(len(rows)):
             for j in range(i + 1, len(rows)):
                 if np.isnan(pd_values[i]) or np.isnan(pd_values[j]):
+                    continue
+                if not (measurable[i] and measurable[j]):
+                    rounding += 1
                     continue
                 total += 1
                 if pd_values[j] > pd_values[i]:
@@ -133,7 +145,7 @@ def _compare_counts(frame: pd.DataFrame, keys: list[str], axis: str, order) -> t
                     against.append(", ".join(f"{k}={_level(k, v)}" for k, v in zip(fixed, values)) +
                                    f": {axis}={_level(axis, levels[i])} PD {pd_values[i]:.3g}, "
                                    f"{_level(axis, levels[j])} PD {pd_values[j]:.3g}")
-    return agree, total, against
+    return agree, total, against, rounding
 
 
 def findings_lines(frame: pd.DataFrame, keys: list[str]) -> list[str]:
@@ -142,32 +154,41 @@ def findings_lines(frame: pd.DataFrame, keys: list[str]) -> list[str]:
     lines = ["Snapp & Shamir's findings in this sweep (comparisons that agree / all comparisons):"]
     if ACTIVATION in axes:
         fixed = [k for k in keys if k != ACTIVATION]
-        agree = total = 0
+        agree = total = rounding = 0
         by_activation: dict[str, list[float]] = {}
         groups = frame.groupby(fixed, sort=False, dropna=False) if fixed else [((), frame)]
         for _, rows in groups:
             pd_of = dict(zip(rows[ACTIVATION], rows["prediction_difference"]))
+            measurable = dict(zip(rows[ACTIVATION], _measurable(rows)))
             if "relu" not in pd_of:
                 continue
             for activation, value in pd_of.items():
                 if activation in NON_SMOOTH:
+                    continue
+                if not (measurable[activation] and measurable["relu"]):
+                    rounding += 1
                     continue
                 total += 1
                 agree += int(value < pd_of["relu"])
                 by_activation.setdefault(activation, []).append(value / pd_of["relu"] if pd_of["relu"] else np.nan)
         ratios = ", ".join(f"{a} {np.nanmean(v):.2f}x" for a, v in by_activation.items())
         lines.append(f"- smooth activations give a lower PD than ReLU: {agree} / {total}"
-                     + (f" (mean PD relative to ReLU: {ratios})" if ratios else ""))
+                     + (f" (mean PD relative to ReLU: {ratios})" if ratios else "") + _rounding_note(rounding))
     if WINDOW in axes:
-        agree, total, against = _compare_counts(frame, keys, WINDOW, _window_value)
-        lines.append(f"- a larger shuffle window gives a higher PD: {agree} / {total}")
+        agree, total, against, rounding = _compare_counts(frame, keys, WINDOW, _window_value)
+        lines.append(f"- a larger shuffle window gives a higher PD: {agree} / {total}" + _rounding_note(rounding))
         lines += [f"  - against: {a}" for a in against]
     for size in SIZE_KEYS:
         if size in axes:
-            agree, total, against = _compare_counts(frame, keys, size, float)
-            lines.append(f"- a larger {size} gives a higher PD: {agree} / {total}")
+            agree, total, against, rounding = _compare_counts(frame, keys, size, float)
+            lines.append(f"- a larger {size} gives a higher PD: {agree} / {total}" + _rounding_note(rounding))
             lines += [f"  - against: {a}" for a in against]
     return lines
+
+
+def _rounding_note(rounding: int) -> str:
+    return (f"; {rounding} comparisons left out, a row's runs making the same predictions "
+            "(disagreement 0: its PD is float rounding)" if rounding else "")
 
 
 def pd_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:

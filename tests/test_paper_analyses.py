@@ -331,3 +331,27 @@ def test_figure3_marks_a_spread_within_the_rounding_of_the_float32_record(tmp_pa
     linear, mlp = (line for line in text.splitlines() if line.startswith("| model.name="))
     assert linear.count("†") == 2 and "†" not in mlp
     assert "within 2 float32 ULPs of the cross-entropy" in text
+
+
+def test_prediction_difference_findings_leave_out_rows_whose_pd_is_rounding(tmp_path, labels):
+    """A stable configuration's bit flips change no prediction (disagreement 0): their PD is float
+    rounding (about 1e-8), and a comparison with such a row is not a vote for or against."""
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(N, C)) * 3
+    for activation in ("relu", "smelu"):
+        for window in (4, None):
+            stable = np.stack([base + 1e-7 * rng.normal(size=(N, C)) for _ in range(4)]).astype(np.float32)
+            write_group(config(tmp_path, "bitflip", shuffle_window=window, **{"model.activation": activation}),
+                        stable, labels)
+            write_group(config(tmp_path, "init", shuffle_window=window, **{"model.activation": activation}),
+                        random_logits(rng, 4, N, C, spread={"relu": 0.8, "smelu": 0.3}[activation]
+                                      * (2 if window is None else 1)), labels)
+    sweep = load_sweep(tmp_path / "sweep")
+    frame = summary_frame(sweep, n_boot=5)
+    assert (frame.loc[frame["source.name"] == "bitflip", "disagreement"] == 0).all()
+    text = "\n".join(shamir.findings_lines(frame, sweep.display_keys))
+    smooth, window = text.splitlines()[1:3]
+    assert smooth.startswith("- smooth activations give a lower PD than ReLU: 2 / 2 (")
+    assert smooth.endswith("; 2 comparisons left out, a row's runs making the same predictions "
+                           "(disagreement 0: its PD is float rounding)")
+    assert window.startswith("- a larger shuffle window gives a higher PD: 2 / 2; 2 comparisons left out")
