@@ -220,7 +220,9 @@ def table5_markdown(frame: pd.DataFrame, notes: list[str], n_boot: int = 1000) -
     lines = [
         "Table 5: snapshot ensembles against vanilla ensembles of N runs drawn without "
         "replacement from the pool (softmax probabilities averaged; SD ± bootstrap SD of the SD "
-        f"over {n_boot} resamples of the ensembles; pairwise columns over pairs of ensembles).",
+        f"over {n_boot} resamples of the ensembles; pairwise columns over pairs of ensembles; "
+        "Spearman ρ ranks log-probabilities, so vanilla N=1 differs slightly from the run table's, "
+        "which ranks the raw logits).",
     ]
     header = ["Ensemble", "Ensembles", "Pool", *(h for _, h, _ in TABLE5_COLUMNS)]
     for group, rows in frame.groupby("group", sort=False):
