@@ -127,7 +127,7 @@ class Run:
         self.cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
         # the code that trains, for a config composed without api.main (which names the script):
         # a file, or None where the caller is none (a notebook cell, ``python -c``), whose name
-        # would change every session and so never find its finished runs again
+        # would change with every kernel or shell and so never find its finished runs again
         caller = Path(sys._getframe(1).f_code.co_filename)
         self._caller = str(caller.resolve()) if caller.is_file() and "ipykernel" not in caller.parts[-2] else None
         self._data = data
@@ -146,7 +146,7 @@ class Run:
             if self._caller is None:
                 raise ConfigError("this Run is not made in a script file (a notebook or python -c): set "
                                   "script=NAME in its config, a name for your training code that stays "
-                                  "the same across sessions, so its runs are found again")
+                                  "the same from one launch to the next, so its runs are found again")
             config = {**config, "script": self._caller}
         if config["pack"] != 1:
             raise ConfigError(f"pack={config['pack']}: a training script of yours trains one replicate per job; set pack=1")
