@@ -356,11 +356,17 @@ def job_config(cfg: DictConfig) -> dict:
     return config
 
 
+def check_device(config: dict) -> None:
+    """What the job's device cannot do: ``lowlevel`` off CUDA (naming the source's stand-ins),
+    ``precision=tf32`` off CUDA."""
+    check_lowlevel(config["device"], config["source"])
+    check_precision(config["device"], config["precision"])
+
+
 def configure_backend(config: dict) -> str:
     """Set this process's low-level kernels, precision and threads for the job's runs; returns
     the low-level mode their records name."""
-    check_lowlevel(config["device"], config["source"])  # names the source's stand-ins
-    check_precision(config["device"], config["precision"])
+    check_device(config)
     lowlevel = configure_lowlevel(
         config["device"], "lowlevel" in config["source"]["vary"], config["source"]["lowlevel_required"]
     )
@@ -443,8 +449,7 @@ def check_job(cfg: DictConfig, *, local: bool, judged: tuple[str, ...] = ()) -> 
     check_sources(config["source"]["vary"])
     check_job_config(config)
     if local:
-        check_lowlevel(config["device"], config["source"])
-        check_precision(config["device"], config["precision"])
+        check_device(config)
         data = job_data(config, judged)
         if not lm.is_language_model(config):
             check_model_builds(config, data)
@@ -454,8 +459,7 @@ def check_job(cfg: DictConfig, *, local: bool, judged: tuple[str, ...] = ()) -> 
             usercode.check_code_unchanged(located(config, root), replicas_of_job(config))
     else:
         if config["device"] != "auto":  # the node's device is known here only when it is named
-            check_lowlevel(config["device"], config["source"])
-            check_precision(config["device"], config["precision"])
+            check_device(config)
         check_sources_vary_something(config, None, judged)
 
 
