@@ -58,8 +58,9 @@ ROUNDING = "torch.func's batched kernels round differently from the model traine
 
 
 def _fold(x: torch.Tensor, packs: int) -> torch.Tensor:
-    """One batch as a pack of ``packs`` reads it in training: (B, P*C, ...), each replica's
-    slice a copy of ``x`` (the gathered batch of ``nondet.pack.train_pack_epoch``)."""
+    """One batch as a pack of ``packs`` reads it: (B, P*C, ...), each replica's slice a copy of
+    ``x`` (the gathered batch of ``nondet.pack.train_pack_epoch``, the test chunk of
+    ``nondet.pack.evaluate_pack``)."""
     return x.unsqueeze(1).expand(x.shape[0], packs, *x.shape[1:]).contiguous().flatten(1, 2)
 
 
@@ -75,9 +76,8 @@ def _training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, packs: in
 
 def _evaluation(model: nn.Module, x: torch.Tensor, packs: int) -> torch.Tensor:
     """The logits (P, B, K) of ``nondet.pack.evaluate_pack`` for one chunk, folded pack."""
-    folded = x.unsqueeze(1).expand(x.shape[0], packs, *x.shape[1:]).flatten(1, 2)
     with torch.no_grad():
-        return model(folded).float().unflatten(1, (packs, -1)).transpose(0, 1)
+        return model(_fold(x, packs)).float().unflatten(1, (packs, -1)).transpose(0, 1)
 
 
 def _exact_training(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, fork: list) -> str | None:
