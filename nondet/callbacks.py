@@ -304,9 +304,49 @@ def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None, *, c
                 check_range(key, value)
             check_settings_leave_sources_varying(config, resolved)  # judges SOURCE_SETTINGS for all
         for job in jobs or []:
+            check_chosen_groups(job)
             check_job(job, local=runs_here(config), judged=SOURCE_SETTINGS)
     except (*REFUSALS, OmegaConfBaseException) as e:
         sys.exit(refusal_line(e))
+
+
+# Config groups whose option files name what they hold (``name: qrnn`` in conf/model/qrnn.yaml).
+NAMED_GROUPS = ("model", "dataset", "optimizer", "schedule")
+
+
+def check_chosen_groups(job: DictConfig) -> None:
+    """Refuse a command line whose choice of a config group a preset then overrides.
+
+    An experiment preset sets ``model.name``/``dataset.name`` after the groups are composed
+    (``name: ${by_scale:resnet14,resnet6}``), so ``+experiment=table1 model=qrnn`` would train
+    a ResNet with the QRNN's options mixed in, and ``+experiment=table2 scale=smoke dataset=ptb``
+    would train on synthetic text. The chosen option's file says what it holds; where the composed
+    name differs and the command line did not set that name itself, the command is refused."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_cfg = job.get("hydra") or {}
+    task = list((hydra_cfg.get("overrides") or {}).get("task") or [])
+    choices = (hydra_cfg.get("runtime") or {}).get("choices") or {}
+    overrides = OverridesParser.create().parse_overrides(task)
+    keys = {o.key_or_group for o in overrides if o.package is None}
+    if not GlobalHydra.instance().is_initialized():
+        return
+    repository = GlobalHydra.instance().config_loader().repository
+    for group in NAMED_GROUPS:
+        chosen = choices.get(group)
+        if group not in keys or f"{group}.name" in keys or not chosen:
+            continue
+        found = repository.load_config(f"{group}/{chosen}")
+        declared = found.config.get("name") if found is not None else None
+        composed = (job.get(group) or {}).get("name")
+        if isinstance(declared, str) and composed is not None and composed != declared:
+            preset = f"+experiment={choices['experiment']}" if choices.get("experiment") else "the configuration"
+            raise ValueError(
+                f"{group}={chosen}: {preset} sets {group}.name={composed} (with its own {group} options), so "
+                f"{chosen} would not be what trains; to use {chosen} under it, also set "
+                f"{group}.name={declared} (the preset's other {group} options still apply), or drop "
+                f"{preset}")
 
 
 def check_command_line(args: list[str], config_dir: Path) -> None:

@@ -187,3 +187,36 @@ def test_the_presets_jobs_pass_the_checks_on_a_cpu(tmp_path, hydra_state, preset
     jobs = sweep_jobs(cfg)
     assert len(jobs) > 1
     check_or_exit(cfg, jobs)
+
+
+def composed_job(*overrides: str):
+    """The job config of ``launch.py OVERRIDES`` as its checks see it (command line recorded)."""
+    cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    cfg.hydra.overrides.task = list(overrides)
+    return cfg
+
+
+def test_a_group_chosen_on_the_command_line_is_not_silently_replaced_by_a_preset(hydra_state):
+    """A preset names its own model and dataset after the groups are composed: ``model=qrnn``
+    under table1 would have trained a ResNet with the QRNN's options, ``dataset=ptb`` under table2
+    at smoke scale synthetic text. Refused in one line naming the fix; the fix passes."""
+    from nondet.callbacks import check_chosen_groups
+
+    for overrides, key, named in (
+        (["+experiment=table1", "scale=smoke", "model=qrnn"], "model=qrnn", "model.name=resnet6"),
+        (["+experiment=table2", "scale=smoke", "dataset=ptb"], "dataset=ptb", "dataset.name=synthetic_text"),
+        (["+experiment=table1", "model=resnet10"], "model=resnet10", "model.name=resnet14"),
+    ):
+        with pytest.raises(ValueError) as error:
+            check_chosen_groups(composed_job(*overrides))
+        text = str(error.value)
+        assert text.startswith(f"{key}: +experiment=") and named in text and "\n" not in text
+        group, chosen = key.split("=")
+        assert f"also set {group}.name={chosen}" in text
+    for overrides in (
+        ["+experiment=table2", "scale=smoke", "dataset=ptb", "dataset.name=ptb"],  # the fix
+        ["+experiment=table1", "scale=smoke"],  # the preset's own choices
+        ["+experiment=table8", "scale=smoke", "model=conv1"],  # a preset that names no model
+        ["model=qrnn", "dataset=synthetic_text"],
+    ):
+        check_chosen_groups(composed_job(*overrides))
