@@ -141,6 +141,9 @@ def ensemble_gains(target_logprobs: np.ndarray) -> np.ndarray:
     return gains / n
 
 
+# A diverged run's perplexity is inf (its cross-entropy past ~709 nats), and its SDs NaN: values
+# the table shows and the divergence note names (analysis.load), not warnings.
+@np.errstate(over="ignore", invalid="ignore")
 def lm_group_metrics(
     target_logprobs: np.ndarray,
     predictions: np.ndarray,
@@ -199,10 +202,12 @@ def group_lm_metrics(group, n_boot: int = 1000, seed: int = 0) -> dict[str, floa
 def markdown_columns(frame, image_columns: tuple) -> tuple:
     """The table's columns for a summary frame: ``image_columns`` when no row is a language
     model, Table 2's when every row is, and the image columns plus the perplexity columns for a
-    sweep that holds both."""
-    if "ppl_mean" not in frame or not frame["ppl_mean"].notna().any():
+    sweep that holds both. A row is a language model's by ``summary_frame``'s
+    ``language_model`` column (a group whose runs all diverged has NaN perplexities, yet
+    Table 2's columns)."""
+    if "language_model" not in frame or not frame["language_model"].any():
         return image_columns
-    if frame["ppl_mean"].notna().all():  # next-token accuracy has the test-set decomposition too
+    if frame["language_model"].all():  # next-token accuracy has the test-set decomposition too
         decomposition = ("accuracy_sd_test_set", "accuracy_sd_distribution", "seed_selection_gain")
         return LM_MARKDOWN_COLUMNS + tuple(c for c in image_columns if c[0] in decomposition)
     shown = {c for c, _, _, _ in image_columns}

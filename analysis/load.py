@@ -469,8 +469,24 @@ def _unfinished_reason(directory: Path, config: dict | None) -> str:
     epochs = (config or {}).get("epochs")
     progress = f"; last evaluated epoch {rows[-1].get('epoch')} of {epochs}" if rows else ""
     if (directory / records.CHECKPOINT_FILE).exists():
+        named, now = ((config or {}).get("dataset") or {}).get("sha256"), _data_now((config or {}).get("dataset"))
+        if named and now and named != now:  # its relaunch names a new directory for the new data
+            return (f"no result.json; checkpoint.pt present, but trained on the old data (dataset.sha256 "
+                    f"{str(named)[:12]}, the data now {now[:12]}): not resumable by relaunching the command, "
+                    f"which trains a new run on the data as they are; put the old data back to resume it"
+                    f"{progress}")
         return f"no result.json; checkpoint.pt present (resumable){progress}"
     return f"no result.json (not started, running, or killed before its first checkpoint){progress}"
+
+
+def _data_now(dataset: dict | None) -> str | None:
+    """The ``dataset.sha256`` the data files (npz, ptb) would give a run launched now; None for
+    data not named by their files' content (your own code's data are not loaded here)."""
+    if not isinstance(dataset, dict) or dataset.get("name") not in ("npz", "ptb"):
+        return None
+    from nondet.data import data_fingerprint  # torch: only for an unfinished run of such data
+
+    return data_fingerprint(dataset)
 
 
 def _left_out(directory: Path, e: Exception, key: tuple | None = None, replicate=None) -> RunProblem:
@@ -578,7 +594,8 @@ def _read_lm_run(directory: Path, config: dict, key: tuple, result: dict, replic
     try:
         labels = records.read_array(directory / records.LABELS_FILE, 1, "iu")
         arrays = read_lm_arrays(directory, len(labels))
-        contradiction = records.result_contradiction(result, labels, arrays.predictions)
+        contradiction = records.result_contradiction(result, labels, arrays.predictions,
+                                                      target_logprobs=arrays.target_logprobs)
         if contradiction:
             raise records.CorruptRunError(_contradiction_reason(directory, contradiction))
         metrics, seeds, env = _run_records(directory)
@@ -615,13 +632,14 @@ def _check_test_set(runs: list[Run]) -> None:
     first = runs[0]
     # A language-model run has no logits: its test set is its N target tokens.
     shape = lambda run: run.logits.shape if run.lm is None else (len(run.labels),)  # noqa: E731
+    what = "logits" if first.lm is None else "target log-probabilities"
     for run in runs[1:]:
         same_labels = len(run.labels) == len(first.labels) and np.array_equal(run.labels, first.labels)
         if shape(run) != shape(first) or not same_labels:
             raise MixedTestSetError(
                 "runs of one configuration were evaluated on different test sets, so their "
-                f"metrics cannot be pooled: {first.path} (logits {shape(first)}) and "
-                f"{run.path} (logits {shape(run)}"
+                f"metrics cannot be pooled: {first.path} ({what} {shape(first)}) and "
+                f"{run.path} ({what} {shape(run)}"
                 + ("" if same_labels else ", different labels")
                 + "). Move one of them out of the sweep directory (or delete it to retrain)."
             )
@@ -671,22 +689,29 @@ def _one_run_per_replicate(members: list[Run], label: str) -> tuple[list[Run], l
     return kept, notes, why
 
 
+def _diverged(run: Run) -> bool:
+    """A run whose test outputs are non-finite: its cross-entropy or logits, or a language
+    model's target log-probabilities or perplexity (inf once the cross-entropy passes ~709
+    nats, a run that diverged without reaching inf)."""
+    result = run.result
+    numbers = [result.get("test_cross_entropy")] + ([result.get("test_perplexity")] if run.lm else [])
+    if any(isinstance(v, (int, float)) and not math.isfinite(v) for v in numbers):
+        return True
+    return not np.isfinite(_outputs(run)).all()
+
+
 def _divergence_notes(group: Group, label: str) -> list[str]:
-    """Runs that diverged (non-finite test cross-entropy or logits): they stay in the table, as
-    outcomes of the recipe, but their NaN or saturated metrics should not pass unnoticed."""
-    diverged = []
-    for run in group.runs:
-        ce = run.result.get("test_cross_entropy")
-        bad_ce = isinstance(ce, (int, float)) and not math.isfinite(ce)
-        bad_logits = run.logits is not None and not np.isfinite(run.logits).all()
-        if bad_ce or bad_logits:
-            diverged.append(run.path.name)
+    """Runs that diverged (``_diverged``): they stay in the table, as outcomes of the recipe, but
+    their NaN or saturated metrics should not pass unnoticed."""
+    diverged = [run.path.name for run in group.runs if _diverged(run)]
     if not diverged:
         return []
     shown = _listed(diverged, 8)
+    what = ("cross-entropy, perplexity or target log-probabilities" if group.is_language_model
+            else "cross-entropy or logits")
     return [
         f"{label}: {len(diverged)} of {len(group.runs)} runs diverged (non-finite test "
-        f"cross-entropy or logits: {shown}); their metrics are NaN or meaningless: lower the "
+        f"{what}: {shown}); their metrics are NaN or meaningless: lower the "
         f"learning rate, or check the recipe"
     ]
 
@@ -800,6 +825,8 @@ def _variation_notes(group: Group, label: str, arithmetic_differs: bool) -> list
         ]
     if any(not _same_bits(_outputs(r), first) for r in group.runs[1:]):
         return []
+    if _diverged(group.runs[0]):  # identical NaNs: the divergence note names the cause
+        return []
     name = group.config["source"].get("name", "+".join(vary))
     hints = "; ".join(f"{s}: {_INERT_HINTS[s]}" for s in vary if s in _INERT_HINTS)
     return [
@@ -891,23 +918,32 @@ def load_sweep(sweep_dir: Path) -> Sweep:
 
 
 def _data_content_notes(groups: list[Group], keys: list[str]) -> list[str]:
-    """Rows that differ only in the content of their data file (``dataset.sha256``): the file
-    was rewritten between launches, so their runs are kept apart, never pooled."""
-    by_rest = defaultdict(list)
+    """Rows of one dataset configuration (every ``dataset.*`` key alike) whose data file held
+    different content (``dataset.sha256``): the file was rewritten between launches, or under a
+    sweep, so their runs are kept apart, never pooled, and rows that differ in more than the
+    data (another source) compare runs trained on different data. One note per dataset
+    configuration, naming the rows of each content."""
+    by_dataset = defaultdict(list)
     for group in groups:
-        by_rest[tuple(kv for kv in group.key if kv[0] != "dataset.sha256")].append(group)
+        by_dataset[tuple(kv for kv in group.key if kv[0].startswith("dataset.") and kv[0] != "dataset.sha256")].append(group)
     notes = []
-    for same in by_rest.values():
-        if len(same) > 1:
-            contents = "; ".join(
-                f"{str(g.params.get('dataset.sha256') or 'not recorded')[:12]}: {len(g.runs)} runs"
-                for g in same
-            )
-            label = same[0].label([k for k in keys if k != "dataset.sha256"])
-            notes.append(
-                f"{label}: {_data_source(same[0].params)} for different runs (SHA-256 {contents}); "
-                f"each content is its own row, never pooled"
-            )
+    shown_keys = [k for k in keys if k != "dataset.sha256"]
+    for same in by_dataset.values():
+        by_content = defaultdict(list)
+        for group in same:
+            by_content[str(group.params.get("dataset.sha256") or "not recorded")[:12]].append(group)
+        if len(by_content) < 2:
+            continue
+        contents = "; ".join(
+            f"{sha}: " + ", ".join(f"{g.label(shown_keys)} ({len(g.runs)} runs)" for g in rows)
+            for sha, rows in by_content.items()
+        )
+        notes.append(
+            f"{_data_source(same[0].params)} for different runs: the data changed between launches or "
+            f"under the sweep (SHA-256 {contents}); each content is its own row, never pooled, and rows "
+            f"of different content compare runs trained on different data. Relaunch the rows of the old "
+            f"content on the data as it is now (delete their directories), or analyse them apart"
+        )
     return notes
 
 

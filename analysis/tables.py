@@ -50,6 +50,7 @@ def summary_frame(sweep: Sweep, n_boot: int = 1000, seed: int = 0) -> pd.DataFra
     rows, notes = [], []
     for group in sweep.groups:
         row = {k: cell(group.params.get(k)) for k in keys}
+        row["language_model"] = group.is_language_model
         if group.is_language_model:  # Table 2's columns (analysis/lm.py)
             row.update(lm.group_lm_metrics(group, n_boot=n_boot, seed=seed))
         else:
@@ -63,7 +64,7 @@ def summary_frame(sweep: Sweep, n_boot: int = 1000, seed: int = 0) -> pd.DataFra
         rows.append(row)
     columns = list(COLUMNS)
     if any(group.is_language_model for group in sweep.groups):
-        columns += [c for c in lm.LM_COLUMNS if c not in COLUMNS]
+        columns += [c for c in lm.LM_COLUMNS if c not in COLUMNS] + ["language_model"]
     frame = key_frame(rows, keys + columns + list(stats.STATS_COLUMNS), keys)
     frame.attrs["stats_notes"] = notes
     return frame

@@ -58,12 +58,20 @@ CPU_STAND_INS = {
 }
 
 
-def check_lowlevel(device: str, source: dict) -> None:
+def check_lowlevel(device: str, source: dict, language_model: bool = False) -> None:
     """``LowLevelUnavailableError`` when ``source`` (a config's ``source`` node) must vary
-    ``lowlevel`` on a device without CUDA, naming the sources that run there instead."""
+    ``lowlevel`` on a device without CUDA, naming the sources that run there instead (for a
+    ``language_model``, whose text has no batch order to permute, not the image stand-ins)."""
     if "lowlevel" not in source["vary"] or not source["lowlevel_required"] or device == "cuda":
         return
     name, rest = source["name"], [s for s in source["vary"] if s != "lowlevel"]
+    if language_model:
+        raise LowLevelUnavailableError(
+            f"source={name} varies `lowlevel` (CUDA/cuDNN kernel nondeterminism), which needs a CUDA "
+            "device, but this run is on the CPU, and a language model has no CPU stand-in (reduction, "
+            "shuffle and augment act on nothing in text). Use source=init, source=dropout (its masks "
+            "and BPTT lengths) or source=bitflip; or run on a GPU."
+        )
     stand_in, without = CPU_STAND_INS.get(name, (None if rest else "reduction", None))
     fixes = []
     if stand_in:

@@ -359,7 +359,7 @@ def job_config(cfg: DictConfig) -> dict:
 def check_device(config: dict) -> None:
     """What the job's device cannot do: ``lowlevel`` off CUDA (naming the source's stand-ins),
     ``precision=tf32`` off CUDA."""
-    check_lowlevel(config["device"], config["source"])
+    check_lowlevel(config["device"], config["source"], lm.is_language_model(config))
     check_precision(config["device"], config["precision"])
 
 
@@ -395,7 +395,9 @@ def job_data(config: dict, judged: tuple[str, ...] | None = None):
     data = _dataset(config)
     check_data_unchanged(config, data)
     check_sources_vary_something(config, data, _launch_judges() if judged is None else judged)
-    if not lm.is_language_model(config):  # (a language model has no snapshot schedule)
+    if lm.is_language_model(config):  # (a language model has no snapshot schedule)
+        lm.check_splits(config, data)
+    else:
         check_snapshot_count(config["schedule"], pack.ImageFamily().steps_per_epoch(config, data), config["epochs"])
     return data
 
@@ -412,16 +414,20 @@ def check_model_builds(config: dict, data) -> None:
     take these data (``model=resnet6`` on signals), an unknown activation, a ``bitflip.param``
     the model lacks are refused before any run starts, not once per run."""
     from nondet.bitflip import flipped_parameter
-    from nondet.models import build_model
+    from nondet.models import build_language_model, build_model
 
     flips = "bitflip" in config["source"]["vary"]
-    key = json.dumps([config["model"], list(data.input_shape), data.num_classes,
-                      config["bitflip"] if flips else None], sort_keys=True, default=str)
+    language_model = lm.is_language_model(config)  # its data: a vocabulary, not input shapes
+    shape = [data.vocab_size] if language_model else [list(data.input_shape), data.num_classes]
+    key = json.dumps([config["model"], shape, config["bitflip"] if flips else None], sort_keys=True, default=str)
     if key in _MODELS_BUILT:  # the jobs of a sweep that share a model: built once at launch
         return
     try:
-        model = build_model(OmegaConf.create(config["model"]), data.input_shape, data.num_classes,
-                            torch.Generator().manual_seed(0))
+        model_config, generator = OmegaConf.create(config["model"]), torch.Generator().manual_seed(0)
+        if language_model:
+            model = build_language_model(model_config, data.vocab_size, generator)
+        else:
+            model = build_model(model_config, data.input_shape, data.num_classes, generator)
     except ConfigError:
         raise
     except Exception as e:  # a model of yours failed in its own code: where, not just what
@@ -451,8 +457,7 @@ def check_job(cfg: DictConfig, *, local: bool, judged: tuple[str, ...] = ()) -> 
     if local:
         check_device(config)
         data = job_data(config, judged)
-        if not lm.is_language_model(config):
-            check_model_builds(config, data)
+        check_model_builds(config, data)
         if "hydra" in cfg:  # no run of the sweep carries on across an edit of your code
             sweep = cfg.hydra.mode == RunMode.MULTIRUN or cfg.hydra.mode is None  # a sweep's job
             root = Path(cfg.hydra.sweep.dir) if sweep else runs_root(config, cfg.hydra)

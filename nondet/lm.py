@@ -92,7 +92,7 @@ from omegaconf import OmegaConf
 
 from nondet import records, train
 from nondet.backend import autocast
-from nondet.config import TEXT_DATASETS
+from nondet.config import TEXT_DATASETS, ConfigError
 from nondet.models import LANGUAGE_MODEL_NAMES, build_language_model, set_dropout_generator
 from nondet.optim import build_optimizer, learning_rate
 from nondet.seeds import SeedPlan, hashed_seed, make_generator
@@ -159,16 +159,47 @@ def check_config(config: dict) -> None:
 # --------------------------------------------------------------------------- the data stream
 
 
-def batchify(tokens: torch.Tensor, streams: int) -> torch.Tensor:
+# The key that sets how many parallel streams each split is cut into.
+STREAM_KEYS = {"train": "batch_size", "valid": "lm.eval_batch_size", "test": "lm.test_batch_size"}
+
+
+def batchify(tokens: torch.Tensor, streams: int, split: str | None = None) -> torch.Tensor:
     """(L, streams): the token stream cut into ``streams`` contiguous parts, one per column
-    (the tail that does not fill a row is dropped), as AWD-LSTM's ``batchify``."""
+    (the tail that does not fill a row is dropped), as AWD-LSTM's ``batchify``. ``split``
+    (train, valid, test) names the keys to set in the refusal of a stream too short."""
     length = len(tokens) // streams
-    if length < 2:
-        raise ValueError(
-            f"{len(tokens)} tokens cannot be cut into {streams} streams of at least 2 tokens; "
-            "use a smaller batch size or more data"
-        )
+    if length < min_stream(split):
+        raise ConfigError(too_short(len(tokens), streams, split))
     return tokens[: length * streams].view(streams, length).t().contiguous()
+
+
+def min_stream(split: str | None) -> int:
+    """The fewest tokens a stream of ``split`` needs: an input and its next word, and for
+    training one more (``train_lm_epoch``, as AWD-LSTM, stops a window short of the end: a
+    stream of 2 would train nothing)."""
+    return 3 if split == "train" else 2
+
+
+def too_short(tokens: int, streams: int, split: str | None) -> str:
+    """Why ``tokens`` cannot be cut into ``streams`` streams long enough, and the keys that
+    mend it."""
+    need = min_stream(split)
+    if split is None:
+        return (f"{tokens} tokens cannot be cut into {streams} streams of at least {need} tokens; lower "
+                f"{', '.join(STREAM_KEYS.values())} or raise dataset.train_size / valid_size / test_size")
+    key = STREAM_KEYS[split]
+    return (f"the {split} split's {tokens} tokens cannot be cut into {key}={streams} streams of at "
+            f"least {need} tokens: set {key} to at most {max(1, tokens // need)}, or "
+            f"dataset.{split}_size to at least {need * streams}")
+
+
+def check_splits(config: dict, corpus: TextCorpus) -> None:
+    """Refuse, before anything is trained, a split too short for the streams it is cut into
+    (``batchify``'s rule): otherwise every run would fail at its first evaluation."""
+    streams_of = {"train": config["batch_size"], "valid": config["lm"]["eval_batch_size"],
+                  "test": config["lm"]["test_batch_size"]}
+    for split, streams in streams_of.items():
+        batchify(getattr(corpus, split), streams, split)
 
 
 def bptt_length(base: int, generator: torch.Generator) -> int:
@@ -317,6 +348,14 @@ def train_lm_epoch(replica: LMReplica, config: dict, stream: torch.Tensor) -> tu
 # --------------------------------------------------------------------------- evaluation
 
 
+def perplexity(cross_entropy: float) -> float:
+    """exp(cross-entropy): inf past float64's range, NaN for NaN."""
+    try:
+        return math.exp(cross_entropy)
+    except OverflowError:
+        return math.inf
+
+
 @dataclass
 class LMEvaluation:
     """Per-token results in text order (see the module docstring), on the CPU."""
@@ -333,7 +372,9 @@ class LMEvaluation:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.cross_entropy)
+        # A diverged run's cross-entropy can be finite yet above log(float max) (~709): its
+        # perplexity is inf, a value the analysis names as diverged, not an OverflowError.
+        return perplexity(self.cross_entropy)
 
     @property
     def accuracy(self) -> float:
@@ -348,12 +389,13 @@ def evaluate_lm(
     bptt: int,
     precision: str,
     positions: Optional[torch.Tensor] = None,
+    split: str | None = None,
 ) -> LMEvaluation:
     """Walk ``streams`` parallel streams in windows of ``bptt``, carrying the state; every
     target's log-probability and argmax, and the full log-probabilities at ``positions`` (text
     order indices into the N targets)."""
     model.eval()
-    data = batchify(tokens, streams)
+    data = batchify(tokens, streams, split)
     rows = data.shape[0] - 1  # targets per stream
     device = data.device
     target_logprobs = torch.empty(rows, streams, dtype=torch.float32, device=device)
@@ -414,8 +456,8 @@ class LMGroup:
         self.replica, self.config, self.corpus = replica, config, corpus
         self.epoch, self.lr = replica.epoch, config["optimizer"]["lr"]
         lm = config["lm"]
-        self.train_stream = batchify(corpus.train, config["batch_size"])
-        test_targets = lm["test_batch_size"] * (batchify(corpus.test, lm["test_batch_size"]).shape[0] - 1)
+        self.train_stream = batchify(corpus.train, config["batch_size"], "train")
+        test_targets = lm["test_batch_size"] * (batchify(corpus.test, lm["test_batch_size"], "test").shape[0] - 1)
         self.positions = subset_positions(test_targets, lm["logprob_positions"], config["dataset"]["data_seed"])
 
     @property
@@ -426,19 +468,19 @@ class LMGroup:
         loss, self.lr = train_lm_epoch(self.replica, self.config, self.train_stream)
         return loss.view(1)
 
-    def _evaluate(self, tokens: torch.Tensor, streams: int, positions=None) -> LMEvaluation:
-        return evaluate_lm(self.replica.model, tokens, streams, self.config["lm"]["bptt"],
-                           self.config["precision"], positions)
+    def _evaluate(self, split: str, streams: int, positions=None) -> LMEvaluation:
+        return evaluate_lm(self.replica.model, getattr(self.corpus, split), streams, self.config["lm"]["bptt"],
+                           self.config["precision"], positions, split)
 
     def _test(self) -> LMEvaluation:
-        return self._evaluate(self.corpus.test, self.config["lm"]["test_batch_size"], self.positions)
+        return self._evaluate("test", self.config["lm"]["test_batch_size"], self.positions)
 
     def end_of_epoch(self, report: bool) -> list[train.Evaluation] | None:
         lm, replica = self.config["lm"], self.replica
         valid = test = None
         with averaged_weights(replica):
             if lm["asgd"] or report:
-                valid = self._evaluate(self.corpus.valid, lm["eval_batch_size"])
+                valid = self._evaluate("valid", lm["eval_batch_size"])
             if report:
                 test = self._test()
         if lm["asgd"]:

@@ -318,12 +318,14 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def result_contradiction(
-    result: Mapping[str, Any], labels: np.ndarray, predictions: np.ndarray, logits: np.ndarray | None = None
+    result: Mapping[str, Any], labels: np.ndarray, predictions: np.ndarray, logits: np.ndarray | None = None,
+    target_logprobs: np.ndarray | None = None,
 ) -> str | None:
     """Why a run's result.json cannot come from the same evaluation as its stored arrays (the
-    accuracy off by more than half an example, or the cross-entropy of ``logits`` off by more
-    than float32 rounding), or None when they agree. Such a run is corrupt: neither can be
-    trusted. Non-finite numbers (a diverged run) are not compared."""
+    accuracy off by more than half an example, or the cross-entropy of ``logits``, or a language
+    model's ``target_logprobs``, off by more than float32 rounding), or None when they agree.
+    Such a run is corrupt: neither can be trusted. Non-finite numbers (a diverged run) are not
+    compared."""
     n = len(labels)
     if not n:
         return None
@@ -338,10 +340,22 @@ def result_contradiction(
         if abs(computed - reported) > 50.0 / n:
             return f"result.json says test_accuracy {reported:.4f} but {source} gives {computed:.4f}"
     reported = result.get("test_cross_entropy")
-    if logits is not None and finite_number(reported):
+    if not finite_number(reported) or (logits is None and target_logprobs is None):
+        return None
+    if logits is not None:
         computed = _cross_entropy(logits, labels)
-        if math.isfinite(computed) and abs(computed - reported) > 1e-3 * max(1.0, abs(reported)):
-            return f"result.json says test_cross_entropy {reported:.6g} but {source} gives {computed:.6g}"
+    else:  # a language model: the mean negative log-probability of its test targets
+        source = TARGET_LOGPROBS_FILE
+        computed = -float(np.mean(np.asarray(target_logprobs, dtype=np.float64)))
+    if not math.isfinite(computed):
+        return None
+    if abs(computed - reported) > 1e-3 * max(1.0, abs(reported)):
+        return f"result.json says test_cross_entropy {reported:.6g} but {source} gives {computed:.6g}"
+    perplexity = result.get("test_perplexity")  # compared as its log, the cross-entropy
+    if (target_logprobs is not None and finite_number(perplexity)
+            and (perplexity <= 0 or abs(math.log(perplexity) - computed) > 1e-3 * max(1.0, abs(computed)))):
+        return (f"result.json says test_perplexity {perplexity:.6g} but {source} gives "
+                f"{math.exp(min(computed, 709.0)):.6g}")
     return None
 
 

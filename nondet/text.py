@@ -53,7 +53,7 @@ from typing import Optional
 
 import torch
 
-from nondet.config import TEXT_DATASETS, DatasetConfig
+from nondet.config import TEXT_DATASETS, ConfigError, DatasetConfig
 from nondet.seeds import hashed_seed, make_generator
 
 EOS = "<eos>"
@@ -149,16 +149,33 @@ def ptb_sha256(digests: dict[str, str]) -> str:
 def read_words(path: str) -> list[str]:
     """The tokens of a one-sentence-per-line file: each line's words, then ``<eos>``."""
     with open(path, "rb") as f:
-        return words_of(f.read())
+        return words_of(f.read(), path)
 
 
-def words_of(raw: bytes) -> list[str]:
-    """The tokens of a one-sentence-per-line file's bytes (UTF-8, any newline convention)."""
+def words_of(raw: bytes, path: str | None = None) -> list[str]:
+    """The tokens of a one-sentence-per-line file's bytes (UTF-8, any newline convention);
+    ``path`` names the file in the refusal of bytes that are not UTF-8."""
     words: list[str] = []
-    for line in io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"):
-        words += line.split()
-        words.append(EOS)
+    try:
+        for line in io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"):
+            words += line.split()
+            words.append(EOS)
+    except UnicodeDecodeError:
+        raise ConfigError(_not_utf8(raw, path)) from None
     return words
+
+
+def _not_utf8(raw: bytes, path: str | None) -> str:
+    """Where the first byte that is not UTF-8 is, and how to mend the file."""
+    try:
+        raw.decode("utf-8")
+        start = 0
+    except UnicodeDecodeError as e:  # decoded whole: the position in the file, not in a chunk
+        start = e.start
+    line = raw.count(b"\n", 0, start) + 1
+    return (f"{path or 'the text file'} is not UTF-8 text (byte 0x{raw[start]:02x} on line {line}): "
+            "convert it to UTF-8 (iconv -f latin1 -t utf-8 FILE > NEW, if it is Latin-1), or use "
+            f"Mikolov's pre-processed PTB ({PTB_URL}), which is plain ASCII")
 
 
 def build_vocab(words: list[str]) -> list[str]:
@@ -196,7 +213,7 @@ def load_ptb(cfg: DatasetConfig) -> TextCorpus:
     for split in PTB_SPLITS:  # hashed as read: the runs record the text they trained on
         with open(paths[split], "rb") as f:
             raw[split] = f.read()
-    words = {s: words_of(raw[s]) for s in PTB_SPLITS}
+    words = {s: words_of(raw[s], paths[s]) for s in PTB_SPLITS}
     vocab = build_vocab(words["train"])
     index = {w: i for i, w in enumerate(vocab)}
     streams = {s: encode(words[s], index, s) for s in PTB_SPLITS}
