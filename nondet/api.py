@@ -53,7 +53,7 @@ from omegaconf import DictConfig, OmegaConf
 from nondet import callbacks, records, train, usercode, usermodel
 from nondet.bitflip import flip_one_ulp
 from nondet.config import ConfigError, register_configs
-from nondet.job import configure_backend, job_config, register_resolvers, report_failure
+from nondet.job import configure_backend, job_config, refuse_runs, register_resolvers, report_failure
 from nondet.lock import run_locks
 from nondet.seeds import SEEDABLE, SeedPlan
 
@@ -162,7 +162,12 @@ class Run:
         self.plan = SeedPlan.for_run(config["base_seed"], config["source"]["vary"], config["replicate"])
         self.generators = self.plan.generators(config["device"])
         Run.last_outcome = self.outcome
-        usercode.check_code_unchanged(config, [config["replicate"]])  # your script, edited since?
+        try:  # your script or model, edited since a run of this group was trained?
+            usercode.check_code_unchanged(config)
+        except ConfigError:  # refused: nothing trained, error.txt (a finished run stays as it is)
+            refuse_runs([self.directory], self.outcome)
+            self.done = True
+            return self
         if records.is_done(self.directory):
             log.info("%s: finished already, skipped", self.directory)
             self.outcome["skipped"].append(str(self.directory))

@@ -7,8 +7,9 @@
 A run's directory is named by its configuration, which says which class builds the model but not
 what that class does. The file that defines each ``_target_`` (and a ``nondet.api`` script) is
 therefore hashed into env.json as ``code_sha256`` = {role: {"file", "sha256"}}, and a run is
-refused when it would carry on across an edit: resumed from a checkpoint, skipped as finished, or
-forked from a shared onset prefix (``.prefix/<hash>/code.json``) trained under other code. The
+refused when it would carry on across an edit: resumed from a checkpoint, skipped as finished,
+added to a group (a table row) whose runs were trained under other code, or forked from a shared
+onset prefix (``.prefix/<hash>/code.json``) trained under other code. The
 hash is left out of the directory name on purpose: an edited comment would otherwise move every
 finished run of a sweep. Runs recorded before ``code_sha256`` existed are taken as they are.
 """
@@ -103,18 +104,21 @@ def _read(path: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def check_code_unchanged(config: Mapping, replicates) -> None:
-    """Refuse, in one line, to skip, resume or fork a run of ``replicates`` whose records name
-    other code than the files hold now (``code_changed``). Called by a job before it trains
-    (``nondet.job.run_job``, ``nondet.api.Run``) and for every job when a sweep starts."""
+def check_code_unchanged(config: Mapping) -> None:
+    """Refuse, in one line, a run of a group (the configuration, ``replicate`` aside) any of whose
+    finished or resumable runs names other code than the files hold now: extending a sweep
+    (``replicates=3`` after 2) or training one replicate alone would otherwise add runs of the
+    new code to a row of the old. Called by a job before it trains (``nondet.job.run_job``,
+    ``nondet.api.Run``) and for every job when a sweep starts (``nondet.job.check_job``)."""
     now = code_identity(config)
     if not now:
         return
-    for replicate in replicates:
-        directory = records.run_dir(config, replicate)
-        if records.is_done(directory) or (directory / records.CHECKPOINT_FILE).exists():
-            what = "finished" if records.is_done(directory) else "resumable"
-            refuse(changed(_read(directory / records.ENV_FILE), now), f"the {what} run {directory}")
+    group = records.run_dir(config, 0).parent
+    for env in sorted(group.glob(f"r*/{records.ENV_FILE}")):
+        directory = env.parent
+        done = records.is_done(directory)
+        if done or (directory / records.CHECKPOINT_FILE).exists():
+            refuse(changed(_read(env), now), f"the {'finished' if done else 'resumable'} run {directory}")
     if 0 < config["onset_epoch"] < config["epochs"]:
         prefix = onset.prefix_dir(config)
         if any(prefix.glob("epoch_*.pt")):
