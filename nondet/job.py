@@ -203,10 +203,11 @@ def _data_where(dataset: dict) -> str:
     return next((f"dataset.{k}={dataset[k]}" for k in ("path", "_target_", "root") if dataset.get(k)), "the data")
 
 
-def check_resumed_data(config: dict, data, replicas) -> None:
+def check_resumed_data(config: dict, data, replicas, where: str | None = None) -> None:
     """A checkpoint is resumed only on the data it was trained on (env.json ``data_sha256``).
     Data named by their content (npz, ptb, your own) name new run directories when they change;
-    this catches the rest, such as MNIST's files, which torchvision reads without a checksum."""
+    this catches the rest, such as MNIST's files, which torchvision reads without a checksum, and
+    the data a script passes to ``nondet.api.Run`` (``where``: what holds them)."""
     now = None
     for replicate in replicas:
         directory = records.run_dir(config, replicate)
@@ -219,7 +220,8 @@ def check_resumed_data(config: dict, data, replicas) -> None:
         now = now or data_sha256(data)
         if before is not None and before != now:
             raise ConfigError(
-                f"{directory / records.CHECKPOINT_FILE} was trained on other data than {_data_where(config['dataset'])} "
+                f"{directory / records.CHECKPOINT_FILE} was trained on other data than "
+                f"{where or _data_where(config['dataset'])} "
                 f"holds now (env.json data_sha256 {str(before)[:12]}, now {now[:12]}): put the data back to "
                 "resume it, or delete the checkpoint to train the run again from scratch"
             )
