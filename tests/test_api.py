@@ -102,3 +102,18 @@ def test_each_epochs_seconds_count_that_epoch(config, monkeypatch):
     run = train(config, own_data())
     seconds = [row["seconds"] for row in records.read_metrics(run.directory / records.METRICS_FILE)]
     assert 0 < seconds[0] < seconds[1]
+
+
+def test_cka_of_a_scripts_own_model_is_skipped_in_one_line(make_config, tmp_path):
+    """CKA rebuilds each run's model from its config; a script's own model is not that one."""
+    from analysis.cka import sweep_cka
+    from analysis.load import load_sweep
+    from test_examples import _recorded_run
+
+    for replicate in (0, 1):
+        _recorded_run(make_config("source=init", "replicates=2", "epochs=1", f"replicate={replicate}"))
+    sweep = load_sweep(tmp_path / "outputs" / "default")
+    assert sweep_cka(sweep, probe_size=16).empty
+    (note,) = [n for n in sweep.notes if n.startswith("CKA skipped")]
+    assert "\n" not in note and re.search(r"trained by the script \S+\.py \(nondet.api\) on a model of its "
+                                          r"own, which nondet cannot rebuild from model=mlp: CKA needs", note)
