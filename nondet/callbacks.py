@@ -349,11 +349,12 @@ def check_chosen_groups(job: DictConfig) -> None:
                 f"{preset}")
 
 
-def check_command_line(args: list[str], config_dir: Path) -> None:
+def check_command_line(args: list[str], config_dir: Path, own_dir: Path | None = None) -> None:
     """Exit with one line for an override of a top-level key the schema does not have
     (``epoch=3``). Hydra refuses it while it composes the config, before any callback runs, and
     advises ``+epoch=3``, which would only add a key nothing reads; a nested one (``model.widht``)
-    composes and ``check_or_exit`` names it. Config groups (``experiment=...``) are Hydra's to say."""
+    composes and ``check_or_exit`` names it. Config groups (``experiment=...``, and those of
+    ``own_dir``, a script's config directory: ``nondet.api.main``) are Hydra's to say."""
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
@@ -362,7 +363,8 @@ def check_command_line(args: list[str], config_dir: Path) -> None:
     from nondet.config import NondetConfig, schema_defaults, unknown_key_message
 
     top = schema_defaults(NondetConfig)
-    known = {*top, "hydra", *(d.name for d in config_dir.iterdir() if d.is_dir())}
+    groups = [d.name for c in (config_dir, own_dir) if c is not None and c.is_dir() for d in c.iterdir() if d.is_dir()]
+    known = {*top, "hydra", *groups}
     try:
         parsed = get_args_parser().parse_known_args(args)[0]
         overrides = OverridesParser.create().parse_overrides(parsed.overrides)

@@ -117,3 +117,19 @@ def test_cka_of_a_scripts_own_model_is_skipped_in_one_line(make_config, tmp_path
     (note,) = [n for n in sweep.notes if n.startswith("CKA skipped")]
     assert "\n" not in note and re.search(r"trained by the script \S+\.py \(nondet.api\) on a model of its "
                                           r"own, which nondet cannot rebuild from model=mlp: CKA needs", note)
+
+
+def test_a_scripts_top_level_typo_is_refused_in_one_line(monkeypatch, tmp_path):
+    from conftest import REPO
+
+    main = api.main(config_path=str(REPO / "examples/own_loop/conf"), config_name="train")(lambda cfg: None)
+    monkeypatch.setattr("sys.argv", ["train.py", "-m", "epoch=3", "source=init"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    text = str(exit_.value.code)
+    assert text.startswith("Error in the configuration: epoch is not a configuration key (a typo? did you "
+                           "mean epochs?)") and "\n" not in text
+    from nondet.callbacks import check_command_line
+
+    (tmp_path / "mine").mkdir()  # a config group of the script's own: Hydra's to compose
+    check_command_line(["-m", "mine=a", "user.hidden=3"], api.CONF_DIR, tmp_path)
