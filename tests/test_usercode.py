@@ -159,3 +159,22 @@ def test_a_library_target_is_not_your_code(make_config):
     upgrading it must not make a finished sweep refuse."""
     config = make_config("model=custom", "model._target_=torchvision.models.resnet18")
     assert usercode.code_files(config) == {} and usercode.code_identity(config) == {}
+
+
+def test_a_module_of_yours_your_model_imports_is_fingerprinted_too(make_config, tmp_path, monkeypatch):
+    package = f"mypk_{next(_names)}"
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    layers = tmp_path / package / "layers.py"
+    layers.write_text("from torch import nn\n\nACT = nn.ReLU\n")
+    (tmp_path / package / "nets.py").write_text(NET.replace("nn.ReLU()", "ACT()").replace(
+        "from torch import nn\n", "from torch import nn\n\nfrom .layers import ACT\n"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = make_config("model=custom", f"model._target_={package}.nets.Net", "replicates=1", "epochs=1")
+    files = usercode.code_files(config)
+    assert files[f"import {package}.layers"] == str(layers.resolve())
+    assert sorted(files) == [f"import {package}.layers", "model._target_"]  # not torch's
+    assert run_job(OmegaConf.create(config))["finished"]
+    layers.write_text("from torch import nn\n\nACT = nn.Sigmoid\n")
+    refused(run_job(OmegaConf.create(config)), records.run_dir(config),
+            rf"layers.py \(import {package}.layers\) has changed since the finished run")
