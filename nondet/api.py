@@ -27,6 +27,7 @@ Leaving the block writes logits.npy, labels.npy, weights.pt and result.json (las
 epoch's ``record``; an exception writes error.txt instead and the sweep goes on. A finished run
 is skipped (``run.done``: ``epochs()`` yields nothing); a run another process is training is left
 to it. ``bitflip``: ``track`` moves one element of ``bitflip.param`` by one ULP before training.
+``precision=bf16``: wrap each forward pass (training and evaluation) in ``with run.autocast():``.
 
 The configuration is nondet's (``model``, ``dataset``, ``optimizer``, ``source``, ``replicates``,
 ``epochs``, ...), composed with your own: put your settings under ``user:`` (a group of yours at
