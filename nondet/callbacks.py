@@ -293,7 +293,7 @@ def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None, *, c
     from omegaconf.errors import OmegaConfBaseException
 
     from nondet.config import check_config, check_range
-    from nondet.job import SOURCE_SETTINGS, check_job, resolved_config
+    from nondet.job import SOURCE_SETTINGS, check_job, check_launch_code, resolved_config
 
     try:
         if not config_checked:
@@ -304,6 +304,9 @@ def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None, *, c
                 check_range(key, value)
             check_settings_leave_sources_varying(config, resolved)  # judges SOURCE_SETTINGS for all
         for job in jobs or []:
+            if not CHECK_JOBS:  # a script of yours: only whether its code changed since a run trained
+                check_launch_code(job)
+                continue
             check_chosen_groups(job)
             check_job(job, local=runs_here(config), judged=SOURCE_SETTINGS)
     except (*REFUSALS, OmegaConfBaseException) as e:
@@ -381,7 +384,8 @@ def check_command_line(args: list[str], config_dir: Path, own_dir: Path | None =
 
 # Whether the command's jobs are launch.py's (``run_job``), whose data, model and device
 # ``check_job`` checks before any starts; a script of yours (``nondet.api.main``) trains a model
-# of its own, on data of its choosing, so only its configuration is checked up front.
+# of its own, on data of its choosing, so only its configuration is checked up front, and whether
+# its code changed since a run of the sweep trained (``check_launch_code``).
 CHECK_JOBS = True
 
 
@@ -391,14 +395,13 @@ class CheckCallback(Callback):
     line before anything trains instead of a traceback once some jobs are done."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_or_exit(config, [config] if CHECK_JOBS else None)
+        check_or_exit(config, [config])
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # The sweeper resolves hydra.sweeper.params (``${nondet.pack_step:${pack},${replicates}}``)
         # next: first the command's own config, whose mistake is then said once, not per job.
         check_or_exit(config)
-        if CHECK_JOBS:
-            check_or_exit(config, sweep_jobs(config), config_checked=True)
+        check_or_exit(config, sweep_jobs(config), config_checked=True)
 
 
 class SummaryCallback(Callback):

@@ -459,12 +459,21 @@ def check_job(cfg: DictConfig, *, local: bool, judged: tuple[str, ...] = ()) -> 
         if config["device"] != "auto":  # the node's device is known here only when it is named
             check_device(config)
         check_sources_vary_something(config, None, judged)
-    if "hydra" in cfg:  # no run of the sweep carries on across an edit of your code, on any launcher
-        sweep = cfg.hydra.mode == RunMode.MULTIRUN or cfg.hydra.mode is None  # a sweep's job
-        root = Path(cfg.hydra.sweep.dir) if sweep else runs_root(config, cfg.hydra)
-        # device=auto on a node: the group of either device it may become
-        for device in ([config["device"]] if config["device"] != "auto" else ["cpu", "cuda"]):
-            usercode.check_code_unchanged(located({**config, "device": device}, root))
+    check_launch_code(cfg, config)
+
+
+def check_launch_code(cfg: DictConfig, config: dict | None = None) -> None:
+    """No run of a launch's job carries on across an edit of your code, on any launcher: the
+    code check of ``usercode.check_code_unchanged`` for the job ``cfg`` (Hydra's, composed
+    when the command starts; ``config``: resolved already), before any job starts."""
+    if "hydra" not in cfg:
+        return
+    config = config or resolved_config(cfg, concrete_device=False)
+    sweep = cfg.hydra.mode == RunMode.MULTIRUN or cfg.hydra.mode is None  # a sweep's job
+    root = Path(cfg.hydra.sweep.dir) if sweep else runs_root(config, cfg.hydra)
+    # device=auto on a node: the group of either device it may become
+    for device in ([config["device"]] if config["device"] != "auto" else ["cpu", "cuda"]):
+        usercode.check_code_unchanged(located({**config, "device": device}, root))
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:

@@ -141,7 +141,7 @@ def test_a_sweep_extended_under_other_code_is_refused_and_named(make_config, use
     assert any("versions of" in n for n in arm_notes(group, "A"))  # analysis.compare shows it too
 
 
-def test_an_edited_training_script_is_not_skipped(make_config, tmp_path):
+def test_an_edited_training_script_is_not_skipped(make_config, tmp_path, monkeypatch):
     script = tmp_path / "my_train.py"
     script.write_text("# a training loop of yours\n")
     config = make_config(f"script={script}", "epochs=1", "pack=1")
@@ -152,6 +152,18 @@ def test_an_edited_training_script_is_not_skipped(make_config, tmp_path):
         one = {**config, "replicate": replicate}
         refused(_recorded_run(one).outcome, records.run_dir(one),
                 r"my_train.py \(script\) has changed since the finished run .*r0000 was")
+    # and the script's launch says it once, in one line, before any job starts
+    from conftest import CONF, TINY
+    from hydra import compose, initialize_config_dir
+
+    from nondet import callbacks
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, f"script={script}", "epochs=1", "replicate=1",
+                                           f"output_root={tmp_path / 'outputs'}"], return_hydra_config=True)
+    monkeypatch.setattr(callbacks, "CHECK_JOBS", False)  # as nondet.api.main sets it
+    with pytest.raises(SystemExit, match=r"^Error in the configuration: \S+my_train.py \(script\) has changed"):
+        callbacks.check_or_exit(cfg, [cfg], config_checked=True)
 
 
 def test_a_library_target_is_not_your_code(make_config):
