@@ -228,7 +228,15 @@ def group_cka(
         model = build_model(
             model_cfg, data.input_shape, data.num_classes, init_generator=torch.Generator().manual_seed(0)
         )
-        model.load_state_dict(_load_state(run.path / records.WEIGHTS_FILE))
+        try:
+            model.load_state_dict(_load_state(run.path / records.WEIGHTS_FILE))
+        except RuntimeError as e:  # weights of another model than the config names
+            if not group.config.get("script"):
+                raise
+            raise ValueError(
+                f"its runs were trained by the script {group.config['script']} (nondet.api) on a model of its "
+                f"own, which nondet cannot rebuild from model={group.config['model'].get('name')}: CKA needs a "
+                "model nondet builds (run.build_model() in the script, or launch.py)") from e
         model.to(device)
         outputs = capture(model, representation_layers(model, group.config["model"].get("representations")), x)
         for name, features in outputs.items():
@@ -276,7 +284,8 @@ def sweep_cka(
             probe = probe_indices(len(data.y_test), probe_size, probe_seed)
             matrices = group_cka(group, data, probe, estimator, max_runs, batch_size, device)
         except Exception as e:  # a missing dataset or weights file: say so, keep the other groups
-            sweep.notes.append(f"CKA skipped for {label}: {type(e).__name__}: {e}")
+            why = (str(e).strip().splitlines() or [""])[0]  # one line (load_state_dict's run to dozens)
+            sweep.notes.append(f"CKA skipped for {label}: {type(e).__name__}: {why}")
             continue
         for layer, matrix in matrices.items():
             pairs = matrix[np.triu_indices(len(matrix), k=1)]

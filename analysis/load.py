@@ -19,7 +19,8 @@ saw different data (``data_sha256`` in env.json) are never pooled: they become s
 (``data_sha256`` shows which). A configuration whose runs were evaluated on different test sets
 is left out of the tables with a note. A row whose runs were computed with different float
 arithmetic (``nondet.records.ARITHMETIC_KEYS`` of env.json: CPU model, vector width, thread count, torch, GPU)
-stays one row, with a note naming the runs and what differs. Each row's test logits are compared
+stays one row, with a note naming the runs and what differs; so does a row whose runs were trained
+under different versions of your code (env.json ``code_sha256``). Each row's test logits are compared
 bit for bit with its first run's: a ``source=none`` control whose runs differ, and a row varying a
 source whose runs are all identical, get a note (``_variation_notes``).
 """
@@ -87,6 +88,7 @@ class Run:
     arithmetic: dict = field(default_factory=dict)  # env.json's recorded records.ARITHMETIC_KEYS
     # the arithmetic of the run's earlier segments, where it was resumed under another
     earlier_arithmetic: list = field(default_factory=list)
+    code: dict = field(default_factory=dict)  # env.json's code_sha256: {role: (file, sha256)}
 
     @property
     def replicate(self) -> int | None:
@@ -586,7 +588,7 @@ def _env_fields(directory: Path) -> dict:
     earlier = [e for e in env.get(records.EARLIER_ARITHMETIC) or [] if isinstance(e, dict)]
     return {"data_sha256": str(sha) if sha is not None else None,
             "test_sha256": str(test) if test is not None else None, "arithmetic": arithmetic,
-            "earlier_arithmetic": earlier}
+            "earlier_arithmetic": earlier, "code": _code_of(env)}
 
 
 def _read_lm_run(directory: Path, config: dict, key: tuple, result: dict, replicate) -> Run | RunProblem:
@@ -742,6 +744,32 @@ def _arithmetic_notes(group: Group, label: str) -> list[str]:
         f"directories and launch the same command again on one kind of node with one torch"
         + (" (or launch with an explicit threads=N, whose runs form a row of their own)" if "threads" in keys else "")
     ]
+
+
+def _code_of(env: dict) -> dict:
+    """env.json's ``code_sha256`` as {role: (file, sha256)} ({} when the run used none of your code)."""
+    code = env.get("code_sha256")
+    if not isinstance(code, dict):
+        return {}
+    return {role: (str(e.get("file")), str(e.get("sha256"))) for role, e in code.items() if isinstance(e, dict)}
+
+
+def _code_notes(group: Group, label: str) -> list[str]:
+    """Runs of one row trained under different versions of your code (env.json ``code_sha256``:
+    a model or script edited between launches): the row's spread then mixes the edit in."""
+    notes = []
+    for role in dict.fromkeys(r for run in group.runs for r in run.code):
+        by_sha: dict[str, list[str]] = defaultdict(list)
+        for run in group.runs:
+            if role in run.code:
+                by_sha[run.code[role][1]].append(run.path.name)
+        if len(by_sha) > 1:
+            path = next(run.code[role][0] for run in group.runs if role in run.code)
+            versions = "; ".join(f"{sha[:12]} for {_listed(names, 4)}" for sha, names in by_sha.items())
+            notes.append(f"{label}: its runs were trained under {len(by_sha)} versions of {path} ({role}: "
+                         f"{versions}), so its spread includes your edit: retrain the runs of one version "
+                         f"in a sweep of their own (delete or move the others)")
+    return notes
 
 
 def _listed(names: list[str], limit: int) -> str:
@@ -909,6 +937,7 @@ def load_sweep(sweep_dir: Path) -> Sweep:
         group.notes += arithmetic
         group.notes += _resumed_arithmetic_notes(group, group.label(keys))
         group.notes += _variation_notes(group, group.label(keys), bool(arithmetic))
+        group.notes += _code_notes(group, group.label(keys))
     seen = set()
     for group in groups + [g for g, _ in refused]:
         notes += [n for n in group.notes if not (n in seen or seen.add(n))]

@@ -27,6 +27,7 @@ Leaving the block writes logits.npy, labels.npy, weights.pt and result.json (las
 epoch's ``record``; an exception writes error.txt instead and the sweep goes on. A finished run
 is skipped (``run.done``: ``epochs()`` yields nothing); a run another process is training is left
 to it. ``bitflip``: ``track`` moves one element of ``bitflip.param`` by one ULP before training.
+``precision=bf16``: wrap each forward pass (training and evaluation) in ``with run.autocast():``.
 
 The configuration is nondet's (``model``, ``dataset``, ``optimizer``, ``source``, ``replicates``,
 ``epochs``, ...), composed with your own: put your settings under ``user:`` (a group of yours at
@@ -53,7 +54,8 @@ from omegaconf import DictConfig, OmegaConf
 from nondet import callbacks, records, train, usercode, usermodel
 from nondet.bitflip import flip_one_ulp
 from nondet.config import ConfigError, register_configs
-from nondet.job import configure_backend, job_config, register_resolvers, report_failure
+from nondet.data import data_sha256
+from nondet.job import configure_backend, job_config, refuse_runs, register_resolvers, report_failure
 from nondet.lock import run_locks
 from nondet.seeds import SEEDABLE, SeedPlan
 
@@ -86,6 +88,7 @@ def main(config_path: str | None = None, config_name: str = "config") -> Callabl
         @functools.wraps(task)
         def entry() -> Any:
             callbacks.CHECK_JOBS = False  # check_job checks nondet's model and data, not yours
+            callbacks.check_command_line(sys.argv[1:], CONF_DIR, Path(path))  # epoch=3: one line
             sys.argv = script_arguments(sys.argv, script)
             return wrapped()
 
@@ -131,6 +134,8 @@ class Run:
         caller = Path(sys._getframe(1).f_code.co_filename)
         self._caller = str(caller.resolve()) if caller.is_file() and "ipykernel" not in caller.parts[-2] else None
         self._data = data
+        self._own_data = data is not None
+        self._autocast_entered = False
         self.replica: train.Replica | None = None
         self.extra: dict[str, Any] = {}
         self.done = False
@@ -156,13 +161,20 @@ class Run:
             raise ConfigError(f"source={config['source']['name']} varies data: a training script of yours "
                               "draws its own batches, which nondet cannot resample; train with launch.py "
                               "or leave data out of source.vary")
+        if self._data is not None:  # your own data: identified by content (refused in one line if it cannot be)
+            data_sha256(self._data)
         self.config = config
         self.directory = records.run_dir(config)
         self.lowlevel = configure_backend(config)
         self.plan = SeedPlan.for_run(config["base_seed"], config["source"]["vary"], config["replicate"])
         self.generators = self.plan.generators(config["device"])
         Run.last_outcome = self.outcome
-        usercode.check_code_unchanged(config, [config["replicate"]])  # your script, edited since?
+        try:  # your script or model, edited since a run of this group was trained?
+            usercode.check_code_unchanged(config)
+        except ConfigError:  # refused: nothing trained, error.txt (a finished run stays as it is)
+            refuse_runs([self.directory], self.outcome)
+            self.done = True
+            return self
         if records.is_done(self.directory):
             log.info("%s: finished already, skipped", self.directory)
             self.outcome["skipped"].append(str(self.directory))
@@ -214,7 +226,10 @@ class Run:
     @property
     def data(self):
         """nondet's dataset of ``cfg.dataset``, whole on the device (``nondet.data.Dataset``);
-        loaded on first use. Pass your own to ``Run(cfg, data=...)`` (needs ``y_test``)."""
+        loaded on first use. Pass your own to ``Run(cfg, data=...)``: a ``Dataset``, or any object
+        whose tensors are its attributes (``SimpleNamespace(x_train=..., y_train=..., x_test=...,
+        y_test=...)``; ``record`` takes its labels from ``y_test`` unless given). Its tensors'
+        SHA-256 is env.json's ``data_sha256``: a checkpoint is resumed only on the same data."""
         if self._data is None:
             from nondet.job import _dataset, check_data_unchanged
 
@@ -267,9 +282,14 @@ class Run:
         env = usercode.code_identity(self.config)
         if self._data is not None or self.config["dataset"].get("sha256"):
             from nondet.data import data_identity
+            from nondet.job import check_resumed_data
 
             env.update(data_identity(self.data))
+            # a checkpoint resumes only on the data it trained on: your own are not in the run's name
+            check_resumed_data(self.config, self.data, [self.config["replicate"]],
+                               where="the script's Run(cfg, data=...)" if self._own_data else None)
         train.start_replica(self.replica, self.config, self.directory, self.lowlevel, env, restore)
+        self._began = time.perf_counter()
         if self.plan.varies("bitflip") and self.replica.bitflip is None:
             self.replica.bitflip = flip_one_ulp(model, self.generators["bitflip"], self.config)
 
@@ -300,11 +320,7 @@ class Run:
         after each, for a loop that is not yours to write (a Lightning callback's
         ``on_train_epoch_end``)."""
         replica = self._tracked()
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        replica.train_seconds += now - getattr(self, "_began", now)
-        self._began = now
+        self._count_seconds()
         replica.epoch += 1
         last = replica.epoch == self.config["epochs"]
         since = getattr(self, "_last_checkpoint", None) or time.monotonic()  # a loop of its own
@@ -312,6 +328,24 @@ class Run:
             state = {**replica.state_dict(), "user": {k: o.state_dict() for k, o in self.extra.items()}}
             records.write_torch(self.directory / records.CHECKPOINT_FILE, state)
             self._last_checkpoint = time.monotonic()
+
+    def _count_seconds(self) -> None:
+        """Add the time since the epoch began (or since last counted) to the run's train_seconds."""
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self._tracked().train_seconds += now - getattr(self, "_began", now)
+        self._began = now
+
+    def autocast(self):
+        """A block whose forward pass runs at the run's ``precision``: bf16 autocast on the training
+        device for ``precision=bf16``, nothing otherwise. Your loop is yours, so nondet cannot put
+        its passes there: wrap each forward pass in it, training and evaluation. A bf16 run that
+        records an epoch without having entered it fails (error.txt) rather than pass fp32 off as bf16."""
+        from nondet.backend import autocast
+
+        self._autocast_entered = True
+        return autocast(self.config["precision"], torch.device(self.device).type)
 
     def dropout(self):
         """A block whose random draws (``nn.Dropout``, ``torch.rand``, ...) come from the dropout
@@ -325,6 +359,10 @@ class Run:
         last epoch's are the run's logits.npy. ``labels`` default to ``run.data.y_test``; ``lr``
         to the optimizer's."""
         replica = self._tracked()
+        if self.config["precision"] == "bf16" and not self._autocast_entered:
+            raise ConfigError("precision=bf16, but no forward pass of this run ran under run.autocast(): wrap "
+                              "your model's forward passes in `with run.autocast():`, or set precision=fp32")
+        self._count_seconds()  # the row's seconds: the training time to the end of this epoch
         labels = self.data.y_test if labels is None else labels
         logits = logits.detach().float()
         labels = labels.to(logits.device)

@@ -293,7 +293,7 @@ def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None, *, c
     from omegaconf.errors import OmegaConfBaseException
 
     from nondet.config import check_config, check_range
-    from nondet.job import SOURCE_SETTINGS, check_job, resolved_config
+    from nondet.job import SOURCE_SETTINGS, check_job, check_launch_code, resolved_config
 
     try:
         if not config_checked:
@@ -304,6 +304,9 @@ def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None, *, c
                 check_range(key, value)
             check_settings_leave_sources_varying(config, resolved)  # judges SOURCE_SETTINGS for all
         for job in jobs or []:
+            if not CHECK_JOBS:  # a script of yours: only whether its code changed since a run trained
+                check_launch_code(job)
+                continue
             check_chosen_groups(job)
             check_job(job, local=runs_here(config), judged=SOURCE_SETTINGS)
     except (*REFUSALS, OmegaConfBaseException) as e:
@@ -349,11 +352,12 @@ def check_chosen_groups(job: DictConfig) -> None:
                 f"{preset}")
 
 
-def check_command_line(args: list[str], config_dir: Path) -> None:
+def check_command_line(args: list[str], config_dir: Path, own_dir: Path | None = None) -> None:
     """Exit with one line for an override of a top-level key the schema does not have
     (``epoch=3``). Hydra refuses it while it composes the config, before any callback runs, and
     advises ``+epoch=3``, which would only add a key nothing reads; a nested one (``model.widht``)
-    composes and ``check_or_exit`` names it. Config groups (``experiment=...``) are Hydra's to say."""
+    composes and ``check_or_exit`` names it. Config groups (``experiment=...``, and those of
+    ``own_dir``, a script's config directory: ``nondet.api.main``) are Hydra's to say."""
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
@@ -362,7 +366,8 @@ def check_command_line(args: list[str], config_dir: Path) -> None:
     from nondet.config import NondetConfig, schema_defaults, unknown_key_message
 
     top = schema_defaults(NondetConfig)
-    known = {*top, "hydra", *(d.name for d in config_dir.iterdir() if d.is_dir())}
+    groups = [d.name for c in (config_dir, own_dir) if c is not None and c.is_dir() for d in c.iterdir() if d.is_dir()]
+    known = {*top, "hydra", *groups}
     try:
         parsed = get_args_parser().parse_known_args(args)[0]
         overrides = OverridesParser.create().parse_overrides(parsed.overrides)
@@ -379,7 +384,8 @@ def check_command_line(args: list[str], config_dir: Path) -> None:
 
 # Whether the command's jobs are launch.py's (``run_job``), whose data, model and device
 # ``check_job`` checks before any starts; a script of yours (``nondet.api.main``) trains a model
-# of its own, on data of its choosing, so only its configuration is checked up front.
+# of its own, on data of its choosing, so only its configuration is checked up front, and whether
+# its code changed since a run of the sweep trained (``check_launch_code``).
 CHECK_JOBS = True
 
 
@@ -389,14 +395,13 @@ class CheckCallback(Callback):
     line before anything trains instead of a traceback once some jobs are done."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_or_exit(config, [config] if CHECK_JOBS else None)
+        check_or_exit(config, [config])
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # The sweeper resolves hydra.sweeper.params (``${nondet.pack_step:${pack},${replicates}}``)
         # next: first the command's own config, whose mistake is then said once, not per job.
         check_or_exit(config)
-        if CHECK_JOBS:
-            check_or_exit(config, sweep_jobs(config), config_checked=True)
+        check_or_exit(config, sweep_jobs(config), config_checked=True)
 
 
 class SummaryCallback(Callback):

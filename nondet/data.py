@@ -205,14 +205,31 @@ def data_fingerprint(dataset: dict) -> Optional[str]:
 
 def data_sha256(data) -> str:
     """``data_sha256`` of env.json: the loaded file's SHA-256, or one of the tensors (in order,
-    with their shapes and dtypes) for data generated or read from a dataset's own files."""
-    if getattr(data, "sha256", None) is None:
-        data.sha256 = tensors_sha256(
-            (field.name, getattr(data, field.name))
-            for field in dataclasses.fields(data)
-            if isinstance(getattr(data, field.name), torch.Tensor) and field.name not in ("mean", "std")
+    with their shapes and dtypes) for data generated or read from a dataset's own files. ``data``
+    is a ``Dataset``, or any object whose tensors are its attributes (``nondet.api.Run(cfg,
+    data=...)``: a ``SimpleNamespace(x_train=..., ...)``, hashed by name); one with none is refused."""
+    if getattr(data, "sha256", None) is not None:
+        return data.sha256
+    if dataclasses.is_dataclass(data):
+        names = [field.name for field in dataclasses.fields(data)]
+    else:
+        names = sorted(vars(data)) if hasattr(data, "__dict__") else []
+    named = [(n, getattr(data, n)) for n in names
+             if isinstance(getattr(data, n), torch.Tensor) and n not in ("mean", "std")]
+    if not named:
+        from nondet.config import ConfigError
+
+        raise ConfigError(
+            f"data={type(data).__name__}: data of your own are a nondet.data.Dataset or an object whose "
+            "tensors are its attributes (x_train, y_train, x_test, y_test, as in types.SimpleNamespace), "
+            f"which env.json's data_sha256 identifies; a {type(data).__name__} has no tensor attribute"
         )
-    return data.sha256
+    digest = tensors_sha256(named)
+    try:
+        data.sha256 = digest
+    except AttributeError:  # a frozen or slotted object: hashed again next time
+        pass
+    return digest
 
 
 def test_sha256(data) -> str | None:

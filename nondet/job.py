@@ -203,10 +203,11 @@ def _data_where(dataset: dict) -> str:
     return next((f"dataset.{k}={dataset[k]}" for k in ("path", "_target_", "root") if dataset.get(k)), "the data")
 
 
-def check_resumed_data(config: dict, data, replicas) -> None:
+def check_resumed_data(config: dict, data, replicas, where: str | None = None) -> None:
     """A checkpoint is resumed only on the data it was trained on (env.json ``data_sha256``).
     Data named by their content (npz, ptb, your own) name new run directories when they change;
-    this catches the rest, such as MNIST's files, which torchvision reads without a checksum."""
+    this catches the rest, such as MNIST's files, which torchvision reads without a checksum, and
+    the data a script passes to ``nondet.api.Run`` (``where``: what holds them)."""
     now = None
     for replicate in replicas:
         directory = records.run_dir(config, replicate)
@@ -219,7 +220,8 @@ def check_resumed_data(config: dict, data, replicas) -> None:
         now = now or data_sha256(data)
         if before is not None and before != now:
             raise ConfigError(
-                f"{directory / records.CHECKPOINT_FILE} was trained on other data than {_data_where(config['dataset'])} "
+                f"{directory / records.CHECKPOINT_FILE} was trained on other data than "
+                f"{where or _data_where(config['dataset'])} "
                 f"holds now (env.json data_sha256 {str(before)[:12]}, now {now[:12]}): put the data back to "
                 "resume it, or delete the checkpoint to train the run again from scratch"
             )
@@ -458,14 +460,25 @@ def check_job(cfg: DictConfig, *, local: bool, judged: tuple[str, ...] = ()) -> 
         check_device(config)
         data = job_data(config, judged)
         check_model_builds(config, data)
-        if "hydra" in cfg:  # no run of the sweep carries on across an edit of your code
-            sweep = cfg.hydra.mode == RunMode.MULTIRUN or cfg.hydra.mode is None  # a sweep's job
-            root = Path(cfg.hydra.sweep.dir) if sweep else runs_root(config, cfg.hydra)
-            usercode.check_code_unchanged(located(config, root), replicas_of_job(config))
     else:
         if config["device"] != "auto":  # the node's device is known here only when it is named
             check_device(config)
         check_sources_vary_something(config, None, judged)
+    check_launch_code(cfg, config)
+
+
+def check_launch_code(cfg: DictConfig, config: dict | None = None) -> None:
+    """No run of a launch's job carries on across an edit of your code, on any launcher: the
+    code check of ``usercode.check_code_unchanged`` for the job ``cfg`` (Hydra's, composed
+    when the command starts; ``config``: resolved already), before any job starts."""
+    if "hydra" not in cfg:
+        return
+    config = config or resolved_config(cfg, concrete_device=False)
+    sweep = cfg.hydra.mode == RunMode.MULTIRUN or cfg.hydra.mode is None  # a sweep's job
+    root = Path(cfg.hydra.sweep.dir) if sweep else runs_root(config, cfg.hydra)
+    # device=auto on a node: the group of either device it may become
+    for device in ([config["device"]] if config["device"] != "auto" else ["cpu", "cuda"]):
+        usercode.check_code_unchanged(located({**config, "device": device}, root))
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
@@ -475,12 +488,16 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     replicas = replicas_of_job(config)
     lowlevel = configure_backend(config)
     data = job_data(config)
-    usercode.check_code_unchanged(config, replicas)
     check_resumed_data(config, data, replicas)
 
     # busy: runs another live process is training (left to it); fixes: what to do about a failed
     # run that a relaunch alone cannot mend, by directory.
     outcome: dict[str, Any] = {"finished": [], "skipped": [], "failed": [], "busy": [], "fixes": {}}
+    try:  # where the launch could not check it (a node's launcher), the job says it, in error.txt
+        usercode.check_code_unchanged(config)
+    except ConfigError:
+        refuse_runs([records.run_dir(config, r) for r in replicas], outcome)
+        return outcome
 
     def failed(directory) -> None:  # called inside an ``except`` block
         report_failure(directory, outcome)
@@ -561,10 +578,23 @@ def report_failure(directory: Path, outcome: dict[str, Any]) -> None:
                   one_line(error), records.ERROR_FILE, one_line(e))
         outcome["fixes"].setdefault(str(directory), failure_fix(e) or one_line(error))
         return
-    if isinstance(error, (OSError, records.CorruptRunError)):
+    if isinstance(error, (OSError, records.CorruptRunError, ConfigError)):
         log.error("%s: failed: %s", directory, one_line(error))
     else:
         log.exception("%s: failed; the traceback is in %s", directory, records.ERROR_FILE)
+
+
+def refuse_runs(directories: list[Path], outcome: dict[str, Any]) -> None:
+    """Runs a job refuses to train, from inside its ``except`` block: each is failed in
+    ``outcome``, with the fix; an unfinished one gets error.txt, a finished one's files stay."""
+    error = sys.exc_info()[1]
+    for directory in directories:
+        if not records.is_done(directory):
+            report_failure(directory, outcome)
+            continue
+        log.error("%s: refused: %s", directory, one_line(error))
+        outcome["failed"].append(str(directory))
+        outcome["fixes"][str(directory)] = failure_fix(error)
 
 
 def one_line(error: BaseException) -> str:

@@ -46,13 +46,14 @@ def train(cfg) -> dict:
                 x, y = data.normalize(data.x_train[index]), data.y_train[index]
                 optimizer.zero_grad()
                 with run.dropout():  # nn.Dropout draws from the dropout source
-                    loss = F.cross_entropy(model(x), y)
+                    with run.autocast():  # precision=bf16: the forward pass under autocast
+                        loss = F.cross_entropy(model(x).float(), y)
                     loss.backward()
                 optimizer.step()
                 total += loss.detach() * len(index)
             schedule.step()
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), run.autocast():
                 logits = model(data.normalize(data.x_test))
             run.record(logits, train_loss=float(total) / len(data.y_train))
     return run.outcome
