@@ -124,6 +124,7 @@ def test_a_scripts_top_level_typo_is_refused_in_one_line(monkeypatch, tmp_path):
 
     main = api.main(config_path=str(REPO / "examples/own_loop/conf"), config_name="train")(lambda cfg: None)
     monkeypatch.setattr("sys.argv", ["train.py", "-m", "epoch=3", "source=init"])
+    monkeypatch.setattr("nondet.callbacks.CHECK_JOBS", True)  # the script's entry clears it for its process
     with pytest.raises(SystemExit) as exit_:
         main()
     text = str(exit_.value.code)
