@@ -19,6 +19,10 @@ def test_finds_a_planted_difference():
     a = 90.0 + 0.3 * rng.standard_normal(20)
     b = 90.5 + 0.3 * rng.standard_normal(20)
     c = compare.compare_samples(a, b, n_boot=2000, n_perm=2000, seed=0)
+    # Samples alone: beyond run-to-run noise, with no per-example values for the test set's noise.
+    assert compare.run_level_state(c) == "distinguishable" and c.state == "test-set-unassessed"
+    assert c.verdict.startswith("Beyond run-to-run noise only") and "test-set noise is not assessed" in c.verdict
+    c.question = compare.THIS_TEST_SET
     assert c.verdict.startswith("Yes")
     assert c.p_t < 0.01 and c.p_perm < 0.01 and c.ci[0] > 0
     assert c.p_t == pytest.approx(stats.ttest_ind(b, a, equal_var=False).pvalue)
@@ -57,7 +61,7 @@ def test_paired_design_sees_a_shift_hidden_by_between_seed_variation():
     b = 90.2 + seed_effect + 0.05 * rng.standard_normal(12)
     assert compare.compare_samples(a, b, n_boot=1000, n_perm=1000).verdict.startswith("No")
     paired = compare.compare_samples(a, b, paired=True, n_boot=1000, n_perm=1000)
-    assert paired.verdict.startswith("Yes")
+    assert compare.run_level_state(paired) == "distinguishable"
     assert paired.p_t == pytest.approx(stats.ttest_rel(b, a).pvalue)
 
 
@@ -76,11 +80,15 @@ def test_hedges_correction():
         assert compare.hedges_correction(df) == pytest.approx(1 - 3 / (4 * df - 1), abs=1e-3)
 
 
-def test_no_variance_is_handled_in_words():
+def test_no_variance_is_unassessed_in_words():
+    # Runs that all give one value measure no run-to-run noise: nothing to test a difference against.
     same = compare.compare_samples([1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
-    assert same.verdict.startswith("No") and math.isnan(same.p_t)
+    assert same.state == "unassessed" and same.verdict.startswith("Unassessed") and math.isnan(same.p_t)
     shifted = compare.compare_samples([1.0, 1.0, 1.0], [2.0, 2.0, 2.0])
-    assert shifted.verdict.startswith("Yes") and "deterministic" in shifted.verdict
+    assert shifted.state == "unassessed" and shifted.verdict.startswith("Unassessed: the difference")
+    assert "source=init, or source=all" in shifted.verdict and "not noise" not in shifted.verdict
+    text = compare.format_comparison(shifted)
+    assert "run-level tests not computed" in text and "p = " not in text and "Cohen" not in text
 
 
 def _sweep_with_accuracies(root, source, accuracies, n=200, classes=4):
@@ -197,14 +205,16 @@ def test_neither_test_rejects(tmp_path, capsys):
 
 
 def test_deterministic_runs_one_test_example_apart_are_not_called_real(tmp_path, capsys):
-    # Identical runs in each arm (source=none): no training noise, but the whole difference is
-    # one of 20 test examples.
+    # Identical runs in each arm: copies of one run, one sample each; the run-level question
+    # cannot be asked, whatever the question of the verdict.
     a, b = np.zeros((4, 20), dtype=bool), np.zeros((4, 20), dtype=bool)
     a[:, :10] = b[:, :11] = True
-    verdict, record = _compare(tmp_path, capsys, (a, b))
-    assert verdict.startswith("On this test set only: the difference in test_accuracy (B - A = +5)")
-    assert "the runs are deterministic" in verdict and "a larger test set could decide it" in verdict
-    assert record["state"] == "this-test-set-only" and record["t"] is None  # NaN is written as null
+    for flags in ((), ("--this-test-set",)):
+        verdict, record = _compare(tmp_path / "-".join(flags), capsys, (a, b), *flags)
+        assert verdict.startswith("Unassessed: the difference in test_accuracy (B - A = +5)")
+        assert "A's 4 runs are bitwise copies of one run" in verdict and "replicates>=4" in verdict
+        assert (record["state"], record["run_level"]) == ("unassessed", "unassessed")
+        assert record["t"] is None and record["p_perm"] is None and record["prob_better"] is None
 
 
 def test_a_multibootstrap_that_rejects_alone_is_borderline():
@@ -228,10 +238,11 @@ def test_a_metric_of_one_number_per_run_names_what_the_verdict_leaves_out(tmp_pa
     args = [str(tmp_path / "a" / "s"), str(tmp_path / "b" / "s"), *FAST, "--metric", "val_loss", "--json", str(tmp_path / "c.json")]
     assert compare.main(args) == 0
     verdict = capsys.readouterr().out.strip().splitlines()[-1]
-    assert verdict.startswith("Yes: the difference in val_loss (B - A = -0.25")
+    assert verdict.startswith("Beyond run-to-run noise only: the difference in val_loss (B - A = -0.25")
     assert verdict.endswith("; test-set noise is not assessed (val_loss is one number per run, not a mean over test examples).")
     record = json.loads((tmp_path / "c.json").read_text())
-    assert record["state"] == "distinguishable" and record["multibootstrap"] is None
+    assert record["state"] == "test-set-unassessed" and record["run_level"] == "distinguishable"
+    assert record["multibootstrap"] is None
     assert record["beyond_test_set_noise"] is None and record["multibootstrap_skipped"].startswith("val_loss is one number")
 
 
@@ -250,10 +261,12 @@ def test_arms_on_different_test_sets_are_not_paired_example_by_example(tmp_path,
     out = capsys.readouterr().out
     (skipped,) = [line for line in out.splitlines() if line.startswith("- multibootstrap skipped: ")]
     assert why in skipped and "examples paired" not in out and "on this test set" not in out.splitlines()[-1]
-    assert out.splitlines()[-1].startswith("Yes: the difference in test_accuracy")  # the run-level tests stay
+    # The run-level tests stay; with the test set's noise unassessed that is no population "Yes".
+    assert out.splitlines()[-1].startswith("Beyond run-to-run noise only: the difference in test_accuracy")
     assert "test-set noise is not assessed (" in out.splitlines()[-1]
     record = json.loads((tmp_path / "c.json").read_text())
     assert record["multibootstrap"] is None and why in record["multibootstrap_skipped"]
+    assert (record["state"], record["run_level"]) == ("test-set-unassessed", "distinguishable")
 
 
 def test_arms_that_record_the_same_data_are_paired_example_by_example(tmp_path, capsys):
