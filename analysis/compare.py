@@ -260,12 +260,12 @@ def seed_confound(group_a: Group, group_b: Group) -> str:
         if k == "base_seed":
             if fixed:
                 parts.append(f"the arms differ in base_seed ({values}), which seeds every source they do not both "
-                             f"vary ({', '.join(fixed)}): the difference can be training noise of those sources")
+                             f"vary ({', '.join(fixed)}): the difference can be training noise of those sources "
+                             "(compare arms of one base_seed, or vary them in both: source=all)")
         else:
-            parts.append(f"the arms differ in {k} ({values}): the difference can be the noise of what that seed draws")
-    if not parts:
-        return ""
-    return "; ".join(parts) + ", not a difference of recipes (compare arms of one seed, or vary what it fixes: source=all)"
+            parts.append(f"the arms differ in {k} ({values}): the difference can be the noise of what that seed "
+                         f"draws (compare arms of one {k})")
+    return "; ".join(parts) + ", not a difference of recipes" if parts else ""
 
 
 def unshared_seeds_note(runs_a: list[Run], runs_b: list[Run]) -> list[str]:

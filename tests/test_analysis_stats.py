@@ -178,8 +178,8 @@ def test_the_table_csvs_and_compare_take_each_runs_argmax_once(tmp_path, monkeyp
     monkeypatch.setattr(compare, "select_group", lambda directory, filters, flag: arms.pop(0))
     monkeypatch.setattr(np, "argmax", counted)
     calls.clear()
-    assert compare.main([str(a), str(b), "--paired", "--bootstrap", "50", "--permutations", "50",
-                         "--multibootstrap", "50"]) == 0
+    assert compare.main([str(a), str(b), "--paired", "--bootstrap", "100", "--permutations", "100",
+                         "--multibootstrap", "100"]) == 0
     assert "multibootstrap" in capsys.readouterr().out
     assert calls == [(40, 3)] * 8  # one per run of each arm
 
