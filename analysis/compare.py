@@ -10,18 +10,30 @@ Each DIR is a sweep or group directory; when it holds several configurations, pi
 ``source.name=init``). The metric is computed per run: ``test_accuracy`` (percent) and
 ``test_cross_entropy`` (nats) from logits.npy and labels.npy, any other name from result.json.
 
-Reported for B - A: the difference of means with a percentile bootstrap CI (resampling runs
-within each arm); Welch's t-test; a permutation test (exact over all splits when there are at
+Reported for B - A: the difference of means with Welch's t CI over runs (a percentile bootstrap
+of the runs covers 86-91% for a 95% interval at 4-8 runs per arm; the t interval holds its level);
+Welch's t-test; a permutation test (exact over all splits when there are at
 most ``--permutations`` of them, else that many random ones; p = (1 + hits) / (1 + draws));
 Cohen's d and Hedges' g; and the runs per arm a two-sided two-sample t-test (alpha 0.05) needs
 for 80% power at the observed difference and the measured SDs (noncentral t, equal arms, the
 two SDs pooled), and never fewer than the exact permutation test needs to reach p < alpha at all
 (4 per arm, 6 pairs, at alpha 0.05: the verdict needs both tests). ``--paired`` pairs runs by replicate index (for runs that share seeds): paired
-t-test, sign-flip permutation test, bootstrap over pairs, d_z, and pairs needed for 80% power.
+t-test and CI, sign-flip permutation test, d_z, and pairs needed for 80% power; a note says when
+no pair shares a seed (seeds.json), so the pairing gains nothing.
 analysis/stats.py adds the multibootstrap over runs x test examples (``--multibootstrap``
 resamples; Sellam et al. 2022; only when both arms were evaluated on one test set: the same labels
-and env.json ``test_sha256``, else skipped with why), P(B > A) with Bouthillier et al.'s rule, which noise dominates
-(test set or training), and a warning when an arm has too few runs for any rank test.
+and env.json ``test_sha256``, else skipped with why), P(B > A) with its CI over ``--bootstrap``
+resamples of the runs, an exact Mann-Whitney p (ties included) and Bouthillier et al.'s rule
+(not applied when too few runs for the rank test), which noise dominates (test set or
+training), and a warning when an arm has too few runs for any rank test.
+
+Copies of one run are one sample: an arm that varies no source (``source=none``) or whose runs'
+test outputs are bitwise identical measures no run-to-run noise, so the run-level question is
+"unassessed": no test over runs is computed or printed, and the verdict says to vary a source.
+Arms that differ in a seed (``base_seed`` where a source is not varied in both, ``data_seed``)
+get "Confounded by a seed" instead of a yes: the difference can be that seed's noise. Arms that
+hold the same runs (one configuration, identical outputs) are refused; a timing metric
+(``train_seconds``: shared by a pack's replicas) and options out of range are refused in one line.
 
 One sentence, the verdict, ends the report. The run-level tests (the t-test, the permutation
 test and the CI over runs) ask whether B differs from A on this test set; the multibootstrap asks
@@ -31,10 +43,12 @@ multibootstrap's CI excludes 0; "On this test set only" when the run-level tests
 multibootstrap's CI spans 0 (it names both and what could decide it); "No" when neither does;
 "Borderline" otherwise. ``--this-test-set`` answers the first question from the run-level tests
 alone (a yes there still names a multibootstrap CI that spans 0). A metric that is one number
-per run has no multibootstrap: the run-level tests decide, and the verdict says test-set noise
-was not assessed. ``--json FILE`` writes the verdict's ``state`` (``distinguishable``,
-``this-test-set-only``, ``not-distinguishable``, ``borderline``), the question, the sentence and
-every number; the exit status is 0 whatever the verdict, 2 when the comparison is refused.
+per run, or arms on different test sets, have no multibootstrap: a run-level yes is then
+"Beyond run-to-run noise only" (``test-set-unassessed``), never a population "Yes".
+``--json FILE`` writes the verdict's ``state`` (``distinguishable``, ``this-test-set-only``,
+``test-set-unassessed``, ``not-distinguishable``, ``borderline``, ``seed-confounded``,
+``unassessed``), the question, the sentence and every number (those of the run-level tests null
+when unassessed); the exit status is 0 whatever the verdict, 2 when the comparison is refused.
 
 No verdict comes from a non-finite value: runs whose metric is NaN or infinite (diverged runs,
 with ``--metric test_cross_entropy``) are left out and named, and with fewer than two finite
@@ -573,6 +587,8 @@ def verdict(c: Comparison) -> str:
     # What a run-level "yes" means beyond this test set, or that nothing here says.
     if state == "seed-confounded":
         caveat = f", but {c.seed_confound}"
+        if c.test_set_unassessed:
+            caveat += f"; test-set noise is not assessed ({c.test_set_unassessed})"
     elif state == "this-test-set-only":
         if mb["sd_examples"] > mb["sd_runs"]:
             remedy = "a larger test set or more runs could decide it (test-set noise dominates, so a larger test set would help most)"
