@@ -435,6 +435,8 @@ def compare_samples(
         raise ValueError(f"need at least 2 runs per arm (an SD needs two), got {len(a)} and {len(b)}")
     if paired and len(a) != len(b):
         raise ValueError("paired samples must have the same length")
+    if not (0 < alpha < 0.5 and 0 < power < 1):
+        raise ValueError(f"alpha must lie in (0, 0.5) and power in (0, 1), got {alpha} and {power}")
     rng = np.random.default_rng(seed)
     difference = float(b.mean() - a.mean())
     if paired:

@@ -303,6 +303,8 @@ def exact_test_runs_needed(alpha: float, paired: bool = False) -> int:
     can reach p < ``alpha`` at all: its smallest p is 2 / C(2n, n) for two arms of n runs without
     ties (Mann-Whitney, or the permutation test of means), 2 / 2**n for n pairs (sign flips).
     At alpha 0.05: 4 runs per arm, 6 pairs."""
+    if not 0 < alpha < 1:  # at alpha 0 no n would do: the search would never end
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     n = 1
     while 2 / (2**n if paired else math.comb(2 * n, n)) >= alpha:
         n += 1

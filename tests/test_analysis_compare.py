@@ -406,6 +406,13 @@ def test_out_of_range_options_are_refused_in_one_line(capsys, option, value, whe
     assert f"argument {option}:" in line and where in line
 
 
+def test_the_library_refuses_an_alpha_that_would_never_end_the_search():
+    with pytest.raises(ValueError, match="alpha"):
+        compare.compare_samples([1.0, 2.0], [2.0, 3.0], alpha=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        compare.exact_test_runs_needed(0.0)
+
+
 def test_two_runs_per_arm_get_no_rule_verdict_and_an_exact_rank_p(tmp_path, capsys):
     """2 against 2 runs, B's two tied: the Mann-Whitney p is exact (1/3, never below the
     smallest p the warning names) and Bouthillier's rule is not applied."""
