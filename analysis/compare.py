@@ -11,7 +11,8 @@ Each DIR is a sweep or group directory; when it holds several configurations, pi
 ``test_cross_entropy`` (nats) from logits.npy and labels.npy, any other name from result.json.
 
 Reported for B - A: the difference of means with Welch's t CI over runs (a percentile bootstrap
-of the runs covers 86-91% for a 95% interval at 4-8 runs per arm; the t interval holds its level);
+of the runs covered 82-93% for a 95% interval at 4-8 runs per arm in simulations; the t interval
+holds its level: docs/statistics.md);
 Welch's t-test; a permutation test (exact over all splits when there are at
 most ``--permutations`` of them, else that many random ones; p = (1 + hits) / (1 + draws));
 Cohen's d and Hedges' g; and the runs per arm a two-sided two-sample t-test (alpha 0.05) needs
@@ -487,7 +488,7 @@ def compare_samples(
 
 def difference_ci(a: np.ndarray, b: np.ndarray, paired: bool, alpha: float = 0.05) -> tuple:
     """The (1 - alpha) CI of mean(b) - mean(a) over runs: Welch's t interval, or the paired t
-    interval of b - a. Unlike a percentile bootstrap of the runs (which covers 86-91% for a 95%
+    interval of b - a. Unlike a percentile bootstrap of the runs (which covered 82-93% for a 95%
     interval at 4-8 runs per arm), it holds its level at small n for normal run-to-run noise.
     ``a``, ``b`` may be (..., R) stacks: one interval per leading index. A difference with no
     spread at all (every run alike) has the point interval [d, d]."""
