@@ -10,18 +10,31 @@ Each DIR is a sweep or group directory; when it holds several configurations, pi
 ``source.name=init``). The metric is computed per run: ``test_accuracy`` (percent) and
 ``test_cross_entropy`` (nats) from logits.npy and labels.npy, any other name from result.json.
 
-Reported for B - A: the difference of means with a percentile bootstrap CI (resampling runs
-within each arm); Welch's t-test; a permutation test (exact over all splits when there are at
+Reported for B - A: the difference of means with Welch's t CI over runs (a percentile bootstrap
+of the runs covered 82-93% for a 95% interval at 4-8 runs per arm in simulations; the t interval
+holds its level: docs/statistics.md);
+Welch's t-test; a permutation test (exact over all splits when there are at
 most ``--permutations`` of them, else that many random ones; p = (1 + hits) / (1 + draws));
 Cohen's d and Hedges' g; and the runs per arm a two-sided two-sample t-test (alpha 0.05) needs
 for 80% power at the observed difference and the measured SDs (noncentral t, equal arms, the
 two SDs pooled), and never fewer than the exact permutation test needs to reach p < alpha at all
 (4 per arm, 6 pairs, at alpha 0.05: the verdict needs both tests). ``--paired`` pairs runs by replicate index (for runs that share seeds): paired
-t-test, sign-flip permutation test, bootstrap over pairs, d_z, and pairs needed for 80% power.
+t-test and CI, sign-flip permutation test, d_z, and pairs needed for 80% power; a note says when
+no pair shares a seed (seeds.json), so the pairing gains nothing.
 analysis/stats.py adds the multibootstrap over runs x test examples (``--multibootstrap``
 resamples; Sellam et al. 2022; only when both arms were evaluated on one test set: the same labels
-and env.json ``test_sha256``, else skipped with why), P(B > A) with Bouthillier et al.'s rule, which noise dominates
-(test set or training), and a warning when an arm has too few runs for any rank test.
+and env.json ``test_sha256``, else skipped with why), P(B > A) with its CI over ``--bootstrap``
+resamples of the runs, an exact Mann-Whitney p (ties included) and Bouthillier et al.'s rule
+(not applied when too few runs for the rank test), which noise dominates (test set or
+training), and a warning when an arm has too few runs for any rank test.
+
+Copies of one run are one sample: an arm that varies no source (``source=none``) or whose runs'
+test outputs are bitwise identical measures no run-to-run noise, so the run-level question is
+"unassessed": no test over runs is computed or printed, and the verdict says to vary a source.
+Arms that differ in a seed (``base_seed`` where a source is not varied in both, ``data_seed``)
+get "Confounded by a seed" instead of a yes: the difference can be that seed's noise. Arms that
+hold the same runs (one configuration, identical outputs) are refused; a timing metric
+(``train_seconds``: shared by a pack's replicas) and options out of range are refused in one line.
 
 One sentence, the verdict, ends the report. The run-level tests (the t-test, the permutation
 test and the CI over runs) ask whether B differs from A on this test set; the multibootstrap asks
@@ -31,10 +44,12 @@ multibootstrap's CI excludes 0; "On this test set only" when the run-level tests
 multibootstrap's CI spans 0 (it names both and what could decide it); "No" when neither does;
 "Borderline" otherwise. ``--this-test-set`` answers the first question from the run-level tests
 alone (a yes there still names a multibootstrap CI that spans 0). A metric that is one number
-per run has no multibootstrap: the run-level tests decide, and the verdict says test-set noise
-was not assessed. ``--json FILE`` writes the verdict's ``state`` (``distinguishable``,
-``this-test-set-only``, ``not-distinguishable``, ``borderline``), the question, the sentence and
-every number; the exit status is 0 whatever the verdict, 2 when the comparison is refused.
+per run, or arms on different test sets, have no multibootstrap: a run-level yes is then
+"Beyond run-to-run noise only" (``test-set-unassessed``), never a population "Yes".
+``--json FILE`` writes the verdict's ``state`` (``distinguishable``, ``this-test-set-only``,
+``test-set-unassessed``, ``not-distinguishable``, ``borderline``, ``seed-confounded``,
+``unassessed``), the question, the sentence and every number (those of the run-level tests null
+when unassessed); the exit status is 0 whatever the verdict, 2 when the comparison is refused.
 
 No verdict comes from a non-finite value: runs whose metric is NaN or infinite (diverged runs,
 with ``--metric test_cross_entropy``) are left out and named, and with fewer than two finite
@@ -62,6 +77,7 @@ from analysis.load import Group, MixedTestSetError, Run, display_keys, format_va
 from analysis.metrics import cross_entropy, percent_correct
 from analysis.stats import compare_lines, exact_test_runs_needed, paired_order
 from nondet import records
+from nondet.seeds import SEEDABLE
 
 # Metrics computed from a group's test arrays (the argmax once, ``Group.correct``), not result.json.
 def _accuracy(group: Group) -> np.ndarray:
@@ -87,7 +103,17 @@ HEADLINES = {
     "this-test-set-only": "On this test set only",
     "not-distinguishable": "No",
     "borderline": "Borderline",
+    # The run-level tests reject, but nothing weighed the difference against test-set noise
+    # (a metric of one number per run, or arms on different test sets): not a population "Yes".
+    "test-set-unassessed": "Beyond run-to-run noise only",
+    # The run-level tests reject, but the arms differ in a seed: the difference can be the noise
+    # of what that seed fixes, not a difference of recipes.
+    "seed-confounded": "Confounded by a seed",
+    # An arm cannot measure run-to-run noise (its runs are copies of one run): no run-level test.
+    "unassessed": "Unassessed",
 }
+# Timings: one per job, shared by every replica of a pack, and a cost rather than a quality.
+TIMING_SUFFIXES = ("_seconds", "_time", "_hours", "_minutes")
 
 
 class SelectionError(ValueError):
@@ -195,6 +221,86 @@ def run_values(group: Group, metric: str) -> np.ndarray:
     return np.asarray(values, dtype=float)
 
 
+def _outputs(run: Run) -> list:
+    """What a run computed on the test set: its logits, or a language model's stored arrays."""
+    return [run.logits] if run.lm is None else [run.lm.predictions, run.lm.target_logprobs]
+
+
+def _same_outputs(one: Run, other: Run) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(_outputs(one), _outputs(other)))
+
+
+def copies_of_one_run(group: Group, runs: list[Run], arm: str) -> str:
+    """Why the arm's runs are copies of one run ("" when they are not): it varies no source, or
+    their test outputs are bitwise identical. Copies are one sample: they measure no run-to-run
+    noise, and tests that count them as independent runs report a precision they do not have."""
+    vary = group.params.get("source.vary")
+    if isinstance(vary, (list, tuple)) and not vary:
+        return (f"{arm} varies no source (source={group.params.get('source.name')}): its {len(runs)} runs "
+                "are copies of one run")
+    if all(_same_outputs(runs[0], r) for r in runs[1:]):
+        return f"{arm}'s {len(runs)} runs are bitwise copies of one run (identical test outputs)"
+    return ""
+
+
+def same_configuration(group_a: Group, group_b: Group) -> list[str]:
+    """Refuses arms that hold the same runs: one configuration (every identity key equal) whose
+    runs of each shared replicate index are one directory or have identical test outputs (one
+    training, run twice: a sweep of another name that repeats a configuration). A note for one
+    configuration whose runs differ (trained elsewhere or at another time)."""
+    if group_a.key != group_b.key:
+        return []
+    by_replicate = {r.replicate: r for r in group_b.runs}
+    pairs = [(r, by_replicate[r.replicate]) for r in group_a.runs if r.replicate in by_replicate]
+    if pairs and all(x.path.resolve() == y.path.resolve() or _same_outputs(x, y) for x, y in pairs):
+        shown = ", ".join(x.path.name for x, _ in pairs[:4]) + (", ..." if len(pairs) > 4 else "")
+        raise SelectionError(
+            f"A and B are the same configuration and hold the same runs ({shown}: one directory, or identical "
+            "test outputs), so B would be compared with itself; pick different ones with --group-a / --group-b"
+        )
+    return ["A and B are the same configuration (every identity key equal): the comparison is of where or "
+            "when their runs were trained, not of two recipes"]
+
+
+def seed_confound(group_a: Group, group_b: Group) -> str:
+    """The seed keys the arms differ in, and what each fixes ("" when none): a difference
+    between such arms can be that seed's noise rather than a difference of recipes."""
+    pa, pb = group_a.params, group_b.params
+    differ = [k for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k) and k.rsplit(".", 1)[-1].endswith("seed")]
+    both = set(pa.get("source.vary") or ()) & set(pb.get("source.vary") or ())
+    fixed = [s for s in SEEDABLE if s != "bitflip" and s not in both]  # a bit flip needs bitflip varied
+    parts = []
+    for k in differ:
+        values = f"{format_value(pa.get(k))} and {format_value(pb.get(k))}"
+        if k == "base_seed":
+            if fixed:
+                parts.append(f"the arms differ in base_seed ({values}), which seeds every source they do not both "
+                             f"vary ({', '.join(fixed)}): the difference can be training noise of those sources "
+                             "(compare arms of one base_seed, or vary them in both: source=all)")
+        else:
+            parts.append(f"the arms differ in {k} ({values}): the difference can be the noise of what that seed "
+                         f"draws (compare arms of one {k})")
+    return "; ".join(parts) + ", not a difference of recipes" if parts else ""
+
+
+def unshared_seeds_note(runs_a: list[Run], runs_b: list[Run]) -> list[str]:
+    """``--paired`` gains only where a pair shares seeds: a note when no pair shares the seed of
+    any source either arm varies (seeds.json), so the pairing removes no shared noise."""
+    def seeds(run: Run) -> dict:
+        return (run.seeds or {}).get("seeds") or {}
+
+    def varied(run: Run) -> set:
+        return set((run.seeds or {}).get("vary") or ())
+
+    pairs = [(seeds(x), seeds(y), varied(x) | varied(y)) for x, y in zip(runs_a, runs_b)]
+    if not pairs or not all(sx and sy and v for sx, sy, v in pairs):
+        return []  # seeds not recorded: nothing to say
+    if any(sx.get(s) is not None and sx.get(s) == sy.get(s) for sx, sy, v in pairs for s in v):
+        return []
+    return ["--paired: no pair of runs shares the seed of a source either arm varies (seeds.json), so pairing "
+            "by replicate index removes no shared noise; compare without --paired"]
+
+
 # --- statistics ----------------------------------------------------------------------------
 
 
@@ -293,6 +399,12 @@ class Comparison:
     question: str = POPULATION  # the question the verdict answers: POPULATION or THIS_TEST_SET
     multibootstrap: dict | None = None  # analysis.stats.multibootstrap's dict, when the metric has one
     test_set_unassessed: str = ""  # why there is no multibootstrap (the verdict names it)
+    # Why the run-level question cannot be assessed: an arm whose runs are copies of one run (or
+    # runs that all give one value) measures no run-to-run noise. Non-empty: state "unassessed".
+    copies: list[str] = field(default_factory=list)
+    # A seed key the arms differ in (base_seed, dataset.data_seed) and what it fixes: a run-level
+    # difference can be that seed's noise, never called a difference of recipes.
+    seed_confound: str = ""
 
     @property
     def verdict(self) -> str:
@@ -324,11 +436,12 @@ def compare_samples(
         raise ValueError(f"need at least 2 runs per arm (an SD needs two), got {len(a)} and {len(b)}")
     if paired and len(a) != len(b):
         raise ValueError("paired samples must have the same length")
+    if not (0 < alpha < 0.5 and 0 < power < 1):
+        raise ValueError(f"alpha must lie in (0, 0.5) and power in (0, 1), got {alpha} and {power}")
     rng = np.random.default_rng(seed)
     difference = float(b.mean() - a.mean())
     if paired:
         d = b - a
-        boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
         sd_d = float(d.std(ddof=1))
         t, p_t = _t_test(lambda: stats.ttest_rel(b, a), sd_d > 0)
         df = float(len(d) - 1)
@@ -336,10 +449,6 @@ def compare_samples(
         effect = difference / sd_d if sd_d > 0 else math.copysign(math.inf, difference) if difference else math.nan
         g = effect * hedges_correction(df) if math.isfinite(effect) else effect
     else:
-        boot = (
-            b[rng.integers(0, len(b), size=(n_boot, len(b)))].mean(axis=1)
-            - a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1)
-        )
         sa, sb = float(a.std(ddof=1)), float(b.std(ddof=1))
         t, p_t = _t_test(lambda: stats.ttest_ind(b, a, equal_var=False), sa > 0 or sb > 0)
         va, vb = sa**2 / len(a), sb**2 / len(b)  # Welch-Satterthwaite degrees of freedom
@@ -357,7 +466,7 @@ def compare_samples(
     n_needed = runs_for_power(planning_effect, paired, alpha, power) if not math.isnan(planning_effect) else None
     if n_needed is not None:  # the verdict also needs the permutation test, which few runs cannot pass
         n_needed = max(n_needed, exact_test_runs_needed(alpha, paired))
-    low, high = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    low, high = difference_ci(a, b, paired, alpha)
     notes = []
     if exact:
         # The observed arrangement and its mirror image are always among the most extreme.
@@ -368,10 +477,30 @@ def compare_samples(
                 f"with this few runs the permutation test cannot reach p < {alpha} "
                 f"(its smallest possible p is {smallest:.3g}): add runs"
             )
+    copies = []
+    if not (np.any(a != a[0]) or np.any(b != b[0])):
+        copies.append(f"every run of each arm gives the same {metric}, so the runs show no run-to-run noise to test against")
     return Comparison(
         metric, label_a, label_b, a, b, paired, alpha, power, difference, (float(low), float(high)),
-        t, df, p_t, p_perm, exact, effect, g, n_needed, n_boot, n_perm, seed, notes,
+        t, df, p_t, p_perm, exact, effect, g, n_needed, n_boot, n_perm, seed, notes, copies=copies,
     )
+
+
+def difference_ci(a: np.ndarray, b: np.ndarray, paired: bool, alpha: float = 0.05) -> tuple:
+    """The (1 - alpha) CI of mean(b) - mean(a) over runs: Welch's t interval, or the paired t
+    interval of b - a. Unlike a percentile bootstrap of the runs (which covered 82-93% for a 95%
+    interval at 4-8 runs per arm), it holds its level at small n for normal run-to-run noise.
+    ``a``, ``b`` may be (..., R) stacks: one interval per leading index. A difference with no
+    spread at all (every run alike) has the point interval [d, d]."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's "nearly identical data"
+        test = stats.ttest_rel(b, a, axis=-1) if paired else stats.ttest_ind(b, a, equal_var=False, axis=-1)
+        low, high = test.confidence_interval(1 - alpha)
+    d = b.mean(axis=-1) - a.mean(axis=-1)
+    spread = (b - a).std(axis=-1) if paired else np.hypot(a.std(axis=-1), b.std(axis=-1))
+    low, high = np.where(spread == 0, d, low), np.where(spread == 0, d, high)
+    return (float(low), float(high)) if np.ndim(low) == 0 else (low, high)
 
 
 def _t_test(run, has_variance: bool) -> tuple[float, float]:
@@ -385,19 +514,15 @@ def _t_test(run, has_variance: bool) -> tuple[float, float]:
 
 
 def run_level_state(c: Comparison) -> str:
-    """What the tests over runs say (t-test, permutation test, bootstrap CI over runs): whether
-    the difference stands out of run-to-run noise on this test set."""
-    if _deterministic(c):  # any difference is not run-to-run noise
-        return "distinguishable" if c.difference != 0 else "not-distinguishable"
+    """What the tests over runs say (t-test, permutation test, CI over runs): whether the
+    difference stands out of run-to-run noise on this test set; "unassessed" when an arm's runs
+    are copies of one run (they measure no run-to-run noise, and copies are not independent)."""
+    if c.copies:
+        return "unassessed"
     votes = _votes(c)
     if all(votes):
         return "distinguishable"
     return "not-distinguishable" if not any(votes) else "borderline"
-
-
-def _deterministic(c: Comparison) -> bool:
-    """No run differs from its arm's mean: deterministic arms, whether or not the runs are paired."""
-    return not np.any(np.concatenate([c.a - c.a.mean(), c.b - c.b.mean()]) != 0)
 
 
 def _votes(c: Comparison) -> list[bool]:
@@ -419,17 +544,29 @@ def beyond_test_set_noise(c: Comparison) -> bool | None:
 def verdict_state(c: Comparison) -> str:
     """The verdict's state, a key of ``HEADLINES``.
 
-    For the population question "distinguishable" needs the run-level tests and the
-    multibootstrap to agree; run-level tests that reject while the multibootstrap's CI spans 0
-    give "this-test-set-only", and a multibootstrap that rejects while the run-level tests do not
-    gives "borderline". For the this-test-set question the run-level tests alone decide.
+    "unassessed" when the run-level question cannot be asked (copies), "seed-confounded" when
+    the run-level tests reject between arms that differ in a seed. For the population question
+    "distinguishable" needs the run-level tests and the multibootstrap to agree; run-level tests
+    that reject while the multibootstrap's CI spans 0 give "this-test-set-only", with no
+    multibootstrap at all "test-set-unassessed", and a multibootstrap that rejects while the
+    run-level tests do not gives "borderline". For the this-test-set question the run-level
+    tests alone decide.
     """
     run, beyond = run_level_state(c), beyond_test_set_noise(c)
-    if c.question == THIS_TEST_SET or beyond is None:
+    if run == "distinguishable" and c.seed_confound:
+        return "seed-confounded"
+    if c.question == THIS_TEST_SET or run == "unassessed":
         return run
+    if beyond is None:
+        return "test-set-unassessed" if run == "distinguishable" else run
     if run == "distinguishable":
         return "distinguishable" if beyond else "this-test-set-only"
     return "borderline" if run == "not-distinguishable" and beyond else run
+
+
+def _p_text(p: float, resamples: int) -> str:
+    """A resampling p: "p < 1/resamples" when no resample crossed (below its resolution)."""
+    return f"p = {p:.3g}" if p > 0 else f"p < {1 / resamples:.2g}"
 
 
 def verdict(c: Comparison) -> str:
@@ -439,17 +576,24 @@ def verdict(c: Comparison) -> str:
     change = f"B - A = {c.difference:+.4g}"
     level = f"{100 * (1 - c.alpha):.0f}%"
     state, run, mb = verdict_state(c), run_level_state(c), c.multibootstrap
-    deterministic = _deterministic(c)
-    if deterministic and c.difference == 0:
-        return f"No: every run gives the same {c.metric} in both arms: there is neither noise nor a difference."
-    if mb is not None:  # a p of 0: no resample crossed 0, below the resampling's resolution
-        p_mb = f"p = {mb['p']:.3g}" if mb["p"] > 0 else f"p < {1 / mb['n_boot']:.2g}"
-        multi = f"multibootstrap {level} CI [{mb['ci'][0]:+.4g}, {mb['ci'][1]:+.4g}], {p_mb}"
+    if mb is not None:
+        multi = f"multibootstrap {level} CI [{mb['ci'][0]:+.4g}, {mb['ci'][1]:+.4g}], {_p_text(mb['p'], mb.get('n_boot', 1))}"
+    if state == "unassessed":
+        need = exact_test_runs_needed(c.alpha, c.paired)
+        test_set = f"; against test-set noise alone: {multi}" if mb is not None else ""
+        return (
+            f"Unassessed: the difference in {c.metric} ({change}) cannot be weighed against run-to-run "
+            f"noise ({'; '.join(c.copies)}): copies of one run are one sample however many there are. "
+            f"Vary a source (source=init, or source=all) with replicates>={need} in each arm and "
+            f"compare again{test_set}."
+        )
     # What a run-level "yes" means beyond this test set, or that nothing here says.
-    if state == "this-test-set-only":
-        if deterministic:
-            remedy = "a larger test set could decide it"
-        elif mb["sd_examples"] > mb["sd_runs"]:
+    if state == "seed-confounded":
+        caveat = f", but {c.seed_confound}"
+        if c.test_set_unassessed:
+            caveat += f"; test-set noise is not assessed ({c.test_set_unassessed})"
+    elif state == "this-test-set-only":
+        if mb["sd_examples"] > mb["sd_runs"]:
             remedy = "a larger test set or more runs could decide it (test-set noise dominates, so a larger test set would help most)"
         else:
             remedy = "a larger test set or more runs could decide it (training noise dominates, so more runs would help most)"
@@ -460,16 +604,12 @@ def verdict(c: Comparison) -> str:
             if beyond_test_set_noise(c)
             else f", but not beyond test-set noise ({multi}): a new test set from the same distribution might not show it"
         )
-    elif c.test_set_unassessed:
-        caveat = f"; test-set noise is not assessed ({c.test_set_unassessed})"
+    elif c.test_set_unassessed or state == "test-set-unassessed":
+        why = c.test_set_unassessed or "no per-example values to resample"
+        caveat = f"; test-set noise is not assessed ({why})"
     else:
         caveat = ""
     on_test_set = " on this test set" if mb is not None else ""
-    if deterministic:
-        return (
-            f"{HEADLINES[state]}: the difference in {c.metric} ({change}) comes with no run-to-run variation at "
-            f"all in {arms}, so it is not noise from training (the runs are deterministic){caveat}."
-        )
     what = f"the difference in {c.metric} ({change}; {level} CI over runs {c.ci[0]:+.4g} to {c.ci[1]:+.4g})"
     tests = f"t-test p = {c.p_t:.3g}, permutation p = {c.p_perm:.3g}"
     unit = "pairs" if c.paired else "runs per arm"
@@ -480,11 +620,12 @@ def verdict(c: Comparison) -> str:
     )
     if run == "distinguishable":
         return f"{HEADLINES[state]}: {what} is distinguishable from run-to-run noise{on_test_set} with {arms} ({tests}){caveat}."
+    seed = f"; note that {c.seed_confound}" if c.seed_confound else ""
     if state == "not-distinguishable":
-        return f"No: {what} is not distinguishable from run-to-run noise with {arms} ({tests}); {need}."
+        return f"No: {what} is not distinguishable from run-to-run noise with {arms} ({tests}); {need}{seed}."
     if mb is not None and c.question == POPULATION:
         tests += f"; {multi}"
-    return f"Borderline: the tests disagree about {what} at alpha = {c.alpha} ({tests}); {need}."
+    return f"Borderline: the tests disagree about {what} at alpha = {c.alpha} ({tests}); {need}{seed}."
 
 
 def format_comparison(c: Comparison, extra: list[str] = ()) -> str:
@@ -499,16 +640,23 @@ def format_comparison(c: Comparison, extra: list[str] = ()) -> str:
     perm_name = "sign-flip permutation test" if c.paired else "permutation test"
     perm_how = "exact, all arrangements" if c.perm_exact else f"{c.n_perm} random arrangements, seed {c.seed}"
     needed = str(c.n_needed) if c.n_needed else "none (the observed difference is 0)"
+    if c.copies:  # tests of copies as if they were independent runs would be numbers of nothing
+        run_level = [f"- run-level tests not computed: {reason}" for reason in c.copies]
+    else:
+        ci_name = "paired t" if c.paired else "Welch's t"
+        run_level = [
+            f"- difference of means B - A: {c.difference:+.6g}, {100 * (1 - c.alpha):.0f}% CI over runs "
+            f"[{c.ci[0]:+.6g}, {c.ci[1]:+.6g}] ({ci_name})",
+            f"- {test_name}: t = {c.t:.4g}, df = {c.df:.4g}, p = {c.p_t:.4g}",
+            f"- {perm_name} ({perm_how}): p = {c.p_perm:.4g}",
+            f"- effect size: {effect_name} = {c.effect:.4g}, Hedges' g = {c.hedges_g:.4g}",
+            f"- {'pairs' if c.paired else 'runs per arm'} for {100 * c.power:.0f}% power at alpha {c.alpha}: {needed}",
+        ]
     lines = [
         f"Comparing {c.metric} ({'paired by replicate' if c.paired else 'independent runs'}):",
         arm("A", c.label_a, c.a),
         arm("B", c.label_b, c.b),
-        f"- difference of means B - A: {c.difference:+.6g}, {100 * (1 - c.alpha):.0f}% bootstrap CI "
-        f"[{c.ci[0]:+.6g}, {c.ci[1]:+.6g}] ({c.n_boot} resamples, seed {c.seed})",
-        f"- {test_name}: t = {c.t:.4g}, df = {c.df:.4g}, p = {c.p_t:.4g}",
-        f"- {perm_name} ({perm_how}): p = {c.p_perm:.4g}",
-        f"- effect size: {effect_name} = {c.effect:.4g}, Hedges' g = {c.hedges_g:.4g}",
-        f"- {'pairs' if c.paired else 'runs per arm'} for {100 * c.power:.0f}% power at alpha {c.alpha}: {needed}",
+        *run_level,
         *[f"- note: {n}" for n in c.notes],
         *extra,
         "",
@@ -520,22 +668,66 @@ def format_comparison(c: Comparison, extra: list[str] = ()) -> str:
 # --- command line --------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Refusals in one line (``error: argument --alpha: ...``), without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _bounded(kind: type, low: float, high: float | None = None, closed: bool = True):
+    """An argparse type: a ``kind`` number at least ``low`` (or strictly between ``low`` and
+    ``high`` when ``high`` is given), refused in one line naming the range."""
+    where = f"in ({low:g}, {high:g})" if high is not None else f">= {low:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}; give one {where}")
+        ok = low < value < high if high is not None else value >= low
+        if not (ok and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; give one {where}")
+        return value
+
+    return parse
+
+
+def _quality_metric(name: str) -> str:
+    """A metric that measures each run's model: a timing is refused (a pack writes one, shared
+    by its replicas, and lower would be better)."""
+    if name.endswith(TIMING_SUFFIXES):
+        raise argparse.ArgumentTypeError(
+            f"{name} is a timing, not a per-run quality measure (a pack's replicas share one); "
+            "compare test_accuracy, test_cross_entropy or another result.json measure of the model"
+        )
+    return name
+
+
+# Fewer resamples than this give intervals and p-values too coarse to vote (one resample is a point).
+MIN_RESAMPLES = 100
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m analysis.compare",
         description="Is the difference between the runs of two configurations real, or run-to-run noise?",
     )
     p.add_argument("dir_a", metavar="DIR_A", type=Path)
     p.add_argument("dir_b", metavar="DIR_B", type=Path)
-    p.add_argument("--metric", default="test_accuracy", help="test_accuracy (default), test_cross_entropy, or a result.json key")
+    p.add_argument("--metric", type=_quality_metric, default="test_accuracy",
+                   help="test_accuracy (default), test_cross_entropy, or a result.json key (not a timing)")
     p.add_argument("--group-a", action="append", default=[], metavar="KEY=VALUE", help="pick A's configuration (repeatable)")
     p.add_argument("--group-b", action="append", default=[], metavar="KEY=VALUE", help="pick B's configuration (repeatable)")
     p.add_argument("--paired", action="store_true", help="pair runs by replicate index (runs that share seeds)")
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--power", type=float, default=0.8)
-    p.add_argument("--bootstrap", type=int, default=10000, metavar="B")
-    p.add_argument("--permutations", type=int, default=10000, metavar="P")
-    p.add_argument("--multibootstrap", type=int, default=1000, metavar="B", help="resamples of runs x examples, and for P(B > A) (1000)")
+    p.add_argument("--alpha", type=_bounded(float, 0, 0.5), default=0.05, help="the tests' level, in (0, 0.5) (0.05)")
+    p.add_argument("--power", type=_bounded(float, 0, 1), default=0.8, help="power the runs needed are planned for, in (0, 1) (0.8)")
+    p.add_argument("--bootstrap", type=_bounded(int, MIN_RESAMPLES), default=10000, metavar="B",
+                   help=f"resamples of the runs for the CI of P(B > A), >= {MIN_RESAMPLES} (10000)")
+    p.add_argument("--permutations", type=_bounded(int, MIN_RESAMPLES), default=10000, metavar="P",
+                   help=f"random arrangements of the permutation test when not exact, >= {MIN_RESAMPLES} (10000)")
+    p.add_argument("--multibootstrap", type=_bounded(int, MIN_RESAMPLES), default=1000, metavar="B",
+                   help=f"resamples of runs x examples, >= {MIN_RESAMPLES} (1000)")
     p.add_argument("--seed", type=int, default=0)
     question = p.add_mutually_exclusive_group()
     question.add_argument(
@@ -570,14 +762,20 @@ def comparison_json(c: Comparison, results: dict) -> dict:
     def arm(label: str, values: np.ndarray) -> dict:
         return {"label": label, "runs": len(values), "mean": values.mean(), "sd": values.std(ddof=1)}
 
+    run_level = {
+        "ci": c.ci, "t": c.t, "df": c.df, "p_t": c.p_t, "p_perm": c.p_perm, "effect": c.effect,
+        "hedges_g": c.hedges_g, "n_needed": c.n_needed, "prob_better": results.get("prob_better"),
+    }
+    if c.copies:  # numbers computed on copies as if independent: none are written
+        run_level = dict.fromkeys(run_level)
     return _plain({
         "metric": c.metric, "question": c.question, "state": c.state, "verdict": c.verdict,
-        "run_level": run_level_state(c), "beyond_test_set_noise": beyond_test_set_noise(c),
+        "run_level": run_level_state(c), "run_level_unassessed": c.copies or None,
+        "seed_confound": c.seed_confound or None, "beyond_test_set_noise": beyond_test_set_noise(c),
         "a": arm(c.label_a, c.a), "b": arm(c.label_b, c.b), "paired": c.paired, "alpha": c.alpha,
-        "difference": c.difference, "ci": c.ci, "t": c.t, "df": c.df, "p_t": c.p_t, "p_perm": c.p_perm,
-        "effect": c.effect, "hedges_g": c.hedges_g, "n_needed": c.n_needed,
+        "difference": c.difference, **run_level,
         "multibootstrap": c.multibootstrap, "multibootstrap_skipped": c.test_set_unassessed or None,
-        "prob_better": results.get("prob_better"), "notes": c.notes,
+        "notes": c.notes,
     })
 
 
@@ -593,9 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         group_a = select_group(args.dir_a, args.group_a, "--group-a")
         group_b = select_group(args.dir_b, args.group_b, "--group-b")
-        if group_a.runs[0].path == group_b.runs[0].path:
-            raise SelectionError("A and B are the same configuration; pick different ones with --group-a / --group-b")
-        notes = arm_notes(group_a, "A") + arm_notes(group_b, "B")
+        notes = same_configuration(group_a, group_b) + arm_notes(group_a, "A") + arm_notes(group_b, "B")
         runs_a, a, dropped_a = finite_arm(group_a, run_values(group_a, args.metric), args.metric, "A")
         runs_b, b, dropped_b = finite_arm(group_b, run_values(group_b, args.metric), args.metric, "B")
         notes += dropped_a + dropped_b
@@ -606,10 +802,14 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"{dropped} runs without a partner of the same replicate index were left out")
             a, b = a[ia], b[ib]
             runs_a, runs_b = [runs_a[i] for i in ia], [runs_b[i] for i in ib]
+            notes += unshared_seeds_note(runs_a, runs_b)
         result = compare_samples(
             a, b, args.metric, args.paired, args.alpha, args.power, args.bootstrap, args.permutations, args.seed,
             *_labels(args.dir_a, group_a, args.dir_b, group_b),
         )
+        copies = [why for why in (copies_of_one_run(group_a, runs_a, "A"), copies_of_one_run(group_b, runs_b, "B")) if why]
+        result.copies = copies or result.copies
+        result.seed_confound = seed_confound(group_a, group_b)
     except (SelectionError, MixedTestSetError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -618,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     extra = compare_lines(
         group_a.with_runs(runs_a), group_b.with_runs(runs_b), args.metric, result.a, result.b, args.paired, args.alpha, args.multibootstrap, args.seed,
-        results=results,
+        results=results, n_boot_runs=args.bootstrap, run_level=not result.copies,
     )
     result.question = args.question
     result.multibootstrap = results.get("multibootstrap")

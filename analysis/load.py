@@ -158,8 +158,11 @@ class Group:
         return part
 
     def label(self, keys: list[str]) -> str:
-        """A short row label from the given keys: ``init`` or ``init, model.width=64``."""
-        return row_label([self.params.get(k) for k in keys], keys) or "all runs"
+        """A short row label from the given keys: ``init`` or ``init, model.width=64``. A key the
+        group does not have (``data_order`` where the data are not varied) is left out, not "=None"."""
+        params = self.params
+        keys = [k for k in keys if k in params or k == "source.name"]
+        return row_label([params.get(k) for k in keys], keys) or "all runs"
 
 
 @dataclass

@@ -54,8 +54,9 @@ class ReportInputs:
 # analysis/stats_figures.py), by file stem: what to read from each.
 CAPTIONS = {
     "variability": "Run-to-run spread of each group: SD over runs of test accuracy and of test "
-    "cross-entropy. Error bars are the bootstrap SD of the SD; groups whose bars overlap "
-    "within them cannot be told apart with this many runs.",
+    "cross-entropy. Error bars are the bootstrap SD of the SD, a rough guide to its uncertainty "
+    "that runs short with few runs (about a fifth too small at 4-8 runs for normal noise); "
+    "whether bars overlap is not a test of two groups' spreads.",
     "cka": "Mean linear CKA between pairs of runs at each layer (error bars: SD over pairs). "
     "Lower bars: the runs learned less similar representations at that layer.",
     "cross_entropy_spread": "How far apart the runs' test cross-entropy is at each epoch, for "

@@ -63,6 +63,8 @@ STATS_COLUMNS = (
 SPLITS = 100
 # Bouthillier et al.'s threshold on P(B > A) for calling B better.
 BOUTHILLIER_GAMMA = 0.75
+# Up to this many arrangements of two arms the Mann-Whitney p is exact (ties included).
+EXACT_RANK_ARRANGEMENTS = 20000
 
 
 # --- per-group columns ---------------------------------------------------------------------
@@ -301,6 +303,8 @@ def exact_test_runs_needed(alpha: float, paired: bool = False) -> int:
     can reach p < ``alpha`` at all: its smallest p is 2 / C(2n, n) for two arms of n runs without
     ties (Mann-Whitney, or the permutation test of means), 2 / 2**n for n pairs (sign flips).
     At alpha 0.05: 4 runs per arm, 6 pairs."""
+    if not 0 < alpha < 1:  # at alpha 0 no n would do: the search would never end
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     n = 1
     while 2 / (2**n if paired else math.comb(2 * n, n)) >= alpha:
         n += 1
@@ -369,9 +373,13 @@ def test_set_difference(group_a, group_b) -> str | None:
 def compare_lines(
     group_a, group_b, metric: str, a: np.ndarray, b: np.ndarray, paired: bool,
     alpha: float = 0.05, n_boot: int = 1000, seed: int = 0, results: dict | None = None,
+    n_boot_runs: int | None = None, run_level: bool = True,
 ) -> list[str]:
-    """The lines ``python -m analysis.compare`` adds: multibootstrap over runs x test examples,
-    P(B > A) with Bouthillier's rule, which noise dominates, and runs too few for any test.
+    """The lines ``python -m analysis.compare`` adds: multibootstrap over runs x test examples
+    (``n_boot`` resamples), P(B > A) with Bouthillier's rule (its CI from ``n_boot_runs``
+    resamples of the runs, default ``n_boot``), which noise dominates, and runs too few for any test.
+    ``run_level=False`` (arms of copies of one run: no run-to-run noise measured) leaves out
+    everything that treats the runs as independent: P(B > A) and the noise comparison.
 
     ``results``, when given, receives the numbers behind them for the verdict: ``multibootstrap``
     (``multibootstrap``'s dict) or ``multibootstrap_skipped`` (why not), and ``prob_better``."""
@@ -388,40 +396,53 @@ def compare_lines(
             xa, xb = xa[ia], xb[ib]
         mb = results["multibootstrap"] = multibootstrap(xa, xb, paired, n_boot, seed, alpha)
         how = "runs paired by replicate" if paired else "runs of each arm resampled independently"
+        if not run_level:
+            how += "; an arm of copies of one run adds no run-to-run noise"
         lines.append(
             f"- multibootstrap over runs x test examples ({mb['n_boot']} resamples, examples paired, {how}): "
-            f"B - A = {mb['difference']:+.4g}, {level} CI [{mb['ci'][0]:+.4g}, {mb['ci'][1]:+.4g}], p = {mb['p']:.3g}"
+            f"B - A = {mb['difference']:+.4g}, {level} CI [{mb['ci'][0]:+.4g}, {mb['ci'][1]:+.4g}], "
+            + (f"p = {mb['p']:.3g}" if mb["p"] > 0 else f"p < {1 / mb['n_boot']:.2g} (no resample crossed 0)")
         )
         dominant = "test-set" if mb["sd_examples"] > mb["sd_runs"] else "training"
         remedy = "a larger test set" if dominant == "test-set" else "more runs"
         shares = ""
         if metric in ("test_accuracy", "accuracy"):  # each arm's own decomposition (the table's)
             parts = [variance_components(g.correct) for g in (group_a, group_b)]
-            shares = "; finite-test-set share of each arm's accuracy variance: " + ", ".join(
-                f"{arm} {min(100.0, 100.0 * p['test_set'] / p['observed']):.0f}%"
-                for arm, p in zip("AB", parts) if p["observed"] > 0
+            shown = [f"{arm} {min(100.0, 100.0 * p['test_set'] / p['observed']):.0f}%"
+                     for arm, p in zip("AB", parts) if p["observed"] > 0]
+            if shown:  # an arm without spread has no share to give
+                shares = "; finite-test-set share of each arm's accuracy variance: " + ", ".join(shown)
+        if run_level:
+            lines.append(
+                f"- noise in B - A: SD {mb['sd_examples']:.3g} from the finite test set, {mb['sd_runs']:.3g} "
+                f"from training runs: {dominant} noise dominates; {remedy} would tighten the comparison most{shares}"
             )
-        lines.append(
-            f"- noise in B - A: SD {mb['sd_examples']:.3g} from the finite test set, {mb['sd_runs']:.3g} "
-            f"from training runs: {dominant} noise dominates; {remedy} would tighten the comparison most{shares}"
-        )
     elif xa is not None and xb is not None:
         results["multibootstrap_skipped"] = different
         lines.append(f"- multibootstrap skipped: {results['multibootstrap_skipped']}")
     else:
         results["multibootstrap_skipped"] = f"{metric} is one number per run, not a mean over test examples"
         lines.append(f"- multibootstrap skipped: {results['multibootstrap_skipped']}")
+    if not run_level:
+        return lines
     sign = 1.0 if higher_is_better(metric) else -1.0
-    pb = results["prob_better"] = prob_better(sign * a, sign * b, n_boot, seed, alpha)
-    u = sps.mannwhitneyu(sign * b, sign * a, alternative="two-sided")
+    pb = results["prob_better"] = prob_better(sign * a, sign * b, n_boot_runs or n_boot, seed, alpha)
+    # Exact (ties included: scipy enumerates the arrangements) while the arrangements are few.
+    exact = math.comb(len(a) + len(b), len(a)) <= EXACT_RANK_ARRANGEMENTS
+    u = sps.mannwhitneyu(sign * b, sign * a, alternative="two-sided", method="exact" if exact else "asymptotic")
+    how = "exact" if exact else "normal approximation"
     word = "higher" if sign > 0 else "lower"
-    verdict = {"B": "B is better", "A": "A is better", None: "neither is better"}[pb["better"]]
+    smallest = 2 / math.comb(len(a) + len(b), len(a))
+    if smallest >= alpha:  # no rule verdict that the test behind it cannot support
+        rule = "not applied: too few runs (below)"
+        pb["better"] = None
+    else:
+        rule = {"B": "B is better", "A": "A is better", None: "neither is better"}[pb["better"]]
     lines.append(
         f"- P(B > A), a run of B {word} than a run of A: {pb['p']:.3f}, {level} bootstrap CI "
-        f"[{pb['ci'][0]:.3f}, {pb['ci'][1]:.3f}] (Mann-Whitney U = {u.statistic:.6g}, p = {u.pvalue:.3g}); "
-        f"Bouthillier et al.'s rule (P > {BOUTHILLIER_GAMMA} and CI above 0.5): {verdict}"
+        f"[{pb['ci'][0]:.3f}, {pb['ci'][1]:.3f}] (Mann-Whitney U = {u.statistic:.6g}, {how} p = {u.pvalue:.3g}); "
+        f"Bouthillier et al.'s rule (P > {BOUTHILLIER_GAMMA} and CI above 0.5): {rule}"
     )
-    smallest = 2 / math.comb(len(a) + len(b), len(a))
     if smallest >= alpha:
         need = exact_test_runs_needed(alpha)
         lines.append(

@@ -178,8 +178,8 @@ def test_the_table_csvs_and_compare_take_each_runs_argmax_once(tmp_path, monkeyp
     monkeypatch.setattr(compare, "select_group", lambda directory, filters, flag: arms.pop(0))
     monkeypatch.setattr(np, "argmax", counted)
     calls.clear()
-    assert compare.main([str(a), str(b), "--paired", "--bootstrap", "50", "--permutations", "50",
-                         "--multibootstrap", "50"]) == 0
+    assert compare.main([str(a), str(b), "--paired", "--bootstrap", "100", "--permutations", "100",
+                         "--multibootstrap", "100"]) == 0
     assert "multibootstrap" in capsys.readouterr().out
     assert calls == [(40, 3)] * 8  # one per run of each arm
 
@@ -258,3 +258,17 @@ def test_figure_functions_return_a_figure_and_a_one_line_caption(tmp_path):
     ]
     for fig, caption in drawn:
         assert isinstance(fig, Figure) and caption and "\n" not in caption
+
+
+@pytest.mark.parametrize("runs", [4, 8])
+def test_the_bootstrap_sd_of_the_sd_runs_short_with_few_runs_as_the_caption_says(runs):
+    """2000 seeded groups of normal runs: the table's "SD of the SD" (bootstrap over runs) is
+    about a fifth below the true sampling SD of the SD, so overlapping bars are no test."""
+    from analysis.metrics import bootstrap_sd_sd
+    from analysis.report import CAPTIONS
+
+    values = np.random.default_rng(runs).standard_normal((2000, runs))
+    ratio = bootstrap_sd_sd(values, n_boot=500).mean() / values.std(axis=1, ddof=1).std(ddof=1)
+    assert 0.7 < ratio < 0.9
+    caption = CAPTIONS["variability"]
+    assert "about a fifth too small at 4-8 runs" in caption and "is not a test" in caption
