@@ -49,8 +49,11 @@ def pytest_collection_modifyitems(config, items):
 
 def compose_config(overrides=(), tiny=True):
     """The resolved config (plain dict) that launch.py would see, with `overrides` applied."""
+    tiny = TINY if tiny else []
+    if "model=custom" in overrides:  # your own model takes no model.width unless it names one
+        tiny = [o for o in tiny if not o.startswith("model.")]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=(TINY if tiny else []) + list(overrides))
+        cfg = compose("config", overrides=tiny + list(overrides))
     return resolved_config(cfg)
 
 
