@@ -46,6 +46,10 @@ from nondet.seeds import hashed_seed
 # Keys of the model and dataset nodes never passed to your code: nondet's choice of your code
 # and what it does with it (CKA's modules; the data's content, a derived key).
 _NEVER_PASSED = {"model": {"name", "_target_", "representations"}, "dataset": {"name", "_target_", "sha256"}}
+# The node's record of the keys of nondet's own that your code's signature names (``with_your_defaults``).
+TAKEN = "nondet_keys_taken"
+for _never in _NEVER_PASSED.values():
+    _never.add(TAKEN)
 # Keys nondet declares and reads itself for your data, whether or not your function takes them.
 _NONDET_READS = {"model": set(), "dataset": {"augment", "train_size", "test_size"}}
 _SCHEMAS = {"model": ModelConfig, "dataset": DatasetConfig}
@@ -191,7 +195,11 @@ def with_your_defaults(config: dict, given: set[str] = frozenset()) -> dict:
     """``config`` with each key of nondet's own that your ``model=custom``/``dataset=custom``
     code names in its signature, and that holds nondet's default without being ``given`` on the
     command line, set to your code's own default: what it is called with, and what config.yaml
-    records (``width: 8`` for ``def __init__(..., width=8)``, not nondet's ``width: 128``)."""
+    records (``width: 8`` for ``def __init__(..., width=8)``, not nondet's ``width: 128``).
+
+    Such keys are listed under ``TAKEN`` (part of the runs' identity): runs recorded before they
+    reached your code, which trained with your defaults whatever the node said, never pool with
+    runs that get them. A node whose code names none of them is left as it was."""
     changed = {}
     for group in ("model", "dataset"):
         node = config.get(group)
@@ -202,11 +210,13 @@ def with_your_defaults(config: dict, given: set[str] = frozenset()) -> dict:
         except ConfigError:
             continue  # check_targets says why, in one line
         defaults = nondet_defaults(group)
-        ours = {k: named[k].default for k in named.keys() & defaults.keys()
-                if k not in _NEVER_PASSED[group] and f"{group}.{k}" not in given
-                and node.get(k) == defaults[k] and _plain(named[k].default)}
-        if any(node.get(k) != v for k, v in ours.items()):
-            changed[group] = {**node, **{k: list(v) if isinstance(v, tuple) else v for k, v in ours.items()}}
+        taken = sorted(k for k in named.keys() & defaults.keys() if k not in _NEVER_PASSED[group])
+        if not taken:
+            continue
+        ours = {k: named[k].default for k in taken
+                if f"{group}.{k}" not in given and node.get(k) == defaults[k] and _plain(named[k].default)}
+        changed[group] = {**node, **{k: list(v) if isinstance(v, tuple) else v for k, v in ours.items()},
+                          TAKEN: taken}
     return {**config, **changed} if changed else config
 
 
@@ -267,8 +277,17 @@ def build_custom_model(cfg, input_shape: Sequence[int], num_classes: int, init_g
     target = locate_target("model._target_", cfg.get("_target_"))
     kwargs = constructor_kwargs(cfg, input_shape, num_classes, target)
     seed = seed_from(init_generator, "init")
-    with forked_global_rng(seed):
-        model = call_target("model._target_", cfg["_target_"], kwargs, fn=target)
+    try:
+        with forked_global_rng(seed):
+            model = call_target("model._target_", cfg["_target_"], kwargs, fn=target)
+    except TypeError as exc:
+        # num_classes offered through **kwargs that the code hands on to something without it:
+        # built as it is then (check_output says whether its head fits the data)
+        if "num_classes" in _named_parameters(target) or "num_classes" in cfg or "num_classes" not in str(exc):
+            raise
+        kwargs.pop("num_classes")
+        with forked_global_rng(seed):
+            model = call_target("model._target_", cfg["_target_"], kwargs, fn=target)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model._target_={cfg['_target_']} returned a {type(model).__name__}, not a torch.nn.Module")
     representation_modules(model, cfg.get("representations"))  # a wrong name fails now, not in the analysis

@@ -446,6 +446,9 @@ def test_nondet_keys_your_code_names_reach_it_as_recorded():
     assert set_[0]["width"] == 5 and set_[0]["dropout"] == 0.9 and set_[1:] == (5, 0.9)
     unset = model_of()  # your defaults, and config.yaml records them
     assert unset[0]["width"] == 8 and unset[0]["dropout"] == 0.25 and unset[1:] == (8, 0.25)
+    # named in the runs' identity: runs that trained on your defaults whatever the node said stay apart
+    assert unset[0]["nondet_keys_taken"] == ["dropout", "width"]
+    assert "nondet_keys_taken" not in compose_config(["model=custom", f"model._target_={HERE}.TinyNet"])["model"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # as a launch composes it
         launched = compose("config", overrides=["model=custom", f"model._target_={HERE}.KeyNet", "model.dropout=0.0"],
                            return_hydra_config=True)
@@ -505,6 +508,17 @@ def resnet_like(*, weights=None, **kwargs):
     return Head((5,), kwargs.get("num_classes", 1000))
 
 
+class HandsOn(nn.Module):
+    """Takes **kwargs, but hands them to something that takes no num_classes."""
+
+    def __init__(self, input_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.fc = nn.Linear(math.prod(input_shape), 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
 class Float64(Head):
     def __init__(self, input_shape, num_classes):
         super().__init__(input_shape, num_classes)
@@ -531,6 +545,7 @@ def test_a_model_that_cannot_take_the_data_or_returns_other_than_its_logits_is_r
 
     check("Head")
     check("resnet_like")  # num_classes=3 through **kwargs: a head for the data's classes
+    check("HandsOn")  # built without it where **kwargs does not take it after all
     refusals = {
         ("Head", "+model.extra=3"): r"forward returned shape \(2, 6\) for a batch of 2; .*\(2, 3\) logits",
         ("Head", "+model.shape=column"): r"forward returned shape \(2, 3, 1\) .*one row of logits per example",
