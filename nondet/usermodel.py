@@ -197,26 +197,28 @@ def with_your_defaults(config: dict, given: set[str] = frozenset()) -> dict:
     command line, set to your code's own default: what it is called with, and what config.yaml
     records (``width: 8`` for ``def __init__(..., width=8)``, not nondet's ``width: 128``).
 
-    Such keys are listed under ``TAKEN`` (part of the runs' identity): runs recorded before they
-    reached your code, which trained with your defaults whatever the node said, never pool with
-    runs that get them. A node whose code names none of them is left as it was."""
+    Such keys are listed under ``TAKEN`` (part of the runs' identity), and so is a model's
+    ``num_classes`` offered through ``**kwargs``: runs recorded before these reached your code,
+    which trained with your defaults whatever the node said, never pool with runs that get them.
+    A node whose code takes none of them is left as it was."""
     changed = {}
     for group in ("model", "dataset"):
         node = config.get(group)
         if not isinstance(node, dict) or node.get("name") != "custom":
             continue
         try:
-            named = _named_parameters(locate_target(f"{group}._target_", node.get("_target_")))
+            fn = locate_target(f"{group}._target_", node.get("_target_"))
         except ConfigError:
             continue  # check_targets says why, in one line
-        defaults = nondet_defaults(group)
+        named, defaults = _named_parameters(fn), nondet_defaults(group)
         taken = sorted(k for k in named.keys() & defaults.keys() if k not in _NEVER_PASSED[group])
-        if not taken:
-            continue
         ours = {k: named[k].default for k in taken
                 if f"{group}.{k}" not in given and node.get(k) == defaults[k] and _plain(named[k].default)}
-        changed[group] = {**node, **{k: list(v) if isinstance(v, tuple) else v for k, v in ours.items()},
-                          TAKEN: taken}
+        if group == "model" and "num_classes" not in named and _takes_kwargs(fn):
+            taken.append("num_classes")  # the data's, through **kwargs (``constructor_kwargs``)
+        if taken:
+            changed[group] = {**node, **{k: list(v) if isinstance(v, tuple) else v for k, v in ours.items()},
+                              TAKEN: taken}
     return {**config, **changed} if changed else config
 
 

@@ -544,7 +544,7 @@ def test_a_model_that_cannot_take_the_data_or_returns_other_than_its_logits_is_r
         return config
 
     check("Head")
-    check("resnet_like")  # num_classes=3 through **kwargs: a head for the data's classes
+    assert check("resnet_like")["model"]["nondet_keys_taken"] == ["num_classes"]  # through **kwargs: 3 classes
     check("HandsOn")  # built without it where **kwargs does not take it after all
     refusals = {
         ("Head", "+model.extra=3"): r"forward returned shape \(2, 6\) for a batch of 2; .*\(2, 3\) logits",
