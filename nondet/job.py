@@ -583,7 +583,9 @@ def _your_frame(error: BaseException | None):
     files), which a relaunch may not meet again."""
     import sysconfig
 
-    if error is None or isinstance(error, (OSError, MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(error):
+    transient = ("out of memory", "CUDA error", "NCCL")  # the device's, whatever code met them
+    if error is None or isinstance(error, (OSError, MemoryError, torch.OutOfMemoryError)) or any(
+            t in str(error) for t in transient):
         return None
     ours = (str(Path(__file__).resolve().parent), sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
             sysconfig.get_paths()["platlib"])
