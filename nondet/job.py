@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nondet import joblog, lm, logger, pack, records, usercode, userdata
+from nondet import joblog, lm, logger, pack, records, usercode, userdata, usermodel
 from nondet.backend import (LOWLEVEL_NONDETERMINISTIC, check_lowlevel, check_precision, configure_lowlevel,
                             configure_precision, resolve_device)
 from nondet.config import SCALES, TEXT_DATASETS, ConfigError, check_config, whole_fractions_as_floats
@@ -56,6 +56,8 @@ def resolved_config(cfg: DictConfig, *, concrete_device: bool = True) -> dict:
         if key != "hydra"
     }
     config = whole_fractions_as_floats(config)  # data_resample=1 is data_resample=1.0
+    # your own model's and data's arguments that share a name with nondet's keys: what they get
+    config = usermodel.with_your_defaults(config, usermodel.given_keys(cfg))
     if concrete_device:
         config["device"] = resolve_device(config["device"])
     fingerprint = data_fingerprint(config["dataset"])
@@ -414,7 +416,9 @@ def _launch_judges() -> tuple[str, ...]:
 def check_model_builds(config: dict, data) -> None:
     """Build the job's model once (on the CPU, from a throwaway generator): a model that cannot
     take these data (``model=resnet6`` on signals), an unknown activation, a ``bitflip.param``
-    the model lacks are refused before any run starts, not once per run."""
+    the model lacks (or that is not float32) are refused before any run starts, not once per
+    run. Your own model also runs forward once on two training examples
+    (``usermodel.check_output``): it must take them and return (N, num_classes) logits."""
     from nondet.bitflip import flipped_parameter
     from nondet.models import build_language_model, build_model
 
@@ -438,6 +442,9 @@ def check_model_builds(config: dict, data) -> None:
         where = traceback.extract_tb(e.__traceback__)[-1]
         raise ConfigError(f"building model={config['model']['name']} raised {one_line(e)} "
                           f"(at {where.filename}:{where.lineno}, in {where.name})") from e
+    if usermodel.is_custom(config["model"]):
+        usermodel.check_output(model, config["model"]["_target_"], data.normalize(data.x_train[:2]).cpu(),
+                               data.num_classes)
     if flips:
         flipped_parameter(model, config)
     _MODELS_BUILT.add(key)
@@ -488,6 +495,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     replicas = replicas_of_job(config)
     lowlevel = configure_backend(config)
     data = job_data(config)
+    check_model_builds(config, data)  # once per process: a launch has checked it already
     check_resumed_data(config, data, replicas)
 
     # busy: runs another live process is training (left to it); fixes: what to do about a failed
@@ -603,12 +611,35 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
+def _your_frame(error: BaseException | None):
+    """The innermost frame of ``error``'s traceback in your own code (neither nondet's, an
+    installed package's nor Python's), or None; None too for failures of the machine (memory,
+    files), which a relaunch may not meet again."""
+    import sysconfig
+
+    transient = ("out of memory", "CUDA error", "NCCL")  # the device's, whatever code met them
+    if error is None or isinstance(error, (OSError, MemoryError, torch.OutOfMemoryError)) or any(
+            t in str(error) for t in transient):
+        return None
+    ours = (str(Path(__file__).resolve().parent), sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
+            sysconfig.get_paths()["platlib"])
+    frames = [f for f in traceback.extract_tb(error.__traceback__)[1:]  # [0]: where it was caught
+              if not str(Path(f.filename).resolve()).startswith(ours) and not f.filename.startswith("<")]
+    return frames[-1] if frames else None
+
+
 def failure_fix(error: BaseException | None) -> str | None:
     """What to do about a failed run when relaunching the same command cannot mend it."""
     if isinstance(error, records.CorruptRunError):
         return str(error)  # it names the file to delete
     if isinstance(error, ConfigError):  # the same configuration fails the same way again
         return f"{str(error).strip().splitlines()[0]}: mend the configuration, then relaunch"
+    if isinstance(error, usermodel.GlobalRandomUse):  # the model's own code: it draws so every time
+        return f"{one_line(error)}: mend the model, then relaunch"
+    where = _your_frame(error)
+    if where is not None:  # your code raised: the same seeds make it raise again on a relaunch
+        return (f"{one_line(error)} (at {where.filename}:{where.lineno}, in {where.name}): your code "
+                "fails the same way on every relaunch; mend it, then relaunch")
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return "the disk is full: free space, then relaunch the same command"
     if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -5,8 +5,9 @@
     python launch.py dataset=imagefolder dataset.root=DIR dataset.image_size=32
 
 ``dataset=custom``: nondet imports ``_target_`` (from PYTHONPATH or the current directory) and
-calls it with the dataset node's keys that nondet does not declare itself (``+dataset.n=1000``
-gives ``n=1000``). It returns the train and test data as one of
+calls it with the keys you add (``+dataset.n=1000`` gives ``n=1000``) and the keys of nondet's
+own dataset node that its signature names (``dataset.path=big.npz`` gives ``path=...``; one you
+leave unset is your default: ``nondet.usermodel.target_arguments``). It returns the train and test data as one of
 
 - ``(x_train, y_train, x_test, y_test)`` (tensors or numpy arrays), or a dict with those keys;
 - ``(train, test)``, each an ``(x, y)`` pair or an in-memory ``torch.utils.data.Dataset`` of
@@ -24,7 +25,6 @@ of the tensors loaded, so changed data name new runs instead of pooling with the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any, Optional
@@ -32,12 +32,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from nondet.config import DatasetConfig
 from nondet.data import NPZ_KEYS, checked_tensors, tensors_sha256
-from nondet.usermodel import call_target
+from nondet.usermodel import call_target, locate_target, target_arguments
 
-# Keys nondet declares itself (or adds): never passed to a dataset function.
-_OWN_KEYS = {f.name for f in dataclasses.fields(DatasetConfig)} | {"_target_", "sha256"}
 CONTENT_IDENTIFIED = ("custom", "imagefolder")
 
 # The last data loaded, by its configuration: naming the runs of a sweep (``fingerprint``) and
@@ -79,14 +76,10 @@ def fingerprint(dataset: dict) -> Optional[str]:
 # --------------------------------------------------------------------------- dataset=custom
 
 
-def call_arguments(cfg: dict) -> dict:
-    """The keyword arguments of ``dataset._target_``: the keys nondet does not declare itself."""
-    return {k: v for k, v in cfg.items() if k not in _OWN_KEYS}
-
-
 def _load_custom(cfg: dict) -> tuple[str, dict]:
     target = cfg.get("_target_")
-    returned = call_target("dataset._target_", target, call_arguments(cfg))
+    fn = locate_target("dataset._target_", target)
+    returned = call_target("dataset._target_", target, target_arguments("dataset", cfg, fn), fn=fn)
     where = f"dataset._target_={target}"
     return where, _as_arrays(returned, where)
 

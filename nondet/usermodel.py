@@ -3,8 +3,10 @@
     python launch.py -m source=init,dropout model=custom model._target_=my_pkg.nets.SmallCNN +model.channels=16
 
 ``build_custom_model`` imports ``model._target_`` (from PYTHONPATH or the current directory) and
-calls it with the model node's keys that nondet does not declare itself (``+model.channels=16``
-gives ``channels=16``), plus ``input_shape`` and ``num_classes`` when its signature names them.
+calls it with the keys you add (``+model.channels=16`` gives ``channels=16``), the keys of
+nondet's own model node that its signature names (``model.dropout=0.1`` gives ``dropout=0.1``;
+one you leave unset is your default, recorded as such: ``with_your_defaults``), ``input_shape``
+when its signature names it and ``num_classes`` when it names it or takes ``**kwargs``.
 
 What each source means for a model nondet did not write:
 
@@ -26,11 +28,11 @@ What each source means for a model nondet did not write:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import inspect
 import os
 import random
+import re
 import sys
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -38,11 +40,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from nondet.config import ConfigError, ModelConfig
+from nondet.config import ConfigError, DatasetConfig, ModelConfig, schema_defaults
 from nondet.seeds import hashed_seed
 
-# Keys nondet declares itself: never passed to the constructor.
-_OWN_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} | {"_target_", "representations"}
+# Keys of the model and dataset nodes never passed to your code: nondet's choice of your code
+# and what it does with it (CKA's modules; the data's content, a derived key).
+_NEVER_PASSED = {"model": {"name", "_target_", "representations"}, "dataset": {"name", "_target_", "sha256"}}
+# The node's record of the keys of nondet's own that your code's signature names (``with_your_defaults``).
+TAKEN = "nondet_keys_taken"
+for _never in _NEVER_PASSED.values():
+    _never.add(TAKEN)
+# Keys nondet declares and reads itself for your data, whether or not your function takes them.
+_NONDET_READS = {"model": set(), "dataset": {"augment", "train_size", "test_size"}}
+_SCHEMAS = {"model": ModelConfig, "dataset": DatasetConfig}
+
+
+def nondet_defaults(group: str) -> dict:
+    """The keys nondet declares in its ``model`` or ``dataset`` node, with their defaults."""
+    return schema_defaults(_SCHEMAS[group])
 
 
 def locate_target(key: str, target: Any):
@@ -52,7 +67,7 @@ def locate_target(key: str, target: Any):
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())  # `python launch.py` puts the script's folder there, not the cwd
     parts = target.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
+    for cut in range(len(parts), 0, -1):
         module_name = ".".join(parts[:cut])
         try:
             obj = importlib.import_module(module_name)
@@ -67,11 +82,26 @@ def locate_target(key: str, target: Any):
                 obj = getattr(obj, name)
         except AttributeError:
             raise ConfigError(f"{key}={target}: {module_name} has no {'.'.join(parts[cut:])}") from None
+        if inspect.ismodule(obj) or not callable(obj):
+            raise ConfigError(f"{key}={target} is {_not_callable(obj, key)}")
         return obj
     raise ConfigError(
         f"{key}={target}: no module {parts[0]!r} on the path; run from the directory that holds it "
         "or add it to PYTHONPATH"
     )
+
+
+def _not_callable(obj, key: str) -> str:
+    """What ``obj`` is instead of a class or function, and the fix: a callable it holds."""
+    if not inspect.ismodule(obj):
+        return f"a {type(obj).__name__}, not a class or function: name the class or function that builds it"
+    own = [name for name, value in vars(obj).items()
+           if not name.startswith("_") and (inspect.isclass(value) or inspect.isfunction(value))
+           and getattr(value, "__module__", None) == obj.__name__]
+    if key.startswith("model."):  # an nn.Module class first: what model._target_ names
+        own.sort(key=lambda name: not (inspect.isclass(vars(obj)[name]) and issubclass(vars(obj)[name], nn.Module)))
+    example = f", e.g. {key}={obj.__name__}.{own[0]}" if own else ""
+    return f"a module, not a class or function: name one in it{example}"
 
 
 def call_target(key: str, target: Any, kwargs: Mapping[str, Any], fn=None):
@@ -90,10 +120,8 @@ def check_targets(config: Mapping[str, Any]) -> None:
         target = locate_target("model._target_", model.get("_target_"))
         _check_call("model._target_", model["_target_"], target, constructor_kwargs(model, (1,), 2, target))
     if dataset.get("name") == "custom":
-        from nondet.userdata import call_arguments
-
         target = locate_target("dataset._target_", dataset.get("_target_"))
-        _check_call("dataset._target_", dataset["_target_"], target, call_arguments(dataset))
+        _check_call("dataset._target_", dataset["_target_"], target, target_arguments("dataset", dataset, target))
 
 
 def _check_call(key: str, text: str, fn, kwargs: Mapping[str, Any]) -> None:
@@ -101,9 +129,104 @@ def _check_call(key: str, text: str, fn, kwargs: Mapping[str, Any]) -> None:
         inspect.signature(fn).bind(**kwargs)
     except TypeError as exc:
         group = key.split(".")[0]
-        raise ConfigError(f"{key}={text}: {exc} (its arguments come from +{group}.KEY=VALUE)") from None
+        missing = re.search(r"missing a required argument: '(\w+)'", str(exc))
+        how = (f"give it with {group}.{missing[1]}=VALUE" if missing and missing[1] in nondet_defaults(group)
+               else f"its arguments come from +{group}.KEY=VALUE")
+        raise ConfigError(f"{key}={text}: {exc} ({how})") from None
     except ValueError:  # no signature to inspect (a builtin): the call itself will say
         pass
+
+
+def _named_parameters(fn) -> dict[str, inspect.Parameter]:
+    """The parameters of ``fn`` that a keyword names ({} where it has no signature to read)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _takes_kwargs(fn) -> bool:
+    try:
+        return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+
+
+def target_arguments(group: str, node: Mapping[str, Any], fn) -> dict:
+    """The keyword arguments your ``{group}._target_`` (``fn``) gets from its node: the keys you
+    add, and the keys nondet declares that its signature names, with their values (unset ones
+    hold your default by now: ``with_your_defaults``). A key nondet declares, set to other than
+    its default, that ``fn`` does not name would be dropped: refused in one line. One that ``fn``
+    requires and that holds nondet's default is left out, so the call says to give it."""
+    defaults, named = nondet_defaults(group), _named_parameters(fn)
+    kwargs = {}
+    for key, value in node.items():
+        if key in _NEVER_PASSED[group]:
+            continue
+        if key in named and key in defaults and named[key].default is inspect.Parameter.empty and value == defaults[key]:
+            continue  # not given: nondet's default is no value of yours (dataset.path: null)
+        if key not in defaults or key in named:
+            kwargs[key] = value
+        elif value != defaults[key] and key not in _NONDET_READS[group]:
+            name = getattr(fn, "__qualname__", str(fn))
+            raise ConfigError(
+                f"{group}.{key}={value}: {name} takes no argument {key!r}, so this value would reach "
+                f"nothing ({group}.{key} is read by nondet's own {group}s); leave {group}.{key} unset, "
+                f"or add a {key} argument to {name}"
+            )
+    return kwargs
+
+
+def given_keys(cfg) -> set[str]:
+    """The keys the command line sets (``model.dropout`` of ``model.dropout=0.0``), from Hydra's
+    record of the job's overrides: ``cfg.hydra`` or the running job's; empty without Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        hydra = cfg["hydra"] if "hydra" in cfg else (HydraConfig.get() if HydraConfig.initialized() else None)
+        task = list(hydra.overrides.task) if hydra is not None else []
+    except Exception:  # noqa: BLE001 - a config without Hydra's record: nothing known as given
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in task if "=" in o}
+
+
+def with_your_defaults(config: dict, given: set[str] = frozenset()) -> dict:
+    """``config`` with each key of nondet's own that your ``model=custom``/``dataset=custom``
+    code names in its signature, and that holds nondet's default without being ``given`` on the
+    command line, set to your code's own default: what it is called with, and what config.yaml
+    records (``width: 8`` for ``def __init__(..., width=8)``, not nondet's ``width: 128``).
+
+    Such keys are listed under ``TAKEN`` (part of the runs' identity), and so is a model's
+    ``num_classes`` offered through ``**kwargs``: runs recorded before these reached your code,
+    which trained with your defaults whatever the node said, never pool with runs that get them.
+    A node whose code takes none of them is left as it was."""
+    changed = {}
+    for group in ("model", "dataset"):
+        node = config.get(group)
+        if not isinstance(node, dict) or node.get("name") != "custom":
+            continue
+        try:
+            fn = locate_target(f"{group}._target_", node.get("_target_"))
+        except ConfigError:
+            continue  # check_targets says why, in one line
+        named, defaults = _named_parameters(fn), nondet_defaults(group)
+        taken = sorted(k for k in named.keys() & defaults.keys() if k not in _NEVER_PASSED[group])
+        ours = {k: named[k].default for k in taken
+                if f"{group}.{k}" not in given and node.get(k) == defaults[k] and _plain(named[k].default)}
+        if group == "model" and "num_classes" not in named and _takes_kwargs(fn):
+            taken.append("num_classes")  # the data's, through **kwargs (``constructor_kwargs``)
+        if taken:
+            changed[group] = {**node, **{k: list(v) if isinstance(v, tuple) else v for k, v in ours.items()},
+                              TAKEN: taken}
+    return {**config, **changed} if changed else config
+
+
+def _plain(value) -> bool:
+    """Whether config.yaml can hold ``value`` as it is (a required argument's marker cannot)."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def seed_from(generator: torch.Generator, purpose: str) -> int:
@@ -133,17 +256,16 @@ def forked_global_rng(seed: int) -> Iterator[None]:
 
 
 def constructor_kwargs(cfg: Mapping[str, Any], input_shape: Sequence[int], num_classes: int, target) -> dict:
-    """The model node's keys nondet does not declare, plus ``input_shape`` and ``num_classes``
-    where ``target``'s signature names them."""
-    kwargs = {k: v for k, v in cfg.items() if k not in _OWN_KEYS}
-    try:
-        params = inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        params = {}
+    """``target_arguments`` of the model node, plus ``input_shape`` where ``target``'s signature
+    names it and ``num_classes`` where it names it or takes ``**kwargs`` (torchvision's
+    ``resnet18(**kwargs)`` then builds a head for the data's classes, not ImageNet's 1000), unless
+    you give them (``+model.num_classes``: ``check_output`` then says whether they fit)."""
+    kwargs = target_arguments("model", cfg, target)
+    params = _named_parameters(target)
     if "input_shape" in params:
-        kwargs["input_shape"] = tuple(int(d) for d in input_shape)
-    if "num_classes" in params:
-        kwargs["num_classes"] = int(num_classes)
+        kwargs.setdefault("input_shape", tuple(int(d) for d in input_shape))
+    if "num_classes" in params or _takes_kwargs(target):
+        kwargs.setdefault("num_classes", int(num_classes))
     return kwargs
 
 
@@ -157,12 +279,59 @@ def build_custom_model(cfg, input_shape: Sequence[int], num_classes: int, init_g
     target = locate_target("model._target_", cfg.get("_target_"))
     kwargs = constructor_kwargs(cfg, input_shape, num_classes, target)
     seed = seed_from(init_generator, "init")
-    with forked_global_rng(seed):
-        model = call_target("model._target_", cfg["_target_"], kwargs, fn=target)
+    try:
+        with forked_global_rng(seed):
+            model = call_target("model._target_", cfg["_target_"], kwargs, fn=target)
+    except TypeError as exc:
+        # num_classes offered through **kwargs that the code hands on to something without it:
+        # built as it is then (check_output says whether its head fits the data)
+        if "num_classes" in _named_parameters(target) or "num_classes" in cfg or "num_classes" not in str(exc):
+            raise
+        kwargs.pop("num_classes")
+        with forked_global_rng(seed):
+            model = call_target("model._target_", cfg["_target_"], kwargs, fn=target)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model._target_={cfg['_target_']} returned a {type(model).__name__}, not a torch.nn.Module")
     representation_modules(model, cfg.get("representations"))  # a wrong name fails now, not in the analysis
     return mark_custom(model).cpu().train()
+
+
+def check_output(model: nn.Module, target: str, x: torch.Tensor, num_classes: int) -> None:
+    """One training-mode forward of your model on ``x`` (a few training examples, as the
+    training step feeds them), with the dropout stream a throwaway generator's: a model that
+    cannot take the data, draws from Python's or numpy's global RNG, or returns anything but
+    (N, num_classes) logits is refused in one line, before anything trains."""
+    import traceback
+
+    model.train()
+    try:
+        with torch.no_grad(), global_rng_from([torch.Generator().manual_seed(0)]):
+            out = model(x)
+    except GlobalRandomUse as exc:
+        raise ConfigError(f"model._target_={target}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - your model's own code failed on these data
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        text = (str(exc).strip().splitlines() or [""])[0]
+        raise ConfigError(
+            f"model._target_={target} cannot take the data: its forward on a batch of shape "
+            f"{tuple(x.shape)} ({x.dtype}) raised {type(exc).__name__}: {text} (at {where.filename}:{where.lineno}, "
+            f"in {where.name})"
+        ) from None
+    expected = (x.shape[0], num_classes)
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(
+            f"model._target_={target}: forward returned a {type(out).__name__}; nondet trains on one tensor "
+            f"of logits, shape (N, {num_classes}) for the data's {num_classes} classes: return the logits alone"
+        )
+    if tuple(out.shape) != expected:
+        fix = ("return one row of logits per example" if out.dim() != 2 else
+               "give its classifier num_classes outputs (nondet passes num_classes to an argument of that name)")
+        raise ConfigError(
+            f"model._target_={target}: forward returned shape {tuple(out.shape)} for a batch of {x.shape[0]}; "
+            f"nondet trains on {expected} logits, one per class of the data's {num_classes}: {fix}"
+        )
+    if not out.is_floating_point():
+        raise ConfigError(f"model._target_={target}: forward returned {out.dtype} values; return float logits")
 
 
 CUSTOM_MARK = "_nondet_custom_model"
@@ -258,6 +427,13 @@ def flip_parameter(model: nn.Module, name: Optional[str]) -> tuple[str, nn.Param
         raise ConfigError(
             f"bitflip.param={name} is not a parameter of {type(model).__name__}; its parameters: "
             f"{', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+        )
+    if params[name].dtype != torch.float32:  # the flip moves one float32 ULP
+        floats = [n for n, p in params.items() if p.dtype == torch.float32]
+        raise ConfigError(
+            f"bitflip.param={name} is {str(params[name].dtype).replace('torch.', '')}, and the bit flip moves "
+            "one float32 ULP: name a float32 parameter"
+            + (f" ({', '.join(floats[:8])}{' ...' if len(floats) > 8 else ''})" if floats else "")
         )
     return name, params[name]
 

@@ -14,7 +14,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from conftest import CONF, TINY
+from conftest import CONF, tiny_for
 from nondet import records
 from nondet.callbacks import CheckCallback, SummaryCallback
 from nondet.config import ConfigError, check_config
@@ -24,7 +24,7 @@ from nondet.job import check_job, failure_fix, job_config, run_job
 def hydra_config(tmp_path, mode: RunMode, *overrides: str):
     """Hydra's full config of a command ``launch.py [-m] OVERRIDES`` (sweeps as the command line
     records them), and its task config; call inside ``initialize_config_dir``."""
-    fixed = [*TINY, "epochs=1", "replicates=1", f"output_root={tmp_path}"]
+    fixed = [*tiny_for(overrides), "epochs=1", "replicates=1", f"output_root={tmp_path}"]
     cfg = compose("config", overrides=[*fixed, *(o for o in overrides if "," not in o)],
                   return_hydra_config=True)
     cfg.hydra.mode = mode

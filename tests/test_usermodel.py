@@ -13,12 +13,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_config
+from conftest import CONF, compose_config
+from hydra import compose, initialize_config_dir
 from nondet import userdata
 from nondet.bitflip import flip_one_ulp
 from nondet.config import ConfigError, check_config
 from nondet.data import data_fingerprint, load_dataset
 from nondet.funcpack import ROUNDING, pack_reason
+from nondet.job import resolved_config
 from nondet.models import build_model, representation_layers
 from nondet.seeds import make_generator
 from nondet.usermodel import GlobalRandomUse, global_rng_from
@@ -406,3 +408,185 @@ def test_a_pack_after_the_shared_prefix_takes_its_replicas_in_training_mode(make
     config = custom_run(make_config, "source=shuffle", "onset_epoch=1", "replicates=2", "pack=auto")
     result = run_job(OmegaConf.create(config))
     assert len(result["finished"]) == 2 and not result.get("failed")
+
+
+# --------------------------------------------------------------------------- nondet's keys, your code's
+
+
+class KeyNet(nn.Module):
+    """Names two of nondet's own model keys, with defaults other than nondet's (128, 0.0)."""
+
+    def __init__(self, input_shape, num_classes, width: int = 8, dropout: float = 0.25):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.ReLU())
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.drop(self.body(x)))
+
+
+def load_path(path="default.npz", num_classes=3):
+    x, y, xt, yt = arrays()
+    return x, y % num_classes, xt, yt % num_classes
+
+
+def load_required(path):
+    return arrays()
+
+
+def test_nondet_keys_your_code_names_reach_it_as_recorded():
+    def model_of(*overrides):
+        config = compose_config(["model=custom", f"model._target_={HERE}.KeyNet", *overrides])
+        check_config(config)
+        model = build_model(config["model"], (6,), 3, make_generator(0))
+        return config["model"], model.body[1].out_features, model.drop.p
+
+    set_ = model_of("model.width=5", "model.dropout=0.9")
+    assert set_[0]["width"] == 5 and set_[0]["dropout"] == 0.9 and set_[1:] == (5, 0.9)
+    unset = model_of()  # your defaults, and config.yaml records them
+    assert unset[0]["width"] == 8 and unset[0]["dropout"] == 0.25 and unset[1:] == (8, 0.25)
+    # named in the runs' identity: runs that trained on your defaults whatever the node said stay apart
+    assert unset[0]["nondet_keys_taken"] == ["dropout", "width"]
+    assert "nondet_keys_taken" not in compose_config(["model=custom", f"model._target_={HERE}.TinyNet"])["model"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # as a launch composes it
+        launched = compose("config", overrides=["model=custom", f"model._target_={HERE}.KeyNet", "model.dropout=0.0"],
+                           return_hydra_config=True)
+    assert resolved_config(launched)["model"]["dropout"] == 0.0  # nondet's default, given: passed
+    with pytest.raises(ConfigError, match=r"^model.dropout=0.5: TinyNet takes no argument 'dropout'"):
+        check_config(compose_config(["model=custom", f"model._target_={HERE}.TinyNet", "model.dropout=0.5"]))
+
+    def data_of(*overrides):
+        config = compose_config(["dataset=custom", f"dataset._target_={HERE}.load_path", *overrides])
+        check_config(config)
+        return config["dataset"], load_dataset(OmegaConf.create(config["dataset"]))
+
+    dataset, data = data_of("dataset.num_classes=2", "dataset.path=big.npz")
+    assert dataset["num_classes"] == 2 and data.num_classes == 2 and dataset["path"] == "big.npz"
+    dataset, data = data_of()
+    assert dataset["num_classes"] == 3 and data.num_classes == 3 and dataset["path"] == "default.npz"
+    with pytest.raises(ConfigError, match=r"missing a required argument: 'path' \(give it with dataset.path=VALUE\)"):
+        check_config(compose_config(["dataset=custom", f"dataset._target_={HERE}.load_required"]))
+    with pytest.raises(ConfigError, match=r"^dataset.num_classes=2: load_four takes no argument 'num_classes'"):
+        check_config(compose_config(["dataset=custom", f"dataset._target_={HERE}.load_four", "dataset.num_classes=2"]))
+
+
+def test_a_module_as_target_names_a_callable_in_it():
+    with pytest.raises(ConfigError, match=r"examples.custom_cnn.nets is a module, not a class or function: "
+                                          r"name one in it, e.g. model._target_=examples.custom_cnn.nets.SmallCNN"):
+        build_model({"name": "custom", "_target_": "examples.custom_cnn.nets"}, (6,), 3, make_generator(0))
+
+
+# --------------------------------------------------------------------------- what the model returns
+
+
+class Head(nn.Module):
+    def __init__(self, input_shape, num_classes, extra: int = 0, shape: str = "logits"):
+        super().__init__()
+        self.fc = nn.Linear(math.prod(input_shape), num_classes + extra)
+        self.shape = shape
+
+    def forward(self, x):
+        out = self.fc(x.flatten(1))
+        if self.training and self.shape == "numpy":
+            out = out * float(np.random.rand() > -1)
+        return {"logits": out, "column": out.unsqueeze(-1), "pair": (out, x)}.get(self.shape, out)
+
+
+class RGBOnly(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def resnet_like(*, weights=None, **kwargs):
+    """torchvision's builders: num_classes only through **kwargs, ImageNet's 1000 by default."""
+    return Head((5,), kwargs.get("num_classes", 1000))
+
+
+class HandsOn(nn.Module):
+    """Takes **kwargs, but hands them to something that takes no num_classes."""
+
+    def __init__(self, input_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.fc = nn.Linear(math.prod(input_shape), 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+class Float64(Head):
+    def __init__(self, input_shape, num_classes):
+        super().__init__(input_shape, num_classes)
+        self.fc.double()
+
+    def forward(self, x):
+        return self.fc(x.flatten(1).double()).float()
+
+
+def load_gray():
+    x, y, xt, yt = arrays(n=16)
+    return x[:, :4].reshape(-1, 1, 2, 2), y, xt[:, :4].reshape(-1, 1, 2, 2), yt
+
+
+def test_a_model_that_cannot_take_the_data_or_returns_other_than_its_logits_is_refused(make_config):
+    from nondet.job import check_model_builds, run_job
+
+    def check(target, *overrides, data="load_four"):
+        config = make_config("model=custom", f"model._target_={HERE}.{target}", "dataset=custom",
+                             f"dataset._target_={HERE}.{data}", "dataset.train_size=null",
+                             "dataset.test_size=null", *overrides)
+        check_model_builds(config, load_dataset(OmegaConf.create(config["dataset"])))
+        return config
+
+    check("Head")
+    assert check("resnet_like")["model"]["nondet_keys_taken"] == ["num_classes"]  # through **kwargs: 3 classes
+    check("HandsOn")  # built without it where **kwargs does not take it after all
+    refusals = {
+        ("Head", "+model.extra=3"): r"forward returned shape \(2, 6\) for a batch of 2; .*\(2, 3\) logits",
+        ("Head", "+model.shape=column"): r"forward returned shape \(2, 3, 1\) .*one row of logits per example",
+        ("Head", "+model.shape=pair"): r"forward returned a tuple; .*return the logits alone",
+        ("Head", "+model.shape=numpy"): r"the model drew from numpy's global RNG while training",
+        ("Float64", "source=bitflip", "bitflip.param=fc.weight"): r"bitflip.param=fc.weight is float64.*float32 ULP",
+    }
+    for (target, *overrides), message in refusals.items():
+        with pytest.raises(ConfigError, match=rf"^model._target_=.*{target}: {message}|^{message}") as e:
+            check(target, *overrides)
+        assert "\n" not in str(e.value)
+    # a model that cannot take the data: one line when the job starts, before its pack is tried
+    config = make_config("model=custom", f"model._target_={HERE}.RGBOnly", "dataset=custom",
+                         f"dataset._target_={HERE}.load_gray", "dataset.train_size=null", "dataset.test_size=null",
+                         "pack=auto", "replicates=2", "source=init")
+    with pytest.raises(ConfigError, match=r"^model._target_=.*RGBOnly cannot take the data: its forward on a batch "
+                                          r"of shape \(2, 1, 2, 2\) \(torch.float32\) raised RuntimeError") as e:
+        run_job(OmegaConf.create(config))
+    assert "\n" not in str(e.value)
+
+
+def raises_in_your_code():
+    raise IndexError("index 7 is out of bounds")
+
+
+def raises_out_of_memory():
+    raise torch.OutOfMemoryError("CUDA out of memory")
+
+
+def test_a_failure_your_code_repeats_is_not_told_to_relaunch():
+    from nondet.job import failure_fix, pack_step
+    from nondet.usermodel import GlobalRandomUse
+
+    def error_of(call, *args):  # caught here, as nondet's loop catches a run's failure
+        try:
+            call(*args)
+        except Exception as e:  # noqa: BLE001
+            return e
+
+    assert "mend the model, then relaunch" in failure_fix(GlobalRandomUse("the model drew from numpy's global RNG"))
+    fix = failure_fix(error_of(raises_in_your_code))
+    assert "IndexError: index 7" in fix and "test_usermodel.py" in fix and "mend it, then relaunch" in fix
+    assert failure_fix(error_of(pack_step, "x", 2)) is None  # raised in nondet: may be retried
+    assert failure_fix(error_of(raises_out_of_memory)) is None  # the machine's, not the code's

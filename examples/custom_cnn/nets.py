@@ -5,8 +5,10 @@
         model._target_=examples.custom_cnn.nets.SmallCNN +model.channels=8 \
         dataset=npz dataset.path=/tmp/toy.npz
 
-nondet calls ``SmallCNN(channels=8, input_shape=(C, H, W), num_classes=K)``: ``channels`` from
-``+model.channels``, the other two because the signature names them. Nothing here seeds
+nondet calls ``SmallCNN(channels=8, dropout=0.25, input_shape=(C, H, W), num_classes=K)``:
+``channels`` from ``+model.channels``, ``dropout`` from ``model.dropout`` (a key of nondet's own
+that the signature names: ``model.dropout=0.5`` gives 0.5; left unset, this default, which
+config.yaml records), the other two because the signature names them. Nothing here seeds
 anything: the initialisation draws from the global RNG, which nondet seeds from the init source
 while the constructor runs, and the dropout masks draw from the global RNG, which holds the
 dropout source's stream during each training step.
