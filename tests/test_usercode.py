@@ -106,7 +106,7 @@ def test_a_sweep_extended_under_other_code_is_refused_and_named(make_config, use
     a row whose runs were trained under two versions anyway is named by the analysis."""
     from analysis.compare import arm_notes
     from analysis.load import load_sweep
-    from conftest import CONF, TINY
+    from conftest import CONF, tiny_for
     from hydra import compose, initialize_config_dir
     from hydra.types import RunMode
 
@@ -124,7 +124,7 @@ def test_a_sweep_extended_under_other_code_is_refused_and_named(make_config, use
     refused(run_job(OmegaConf.create(added)), records.run_dir(added),
             r"nets.py \(model._target_\) has changed since the finished run .*r0000 was trained with it")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[*TINY, *model, "replicate=2", f"output_root={tmp_path / 'outputs'}"],
+        cfg = compose("config", overrides=[*tiny_for(model), *model, "replicate=2", f"output_root={tmp_path / 'outputs'}"],
                       return_hydra_config=True)
     cfg.hydra.mode = RunMode.MULTIRUN
     for local in (True, False):  # the basic launcher's jobs, and a cluster's (submitit)
