@@ -6,7 +6,9 @@ trajectory. It is trained once. The first job that needs the state after epoch k
 the latest prefix checkpoint before k, if any) and saves ``<sweep>/.prefix/<hash>/epoch_<k>.pt``;
 the others wait for that file and fork from it. A replica forked this way ends bitwise identical
 to one trained from scratch with the same onset, because the checkpoint holds everything the
-computation depends on.
+computation depends on. Under ``schedule=snapshot`` the snapshots taken before epoch k are the
+prefix's too: its trainer saves them in ``<hash>/snapshots/`` before the checkpoint, and every fork
+copies them (``nondet.train.check_snapshots``).
 
 Jobs on different hosts coordinate through the shared file system: a lock file
 (``nondet/lock.py``) created with O_EXCL, refreshed while its holder trains, and taken over when

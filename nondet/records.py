@@ -278,6 +278,11 @@ def write_npy(path: Path, array: np.ndarray) -> None:
     _atomic_write_bytes(Path(path), buf.getvalue())
 
 
+def copy_file(source: Path, target: Path) -> None:
+    """``target`` becomes a byte-for-byte copy of ``source``, atomically."""
+    _atomic_write_bytes(Path(target), Path(source).read_bytes())
+
+
 def write_torch(path: Path, obj: Any) -> None:
     import torch
 

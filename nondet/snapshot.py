@@ -21,6 +21,7 @@ import torch
 
 from nondet.config import ConfigError
 from nondet.optim import cycle_length
+from nondet import records
 from nondet.records import LOGITS_FILE, SNAPSHOT_DIR
 
 
@@ -57,6 +58,26 @@ def check_snapshot_count(schedule: Mapping, steps_per_epoch: int, epochs: int) -
 
 def snapshot_path(directory: Path, k: int) -> Path:
     return Path(directory) / SNAPSHOT_DIR / str(k) / LOGITS_FILE
+
+
+def taken_by(schedule: Mapping, steps_per_epoch: int, epochs: int, epoch: int) -> list[int]:
+    """The numbers k (1-based) of the snapshots a run of ``epochs`` takes in its first ``epoch``
+    epochs: those a checkpoint of that epoch (or an onset sweep's shared prefix) comes after."""
+    steps = snapshot_steps(schedule, steps_per_epoch * epochs)
+    return [k for k, step in enumerate(steps, 1) if step <= steps_per_epoch * epoch]
+
+
+def missing(numbers: list[int], directory: Path) -> list[int]:
+    """The snapshots among ``numbers`` that ``directory`` lacks."""
+    return [k for k in numbers if not snapshot_path(directory, k).is_file()]
+
+
+def copy_missing(numbers: list[int], source: Path, target: Path) -> None:
+    """Copy the snapshots ``numbers`` that ``target`` lacks from ``source`` (where it has them),
+    byte for byte: the shared prefix of an onset sweep took them once for every fork."""
+    for k in missing(numbers, target):
+        if snapshot_path(source, k).is_file():
+            records.copy_file(snapshot_path(source, k), snapshot_path(target, k))
 
 
 def ensemble_log_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:

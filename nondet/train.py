@@ -415,24 +415,60 @@ def checkpoint_due(every: Any, epoch: int, last_checkpoint: float) -> bool:
 
 def fork_from_prefix(member: Member, data: Any, family: Family) -> None:
     """Bring a replica to the onset epoch from the shared prefix (nondet/onset.py): load it when
-    another job has trained it, else train it here and share it."""
+    another job has trained it, else train it here and share it. The snapshots the prefix takes
+    (``schedule=snapshot``) are shared with it, in the prefix's directory, before its checkpoint
+    announces it; ``check_snapshots`` then copies them into the run."""
     replica, config, directory = member.replica, member.config, Path(member.directory)
     onset_epoch = config["onset_epoch"]
     shared = onset.prefix_checkpoint(config, onset_epoch)
+    prefix = onset.prefix_dir(config)
     lock = onset.Lock(shared.with_name(shared.name + ".lock"))
     if not onset.wait_for(shared, lock):
         with onset.held(lock):
             if not shared.exists():
                 latest = onset.latest_prefix_checkpoint(config, onset_epoch)
-                if latest is not None and latest[0] > replica.epoch:
+                if (latest is not None and latest[0] > replica.epoch
+                        and not snapshot.missing(snapshots_before(config, data, family, latest[0]), prefix)):
                     replica.load_state_dict(records.read_checkpoint(latest[1], config["device"]))
                 log.info("%s: training the shared prefix up to epoch %d", directory.name, onset_epoch)
                 train_group([member], data, onset_epoch, family, on_epoch=lock.refresh)
+                check_snapshots(member, data, family)  # the ones before ``latest``, from the prefix
+                snapshot.copy_missing(snapshots_before(config, data, family, onset_epoch), directory, prefix)
                 record_prefix_code(config)
                 records.write_torch(shared, replica.state_dict())
                 return
+    if snapshot.missing(snapshots_before(config, data, family, onset_epoch), prefix):
+        # A prefix shared without its snapshots (by an earlier nondet): every fork would lack them.
+        log.warning("%s: the shared prefix at epoch %d holds no snapshots; training the prefix in this run",
+                    directory.name, onset_epoch)
+        train_group([member], data, onset_epoch, family)
+        snapshot.copy_missing(snapshots_before(config, data, family, onset_epoch), directory, prefix)
+        return
     log.info("%s: forking from the shared prefix at epoch %d", directory.name, onset_epoch)
     replica.load_state_dict(records.read_checkpoint(shared, config["device"]))
+
+
+def snapshots_before(config: dict, data: Any, family: Family, epoch: int) -> list[int]:
+    """The snapshots (``schedule=snapshot``) a run takes in its first ``epoch`` epochs."""
+    if config["schedule"]["name"] != "snapshot":
+        return []
+    return snapshot.taken_by(config["schedule"], family.steps_per_epoch(config, data), config["epochs"], epoch)
+
+
+def check_snapshots(member: Member, data: Any, family: Family) -> None:
+    """A replica resumed or forked at epoch e goes on only with the snapshots of its first e
+    epochs in its run directory (the run's prediction is their ensemble); those of an onset
+    sweep's shared prefix are copied from it, bitwise the ones a run from scratch takes."""
+    config, directory, epoch = member.config, Path(member.directory), member.replica.epoch
+    numbers = snapshots_before(config, data, family, epoch)
+    if config["onset_epoch"] > 0:
+        shared = snapshots_before(config, data, family, min(epoch, config["onset_epoch"]))
+        snapshot.copy_missing(shared, onset.prefix_dir(config), directory)
+    gone = snapshot.missing(numbers, directory)
+    if gone:
+        raise records.CorruptRunError(
+            f"{snapshot.snapshot_path(directory, gone[0])} is missing, a snapshot taken before epoch {epoch}, "
+            f"where this run resumes: delete {directory / records.CHECKPOINT_FILE} to train the run again from scratch")
 
 
 def train_job(
@@ -463,8 +499,10 @@ def train_job(
         try:
             replica = open_replica(replica_config, directory, data, lowlevel, family, env)
             member = Member(replica, replica_config, Path(directory), lowlevel)
+            check_snapshots(member, data, family)
             if 0 < config["onset_epoch"] <= config["epochs"] and replica.epoch < config["onset_epoch"]:
                 fork_from_prefix(member, data, family)  # the shared prefix, trained once for all
+                check_snapshots(member, data, family)
         except Exception:
             failed(directory)
             continue

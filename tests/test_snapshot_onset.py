@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -111,6 +112,48 @@ def test_onset_forks_from_one_shared_prefix_and_equals_a_run_from_scratch(make_c
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
         finals.append(a)
     assert not np.array_equal(finals[0], finals[1])  # the sources do vary after the onset
+
+
+def bits(directory, name="logits.npy"):
+    return np.load(directory / name).view(np.uint32)
+
+
+def test_forked_snapshot_runs_carry_the_prefix_snapshots_bitwise(make_config, tmp_path):
+    """4 cycles of one epoch, onset at epoch 2: snapshots 1 and 2 are taken in the shared prefix,
+    by the job that trains it; a fork gets them from the prefix, bitwise a run from scratch's."""
+    common = ("source=shuffle", "schedule=snapshot", "schedule.cycles=4", "onset_epoch=2", "epochs=4")
+    shared = [make_config(*common, f"replicate={r}", f"output_root={tmp_path / 'shared'}") for r in range(3)]
+    for config in shared[:2]:
+        assert run(config)["failed"] == []
+    alone = make_config(*common, "replicate=1", f"output_root={tmp_path / 'alone'}")
+    run(alone)
+    forked, scratch = records.run_dir(shared[1]), records.run_dir(alone)
+    for name in [f"snapshots/{k}/logits.npy" for k in range(1, 5)] + ["logits.npy"]:
+        assert np.array_equal(bits(forked, name), bits(scratch, name)), name
+    # A prefix shared without its snapshots (by an earlier nondet): the fork trains the prefix itself.
+    prefix = onset.prefix_dir(shared[2]) / records.SNAPSHOT_DIR
+    shutil.rmtree(prefix)
+    assert run(shared[2])["failed"] == []
+    for k in (1, 2):
+        assert np.array_equal(bits(records.run_dir(shared[2]), f"snapshots/{k}/logits.npy"),
+                              bits(scratch, f"snapshots/{k}/logits.npy"))
+    assert sorted(p.name for p in prefix.iterdir()) == ["1", "2"]
+
+
+def test_a_resumed_snapshot_run_without_an_earlier_snapshot_says_what_to_delete(make_config, monkeypatch):
+    from conftest import kill_after_epoch
+
+    config = make_config("source=init", "schedule=snapshot", "schedule.cycles=3", "epochs=3")
+    undo = kill_after_epoch(monkeypatch, 2)  # the checkpoint of epoch 1 stays, with snapshot 1
+    run(config)
+    undo()
+    directory = records.run_dir(config)
+    (directory / "snapshots" / "1" / "logits.npy").unlink()
+    outcome = run(config)
+    assert outcome["failed"] == [str(directory)]
+    assert outcome["fixes"][str(directory)] == (
+        f"{directory}/snapshots/1/logits.npy is missing, a snapshot taken before epoch 1, where this run "
+        f"resumes: delete {directory}/checkpoint.pt to train the run again from scratch")
 
 
 def test_prefix_is_shared_across_sources_and_onsets(make_config):
