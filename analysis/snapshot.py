@@ -5,8 +5,14 @@
 
 A snapshot run (``schedule=snapshot``, M cycles) saves ``snapshots/k/logits.npy`` at the end of
 cycle k = 1..M, and its own ``logits.npy`` is the M-snapshot ensemble stored as log mean softmax
-(``nondet/snapshot.py``). For every group of snapshot runs, the vanilla pool is the group whose
-configuration differs only in the schedule (``schedule.*`` keys). The rows:
+(``nondet/snapshot.py``). For every group of snapshot runs, the vanilla pool is the
+``schedule=cosine`` group of the same configuration otherwise (the recipe the snapshot schedule
+replaces, as in ``conf/experiment/table5.yaml``); where several cosine groups match (two warmups),
+the one sharing the most of the snapshot group's other ``schedule.*`` settings. A snapshot group
+without such a pool, or with several that fit equally well, gets a note and no vanilla rows: another
+schedule (``constant``) is not the paper's comparison, and a pool picked among several is a guess.
+Groups are labelled by the keys in which the snapshot groups differ (``schedule.cycles`` too). The
+rows:
 
 - ``vanilla N=n`` (n = 1..5): ensembles of n distinct runs of the pool, averaging their softmax
   probabilities. Each ensemble is a distinct n-subset of the pool, drawn without replacement from
@@ -22,6 +28,9 @@ configuration differs only in the schedule (``schedule.*`` keys). The rows:
   ensemble if they are log-probabilities (every row's logsumexp is 0) and only the final model
   otherwise (a run trained before the engine saved snapshots); the row says which.
 
+A run whose snapshots cannot be read (a file missing or truncated, another shape than its
+``logits.npy``) is left out of the snapshot rows, with a note naming it and the file.
+
 Every row gets the columns of ``analysis.metrics.group_metrics`` computed over its ensembles
 (``n_runs`` = how many ensembles). All rows are computed from log-probabilities, so the Spearman
 column of ``vanilla N=1`` ranks log-softmax values, not raw logits as Table 1 does (a per-example
@@ -32,13 +41,16 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analysis.load import Group, Sweep
+from analysis.load import Group, Run, Sweep, display_keys
 from analysis.metrics import group_metrics
 from analysis.render import markdown_table, with_error
+from nondet import records
 from nondet.records import LOGITS_FILE, SNAPSHOT_DIR
 MAX_MEMBERS = 5
 
@@ -63,10 +75,49 @@ def _without_schedule(group: Group) -> tuple:
     return tuple((k, v) for k, v in group.key if not k.startswith("schedule."))
 
 
-def snapshot_pairs(sweep: Sweep) -> list[tuple[Group, Group | None]]:
-    """(snapshot group, its vanilla pool or None) for every snapshot group of the sweep."""
-    pools = {_without_schedule(g): g for g in sweep.groups if not is_snapshot(g)}
-    return [(g, pools.get(_without_schedule(g))) for g in sweep.groups if is_snapshot(g)]
+def _schedule_settings(group: Group) -> tuple:
+    """The group's ``schedule.*`` keys but its name (warmup, cycles)."""
+    return tuple((k, v) for k, v in group.key if k.startswith("schedule.") and k != "schedule.name")
+
+
+@dataclass
+class Pairing:
+    """A snapshot group and its vanilla pool, or why it has none (``why``)."""
+
+    snapshot: Group
+    pool: Group | None
+    why: str | None = None
+
+
+def snapshot_pairs(sweep: Sweep) -> list[Pairing]:
+    """Every snapshot group of the sweep with its vanilla pool: the ``schedule=cosine`` group of
+    the same configuration otherwise; among several, the one sharing the most of its other
+    ``schedule.*`` settings (warmup, cycles). None (and why) when no cosine group fits, or
+    several fit equally well."""
+    pairs = []
+    for snap in (g for g in sweep.groups if is_snapshot(g)):
+        rest = _without_schedule(snap)
+        same = [g for g in sweep.groups if not is_snapshot(g) and _without_schedule(g) == rest]
+        cosine = [g for g in same if g.params.get("schedule.name") == "cosine"]
+        shared = [len(set(_schedule_settings(g)) & set(_schedule_settings(snap))) for g in cosine]
+        best = [g for g, n in zip(cosine, shared) if n == max(shared, default=0)]
+        if len(best) == 1:
+            pairs.append(Pairing(snap, best[0]))
+        elif best:
+            keys = [k for k in display_keys([g.key for g in cosine]) if k != "source.name"]
+            which = "; ".join(g.label(keys) for g in cosine)
+            pairs.append(Pairing(snap, None, (
+                f"{len(cosine)} schedule=cosine groups of the same configuration could be its vanilla pool "
+                f"({which}), none closer to its schedule settings than the others: vanilla rows left out "
+                "rather than guessed")))
+        else:
+            others = sorted({str(g.params.get("schedule.name")) for g in same})
+            also = (f" (schedule={', '.join(others)} is not the snapshot recipe's cosine schedule)"
+                    if others else "")
+            pairs.append(Pairing(snap, None, (
+                f"no vanilla pool (a schedule=cosine group of the same configuration otherwise) in this "
+                f"sweep{also}: vanilla rows left out; launch it with schedule=cosine")))
+    return pairs
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -107,23 +158,51 @@ def ensemble_draws(pool: int, members: int, count: int, rng: np.random.Generator
     return np.array(draws, dtype=np.int64)
 
 
-def read_snapshots(group: Group) -> np.ndarray | None:
-    """(R, M, N, C) float32 snapshot logits of every run, or None when a run has none.
+def read_snapshots(group: Group, root: Path | None = None) -> tuple[np.ndarray | None, list[Run], list[str]]:
+    """(R', M, N, C) float32 snapshot logits of the group's readable runs (None when no run has
+    snapshots: runs trained before snapshots were saved), those runs, and why each other run is
+    left out, naming its file (relative to ``root``).
 
-    Raises ValueError when runs hold different numbers of snapshots or shapes."""
-    per_run = []
-    for run in group.runs:
-        directory = run.path / SNAPSHOT_DIR
-        cycles = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
-        if not cycles:
-            return None
-        if cycles != list(range(1, len(cycles) + 1)):
-            raise ValueError(f"{directory}: snapshots {cycles} are not 1..M")
-        per_run.append(np.stack([np.load(directory / str(k) / LOGITS_FILE) for k in cycles]))
-    shapes = {a.shape for a in per_run}
-    if len(shapes) != 1:
-        raise ValueError(f"snapshot runs of one group hold different snapshots: shapes {sorted(shapes)}")
-    return np.stack(per_run).astype(np.float32)
+    Every run must hold ``snapshots/1..M/logits.npy`` (M: the most any run of the group holds),
+    each readable and shaped as the run's ``logits.npy``."""
+    numbered = [_numbered(run.path / SNAPSHOT_DIR) for run in group.runs]
+    count = max((max(n) for n in numbered if n), default=0)
+    if count == 0:
+        return None, [], []
+    kept, arrays, left_out = [], [], []
+    for run, numbers in zip(group.runs, numbered):
+        where = run.path.relative_to(root) if root is not None and run.path.is_relative_to(root) else run.path
+        try:
+            per_cycle = [_read_snapshot(run, k, numbers) for k in range(1, count + 1)]
+        except _Unreadable as e:
+            left_out.append(f"{where}/{SNAPSHOT_DIR}/{e.k}/{LOGITS_FILE} ({e})")
+            continue
+        kept.append(run)
+        arrays.append(np.stack(per_cycle))
+    return (np.stack(arrays).astype(np.float32) if arrays else None), kept, left_out
+
+
+class _Unreadable(Exception):
+    def __init__(self, k: int, why: str):
+        super().__init__(why)
+        self.k = k
+
+
+def _numbered(directory: Path) -> set[int]:
+    return {int(p.name) for p in directory.iterdir() if p.name.isdigit()} if directory.is_dir() else set()
+
+
+def _read_snapshot(run: Run, k: int, numbers: set[int]) -> np.ndarray:
+    path = run.path / SNAPSHOT_DIR / str(k) / LOGITS_FILE
+    if k not in numbers or not path.is_file():
+        raise _Unreadable(k, "missing")
+    try:
+        array = records.read_array(path, 2, "f")
+    except records.CorruptRunError as e:
+        raise _Unreadable(k, str(e.__cause__ or e)) from None
+    if array.shape != run.logits.shape:
+        raise _Unreadable(k, f"shape {array.shape}, the run's {LOGITS_FILE} {run.logits.shape}")
+    return array
 
 
 def is_log_probability(logits: np.ndarray, tolerance: float = 1e-4) -> bool:
@@ -149,15 +228,18 @@ def table5_frame(
 ) -> tuple[pd.DataFrame, list[str]]:
     """Table 5 rows for every snapshot group of the sweep, and notes. Columns: ``group`` (the
     snapshot group's label), ``ensemble``, ``kind`` (vanilla / snapshot), ``members``, ``pool``
-    (runs the ensembles are built from), then ``analysis.metrics.COLUMNS``."""
-    keys = [k for k in sweep.display_keys if not k.startswith("schedule.")]
+    (runs the ensembles are built from), then ``analysis.metrics.COLUMNS``, and ``vanilla_pool``
+    (the pool's label; None without one)."""
+    pairs = snapshot_pairs(sweep)
+    keys = display_keys([p.snapshot.key for p in pairs])
     rows, notes = [], []
-    for snap, pool in snapshot_pairs(sweep):
+    for pair in pairs:
+        snap, pool = pair.snapshot, pair.pool
         label = snap.label(keys)
         labels = snap.labels
         start = len(rows)
         if pool is None:
-            notes.append(f"{label}: no vanilla pool (a group differing only in the schedule) in this sweep")
+            notes.append(f"{label}: {pair.why}")
         elif not np.array_equal(pool.labels, labels):
             notes.append(f"{label}: the vanilla pool was evaluated on another test set; left out")
         else:
@@ -170,12 +252,12 @@ def table5_frame(
                 rows.append(_row(f"vanilla N={n}", "vanilla", n, runs, ensembles, labels, n_boot, seed))
             if runs < max_members:
                 notes.append(f"{label}: the pool holds {runs} runs, so vanilla ensembles stop at N={runs}")
-        try:
-            snapshots = read_snapshots(snap)
-        except ValueError as e:
-            notes.append(f"{label}: {e}")
-            snapshots = None
-        runs = len(snap.runs)
+        snapshots, kept, left_out = read_snapshots(snap, sweep.root)
+        if left_out:
+            shown = "; ".join(left_out[:3]) + (f"; and {len(left_out) - 3} more" if len(left_out) > 3 else "")
+            notes.append(f"{label}: {len(left_out)} of {len(snap.runs)} snapshot runs left out of the snapshot "
+                         f"rows, their snapshots unreadable: {shown}")
+        runs = len(kept)
         if snapshots is not None:
             cycles = snapshots.shape[1]
             snapshot_log_probs = log_softmax(snapshots)  # (R, M, N, C)
@@ -187,14 +269,14 @@ def table5_frame(
                 )
                 rows.append(_row(f"snapshot M={m} (last {m} of {cycles})" if m < cycles else f"snapshot M={m}",
                                  "snapshot", m, runs, ensemble, labels, n_boot, seed))
-            stored = log_softmax(snap.logits)
+            stored = log_softmax(snap.with_runs(kept).logits)
             gap = float(np.max(np.abs(stored - ensemble))) if stored.shape == ensemble.shape else math.inf
             if gap > 1e-4:
                 notes.append(
                     f"{label}: logits.npy differs from the ensemble of its {cycles} snapshots by up "
                     f"to {gap:.2g} (log-probability): the runs' ensemble is not the snapshots' mean"
                 )
-        else:
+        elif not left_out:
             if is_log_probability(snap.logits):
                 what = "snapshot (logits.npy: the ensemble)"
             else:
@@ -205,13 +287,15 @@ def table5_frame(
                     "not an ensemble"
                 )
             members = int(snap.params.get("schedule.cycles") or 0)
+            runs = len(snap.runs)
             rows.append(_row(what, "snapshot", members, runs, log_softmax(snap.logits), labels, n_boot, seed))
         for row in rows[start:]:
             row["group"] = label
+            row["vanilla_pool"] = pool.label(sweep.display_keys) if pool is not None else None
     columns = ["group", "ensemble", "kind", "members", "pool"]
     frame = pd.DataFrame(rows)
-    if len(frame):
-        frame = frame[columns + [c for c in frame.columns if c not in columns]]
+    if len(frame):  # the pool's label last: the columns before it are as they were
+        frame = frame[columns + [c for c in frame.columns if c not in columns + ["vanilla_pool"]] + ["vanilla_pool"]]
     return frame, notes
 
 
@@ -233,6 +317,8 @@ def table5_markdown(frame: pd.DataFrame, notes: list[str], n_boot: int = 1000) -
                 error = f"{column}_sd" if column.endswith("_sd") and f"{column}_sd" in row else None
                 cells.append(with_error(row[column], None if error is None else row[error], decimals))
             table.append(cells)
-        lines += ["", f"Group: {group}", "", markdown_table(header, table)]
+        pool = rows["vanilla_pool"].iloc[0]
+        title = f"Group: {group}" if pool is None else f"Group: {group} (vanilla pool: {pool})"
+        lines += ["", title, "", markdown_table(header, table)]
     lines += [f"- note: {n}" for n in notes]
     return "\n".join(lines) + "\n"

@@ -158,6 +158,59 @@ def test_table5_with_a_small_pool_and_without_one(tmp_path, labels):
     assert any("no vanilla pool" in n for n in notes)
 
 
+def test_table5_pairs_each_snapshot_group_with_its_own_cosine_pool_or_none(tmp_path, labels):
+    rng = np.random.default_rng(5)
+
+    def group(**schedule):
+        write_group(config(tmp_path, **{f"schedule.{k}": v for k, v in schedule.items()}),
+                    random_logits(rng, 3, N, C), labels)
+
+    def table():
+        return snapshot.table5_frame(load_sweep(tmp_path / "sweep"), n_boot=5)
+
+    group(name="constant")
+    group(name="snapshot", cycles=2)  # no snapshots/: a final-model row, and its note
+    frame, notes = table()
+    assert set(frame["kind"]) == {"snapshot"}  # constant is not the recipe's cosine: no vanilla rows
+    assert any("no vanilla pool" in n and "schedule=constant" in n for n in notes)
+    group(name="cosine", warmup_epochs=1.0)
+    group(name="cosine", warmup_epochs=2.0)
+    group(name="snapshot", cycles=3, warmup_epochs=2.0)
+    frame, notes = table()
+    first, second = "all, schedule.cycles=2, schedule.warmup_epochs=0.0", "all, schedule.cycles=3, schedule.warmup_epochs=2.0"
+    assert list(dict.fromkeys(frame["group"])) == [first, second]
+    # Two warmups fit the first equally (neither is its 0): no vanilla rows, rather than a guess.
+    assert set(frame[frame["group"] == first]["kind"]) == {"snapshot"}
+    assert any(n.startswith(f"{first}: 2 schedule=cosine groups") and "left out rather than guessed" in n for n in notes)
+    # The second shares its warmup with one of them: that one is its pool.
+    vanilla = frame[(frame["group"] == second) & (frame["kind"] == "vanilla")]
+    assert list(vanilla["ensemble"]) == ["vanilla N=1", "vanilla N=2", "vanilla N=3"]
+    sweep = load_sweep(tmp_path / "sweep")
+    (pool,) = [g for g in sweep.groups if g.params["schedule.name"] == "cosine" and g.params["schedule.warmup_epochs"] == 2]
+    want = group_metrics(snapshot.log_softmax(pool.logits), labels, n_boot=5)
+    assert vanilla.iloc[0]["accuracy_mean"] == pytest.approx(want["accuracy_mean"])
+    assert set(vanilla["vanilla_pool"]) == {pool.label(sweep.display_keys)}
+    text = snapshot.table5_markdown(frame, notes)
+    assert f"Group: {second} (vanilla pool: {pool.label(sweep.display_keys)})" in text
+
+
+def test_table5_leaves_out_a_run_with_an_unreadable_snapshot_and_names_it(tmp_path, labels):
+    root, snapshots = write_snapshot_sweep(tmp_path, labels, pool=4, runs=4, cycles=3)
+    (snap_dir,) = [p for p in root.iterdir() if "snapshot" in (p / "r0000" / "config.yaml").read_text()]
+    (snap_dir / "r0001" / "snapshots" / "2" / "logits.npy").unlink()
+    truncated = snap_dir / "r0002" / "snapshots" / "3" / "logits.npy"
+    truncated.write_bytes(truncated.read_bytes()[:20])
+    frame, notes = snapshot.table5_frame(load_sweep(root), n_boot=5)
+    rows = frame[frame["kind"] == "snapshot"]
+    assert list(rows["n_runs"]) == [2, 2, 2]  # runs 0 and 3
+    (note,) = [n for n in notes if "left out" in n]
+    assert note.startswith("all: 2 of 4 snapshot runs left out of the snapshot rows")
+    assert f"{snap_dir.name}/r0001/snapshots/2/logits.npy (missing)" in note
+    assert f"{snap_dir.name}/r0002/snapshots/3/logits.npy (" in note and "\n" not in note
+    kept = np.log(softmax(snapshots[[0, 3]]).mean(axis=1))
+    assert rows.iloc[-1]["cross_entropy_mean"] == pytest.approx(group_metrics(kept, labels, n_boot=2)["cross_entropy_mean"])
+
+
 def test_is_log_probability():
     logits = np.random.default_rng(0).normal(size=(2, N, C))
     assert not snapshot.is_log_probability(logits)
