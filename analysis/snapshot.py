@@ -104,10 +104,10 @@ def snapshot_pairs(sweep: Sweep) -> list[Pairing]:
         if len(best) == 1:
             pairs.append(Pairing(snap, best[0]))
         elif best:
-            keys = [k for k in display_keys([g.key for g in cosine]) if k != "source.name"]
-            which = "; ".join(g.label(keys) for g in cosine)
+            keys = [k for k in display_keys([g.key for g in best]) if k != "source.name"]
+            which = "; ".join(g.label(keys) for g in best)
             pairs.append(Pairing(snap, None, (
-                f"{len(cosine)} schedule=cosine groups of the same configuration could be its vanilla pool "
+                f"{len(best)} schedule=cosine groups of the same configuration could be its vanilla pool "
                 f"({which}), none closer to its schedule settings than the others: vanilla rows left out "
                 "rather than guessed")))
         else:
