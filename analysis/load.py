@@ -831,6 +831,19 @@ _INERT_HINTS = {
 }
 
 
+def _inert_hint(source: str, config: dict) -> str:
+    """Why ``source`` may have left every run identical, for this configuration: the usual
+    cause where the configuration has it, else what remains (a late onset, too little training
+    for float32 outputs to record the change)."""
+    if source != "shuffle" or config.get("shuffle_window") == 1:
+        return _INERT_HINTS[source]
+    onset = config.get("onset_epoch") or 0
+    late = f"it acts from onset_epoch={onset} on, and " if onset else ""
+    return (f"the data order did vary, but {late}the training after it did not move the test "
+            f"outputs by a float32 ULP (few steps, a small learning rate, or a snapshot ensemble "
+            f"dominated by an earlier snapshot)")
+
+
 def _variation_notes(group: Group, label: str, arithmetic_differs: bool) -> list[str]:
     """The safety net under every row: a ``source=none`` control whose runs are not bitwise
     identical (every other row's spread then includes that nondeterminism), and a row varying a
@@ -859,7 +872,7 @@ def _variation_notes(group: Group, label: str, arithmetic_differs: bool) -> list
     if _diverged(group.runs[0]):  # identical NaNs: the divergence note names the cause
         return []
     name = group.config["source"].get("name", "+".join(vary))
-    hints = "; ".join(f"{s}: {_INERT_HINTS[s]}" for s in vary if s in _INERT_HINTS)
+    hints = "; ".join(f"{s}: {_inert_hint(s, group.config)}" for s in vary if s in _INERT_HINTS)
     return [
         f"{label}: source {name} varied nothing in this configuration: its {len(group.runs)} runs "
         f"are bitwise identical (test logits), so its spread is 0 by construction, not a finding. "

@@ -275,6 +275,7 @@ def test_a_control_that_is_not_deterministic_is_named(tmp_path, labels):
 
 @pytest.mark.parametrize("source, setting, cause", [
     ("shuffle", {"shuffle_window": 1}, "shuffle_window=1 keeps the stored order"),
+    ("shuffle", {"onset_epoch": 2}, "the data order did vary, but it acts from onset_epoch=2 on"),
     ("reduction", {"batch_size": 1}, "batch_size=1"),
     ("init", {}, "torch.manual_seed in its __init__"),
 ])
