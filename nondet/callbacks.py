@@ -398,21 +398,22 @@ class CheckCallback(Callback):
     line before anything trains instead of a traceback once some jobs are done."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        with launch_stopped_by_any_error():
+        with launch_stopped_by_any_error("checking the command"):
             check_or_exit(config, [config])
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # The sweeper resolves hydra.sweeper.params (``${nondet.pack_step:${pack},${replicates}}``)
         # next: first the command's own config, whose mistake is then said once, not per job.
-        with launch_stopped_by_any_error():
+        with launch_stopped_by_any_error("checking the command"):
             check_or_exit(config)
             check_or_exit(config, sweep_jobs(config), config_checked=True)
 
 
 @contextmanager
-def launch_stopped_by_any_error():
-    """An error the checks did not expect ends the command in one line, naming where it was
-    raised: Hydra turns a callback's exception into a warning and launches the jobs anyway."""
+def launch_stopped_by_any_error(what: str):
+    """An error a callback did not expect while the command starts (``what`` it was doing) ends
+    the command in one line, naming where it was raised: Hydra turns a callback's exception into
+    a warning and launches the jobs anyway."""
     try:
         yield
     except Exception as e:  # SystemExit (the checks' own refusals) passes through
@@ -421,7 +422,7 @@ def launch_stopped_by_any_error():
         from nondet.job import one_line
 
         where = traceback.extract_tb(e.__traceback__)[-1]
-        sys.exit(f"Error: checking the command before launching it raised {one_line(e)} (at {where.filename}:"
+        sys.exit(f"Error: {what} before launching it raised {one_line(e)} (at {where.filename}:"
                  f"{where.lineno}, in {where.name}); nothing was launched: mend what it names, then relaunch")
 
 
@@ -430,6 +431,10 @@ class SummaryCallback(Callback):
         self.started = time.time()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with launch_stopped_by_any_error("preparing the sweep directory"):
+            self._start_sweep(config)
+
+    def _start_sweep(self, config: DictConfig) -> None:
         _OUTCOMES.clear()
         sweep_dir = sweep_dir_of(config)
         why = writable_sweep_dir(sweep_dir)
@@ -442,7 +447,8 @@ class SummaryCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _OUTCOMES.clear()
-        self.started = filesystem_now(run_sweep_dir(config))
+        with launch_stopped_by_any_error("preparing the run directory"):
+            self.started = filesystem_now(run_sweep_dir(config))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         record_job_returns([job_return])  # a job of this process (basic launcher)

@@ -255,6 +255,14 @@ def test_an_unexpected_error_of_the_checks_stops_the_launch_in_one_line(tmp_path
     assert "\n" not in text and text.startswith("Error: checking the command before launching it raised "
                                                 "AssertionError: assert 1 <= 0 (at ")
     assert "in broken); nothing was launched" in text
+    from nondet import callbacks
+
+    monkeypatch.setattr(callbacks, "filesystem_now", broken)  # the summary's start, whichever mode
+    summary = SummaryCallback()
+    with pytest.raises(SystemExit) as exit_:
+        summary.on_multirun_start(cfg) if mode == RunMode.MULTIRUN else summary.on_run_start(cfg)
+    text = str(exit_.value.code)
+    assert "\n" not in text and text.startswith("Error: preparing the ") and "nothing was launched" in text
 
 
 def test_runs_of_a_job_in_its_own_directory_land_in_the_sweep_the_command_named(tmp_path, hydra_state, monkeypatch):
