@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.load import Group, Sweep, cell, key_frame
+from analysis.load import Group, Sweep, key_frame
 from nondet import records
 
 ESTIMATORS = ("standard", "debiased")
@@ -291,7 +291,7 @@ def sweep_cka(
             pairs = matrix[np.triu_indices(len(matrix), k=1)]
             rows.append(
                 {
-                    **{k: cell(group.params.get(k)) for k in keys},
+                    **group.cells(keys),
                     "layer": layer,
                     "cka_mean": float(pairs.mean()),
                     "cka_sd": float(pairs.std(ddof=1)) if len(pairs) > 1 else math.nan,

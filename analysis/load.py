@@ -106,7 +106,17 @@ class Group:
 
     @property
     def params(self) -> dict:
-        return {k: plain(v) for k, v in self.key}
+        """The group's configuration keys: its identity's, and the top-level settings its identity
+        leaves out at their default (``data_resample=bootstrap``), from its config.yaml, so a
+        row beside ``data_resample=0.5`` shows bootstrap, not nothing. The resampling settings
+        only where the data are varied: elsewhere they do nothing, and the row leaves them blank."""
+        params = {k: plain(v) for k, v in self.key}
+        config = self.runs[0].config if self.runs else {}
+        data_varied = "data" in (params.get("source.vary") or ())
+        implied = {k: v for k, v in config.items()
+                   if k not in params and k not in records.NON_IDENTITY_KEYS and k != "hydra"
+                   and not isinstance(v, Mapping) and (k not in RESAMPLING_KEYS or data_varied)}
+        return {**params, **implied}
 
     @property
     def config(self) -> dict:
@@ -157,12 +167,22 @@ class Group:
                 part.__dict__[name] = self.__dict__[name][index]
         return part
 
+    def cells(self, keys: list[str]) -> dict:
+        """The table cells of ``keys``: a key the group does not have (``data_order`` where the
+        data are not varied) is blank, not "None" (which a ``shuffle_window`` of None means)."""
+        params = self.params
+        return {k: cell(params[k]) if k in params else "" for k in keys}
+
     def label(self, keys: list[str]) -> str:
         """A short row label from the given keys: ``init`` or ``init, model.width=64``. A key the
         group does not have (``data_order`` where the data are not varied) is left out, not "=None"."""
         params = self.params
         keys = [k for k in keys if k in params or k == "source.name"]
         return row_label([params.get(k) for k in keys], keys) or "all runs"
+
+
+# Settings of the training set's resample, which only a source varying ``data`` draws.
+RESAMPLING_KEYS = ("data_resample", "data_order")
 
 
 @dataclass

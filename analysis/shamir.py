@@ -120,7 +120,7 @@ def _measurable(frame: pd.DataFrame) -> np.ndarray:
 def _compare_counts(frame: pd.DataFrame, keys: list[str], axis: str, order) -> tuple[int, int, list[str], int]:
     """Over settings that differ only in ``axis``: how many (larger, smaller) pairs of ``axis``
     values have the larger PD at the larger value; returns (agree, total, examples of
-    disagreement, pairs left out because a row's PD is rounding: ``_measurable``)."""
+    disagreement (all of them), pairs left out because a row's PD is rounding: ``_measurable``)."""
     fixed = [k for k in keys if k != axis]
     agree = total = rounding = 0
     against = []
@@ -140,7 +140,7 @@ def _compare_counts(frame: pd.DataFrame, keys: list[str], axis: str, order) -> t
                 total += 1
                 if pd_values[j] > pd_values[i]:
                     agree += 1
-                elif len(against) < 3:
+                else:
                     values = values if isinstance(values, tuple) else (values,)
                     against.append(", ".join(f"{k}={_level(k, v)}" for k, v in zip(fixed, values)) +
                                    f": {axis}={_level(axis, levels[i])} PD {pd_values[i]:.3g}, "
@@ -177,12 +177,23 @@ def findings_lines(frame: pd.DataFrame, keys: list[str]) -> list[str]:
     if WINDOW in axes:
         agree, total, against, rounding = _compare_counts(frame, keys, WINDOW, _window_value)
         lines.append(f"- a larger shuffle window gives a higher PD: {agree} / {total}" + _rounding_note(rounding))
-        lines += [f"  - against: {a}" for a in against]
+        lines += _against_lines(against)
     for size in SIZE_KEYS:
         if size in axes:
             agree, total, against, rounding = _compare_counts(frame, keys, size, float)
             lines.append(f"- a larger {size} gives a higher PD: {agree} / {total}" + _rounding_note(rounding))
-            lines += [f"  - against: {a}" for a in against]
+            lines += _against_lines(against)
+    return lines
+
+
+# The comparisons that disagree with a finding, listed at most: the rest are counted.
+AGAINST_SHOWN = 3
+
+
+def _against_lines(against: list[str]) -> list[str]:
+    lines = [f"  - against: {a}" for a in against[:AGAINST_SHOWN]]
+    if len(against) > AGAINST_SHOWN:
+        lines.append(f"  - and {len(against) - AGAINST_SHOWN} more")
     return lines
 
 

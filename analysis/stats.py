@@ -456,9 +456,7 @@ def compare_lines(
 
 
 def _key_cells(group, keys: list[str]) -> dict:
-    from analysis.load import cell
-
-    return {k: cell(group.params.get(k)) for k in keys}
+    return group.cells(keys)
 
 
 def class_table(sweep) -> pd.DataFrame:

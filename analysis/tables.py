@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import lm, render, stats
-from analysis.load import BROKEN_ADVICE, PROBLEM_STATUSES, UNREADABLE_ADVICE, Sweep, cell, key_frame, load_sweep
+from analysis.load import BROKEN_ADVICE, PROBLEM_STATUSES, UNREADABLE_ADVICE, Sweep, key_frame, load_sweep
 from analysis.metrics import COLUMNS, group_metrics
 from analysis.render import PM, column_header, format_number, with_error
 
@@ -49,7 +49,7 @@ def summary_frame(sweep: Sweep, n_boot: int = 1000, seed: int = 0) -> pd.DataFra
     keys = sweep.display_keys
     rows, notes = [], []
     for group in sweep.groups:
-        row = {k: cell(group.params.get(k)) for k in keys}
+        row = group.cells(keys)
         row["language_model"] = group.is_language_model
         if group.is_language_model:  # Table 2's columns (analysis/lm.py)
             row.update(lm.group_lm_metrics(group, n_boot=n_boot, seed=seed))

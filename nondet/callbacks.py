@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,7 +294,7 @@ def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None, *, c
     from omegaconf.errors import OmegaConfBaseException
 
     from nondet.config import check_config, check_range
-    from nondet.job import SOURCE_SETTINGS, check_job, check_launch_code, resolved_config
+    from nondet.job import SOURCE_SETTINGS, check_job, check_launch_code, resolved_config, runs_root
 
     try:
         if not config_checked:
@@ -303,6 +304,8 @@ def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None, *, c
             for key, value in swept_values(config):
                 check_range(key, value)
             check_settings_leave_sources_varying(config, resolved)  # judges SOURCE_SETTINGS for all
+            if "hydra" in config:
+                runs_root(resolved, config.hydra)  # refuses a filesystem root
         for job in jobs or []:
             if not CHECK_JOBS:  # a script of yours: only whether its code changed since a run trained
                 check_launch_code(job)
@@ -395,13 +398,32 @@ class CheckCallback(Callback):
     line before anything trains instead of a traceback once some jobs are done."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_or_exit(config, [config])
+        with launch_stopped_by_any_error("checking the command"):
+            check_or_exit(config, [config])
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # The sweeper resolves hydra.sweeper.params (``${nondet.pack_step:${pack},${replicates}}``)
         # next: first the command's own config, whose mistake is then said once, not per job.
-        check_or_exit(config)
-        check_or_exit(config, sweep_jobs(config), config_checked=True)
+        with launch_stopped_by_any_error("checking the command"):
+            check_or_exit(config)
+            check_or_exit(config, sweep_jobs(config), config_checked=True)
+
+
+@contextmanager
+def launch_stopped_by_any_error(what: str):
+    """An error a callback did not expect while the command starts (``what`` it was doing) ends
+    the command in one line, naming where it was raised: Hydra turns a callback's exception into
+    a warning and launches the jobs anyway."""
+    try:
+        yield
+    except Exception as e:  # SystemExit (the checks' own refusals) passes through
+        import traceback
+
+        from nondet.job import one_line
+
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        sys.exit(f"Error: {what} before launching it raised {one_line(e)} (at {where.filename}:"
+                 f"{where.lineno}, in {where.name}); nothing was launched: mend what it names, then relaunch")
 
 
 class SummaryCallback(Callback):
@@ -409,8 +431,12 @@ class SummaryCallback(Callback):
         self.started = time.time()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with launch_stopped_by_any_error("preparing the sweep directory"):
+            self._start_sweep(config)
+
+    def _start_sweep(self, config: DictConfig) -> None:
         _OUTCOMES.clear()
-        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir = sweep_dir_of(config)
         why = writable_sweep_dir(sweep_dir)
         if why:  # Hydra would fail writing multirun.yaml there, with a traceback
             print(f"Cannot launch into {sweep_dir}: {why}. Nothing was trained or changed; make it "
@@ -421,7 +447,8 @@ class SummaryCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _OUTCOMES.clear()
-        self.started = filesystem_now(run_sweep_dir(config))
+        with launch_stopped_by_any_error("preparing the run directory"):
+            self.started = filesystem_now(run_sweep_dir(config))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         record_job_returns([job_return])  # a job of this process (basic launcher)
@@ -430,7 +457,7 @@ class SummaryCallback(Callback):
             # The sweeper raises this job's error next, ending the sweep: first say what the
             # jobs before it did, and a refusal in one line instead of a traceback.
             if _OUTCOMES:
-                self.summarize(Path(config.hydra.sweep.dir), config, exit_on_failure=False)
+                self.summarize(sweep_dir_of(config), config, exit_on_failure=False)
             refuse(job_return._return_value)
 
     def on_run_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
@@ -441,7 +468,7 @@ class SummaryCallback(Callback):
         self.summarize(run_sweep_dir(config), config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self.summarize(Path(config.hydra.sweep.dir), config)
+        self.summarize(sweep_dir_of(config), config)
 
     def summarize(self, sweep_dir: Path, config: DictConfig, exit_on_failure: bool = True) -> None:
         """The counts line, the table and the advice for what this command launched; exit 1
@@ -492,6 +519,14 @@ class SummaryCallback(Callback):
             print("\n" + advice, flush=True)
             if exit_on_failure:
                 sys.exit(1)
+
+
+def sweep_dir_of(config: DictConfig) -> Path:
+    """The sweep directory of a multirun, a relative one taken from where the command started
+    (a job's callback runs in the job's directory under ``hydra.job.chdir=true``)."""
+    from nondet.job import launched_path
+
+    return launched_path(config.hydra.sweep.dir, config.hydra)
 
 
 def run_sweep_dir(config: DictConfig) -> Path:

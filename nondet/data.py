@@ -143,8 +143,8 @@ def load_dataset(cfg: DatasetConfig, device: torch.device | str = "cpu") -> Data
         raise ValueError(f"unknown dataset {cfg.name!r}; choose one of {sorted(loaders)}")
     name, x_train, y_train, x_test, y_test, num_classes, *sha256 = loaders[cfg.name](cfg)
     if cfg.name != "synthetic":
-        x_train, y_train = _first(x_train, y_train, cfg.train_size, "train_size")
-        x_test, y_test = _first(x_test, y_test, cfg.test_size, "test_size")
+        x_train, y_train = _first(x_train, y_train, cfg.train_size, "train_size", f"dataset={cfg.name}")
+        x_test, y_test = _first(x_test, y_test, cfg.test_size, "test_size", f"dataset={cfg.name}")
     classes = torch.unique(y_train).tolist()
     if len(classes) < 2:
         # Every run would predict the one class: 100% accuracy with SD 0, a finding of nothing.
@@ -302,13 +302,18 @@ def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, tor
     return torch.tensor(means, dtype=torch.float32), torch.tensor(stds, dtype=torch.float32)
 
 
-def _first(x: torch.Tensor, y: torch.Tensor, k: Optional[int], key: str):
-    """Keep the first k examples (all when k is None or k >= N): the smoke-scale presets."""
+def _first(x: torch.Tensor, y: torch.Tensor, k: Optional[int], key: str, name: str = "the data"):
+    """Keep the first k examples (all when k is None or k == N): the smoke-scale presets. More
+    than the data hold is refused: the runs would be labelled with a size they never had."""
     if k is None:
         return x, y
     if k < 1:
         raise ValueError(f"dataset.{key}={k}: must be a positive number of examples or null (all)")
-    if k >= len(x):
+    if k > len(x):
+        split = "training" if key == "train_size" else "test"
+        raise ValueError(f"dataset.{key}={k}: {name} have only {len(x)} {split} examples; "
+                         f"use dataset.{key}={len(x)} or fewer, or dataset.{key}=null (all of them)")
+    if k == len(x):
         return x, y
     # clone so the full arrays can be freed rather than kept alive by a view
     return x[:k].clone(), y[:k].clone()
@@ -409,72 +414,191 @@ def _load_synthetic(cfg: DatasetConfig):
 # --------------------------------------------------------------------------- torchvision
 
 
-def _torchvision_splits(dataset_cls, cfg: DatasetConfig, error, missing: tuple[str, ...]) -> list:
+def _torchvision_splits(dataset_cls, cfg: DatasetConfig, error, unreadable, missing: tuple[str, ...]) -> list:
     """The train and test splits of a torchvision dataset; files that are not there raise
-    ``error(root, cause)``, whose message says where to get them (no chained traceback)."""
+    ``error(root, cause)``, whose message says where to get them, and files that are there but
+    cannot be read raise ``unreadable(root, cause)``, naming the file (no chained traceback)."""
     root = os.path.expanduser(cfg.root)
     try:
         return [dataset_cls(root, train=train, download=cfg.download and train) for train in (True, False)]
     except (RuntimeError, OSError) as exc:
         # RuntimeError: torchvision's "Dataset not found or corrupted" / "metadata file not found";
         # OSError (URLError): a download attempted without internet.
-        if isinstance(exc, RuntimeError) and not any(m in str(exc) for m in missing):
-            raise
-        raise error(root, exc) from None
+        if isinstance(exc, OSError) or any(m in str(exc) for m in missing):
+            raise error(root, exc) from None
+        raise unreadable(root, exc) from None
+    except Exception as exc:  # torchvision's parsers assert, or raise what the bytes lead them to
+        raise unreadable(root, exc) from None
+
+
+class DataFileError(ValueError):
+    """A dataset's file is there but is not what it should be (malformed, truncated, labels out of
+    range): one line naming the file and how to replace it."""
+
+
+def _one_line(error: BaseException) -> str:
+    from nondet.job import one_line  # lazily: nondet.job imports this module
+
+    return one_line(error)
+
+
+def _check_split(x: torch.Tensor, y: torch.Tensor, image_file: str, label_file: str,
+                 shape: tuple[int, ...], dataset: str, fix) -> None:
+    """One split of a dataset read from its own files (MNIST, CIFAR-10): images of the dataset's
+    shape, one label in 0..9 per image, not empty. A mistake names the file, and ``fix(file)``
+    says how to replace it."""
+    if tuple(x.shape[1:]) != shape:
+        raise DataFileError(f"{image_file}: images of shape {tuple(x.shape[1:])}, but {dataset}'s are {shape}; "
+                            f"{fix(image_file)}")
+    if len(x) != len(y):
+        raise DataFileError(f"{image_file} holds {len(x)} images but {label_file} {len(y)} labels; each image "
+                            f"needs its label: {fix(image_file if image_file == label_file else (image_file, label_file))}")
+    if len(x) == 0:
+        raise DataFileError(f"{image_file}: holds no images; {fix(image_file)}")
+    bad = ((y < 0) | (y > 9)).nonzero()
+    if len(bad):
+        i = int(bad[0, 0])
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataFileError(f"{label_file}: label {int(y[i])} of example {i}{more} is not a class of {dataset} "
+                            f"(0..9); {fix(label_file)}")
+
+
+CIFAR10_FIX = (f"replace the files with those of a fresh cifar-10-python.tar.gz ({CIFAR10_URL}) unpacked into "
+               "dataset.root, or run once with dataset.download=true")
+
+
+def _cifar10_fix(_files) -> str:
+    return CIFAR10_FIX
 
 
 def _cifar10_error(root: str, cause: Exception) -> DatasetNotFoundError:
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
     folder = os.path.join(os.path.abspath(root), "cifar-10-batches-py")
     missing = [f for f in CIFAR10_FILES if not os.path.isfile(os.path.join(folder, f))]
     if missing:
         state = f"missing: {', '.join(missing)}"
     else:
-        state = "all present, but they fail torchvision's md5 check"
+        md5s = dict(CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])])
+        failing = [f for f in CIFAR10_FILES if not check_integrity(os.path.join(folder, f), md5s.get(f))]
+        state = f"{', '.join(failing) or 'all present, but they'} fail torchvision's md5 check"
     return DatasetNotFoundError(
-        f"CIFAR-10 not found (or corrupted) in {folder} ({state}; torchvision said: {cause}).\n"
+        f"CIFAR-10 not found (or corrupted) in {folder} ({state}): get cifar-10-python.tar.gz from "
+        f"{CIFAR10_URL} and unpack it into dataset.root={root!r}, or run once with dataset.download=true.\n"
+        f"torchvision said: {cause}.\n"
         f"Expected the python-version batches cifar-10-batches-py/data_batch_1 .. data_batch_5, "
         f"test_batch and batches.meta under dataset.root={root!r}.\n"
-        f"Get cifar-10-python.tar.gz from {CIFAR10_URL} and unpack it into that root, or run once "
-        f"with dataset.download=true on a machine with internet (or offline, when the official "
+        f"dataset.download=true works on a machine with internet (or offline, when the official "
         f"cifar-10-python.tar.gz is already in the root: torchvision then only unpacks it).\n"
         f"Point elsewhere with dataset.root=/path/to/dir (the directory that holds cifar-10-batches-py)."
     )
 
 
+def _cifar10_batch_problem(path: str) -> str | None:
+    """What is wrong with one CIFAR-10 batch file (None: nothing torchvision would trip on)."""
+    import pickle
+
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data = np.asarray(entry["data"])
+        labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
+    except Exception as exc:  # not a pickle, or not a batch: whatever the bytes make pickle raise
+        return f"not a CIFAR-10 batch ({_one_line(exc)})"
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
+        return f"its data have shape {data.shape} and dtype {data.dtype}, not (N, 3072) uint8"
+    if len(labels) != len(data):
+        return f"it holds {len(data)} images but {len(labels)} labels"
+    return None
+
+
+def _cifar10_unreadable(root: str, cause: Exception) -> DataFileError:
+    folder = os.path.join(os.path.abspath(root), "cifar-10-batches-py")
+    for name in CIFAR10_FILES[:-1]:  # batches.meta: torchvision reads only its class names
+        problem = _cifar10_batch_problem(os.path.join(folder, name))
+        if problem:
+            return DataFileError(f"{os.path.join(folder, name)}: {problem}; {CIFAR10_FIX}")
+    return DataFileError(f"{folder}: torchvision cannot read the CIFAR-10 batches ({_one_line(cause)}); {CIFAR10_FIX}")
+
+
 def _load_cifar10(cfg: DatasetConfig):
     from torchvision.datasets import CIFAR10  # lazily: torchvision is slow to import
 
-    splits = _torchvision_splits(CIFAR10, cfg, _cifar10_error, ("not found",))
+    splits = _torchvision_splits(CIFAR10, cfg, _cifar10_error, _cifar10_unreadable, ("not found",))
+    folder = os.path.join(os.path.abspath(os.path.expanduser(cfg.root)), "cifar-10-batches-py")
     out = []
-    for ds in splits:
+    for ds, files in zip(splits, ("data_batch_1 .. data_batch_5", "test_batch")):
         # .data is (N, 32, 32, 3) HWC uint8; the models want CHW
-        out.append(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous())
-        out.append(torch.tensor(ds.targets, dtype=torch.int64))
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        y = torch.tensor(ds.targets, dtype=torch.int64)
+        where = os.path.join(folder, files)
+        _check_split(x, y, where, where, (3, 32, 32), "CIFAR-10", _cifar10_fix)
+        out += [x, y]
     return ("cifar10", *out, 10)
+
+
+def _mnist_fix(files) -> str:
+    """How to replace an MNIST file (or a pair of them: ``(images, labels)``)."""
+    names = [os.path.basename(f) for f in ((files,) if isinstance(files, str) else files)]
+    which = "it with the official file" if len(names) == 1 else "them with the official files"
+    return (f"replace {which} (gunzip {' and '.join(n + '.gz' for n in names)} from {MNIST_URL}), or delete "
+            f"{'it' if len(names) == 1 else 'them'} and run once with dataset.download=true")
 
 
 def _mnist_error(root: str, cause: Exception) -> DatasetNotFoundError:
     folder = os.path.join(os.path.abspath(root), "MNIST", "raw")
     missing = [f for f in MNIST_FILES if not os.path.isfile(os.path.join(folder, f))]
     return DatasetNotFoundError(
-        f"MNIST not found in {folder} (missing: {', '.join(missing) or 'none'}; torchvision said: {cause}).\n"
+        f"MNIST not found in {folder} (missing: {', '.join(missing) or 'none'}): get the .gz files from "
+        f"{MNIST_URL} and gunzip them there, or run once with dataset.download=true.\n"
+        f"torchvision said: {cause}.\n"
         f"Expected the uncompressed idx files MNIST/raw/{', '.join(MNIST_FILES)} under "
-        f"dataset.root={root!r}; torchvision reads only the uncompressed files.\n"
-        f"Get the .gz files from {MNIST_URL} (or http://yann.lecun.com/exdb/mnist/) and gunzip them "
-        f"there, or run once with dataset.download=true (on a machine with internet, or offline "
-        f"when the official .gz files are already in MNIST/raw: torchvision then only unpacks them).\n"
+        f"dataset.root={root!r}; torchvision reads only the uncompressed files (also at "
+        f"http://yann.lecun.com/exdb/mnist/). dataset.download=true works on a machine with internet, or "
+        f"offline when the official .gz files are already in MNIST/raw: torchvision then only unpacks them.\n"
         f"Point elsewhere with dataset.root=/path/to/dir (the directory that holds MNIST/)."
     )
+
+
+def _idx_problem(path: str) -> str | None:
+    """What is wrong with one MNIST idx file, as torchvision reads it (None: nothing)."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    try:
+        (read_image_file if "-images-" in os.path.basename(path) else read_label_file)(path)
+    except AssertionError:  # torchvision's header checks carry no message
+        return "its header is not that of an idx file of bytes (another file, or still gzipped?)"
+    except RuntimeError as exc:  # torch's view: the bytes do not fill the header's shape
+        return f"its length does not match the shape its header gives ({exc}): truncated or padded"
+    except Exception as exc:
+        return f"torchvision cannot read it ({_one_line(exc)})"
+    return None
+
+
+def _mnist_unreadable(root: str, cause: Exception) -> DataFileError:
+    folder = os.path.join(os.path.abspath(root), "MNIST", "raw")
+    for name in MNIST_FILES:
+        problem = _idx_problem(os.path.join(folder, name))
+        if problem:
+            return DataFileError(f"{os.path.join(folder, name)}: {problem}; {_mnist_fix(name)}")
+    return DataFileError(f"{folder}: torchvision cannot read the MNIST files ({_one_line(cause)}); "
+                         f"replace them with the official ones from {MNIST_URL}, or delete them and run once "
+                         "with dataset.download=true")
 
 
 def _load_mnist(cfg: DatasetConfig):
     from torchvision.datasets import MNIST  # lazily: torchvision is slow to import
 
-    splits = _torchvision_splits(MNIST, cfg, _mnist_error, ("not found", "downloading"))
+    splits = _torchvision_splits(MNIST, cfg, _mnist_error, _mnist_unreadable, ("not found", "downloading"))
+    folder = os.path.join(os.path.abspath(os.path.expanduser(cfg.root)), "MNIST", "raw")
     out = []
-    for ds in splits:
-        out.append(ds.data.to(torch.uint8).unsqueeze(1).contiguous())  # (N, 28, 28) -> (N, 1, 28, 28)
-        out.append(ds.targets.to(torch.int64))
+    for ds, prefix in zip(splits, ("train", "t10k")):
+        x = ds.data.to(torch.uint8).unsqueeze(1).contiguous()  # (N, 28, 28) -> (N, 1, 28, 28)
+        y = ds.targets.to(torch.int64)
+        images, labels = (os.path.join(folder, f"{prefix}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+        _check_split(x, y, images, labels, (1, 28, 28), "MNIST", _mnist_fix)
+        out += [x, y]
     return ("mnist", *out, 10)
 
 

@@ -71,13 +71,32 @@ def resolved_config(cfg: DictConfig, *, concrete_device: bool = True) -> dict:
 def runs_root(config: dict, hydra: DictConfig | None) -> Path:
     """The directory a job's runs go below: Hydra's ``hydra.sweep.dir`` in a multirun; in a single
     run ``hydra.run.dir`` (less the job's own subdirectory, which the default ends with); without
-    Hydra, ``output_root/sweep_name`` (what both default to)."""
+    Hydra, ``output_root/sweep_name`` (what both default to). A relative one is relative to where
+    the command was started (``launched_path``). A filesystem root is refused: runs below ``/``
+    would have no sweep name, and the sweep's files would share the root with everything else."""
     if hydra is None:
-        return Path(config["output_root"]) / config["sweep_name"]
-    if hydra.mode == RunMode.MULTIRUN:
-        return Path(hydra.sweep.dir)
-    run, own = Path(hydra.run.dir), Path(job_subdir(config)).parts
-    return Path(*run.parts[: -len(own)]) if run.parts[-len(own):] == own else run
+        root = Path(config["output_root"]) / config["sweep_name"]
+    elif hydra.mode == RunMode.MULTIRUN:
+        root = launched_path(hydra.sweep.dir, hydra)
+    else:
+        run, own = launched_path(hydra.run.dir, hydra), Path(job_subdir(config)).parts
+        root = Path(*run.parts[: -len(own)]) if run.parts[-len(own):] == own else run
+    if root.parent == root:
+        key = "output_root" if hydra is None else ("hydra.sweep.dir" if hydra.mode == RunMode.MULTIRUN
+                                                   else "hydra.run.dir")
+        raise ConfigError(f"{key}={root}: a filesystem root cannot hold a sweep; give a directory below it "
+                          f"(hydra.sweep.dir={root / 'sweeps' / config['sweep_name']}, say)")
+    return root
+
+
+def launched_path(path: str | Path, hydra: DictConfig | None) -> Path:
+    """``path`` (``hydra.sweep.dir``, ``hydra.run.dir``), relative ones taken from the directory
+    the command was started in (``hydra.runtime.cwd``), as Hydra takes them: under
+    ``hydra.job.chdir=true`` a job runs in its own output directory, where a relative path would
+    put its runs inside that directory, out of every relaunch's sight."""
+    path = Path(str(path))
+    cwd = OmegaConf.select(hydra, "runtime.cwd", default=None) if hydra is not None else None
+    return path if path.is_absolute() or not cwd else Path(cwd) / path
 
 
 def located(config: dict, root: Path) -> dict:
@@ -97,7 +116,7 @@ def job_run_dirs(cfg: DictConfig, device: str | None = None) -> list[Path] | Non
     if config["device"] not in ("cpu", "cuda"):
         return None
     if "hydra" in cfg:
-        config = located(config, Path(cfg.hydra.sweep.dir))
+        config = located(config, launched_path(cfg.hydra.sweep.dir, cfg.hydra))
     return [records.run_dir(config, r) for r in replicas_of_job(config)]
 
 
@@ -482,7 +501,7 @@ def check_launch_code(cfg: DictConfig, config: dict | None = None) -> None:
         return
     config = config or resolved_config(cfg, concrete_device=False)
     sweep = cfg.hydra.mode == RunMode.MULTIRUN or cfg.hydra.mode is None  # a sweep's job
-    root = Path(cfg.hydra.sweep.dir) if sweep else runs_root(config, cfg.hydra)
+    root = launched_path(cfg.hydra.sweep.dir, cfg.hydra) if sweep else runs_root(config, cfg.hydra)
     # device=auto on a node: the group of either device it may become
     for device in ([config["device"]] if config["device"] != "auto" else ["cpu", "cuda"]):
         usercode.check_code_unchanged(located({**config, "device": device}, root))

@@ -47,10 +47,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+# Data a test writes itself (or sizes with dataset.num_samples): as small as the test wants, and
+# a train_size or test_size beyond what the data hold is refused.
+OWN_SIZED_DATA = ("dataset=npz", "dataset=custom", "dataset=imagefolder", "dataset=mnist", "dataset=cifar10")
+
+
 def tiny_for(overrides) -> list[str]:
     """TINY, less ``model.width`` for your own model (``model=custom``), which takes none unless
-    its signature names it (and refuses one it does not name)."""
-    return [o for o in TINY if not o.startswith("model.")] if "model=custom" in overrides else TINY
+    its signature names it (and refuses one it does not name), and less the dataset sizes for
+    data of the test's own size (``OWN_SIZED_DATA``, ``dataset.num_samples=``)."""
+    tiny = [o for o in TINY if not o.startswith("model.")] if "model=custom" in overrides else TINY
+    if any(o in OWN_SIZED_DATA or o.startswith("dataset.num_samples=") for o in overrides):
+        tiny = [o for o in tiny if not o.startswith(("dataset.train_size=", "dataset.test_size="))]
+    return tiny
 
 
 def compose_config(overrides=(), tiny=True):

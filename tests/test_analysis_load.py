@@ -339,7 +339,8 @@ def test_a_run_config_reads_as_omegaconf_reads_it(tmp_path, text):
 
 def test_integer_keys_stay_integers_beside_groups_without_them(tmp_path, labels):
     """A key that one group sets to an integer and another lacks: pandas would make the column
-    float (``128.0``, ``nan``); the tables, the CSVs and the legends show ``128``."""
+    float (``128.0``, ``nan``); the tables, the CSVs and the legends show ``128``, and the group
+    without it a blank cell."""
     rng = np.random.default_rng(3)
     for extra in ({"dataset.test_size": 128}, {"dataset.test_size": 256}, {}):
         config = source_config(tmp_path, "init", **extra)
@@ -348,7 +349,7 @@ def test_integer_keys_stay_integers_beside_groups_without_them(tmp_path, labels)
         write_group(config, random_logits(rng, 3, N, C), labels)
     text = analysis.summarize(tmp_path / "sweep")
     rows = [line for line in text.splitlines() if line.startswith("| init")]
-    assert sorted(row.split("|")[2].strip() for row in rows) == ["128", "256", "None"]
+    assert sorted(row.split("|")[2].strip() for row in rows) == ["", "128", "256"]
     assert "128.0" not in text and "nan" not in text
     out = tmp_path / "t.csv"
     assert cli.main([str(tmp_path / "sweep"), "--csv", str(out)]) == 0
@@ -356,7 +357,7 @@ def test_integer_keys_stay_integers_beside_groups_without_them(tmp_path, labels)
         body = path.read_text()
         assert ",128," in body and "128.0" not in body, path.name
     frame = analysis.summary_frame(load_sweep(tmp_path / "sweep"))
-    assert sorted(map(str, frame["dataset.test_size"])) == ["128", "256", "None"]
+    assert sorted(map(str, frame["dataset.test_size"])) == ["", "128", "256"]
 
 
 @pytest.mark.parametrize("option", ["--csv", "--latex", "--figures", "--report"])
@@ -395,3 +396,22 @@ def test_a_run_found_twice_counts_once_and_differing_copies_leave_the_row_out(tm
     assert [g.params["source.name"] for g, _ in sweep.refused] == ["init"]
     assert any("left out of the tables: replicate indices [1] occur more than once with different results" in n
                for n in sweep.notes), sweep.notes
+
+
+def test_a_setting_at_its_default_shows_its_value_and_one_that_does_nothing_is_blank(tmp_path, labels):
+    """data_resample=bootstrap is left out of the run identity (its default), so its row beside a
+    data_resample=0.5 row showed None; the resampling settings of a row that does not vary the
+    data do nothing there and are blank, in the cells and in the labels."""
+    from analysis.tables import summary_frame, table_cells
+
+    rng = np.random.default_rng(3)
+    for source, resample in (("data", "bootstrap"), ("data", 0.5), ("init", "bootstrap")):
+        write_group(source_config(tmp_path, source, data_resample=resample), random_logits(rng, 2, N, C), labels)
+    sweep = load_sweep(tmp_path / "sweep")
+    keys = sweep.display_keys
+    assert keys == ["source.name", "data_order", "data_resample"]
+    header, rows = table_cells(summary_frame(sweep, n_boot=5), keys)
+    assert sorted(tuple(row[:3]) for row in rows) == [
+        ("data", "sorted", "0.5"), ("data", "sorted", "bootstrap"), ("init", "", "")]
+    assert sorted(g.label(keys) for g in sweep.groups) == [
+        "data, data_order=sorted, data_resample=0.5", "data, data_order=sorted, data_resample=bootstrap", "init"]

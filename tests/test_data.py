@@ -18,6 +18,7 @@ import torch
 from nondet.config import DatasetConfig
 from nondet.data import (
     Dataset,
+    DataFileError,
     DatasetNotFoundError,
     TEACHER_ACTIVATIONS,
     channel_stats,
@@ -389,6 +390,83 @@ def test_mnist_missing_files_say_where_and_what(tmp_path):
         assert part in msg
 
 
+def _refusal(cfg: DatasetConfig, error=DataFileError) -> str:
+    with pytest.raises(error) as info:
+        load_dataset(cfg)
+    text = str(info.value)
+    assert "\n" not in text
+    return text
+
+
+def test_malformed_mnist_files_are_one_line_naming_the_file_and_the_fix(tmp_path):
+    """torchvision asserts on a bad header and reshapes without saying which file; the labels and
+    the image counts it never checks (a label of 200 trained, then failed; 200 images with 150
+    labels trained silently on 150)."""
+    def corrupted(name, damage):
+        root = tmp_path / name
+        write_mnist(str(root), n_train=12, n_test=6)
+        raw = root / "MNIST" / "raw"
+        damage(raw)
+        return DatasetConfig(name="mnist", root=str(root)), raw
+
+    def idx(raw, file, array, magic):
+        _write_idx(str(raw / file), np.asarray(array), magic)
+
+    cases = [
+        ("garbage", lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(b"garbage\n"),
+         "train-labels-idx1-ubyte", "its header is not that of an idx file"),
+        ("truncated", lambda raw: (raw / "t10k-images-idx3-ubyte").write_bytes(
+            (raw / "t10k-images-idx3-ubyte").read_bytes()[:-100]), "t10k-images-idx3-ubyte", "truncated or padded"),
+        ("label", lambda raw: idx(raw, "train-labels-idx1-ubyte", [1, 2, 200] + [3] * 9, 2049),
+         "train-labels-idx1-ubyte", "label 200 of example 2 is not a class of MNIST (0..9)"),
+        ("fewer images", lambda raw: idx(raw, "t10k-images-idx3-ubyte", np.zeros((5, 28, 28)), 2051),
+         "t10k-images-idx3-ubyte", "holds 5 images but"),
+        ("fewer labels", lambda raw: idx(raw, "train-labels-idx1-ubyte", [1] * 9, 2049),
+         "train-images-idx3-ubyte", "holds 12 images but"),
+        ("shape", lambda raw: idx(raw, "train-images-idx3-ubyte", np.zeros((12, 20, 20)), 2051),
+         "train-images-idx3-ubyte", "images of shape (1, 20, 20), but MNIST's are (1, 28, 28)"),
+    ]
+    for name, damage, file, why in cases:
+        cfg, raw = corrupted(name, damage)
+        text = _refusal(cfg)
+        assert text.startswith(str(raw / file)) and why in text, (name, text)
+        assert f"{file}.gz" in text and "dataset.download=true" in text, (name, text)
+
+
+def test_malformed_cifar10_files_are_one_line_naming_the_file(tmp_path, skip_md5):
+    write_cifar10(str(tmp_path / "a"))
+    folder = tmp_path / "a" / "cifar-10-batches-py"
+    (folder / "data_batch_2").write_bytes(b"garbage")
+    text = _refusal(DatasetConfig(name="cifar10", root=str(tmp_path / "a")))
+    assert text.startswith(f"{folder / 'data_batch_2'}: not a CIFAR-10 batch") and "dataset.download=true" in text
+    write_cifar10(str(tmp_path / "b"))
+    folder = tmp_path / "b" / "cifar-10-batches-py"
+    _dump_py2({b"batch_label": b"test", b"labels": [0, 11, 2, 3], b"data": np.zeros((4, 3072), np.uint8),
+               b"filenames": [b"a.png"] * 4}, str(folder / "test_batch"))
+    text = _refusal(DatasetConfig(name="cifar10", root=str(tmp_path / "b")))
+    assert text.startswith(f"{folder / 'test_batch'}: label 11 of example 1 is not a class of CIFAR-10 (0..9)")
+
+
+def test_cifar10_files_failing_their_md5_are_named_with_the_fix_in_the_first_line(tmp_path):
+    write_cifar10(str(tmp_path))
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset(DatasetConfig(name="cifar10", root=str(tmp_path)))
+    first = str(info.value).splitlines()[0]
+    assert "data_batch_1, data_batch_2" in first and "md5" in first and "dataset.download=true" in first
+
+
+def test_a_size_beyond_the_data_is_refused_naming_the_key_and_the_count(tmp_path):
+    """The data were silently clamped and the row labelled with the size asked for."""
+    write_mnist(str(tmp_path), n_train=12, n_test=6)
+    text = _refusal(DatasetConfig(name="mnist", root=str(tmp_path), test_size=500), ValueError)
+    assert text.startswith("dataset.test_size=500: dataset=mnist have only 6 test examples")
+    assert "dataset.test_size=null" in text
+    text = _refusal(DatasetConfig(name="npz", path=save(tmp_path, good_arrays()), train_size=21), ValueError)
+    assert text.startswith("dataset.train_size=21: dataset=npz have only 20 training examples")
+    d = load_dataset(DatasetConfig(name="mnist", root=str(tmp_path), train_size=12, test_size=6))
+    assert len(d.x_train) == 12 and len(d.x_test) == 6  # all of them: not a refusal
+
+
 # --------------------------------------------------------------------------- npz
 
 
@@ -424,7 +502,7 @@ def test_npz_features(tmp_path):
 
 def test_npz_uint8_images_stay_uint8(tmp_path):
     a = good_arrays(images=True, dtype=np.uint8)
-    d = npz(save(tmp_path, a), train_size=8, test_size=100)
+    d = npz(save(tmp_path, a), train_size=8, test_size=10)
     assert d.is_image and d.x_train.dtype == torch.uint8 and d.input_shape == (3, 4, 4)
     assert torch.equal(d.x_train, torch.from_numpy(a["x_train"][:8])) and len(d.x_test) == 10
     ref = a["x_train"][:8].astype(np.float64) / 255

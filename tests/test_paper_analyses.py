@@ -408,3 +408,16 @@ def test_prediction_difference_findings_leave_out_rows_whose_pd_is_rounding(tmp_
     assert smooth.endswith("; 2 comparisons left out, a row's runs making the same predictions "
                            "(disagreement 0: its PD is float rounding)")
     assert window.startswith("- a larger shuffle window gives a higher PD: 2 / 2; 2 comparisons left out")
+
+
+def test_prediction_difference_findings_count_the_comparisons_against_beyond_those_listed():
+    """Three comparisons against a finding are listed; the rest were dropped without a word."""
+    import pandas as pd
+
+    rows = [{"source.name": "init", "model.width": width, "model.depth": depth, "disagreement": 0.1,
+             "prediction_difference": 1.0 / width}  # wider: lower PD, against the finding every time
+            for width in (8, 32, 128) for depth in (1, 2)]
+    text = shamir.findings_lines(pd.DataFrame(rows), ["source.name", "model.width", "model.depth"])
+    start = text.index("- a larger model.width gives a higher PD: 0 / 6")
+    assert [line.startswith("  - against: ") for line in text[start + 1:start + 4]] == [True] * 3
+    assert text[start + 4] == "  - and 3 more"

@@ -5,6 +5,7 @@ status as a sweep's do; a failure that a relaunch cannot mend does not advise on
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -220,3 +221,80 @@ def test_a_group_chosen_on_the_command_line_is_not_silently_replaced_by_a_preset
         ["model=qrnn", "dataset=synthetic_text"],
     ):
         check_chosen_groups(composed_job(*overrides))
+
+
+def test_a_malformed_data_file_stops_the_launch_in_one_line(tmp_path, hydra_state):
+    """torchvision's AssertionError became a Hydra warning, and the jobs launched anyway."""
+    from test_data import write_mnist
+
+    write_mnist(str(tmp_path / "data"), n_train=12, n_test=6)
+    labels = tmp_path / "data" / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    labels.write_bytes(b"garbage\n")
+    cfg, _ = hydra_config(tmp_path, RunMode.MULTIRUN, "source=init", "dataset=mnist", f"dataset.root={tmp_path / 'data'}")
+    with pytest.raises(SystemExit) as exit_:
+        CheckCallback().on_multirun_start(cfg)
+    text = str(exit_.value.code)
+    assert "\n" not in text and text.startswith(f"Error in the configuration: {labels}: its header is not")
+    assert not (tmp_path / "default").exists()
+
+
+@pytest.mark.parametrize("mode", [RunMode.MULTIRUN, RunMode.RUN])
+def test_an_unexpected_error_of_the_checks_stops_the_launch_in_one_line(tmp_path, hydra_state, monkeypatch, mode):
+    """Hydra turns a callback's exception into a warning and launches the jobs anyway."""
+    from nondet import job
+
+    def broken(*args, **kwargs):
+        assert 1 <= 0
+
+    monkeypatch.setattr(job, "check_job", broken)
+    cfg, _ = hydra_config(tmp_path, mode, "source=init")
+    check = CheckCallback()
+    with pytest.raises(SystemExit) as exit_:
+        check.on_multirun_start(cfg) if mode == RunMode.MULTIRUN else check.on_run_start(cfg)
+    text = str(exit_.value.code)
+    assert "\n" not in text and text.startswith("Error: checking the command before launching it raised "
+                                                "AssertionError: assert 1 <= 0 (at ")
+    assert "in broken); nothing was launched" in text
+    from nondet import callbacks
+
+    monkeypatch.setattr(callbacks, "filesystem_now", broken)  # the summary's start, whichever mode
+    summary = SummaryCallback()
+    with pytest.raises(SystemExit) as exit_:
+        summary.on_multirun_start(cfg) if mode == RunMode.MULTIRUN else summary.on_run_start(cfg)
+    text = str(exit_.value.code)
+    assert "\n" not in text and text.startswith("Error: preparing the ") and "nothing was launched" in text
+
+
+def test_runs_of_a_job_in_its_own_directory_land_in_the_sweep_the_command_named(tmp_path, hydra_state, monkeypatch):
+    """``hydra.job.chdir=true`` runs a job in its own output directory: a relative sweep
+    directory is where the command was started, as Hydra takes it, not below the job's directory
+    (a relaunch would not find those runs and would train them again)."""
+    monkeypatch.chdir(tmp_path)
+    cfg, task = hydra_config("outputs", RunMode.MULTIRUN, "source=init", "sweep_name=chd", "hydra.job.chdir=true")
+    assert cfg.hydra.job.chdir and cfg.hydra.sweep.dir == "outputs/chd"
+    HydraConfig.instance().set_config(cfg)
+    sweep = tmp_path / "outputs" / "chd"
+    outcome = {}
+    for job_dir in ("job-a", "job-b"):  # the first trains, the relaunch's job finds the run done
+        (sweep / job_dir).mkdir(parents=True)
+        monkeypatch.chdir(sweep / job_dir)  # where Hydra runs the job
+        outcome = {k: v for k, v in run_job(task).items() if v}
+        monkeypatch.chdir(tmp_path)
+        runs = [Path(p) for p in outcome.get("finished", []) + outcome.get("skipped", [])]
+        assert len(runs) == 1 and runs[0].parent.parent == sweep and runs[0].name == "r0000"
+        assert (runs[0] / records.RESULT_FILE).exists()
+    assert list(outcome) == ["skipped"]
+    assert not list((sweep / "job-a").rglob(records.RESULT_FILE))
+
+
+def test_a_filesystem_root_as_the_sweep_directory_is_refused_in_one_line(tmp_path, hydra_state):
+    """``hydra.sweep.dir=/`` trained into / and the summary then failed with a TypeError."""
+    cfg, task = hydra_config(tmp_path, RunMode.MULTIRUN, "source=init")
+    cfg.hydra.sweep.dir = "/"
+    with pytest.raises(SystemExit) as exit_:
+        CheckCallback().on_multirun_start(cfg)
+    assert str(exit_.value.code).startswith(
+        "Error in the configuration: hydra.sweep.dir=/: a filesystem root cannot hold a sweep; give a directory below it")
+    HydraConfig.instance().set_config(cfg)
+    with pytest.raises(ConfigError, match=r"^hydra.sweep.dir=/: a filesystem root"):
+        run_job(task)
