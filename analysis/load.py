@@ -89,6 +89,7 @@ class Run:
     # the arithmetic of the run's earlier segments, where it was resumed under another
     earlier_arithmetic: list = field(default_factory=list)
     code: dict = field(default_factory=dict)  # env.json's code_sha256: {role: (file, sha256)}
+    inert: dict = field(default_factory=dict)  # env.json's inert_sources: {source: why}
 
     @property
     def replicate(self) -> int | None:
@@ -611,7 +612,8 @@ def _env_fields(directory: Path) -> dict:
     earlier = [e for e in env.get(records.EARLIER_ARITHMETIC) or [] if isinstance(e, dict)]
     return {"data_sha256": str(sha) if sha is not None else None,
             "test_sha256": str(test) if test is not None else None, "arithmetic": arithmetic,
-            "earlier_arithmetic": earlier, "code": _code_of(env)}
+            "earlier_arithmetic": earlier, "code": _code_of(env),
+            "inert": {str(k): str(v) for k, v in (env.get("inert_sources") or {}).items()}}
 
 
 def _read_lm_run(directory: Path, config: dict, key: tuple, result: dict, replicate) -> Run | RunProblem:
@@ -795,6 +797,20 @@ def _code_notes(group: Group, label: str) -> list[str]:
     return notes
 
 
+def _inert_member_notes(group: Group, label: str) -> list[str]:
+    """A named combination one of whose sources varied nothing in its runs (env.json
+    ``inert_sources``: ``source=init_dropout`` at ``model.dropout=0``): the row's label promises
+    a spread it does not measure. ``all`` is left alone: its inert members are documented."""
+    source = group.config.get("source", {})
+    inert = {s: why for run in group.runs for s, why in run.inert.items()}
+    if not inert or source.get("name") == "all":
+        return []
+    rest = [s for s in source.get("vary") or [] if s not in inert]
+    return [f"{label}: source {source.get('name')} varies {', '.join(sorted(inert))}, which varied nothing "
+            f"in these runs ({'; '.join(f'{s}: {why}' for s, why in sorted(inert.items()))}): the row "
+            f"measures {', '.join(rest)} alone"]
+
+
 def _listed(names: list[str], limit: int) -> str:
     """The first ``limit`` of ``names`` for a note, with ", ..." when there are more."""
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
@@ -974,6 +990,7 @@ def load_sweep(sweep_dir: Path) -> Sweep:
         group.notes += _resumed_arithmetic_notes(group, group.label(keys))
         group.notes += _variation_notes(group, group.label(keys), bool(arithmetic))
         group.notes += _code_notes(group, group.label(keys))
+        group.notes += _inert_member_notes(group, group.label(keys))
     seen = set()
     for group in groups + [g for g, _ in refused]:
         notes += [n for n in group.notes if not (n in seen or seen.add(n))]

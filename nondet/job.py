@@ -322,10 +322,10 @@ def check_sources_vary_something(config: dict, data, studied=()) -> None:
         log.warning("data_resample=%s has no effect: source=%s does not vary data, so every run "
                     "trains on the whole training set", config["data_resample"], config["source"]["name"])
     inert = inert_sources(config, data, studied)
-    language_model = lm.is_language_model(config)
-    if language_model and inert and not set(vary) <= set(inert):  # source=all: the rest varies
-        log.warning("source=%s: %s vary nothing in a language model (%s)", config["source"]["name"],
-                    sorted(inert), "; ".join(f"{s}: {why}" for s, why in inert.items()))
+    if inert and not set(vary) <= set(inert):  # source=all: the rest varies (the analysis names it too)
+        where = "a language model" if lm.is_language_model(config) else "this configuration"
+        log.warning("source=%s: %s vary nothing in %s (%s)", config["source"]["name"],
+                    sorted(inert), where, "; ".join(f"{s}: {why}" for s, why in inert.items()))
     refuse_inert(config, inert)
 
 

@@ -188,7 +188,7 @@ def open_replica(
     config.yaml, env.json (plus ``env_extra``) and seeds.json written: the start of a run."""
     write_run_config(config, directory)
     replica = family.new_replica(config, data)
-    env = {**data_identity(data), **code_identity(config), **(env_extra or {})}
+    env = {**data_identity(data), **code_identity(config), **inert_record(config, data), **(env_extra or {})}
     start_replica(replica, config, directory, lowlevel, env)
     if config["dataset"]["augment"] and getattr(data, "is_image", None) is False and replica.epoch == 0:
         warnings.warn(
@@ -196,6 +196,17 @@ def open_replica(
             stacklevel=2,
         )
     return replica
+
+
+def inert_record(config: dict, data: Any) -> dict:
+    """``{"inert_sources": {source: why}}`` for env.json: the varied sources that can change
+    nothing in this run while others still vary (``source=init_dropout`` at ``model.dropout=0``
+    measures init alone; the analysis names it), or {} (a launch whose sources are all inert is
+    refused: ``nondet.job.refuse_inert``)."""
+    from nondet.job import inert_sources  # the job's judgement, as the launch made it
+
+    inert = inert_sources(config, data)
+    return {"inert_sources": inert} if inert and set(inert) < set(config["source"]["vary"]) else {}
 
 
 def write_run_config(config: dict, directory: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -415,3 +416,26 @@ def test_a_setting_at_its_default_shows_its_value_and_one_that_does_nothing_is_b
         ("data", "sorted", "0.5"), ("data", "sorted", "bootstrap"), ("init", "", "")]
     assert sorted(g.label(keys) for g in sweep.groups) == [
         "data, data_order=sorted, data_resample=0.5", "data, data_order=sorted, data_resample=bootstrap", "init"]
+
+
+def test_a_combination_whose_member_varies_nothing_is_named(make_config):
+    """``source=shuffle_augment_reduction`` with dataset.augment off: augment cannot act, the others do.
+    The launch is not refused (the rest varies), but the runs record it (env.json
+    ``inert_sources``) and the analysis says the row measures the rest alone; ``all``'s inert
+    members are documented and get no note."""
+    from omegaconf import OmegaConf
+
+    from nondet.job import run_job
+
+    for source in ("shuffle_augment_reduction", "all"):
+        for replicate in (0, 1):
+            run_job(OmegaConf.create(make_config(f"source={source}", "epochs=1", "replicates=2",
+                                                 f"replicate={replicate}")))
+    config = make_config("source=shuffle_augment_reduction", "epochs=1")
+    env = json.loads((records.run_dir(config, 0) / records.ENV_FILE).read_text())
+    assert env["inert_sources"] == {"augment": "dataset.augment is false (set dataset.augment=true)"}
+    notes = [n for n in load_sweep(records.run_dir(config, 0).parent.parent).notes if "varied nothing in these" in n]
+    assert len(notes) == 1 and "\n" not in notes[0]
+    assert notes[0].startswith("shuffle_augment_reduction: source shuffle_augment_reduction varies augment, "
+                               "which varied nothing in these runs (augment: dataset.augment is false")
+    assert notes[0].endswith("the row measures shuffle, reduction alone")
