@@ -180,12 +180,14 @@ def table_notes(sweep: Sweep, frame: pd.DataFrame, n_boot: int, seed: int) -> tu
     """What is said below the table, in the markdown and in the HTML report alike: paragraphs
     (how the errors were computed, the language models' columns, the share of the accuracy
     variance that is test-set noise) and the statistics' notes."""
+    images = "language_model" not in frame or not frame["language_model"].astype(bool).all()
+    pd_columns = ("; PD = mean |p_i - p_j| over examples and classes, relative PD = mean "
+                  "|p_i - p_j| / ((p_i + p_j) / 2) (for two classes: of the positive class's "
+                  "probability)") if images else ""  # a language model's table has no PD columns
     paragraphs = [
         f"SD ± SD of the SD over {n_boot} bootstrap resamples of the runs (seed {seed}); SDs "
         "with ddof=1. Pairwise columns average over all pairs of runs in a row; ensembles "
-        "average the two models' softmax probabilities; PD = mean |p_i - p_j| over examples "
-        "and classes, relative PD = mean |p_i - p_j| / ((p_i + p_j) / 2) (for two classes: "
-        "of the positive class's probability).",
+        f"average the two models' softmax probabilities{pd_columns}.",
     ]
     if "ppl_mean" in frame:
         paragraphs.append(lm.LM_NOTE)

@@ -376,6 +376,9 @@ def check_command_line(args: list[str], config_dir: Path, own_dir: Path | None =
         overrides = OverridesParser.create().parse_overrides(parsed.overrides)
     except HydraException:  # a malformed override: Hydra says what is wrong with it
         return
+    if parsed.cfg and parsed.multirun:  # Hydra refuses it with a traceback
+        sys.exit(f"Error: --cfg {parsed.cfg} shows the configuration of one job, and Hydra refuses it with "
+                 f"-m (--multirun): drop -m, and give one value of each swept key")
     if parsed.config_dir or parsed.config_name or any(o.key_or_group == "hydra.searchpath" for o in overrides):
         return  # a config of your own may bring config groups of its own: Hydra judges those
     for override in overrides:

@@ -79,13 +79,20 @@ class SweepProgress:
 
     def line(self, label: str, directory: Path, counts: str = "") -> str:
         """Count the run as ended and say so: ``[17/24] init r0004 done 74.9% (1.2 s) — ETA 9 s``."""
-        self.ended += 1
-        self.trained += 1
+        return self.lines([(label, directory)], counts)[0]
+
+    def lines(self, ended: Sequence[tuple[str, Path]], counts: str = "") -> list[str]:
+        """``line`` for runs that ended together (a pack's replicas): the time they took counts
+        for all of them at once, so the first line's ETA is not that of one run per pack."""
+        self.trained += len(ended)
+        first = self.ended
+        self.ended += len(ended)
         if self.total is not None:
             self.total = max(self.total, self.ended)
-        name = f"{label} {Path(directory).name}".strip()
+        eta, total = self.eta(), "?" if self.total is None else self.total
         middle = f" — {counts}" if counts else ""
-        return f"{self.count} {name} {run_outcome(directory)}{middle} — {self.eta()}"
+        return [f"[{first + i}/{total}] {f'{label} {Path(directory).name}'.strip()} {run_outcome(directory)}"
+                f"{middle} — {eta}" for i, (label, directory) in enumerate(ended, 1)]
 
 
 # --- the sweep's plan, from its overrides -------------------------------------------------
@@ -186,8 +193,9 @@ class ProgressCallback(Callback):
         outcome = job_return.return_value or {}
         # Finished earlier, or ("busy") being trained by another launch: counted, not reported.
         self.progress.skipped(len(outcome.get("skipped", [])) + len(outcome.get("busy", [])))
-        for directory in [*outcome.get("finished", []), *outcome.get("failed", [])]:
-            print(self.progress.line(label, directory), flush=True)
+        ended = [(label, d) for d in [*outcome.get("finished", []), *outcome.get("failed", [])]]
+        for line in self.progress.lines(ended):
+            print(line, flush=True)
 
 
 # --- the submitit launchers' polling loop ---------------------------------------------------
@@ -262,8 +270,8 @@ def wait_for_jobs(watched: list[WatchedJob], collect, progress: SweepProgress, s
                     ended.append((w.label, d))
         counts = run_counts(watched, reported, since)
         status = f"{counts['running']} running, {counts['pending']} pending, {failed} failed"
-        for label, d in ended:
-            echo(progress.line(label, d, status), flush=True)
+        for line in progress.lines(ended, status):
+            echo(line, flush=True)
         if not ended and (counts, failed) != last:
             echo(f"{progress.count} {status} — {progress.eta()}", flush=True)
         last = (counts, failed)

@@ -63,6 +63,20 @@ def test_basic_launcher_prints_one_line_per_run_with_count_and_eta(tmp_path, cap
     assert re.fullmatch(r"\[3/4\] shuffle r0000 FAILED: RuntimeError: boom — ETA [0-9] s", lines[1]), lines
     assert len(lines) == 2
 
+    # A pack's runs end together: the 10 s they took count for all 4 of them at once.
+    packed = ProgressCallback()
+    packed.on_multirun_start(OmegaConf.create({"replicates": 8, "pack": 4, "hydra": {
+        "sweeper": {"params": {"replicate": "range(0,${replicates},${pack})"}},
+        "overrides": {"task": ["source=init", "replicates=8", "pack=4"]}}}))
+    packed.progress.started = time.monotonic() - 10.0
+    packed.on_job_end(OmegaConf.create({"hydra": {"overrides": {"task": ["source=init", "replicate=0"]}}}),
+                      JobReturn(status=JobStatus.COMPLETED, _return_value={
+                          "finished": [str(run(tmp_path, "init", r)) for r in range(4)], "skipped": [],
+                          "failed": []}))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" init ")[0] for line in lines] == ["[1/8]", "[2/8]", "[3/8]", "[4/8]"]
+    assert {line.split(" — ")[-1] for line in lines} == {"ETA 10 s"}  # one more pack of 4 (was 18 s first)
+
     # A copy of the callback in a job's own process (submitit pickles it) stays silent.
     callback.where = ("elsewhere", 1)
     job_end("shuffle", 1, finished=[str(run(tmp_path, "shuffle", 1))])

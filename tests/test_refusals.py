@@ -167,6 +167,10 @@ def test_a_top_level_typo_names_the_key_it_resembles():
     # A config of your own may bring groups of its own (myexp=b): Hydra composes them, or says why.
     for own in (["--config-dir", "/somewhere"], ["--config-name", "mine"], ["hydra.searchpath=[file:///x]"]):
         check_command_line(["-m", *own, "myexp=b"], CONF)
+    with pytest.raises(SystemExit) as exit_:  # Hydra's own refusal is a traceback
+        check_command_line(["-m", "+experiment=table1", "scale=smoke", "--cfg", "job"], CONF)
+    assert str(exit_.value.code).startswith("Error: --cfg job shows the configuration of one job")
+    check_command_line(["+experiment=table1", "scale=smoke", "--cfg", "job", "--resolve"], CONF)
 
 
 def test_jobs_on_a_clusters_nodes_get_the_checks_their_configuration_alone_allows(tmp_path, hydra_state):
