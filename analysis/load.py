@@ -761,11 +761,15 @@ def _arithmetic_notes(group: Group, label: str) -> list[str]:
             ))
     if not differing:
         return []
+    said = f"{label}: its runs were computed with different float arithmetic ({'), ('.join(differing)})"
+    first = _outputs(group.runs[0])
+    if all(_same_bits(_outputs(r), first) for r in group.runs[1:]):  # e.g. a control, rounded alike
+        return [f"{said}, which can change results bit for bit; here every run's test outputs are "
+                f"bitwise identical all the same"]
     return [
-        f"{label}: its runs were computed with different float arithmetic ({'), ('.join(differing)}): "
-        f"on the same inputs these change results bit for bit, so the spread of this row includes "
-        f"that difference and a source=none control is not identical across them. Relaunch the "
-        f"differing runs with the same settings to compare like with like: delete their "
+        f"{said}: on the same inputs these can change results bit for bit, so the spread of this row "
+        f"may include that difference, and a source=none control need not be identical across them. "
+        f"Relaunch the differing runs with the same settings to compare like with like: delete their "
         f"directories and launch the same command again on one kind of node with one torch"
         + (" (or launch with an explicit threads=N, whose runs form a row of their own)" if "threads" in keys else "")
     ]
@@ -833,9 +837,10 @@ def _resumed_arithmetic_notes(group: Group, label: str) -> list[str]:
     shown = _listed(mixed, 4)
     return [
         f"{label}: {len(mixed)} of {len(group.runs)} runs were resumed under other float arithmetic "
-        f"than they trained with before ({shown}): a resume is bitwise the uninterrupted run only on "
-        f"the same arithmetic, so each is a run no uninterrupted training gives. Delete their "
-        f"directories and relaunch on one kind of node to retrain them"
+        f"than they trained with before ({shown}): a resume is promised bitwise the uninterrupted run "
+        f"only on the same arithmetic (another may round differently), so each may be a run no "
+        f"uninterrupted training gives. To be sure, delete their directories and relaunch on one kind "
+        f"of node to retrain them"
     ]
 
 

@@ -246,7 +246,7 @@ def start_replica(
         if earlier:
             env[records.EARLIER_ARITHMETIC] = earlier
             log.warning("%s: resumed under other float arithmetic than it trained with before (%s); it "
-                        "is not bitwise the run trained uninterrupted", directory, _differences(earlier[-1], env))
+                        "may not be bitwise the run trained uninterrupted", directory, _differences(earlier[-1], env))
     records.write_json(directory / records.ENV_FILE, env)
     records.write_json(directory / records.SEEDS_FILE, replica.plan.as_record(lowlevel))
 

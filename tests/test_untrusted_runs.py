@@ -127,7 +127,14 @@ CPU_ENV = {"torch": "2.13.0", "device": "cpu", "device_name": "x86_64", "precisi
 
 
 def test_a_row_whose_runs_differ_in_float_arithmetic_is_named_once(tmp_path, labels):
-    paths = write_sweep(tmp_path, "none", np.repeat(random_logits(np.random.default_rng(4), 1, N, C), 4, 0), labels)
+    same = np.repeat(random_logits(np.random.default_rng(4), 1, N, C), 4, 0)
+    paths = write_sweep(tmp_path, "none", same, labels)
+    for path, threads in zip(paths, (1, 1, 2, 2)):
+        records.write_json(path / records.ENV_FILE, {**CPU_ENV, "threads": threads})
+    [named] = [n for n in load_sweep(tmp_path / "s").notes if "float arithmetic" in n]
+    assert named.endswith("which can change results bit for bit; here every run's test outputs are bitwise "
+                          "identical all the same")  # rounded alike: no advice to delete them
+    paths = write_sweep(tmp_path, "none", random_logits(np.random.default_rng(4), 4, N, C), labels)
     for path, threads in zip(paths, (1, 1, 2, 2)):
         records.write_json(path / records.ENV_FILE, {**CPU_ENV, "threads": threads})
     records.write_json(paths[3] / records.ENV_FILE, {**CPU_ENV, "threads": 2, "cpu_capability": "AVX512",
@@ -137,7 +144,7 @@ def test_a_row_whose_runs_differ_in_float_arithmetic_is_named_once(tmp_path, lab
     assert [len(g.runs) for g in sweep.groups] == [4]  # the same experiment: one row, not split
     note = ("none: its runs were computed with different float arithmetic (cpu_capability: AVX2 for r0000, "
             "r0001, r0002; AVX512 for r0003), (threads: 1 for r0000, r0001; 2 for r0002, r0003): on the "
-            "same inputs these change results bit for bit")
+            "same inputs these can change results bit for bit")
     named = [n for n in sweep.notes if "float arithmetic" in n]
     assert len(named) == 1 and named[0].startswith(note) and "threads=N" in named[0]
     assert note in analysis.summarize(tmp_path / "s")
