@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.load import Group, Sweep, load_sweep
+from analysis.load import Group, Sweep, load_sweep, short_metrics
 from analysis.metrics import cross_entropy, percent_correct, sd
 from analysis.render import format_number, markdown_table, save_figure, shared_legend, style_groups
 
@@ -46,8 +46,12 @@ def is_bitflip(group: Group) -> bool:
 
 
 def per_epoch(group: Group, metric: str = "test_cross_entropy") -> tuple[np.ndarray, np.ndarray]:
-    """(epochs (E,), values (R, E)) of ``metric`` over the epochs every run of the group evaluated."""
-    per_run = [{row["epoch"]: row[metric] for row in run.metrics if "epoch" in row and metric in row} for run in group.runs]
+    """(epochs (E,), values (R', E)) of ``metric`` over the epochs every run of the group evaluated,
+    leaving out the runs whose metrics.jsonl was cut short (``short_metrics``, named in a note):
+    their lost epochs would drop out for every run."""
+    short = {id(run) for run in short_metrics(group)}
+    runs = [run for run in group.runs if id(run) not in short]
+    per_run = [{row["epoch"]: row[metric] for row in run.metrics if "epoch" in row and metric in row} for run in runs]
     epochs = sorted(set.intersection(*(set(m) for m in per_run))) if per_run else []
     values = np.array([[m[e] for e in epochs] for m in per_run], dtype=float).reshape(len(per_run), len(epochs))
     return np.array(epochs, dtype=int), values
@@ -56,7 +60,7 @@ def per_epoch(group: Group, metric: str = "test_cross_entropy") -> tuple[np.ndar
 def spread_by_epoch(group: Group) -> pd.DataFrame:
     """Per evaluated epoch: SD (ddof=1) and middle-95% width of the test cross-entropy over runs."""
     epochs, values = per_epoch(group)
-    if len(group.runs) < 2 or not len(epochs):
+    if len(values) < 2 or not len(epochs):
         return pd.DataFrame(columns=["epoch", "cross_entropy_sd", "cross_entropy_range95"])
     low, high = np.percentile(values, [2.5, 97.5], axis=0)
     sds = np.array([sd(values[:, j]) for j in range(values.shape[1])])
@@ -84,10 +88,10 @@ def label_spread_axes(axes, when: str = "") -> None:
 
 
 def figure3_groups(sweep: Sweep) -> list[Group]:
-    """Bit-flip groups with at least two runs and two evaluated epochs, when they hold at least
+    """Bit-flip groups with at least two runs and two epochs in their per-epoch metrics, when they hold at least
     two models (Figure 3 compares models; any sweep's spread over epochs is
     ``cross_entropy_spread.png``)."""
-    groups = [g for g in sweep.groups if is_bitflip(g) and len(g.runs) >= 2 and len(per_epoch(g)[0]) >= 2]
+    groups = [g for g in sweep.groups if is_bitflip(g) and min(per_epoch(g)[1].shape) >= 2]
     return groups if len({_model(g) for g in groups}) >= 2 else []
 
 

@@ -22,11 +22,15 @@ arithmetic (``nondet.records.ARITHMETIC_KEYS`` of env.json: CPU model, vector wi
 stays one row, with a note naming the runs and what differs; so does a row whose runs were trained
 under different versions of your code (env.json ``code_sha256``). Each row's test logits are compared
 bit for bit with its first run's: a ``source=none`` control whose runs differ, and a row varying a
-source whose runs are all identical, get a note (``_variation_notes``).
+source whose runs are all identical, get a note (``_variation_notes``); so do two replicates of such
+a row whose outputs are bitwise identical, likely one copied over the other (``_copy_notes``), and
+runs whose metrics.jsonl stops before the epoch their result was evaluated at (``_metrics_notes``),
+which the per-epoch figures leave out.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections import Counter, defaultdict
@@ -921,6 +925,92 @@ def _variation_notes(group: Group, label: str, arithmetic_differs: bool) -> list
     ]
 
 
+def _outputs_digest(run: Run) -> str:
+    """SHA-256 of a run's test outputs (dtype, shape and bytes): equal digests, bitwise equal
+    outputs. One pass over the memory-mapped file, no copy."""
+    outputs = np.ascontiguousarray(_outputs(run))
+    digest = hashlib.sha256(f"{outputs.dtype.str}{outputs.shape}".encode())
+    digest.update(memoryview(outputs.reshape(-1).view(np.uint8)))
+    return digest.hexdigest()
+
+
+def _copy_notes(group: Group, label: str) -> list[str]:
+    """Runs of a row varying a seeded source whose test outputs are bitwise identical though they
+    are different replicates (whose seeds differ by construction): a run directory copied over
+    another's (its config.yaml or seeds.json kept or edited), or a run resumed from another's
+    checkpoint, passes for a replicate of its own and understates the row's spread. Named, not left
+    out: which of them is the copy cannot be told from the files, and a bit flip that misses the
+    logits gives the same picture honestly. A row whose runs are all identical has
+    ``_variation_notes``' note instead; one replicate found twice is ``_one_run_per_replicate``'s."""
+    vary = (group.config.get("source") or {}).get("vary") or []
+    if len(group.runs) < 2 or not [s for s in vary if s != "lowlevel"]:  # lowlevel: no seed to differ
+        return []
+    by_digest: dict[str, list[Run]] = defaultdict(list)
+    for run in group.runs:
+        by_digest[_outputs_digest(run)].append(run)
+    if len(by_digest) == 1:
+        return []  # every run identical: the "varied nothing" note
+    # diverged runs may share their NaNs bit for bit: the divergence note names them
+    clusters = [runs for runs in by_digest.values() if len(runs) > 1 and not _diverged(runs[0])]
+    if not clusters:
+        return []
+    named = "; ".join(" and ".join(r.path.name for r in runs) for runs in clusters)
+    flip = " (or, in a bit-flip row, their flips did not reach the test logits)" if "bitflip" in vary else ""
+    return [
+        f"{label}: {named}: bitwise identical test outputs though they are different replicates, whose "
+        f"seeds of {', '.join(vary)} differ by construction, so one is likely a copy of the other{flip}; the "
+        f"row counts each, which "
+        f"understates its spread. Delete the copy's run directory and relaunch to train it"
+    ]
+
+
+def expected_last_epoch(run: Run) -> int | None:
+    """The epoch a run's result was evaluated at, which its metrics.jsonl ends with (result.json's
+    ``epochs``, else config's; training always evaluates the last epoch, whatever ``eval_every``)."""
+    epochs = run.result.get("epochs", run.config.get("epochs"))
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        return None
+    return epochs
+
+
+def last_recorded_epoch(run: Run) -> int | None:
+    """The last epoch of a run's metrics.jsonl (None: no row)."""
+    epochs = [row["epoch"] for row in run.metrics if isinstance(row, dict) and isinstance(row.get("epoch"), int)]
+    return max(epochs) if epochs else None
+
+
+def short_metrics(group: Group) -> list[Run]:
+    """The runs whose metrics.jsonl stops before the epoch their result was evaluated at (a file
+    cut short or emptied: its lost rows would silently shrink every per-epoch figure). A run
+    without the file counts only beside runs that have rows (else the row has no per-epoch data)."""
+    any_rows = any(run.metrics for run in group.runs)
+    short = []
+    for run in group.runs:
+        expected, last = expected_last_epoch(run), last_recorded_epoch(run)
+        if expected is not None and (last or 0) < expected and (
+                any_rows or (run.path / records.METRICS_FILE).exists()):
+            short.append(run)
+    return short
+
+
+def _metrics_notes(group: Group, label: str) -> list[str]:
+    """``short_metrics``, named: the per-epoch figures leave those runs out."""
+    short = short_metrics(group)
+    if not short:
+        return []
+    described = []
+    for run in short:
+        last, expected = last_recorded_epoch(run), expected_last_epoch(run)
+        described.append(f"{run.path.name} (empty, {expected} epochs expected)" if last is None
+                         else f"{run.path.name} (ends at epoch {last} of {expected})")
+    return [
+        f"{label}: the metrics.jsonl of {len(short)} of {len(group.runs)} runs stops before the epoch their "
+        f"result was evaluated at ({_listed(described, 6)}): the file was cut short, and its lost epochs are "
+        f"not in the per-epoch figures, which leave these runs out (the table, from the logits, keeps them). "
+        f"Restore the file, or delete the run's directory and relaunch to retrain it"
+    ]
+
+
 def _split_by_data(key: tuple, runs: list[Run], label: str) -> tuple[list[tuple[tuple, list[Run]]], list[str]]:
     """The runs of one configuration, split by the data they saw (env.json ``data_sha256``).
 
@@ -994,6 +1084,8 @@ def load_sweep(sweep_dir: Path) -> Sweep:
         group.notes += arithmetic
         group.notes += _resumed_arithmetic_notes(group, group.label(keys))
         group.notes += _variation_notes(group, group.label(keys), bool(arithmetic))
+        group.notes += _copy_notes(group, group.label(keys))
+        group.notes += _metrics_notes(group, group.label(keys))
         group.notes += _code_notes(group, group.label(keys))
         group.notes += _inert_member_notes(group, group.label(keys))
     seen = set()

@@ -325,8 +325,8 @@ class Run:
         last = replica.epoch == self.config["epochs"]
         since = getattr(self, "_last_checkpoint", None) or time.monotonic()  # a loop of its own
         if not last and train.checkpoint_due(self.config["checkpoint_every"], replica.epoch, since):
-            state = {**replica.state_dict(), "user": {k: o.state_dict() for k, o in self.extra.items()}}
-            records.write_torch(self.directory / records.CHECKPOINT_FILE, state)
+            user = {"user": {k: o.state_dict() for k, o in self.extra.items()}}
+            train.write_checkpoint(replica, self.directory, self.config, user)
             self._last_checkpoint = time.monotonic()
 
     def _count_seconds(self) -> None:

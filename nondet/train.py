@@ -233,6 +233,7 @@ def start_replica(
     resumed_from = None
     if checkpoint.exists():
         state = records.read_checkpoint(checkpoint, config["device"])
+        check_checkpoint_run(state, checkpoint, run_identity(replica.plan, config))
         replica.load_state_dict(state)
         if restore is not None:
             restore(state)
@@ -290,8 +291,42 @@ def record_evaluation(
     )
 
 
-def write_checkpoint(replica: Replica, directory: Path) -> None:
-    records.write_torch(Path(directory) / records.CHECKPOINT_FILE, replica.state_dict())
+# The checkpoint's key for the identity of the run that wrote it (``run_identity``); a checkpoint
+# of an earlier nondet has none, and its load_state_dict ignores it in a newer one.
+RUN_KEY = "run"
+
+
+def run_identity(plan: SeedPlan, config: dict) -> dict:
+    """What names one run: its configuration's hash (its group), replicate and seeds."""
+    return {"config_hash": records.config_hash(config), "replicate": plan.replicate,
+            "base_seed": plan.base_seed, "vary": list(plan.vary), "seeds": dict(plan.seeds)}
+
+
+def check_checkpoint_run(state: dict, path: Path, identity: dict) -> None:
+    """Refuse a checkpoint written by another run (another replicate's, copied over, or another
+    configuration's): resumed, this run would become a bitwise clone of that one under its own
+    seeds.json. A checkpoint without the record (an earlier nondet's) resumes as it is."""
+    stored = state.get(RUN_KEY)
+    if not isinstance(stored, dict):
+        return
+    differ = [_difference(k, stored.get(k), v) for k, v in identity.items() if stored.get(k) != v]
+    if differ:
+        raise records.CorruptRunError(
+            f"the checkpoint {path} was written by another run ({'; '.join(differ)}): resuming it would "
+            f"make this run a copy of that one; delete it to train this run from scratch")
+
+
+def _difference(key: str, there: Any, here: Any) -> str:
+    if isinstance(there, dict) and isinstance(here, dict):
+        sources = sorted(s for s in set(there) | set(here) if there.get(s) != here.get(s))
+        return f"the seeds of {', '.join(sources)} differ"
+    return f"{key.replace('_', ' ')} {there} there, {here} here"
+
+
+def write_checkpoint(replica: Replica, directory: Path, config: dict, extra: dict | None = None) -> None:
+    """checkpoint.pt: the replica's state, ``extra`` (a script's own objects) and the run's identity."""
+    state = {**replica.state_dict(), **(extra or {}), RUN_KEY: run_identity(replica.plan, config)}
+    records.write_torch(Path(directory) / records.CHECKPOINT_FILE, state)
 
 
 def finish_replica(
@@ -398,7 +433,7 @@ def train_group(
         if not last and checkpoint_due(config["checkpoint_every"], group.epoch, last_checkpoint):
             group.write_back()
             for member in members:
-                write_checkpoint(member.replica, member.directory)
+                write_checkpoint(member.replica, member.directory, member.config)
             last_checkpoint = time.monotonic()
         if on_epoch is not None:
             on_epoch()

@@ -96,8 +96,8 @@ def write_run(
         records.write_npy(directory / records.LABELS_FILE, np.asarray(labels, dtype=np.int64))
     if weights is not None:
         records.write_torch(directory / records.WEIGHTS_FILE, weights)
-    if result is True:
-        result = result_for(np.asarray(logits), np.asarray(labels))
+    if result is True:  # evaluated at the last epoch of its metrics, as the engine's runs are
+        result = result_for(np.asarray(logits), np.asarray(labels), **({"epochs": metrics[-1]["epoch"]} if metrics else {}))
     if result:
         records.write_json(directory / records.RESULT_FILE, result)
     return directory

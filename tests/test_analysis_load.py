@@ -439,3 +439,39 @@ def test_a_combination_whose_member_varies_nothing_is_named(make_config):
     assert notes[0].startswith("shuffle_augment_reduction: source shuffle_augment_reduction varies augment, "
                                "which varied nothing in these runs (augment: dataset.augment is false")
     assert notes[0].endswith("the row measures shuffle, reduction alone")
+
+
+@pytest.mark.parametrize("seeds_too", [False, True])
+def test_a_run_copied_over_another_replicate_is_named(clean_sweep, seeds_too):
+    """r0002 made a byte copy of r0001 but for its config.yaml (and seeds.json, or not): bitwise
+    identical outputs of two replicates, in a row that varies a source."""
+    original, copy = (next(clean_sweep.glob(f"init-*/{name}")) for name in ("r0001", "r0002"))
+    names = [records.LOGITS_FILE, records.LABELS_FILE, records.RESULT_FILE, records.METRICS_FILE, records.ENV_FILE]
+    for name in names + [records.SEEDS_FILE] * seeds_too:
+        (copy / name).write_bytes((original / name).read_bytes())
+    sweep = load_sweep(clean_sweep)
+    (note,) = [n for n in sweep.notes if "copy" in n]
+    assert note.startswith("init: r0001 and r0002: bitwise identical test outputs though they are different replicates")
+    assert "likely a copy of the other" in note and "Delete the copy's run directory and relaunch" in note
+    init = sweep.groups[0]
+    assert init.params["source.name"] == "init" and len(init.runs) == R  # named, not dropped: which is the copy?
+    assert not [n for n in sweep.notes if "varied nothing" in n]
+
+
+def test_a_cut_short_metrics_file_is_named_and_left_out_of_the_per_epoch_figures(clean_sweep):
+    from analysis import instability
+
+    cut, emptied = (next(clean_sweep.glob(f"shuffle-*/{name}")) for name in ("r0001", "r0002"))
+    metrics = cut / records.METRICS_FILE
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")  # only the first line kept
+    (emptied / records.METRICS_FILE).write_text("")
+    sweep = load_sweep(clean_sweep)
+    (note,) = [n for n in sweep.notes if "metrics.jsonl" in n]
+    assert note.startswith("shuffle: the metrics.jsonl of 2 of 4 runs stops before the epoch their result was "
+                           "evaluated at (r0001 (ends at epoch 1 of 5), r0002 (empty, 5 epochs expected))")
+    assert "per-epoch figures, which leave these runs out" in note
+    shuffle = sweep.groups[1]
+    assert shuffle.params["source.name"] == "shuffle" and len(shuffle.runs) == R  # the table keeps them
+    epochs, values = instability.per_epoch(shuffle)
+    assert list(epochs) == [1, 2, 3, 4, 5] and values.shape == (R - 2, 5)  # no epoch lost for the others
+    assert list(instability.spread_by_epoch(shuffle)["epoch"]) == [1, 2, 3, 4, 5]

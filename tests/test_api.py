@@ -73,6 +73,22 @@ def test_a_checkpoint_is_not_resumed_on_other_data_of_your_own(config):
     assert env_of(run)["resumed_from_epoch"] == 1
 
 
+def test_a_scripts_checkpoint_copied_from_another_replicate_is_refused(make_config):
+    configs = [make_config("source=init", "replicates=2", f"replicate={r}", "epochs=2", "checkpoint_every=1")
+               for r in (0, 1)]
+    for config in configs:  # each killed in epoch 2, after the checkpoint of epoch 1
+        with pytest.raises(KeyboardInterrupt):
+            train(config, own_data(), stop_in_epoch=1)
+    first, second = (records.run_dir({**c, "script": str(Path(__file__).resolve())}) for c in configs)
+    (second / records.CHECKPOINT_FILE).write_bytes((first / records.CHECKPOINT_FILE).read_bytes())
+    run = train(configs[1], own_data())
+    assert run.outcome["failed"] == [str(second)] and not (second / records.RESULT_FILE).exists()
+    assert re.search(r"checkpoint.pt was written by another run \(replicate 0 there, 1 here; the seeds of init "
+                     r"differ\).*delete it to train this run from scratch", run.outcome["fixes"][str(second)])
+    assert train(configs[0], own_data()).outcome["finished"] == [str(first)]  # its own: resumed
+    assert json.loads((first / records.ENV_FILE).read_text())["resumed_from_epoch"] == 1
+
+
 def test_data_of_your_own_is_any_object_of_tensors_else_refused_in_one_line(config):
     data = own_data()
     mine = SimpleNamespace(x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
