@@ -83,6 +83,7 @@ class SweepCounts:
     skipped: int = 0  # finished before this launch
     failed: int = 0  # error.txt and no result.json
     by_other: int = 0  # finished meanwhile by another launch that was training them
+    corrupt: int = 0  # finished before this launch, but their files cannot be used (skipped)
 
     @property
     def trained(self) -> int:
@@ -91,6 +92,8 @@ class SweepCounts:
     def __str__(self) -> str:
         text = (f"{self.trained} runs trained now, {self.skipped} finished earlier (skipped), "
                 f"{self.failed} failed")
+        if self.corrupt:
+            text += f", {self.corrupt} corrupt (skipped, listed below)"
         if self.trained:
             text += (f"; of the {self.trained} trained now, {self.scratch} from scratch and "
                      f"{self.resumed} resumed from a checkpoint")
@@ -111,13 +114,17 @@ def filesystem_now(directory: Path) -> float:
         return time.time()
 
 
-def sweep_counts(sweep_dir: Path, since: float, by_other: list[Path] = ()) -> SweepCounts:
+def sweep_counts(sweep_dir: Path, since: float, by_other: list[Path] = (), corrupt: list[Path] = ()) -> SweepCounts:
     """Count the runs below ``sweep_dir``: finished at or after ``since`` (from scratch or
     resumed, per env.json's ``resumed_from_epoch``), finished before it, and failed; those of
-    ``by_other`` (runs another launch was training) that are finished count as trained by it."""
+    ``by_other`` (runs another launch was training) that are finished count as trained by it,
+    those of ``corrupt`` (the analysis cannot use their files) as corrupt."""
     counts = SweepCounts()
-    other = {Path(d).resolve() for d in by_other}
+    other, bad = {Path(d).resolve() for d in by_other}, {Path(d).resolve() for d in corrupt}
     for result in Path(sweep_dir).rglob(RESULT_FILE):
+        if result.parent.resolve() in bad:
+            counts.corrupt += 1
+            continue
         if result.parent.resolve() in other:
             counts.by_other += 1
             continue
@@ -157,11 +164,14 @@ def _resumed(directory: Path) -> bool:
         return False
 
 
-def launched_counts(launched: Launched) -> SweepCounts:
-    """The counts of the summary line, from what this command's jobs did."""
+def launched_counts(launched: Launched, corrupt: list[Path] = ()) -> SweepCounts:
+    """The counts of the summary line, from what this command's jobs did; a skipped run that is
+    ``corrupt`` (the analysis cannot use its files) counts as corrupt."""
+    bad = {Path(d).resolve() for d in corrupt}
+    skipped = [d for d in launched.skipped if d not in bad]
     resumed = sum(_resumed(d) for d in launched.finished)
-    counts = SweepCounts(scratch=len(launched.finished) - resumed, resumed=resumed,
-                         skipped=len(launched.skipped), failed=len(launched.failed))
+    counts = SweepCounts(scratch=len(launched.finished) - resumed, resumed=resumed, skipped=len(skipped),
+                         failed=len(launched.failed), corrupt=len(launched.skipped) - len(skipped))
     counts.by_other = sum(is_done(d) for d in launched.busy)
     return counts
 
@@ -497,10 +507,18 @@ class SummaryCallback(Callback):
         others = [] if launched else held_runs(sweep_dir)
         if others:  # no outcomes say which runs the jobs left to another launch: its locks do
             wait_for_other_launch(others, sweep_dir, lock_wait_seconds(config))
-        counts = launched_counts(launched) if launched else sweep_counts(sweep_dir, self.started, others)
-        print(f"\nSweep {sweep_dir}: {counts}.\n", flush=True)
         try:
             sweep = analysis.load_sweep(sweep_dir)  # read once: the table, the counts and the advice
+        except analysis.MixedTestSetError as e:
+            sweep, mixed = None, e
+        # A corrupt run was skipped (its result.json is there): the counts line says it is corrupt.
+        corrupt = [p.path.resolve() for p in sweep.problems if p.status == "corrupt"] if sweep else []
+        counts = (launched_counts(launched, corrupt) if launched
+                  else sweep_counts(sweep_dir, self.started, others, corrupt))
+        print(f"\nSweep {sweep_dir}: {counts}.\n", flush=True)
+        try:
+            if sweep is None:
+                raise mixed
             print(analysis.summarize(sweep), flush=True)
             from analysis.report import report_command
 
@@ -516,7 +534,6 @@ class SummaryCallback(Callback):
         for directory in early:
             print(f"- failed before writing {CONFIG_FILE}: {directory}: "
                   f"{last_line(directory / ERROR_FILE)}", flush=True)
-        corrupt = [p.path.resolve() for p in sweep.problems if p.status == "corrupt"]
         failed = [d.resolve() for d in all_failed]
         if launched is None:  # no outcomes: every failed, corrupt or unfinished run counts
             if failed or corrupt:
