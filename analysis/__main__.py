@@ -12,7 +12,8 @@ check, prediction differences; ``--csv`` also writes ``<stem>_table5.csv``), and
 ``<stem>_classes.csv`` (per-class accuracy mean and SD) and ``<stem>_best_of_k.csv``
 (analysis/stats.py). Exit status:
 0 when the table was written (missing or failed runs, and a group that mixes test sets, are
-listed, not fatal), 1 when no finished run was found, 2 on bad arguments.
+listed, not fatal), 1 when no finished run was found, 2 on bad arguments or an output that
+cannot be written (a read-only file system: one line naming it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from analysis import stats
 from analysis.load import load_sweep
 from analysis.paper import paper_analyses
+from analysis.render import OutputError, writing
 from analysis.tables import latex_table, report, summary_frame
 
 
@@ -93,30 +95,43 @@ def main(argv: list[str] | None = None) -> int:
     extra = paper_analyses(sweep, frame, args.bootstrap, args.seed)
     for section in extra.sections:
         print("\n" + section, end="")
+    try:
+        write_outputs(args, sweep, frame, cka, extra)
+    except OutputError as e:
+        print(e, file=sys.stderr)
+        return 2
+    return 0 if sweep.n_finished else 1
+
+
+def write_outputs(args, sweep, frame, cka, extra) -> None:
+    """The files the options ask for (``--csv``, ``--latex``, ``--figures``, ``--report``); one
+    that cannot be written raises ``OutputError``."""
     if args.csv:
-        frame.to_csv(args.csv, index=False)
-        if cka is not None and len(cka):
-            cka.to_csv(args.csv.with_name(args.csv.stem + "_cka" + args.csv.suffix), index=False)
         extra.tables["classes"] = stats.class_table(sweep)  # group x class accuracy mean and SD
         extra.tables["best_of_k"] = stats.best_of_k_table(sweep)
-        for name, table in extra.tables.items():
-            table.to_csv(args.csv.with_name(f"{args.csv.stem}_{name}{args.csv.suffix}"), index=False)
+        with writing("csv", args.csv):
+            frame.to_csv(args.csv, index=False)
+            if cka is not None and len(cka):
+                cka.to_csv(args.csv.with_name(args.csv.stem + "_cka" + args.csv.suffix), index=False)
+            for name, table in extra.tables.items():
+                table.to_csv(args.csv.with_name(f"{args.csv.stem}_{name}{args.csv.suffix}"), index=False)
     if args.latex:
-        args.latex.write_text(latex_table(frame, sweep.display_keys))
+        with writing("latex", args.latex):
+            args.latex.write_text(latex_table(frame, sweep.display_keys))
     drawn = None  # with --report, the figures --figures drew: the page embeds them, not new ones
     if args.figures:
         from analysis.figures import write_figures
         from analysis.render import collected
 
-        with collected(write=True) if args.report else nullcontext() as drawn:
+        with writing("figures", args.figures), collected(write=True) if args.report else nullcontext() as drawn:
             write_figures(sweep, frame, args.figures, cka)
     if args.report:
         from analysis.report import ReportInputs, write_report
 
         inputs = ReportInputs(sweep, frame, cka, args.bootstrap, args.seed, drawn)
-        print(f"Report: {write_report(inputs, args.report, extra.sections)}", file=sys.stderr)
-    return 0 if sweep.n_finished else 1
-
+        with writing("report", args.report):
+            written = write_report(inputs, args.report, extra.sections)
+        print(f"Report: {written}", file=sys.stderr)
 
 if __name__ == "__main__":
     sys.exit(main())

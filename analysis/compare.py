@@ -75,6 +75,7 @@ from scipy.special import gammaln
 
 from analysis.load import Group, MixedTestSetError, Run, display_keys, format_value, hashable, load_sweep
 from analysis.metrics import cross_entropy, percent_correct
+from analysis.render import OutputError, writing
 from analysis.stats import compare_lines, exact_test_runs_needed, paired_order
 from nondet import records
 from nondet.seeds import SEEDABLE
@@ -826,10 +827,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_comparison(result, extra), end="")
     if args.json:
         try:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            records.write_json(args.json, comparison_json(result, results))
-        except OSError as e:
-            print(f"error: cannot write --json {args.json} ({e}): choose a writable path", file=sys.stderr)
+            with writing("json", args.json):
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                records.write_json(args.json, comparison_json(result, results))
+        except OutputError as e:
+            print(e, file=sys.stderr)
             return 2
     return 0
 

@@ -676,18 +676,27 @@ def _check_test_set(runs: list[Run]) -> None:
             )
 
 
-def _completeness_notes(members: list, label: str) -> list[str]:
+def _completeness_notes(members: list, label: str, beside: set[int] = frozenset()) -> list[str]:
     """Replicate indices a group expected (config ``replicates``) but has no directory for, and
-    indices that occur twice (the same run copied into the sweep twice would bias every metric)."""
+    indices that occur twice (the same run copied into the sweep twice would bias every metric).
+    ``beside``: indices whose directory is there but could not be grouped (listed as corrupt)."""
     notes = []
     configs = [m.config for m in members if isinstance(m, Run)]
-    seen = [m.replicate for m in members if m.replicate is not None]
+    seen = [m.replicate for m in members if m.replicate is not None] + list(beside)
     expected = max((c.get("replicates") or 0 for c in configs), default=0)
     absent = sorted(set(range(expected)) - set(seen))
     if absent:
         shown = ", ".join(map(str, absent[:20])) + (" ..." if len(absent) > 20 else "")
         notes.append(f"{label}: {len(absent)} of {expected} replicates have no run directory ({shown})")
     return notes
+
+
+def _replicates_beside(runs: list, problems: list[RunProblem]) -> set[int]:
+    """The replicate indices of run directories beside a group's runs whose config.yaml could not
+    be read (so no group is theirs): their directory's name (``r0003``) says which."""
+    parents = {r.path.parent for r in runs}
+    names = [p.path.name for p in problems if p.key is None and p.path.parent in parents]
+    return {int(name[1:]) for name in names if name[:1] == "r" and name[1:].isdigit()}
 
 
 def _one_run_per_replicate(members: list[Run], label: str) -> tuple[list[Run], list[str], str | None]:
@@ -1059,7 +1068,8 @@ def load_sweep(sweep_dir: Path) -> Sweep:
     groups, refused, notes = [], [], []
     for whole in candidates:
         label = whole.label(label_keys)
-        whole.notes += _completeness_notes(whole.runs + whole.problems, label)
+        beside = _replicates_beside(whole.runs, problems_by_key[None])
+        whole.notes += _completeness_notes(whole.runs + whole.problems, label, beside)
         parts, data_notes = _split_by_data(whole.key, whole.runs, label)
         whole.notes += data_notes
         for key, members in parts:

@@ -203,6 +203,28 @@ def collected(write: bool = False) -> Iterator[list]:
         _COLLECTED.reset(token)
 
 
+class OutputError(Exception):
+    """An output the analysis cannot write (a read-only file system, a full disk); its message is
+    the one line the command prints."""
+
+
+@contextmanager
+def writing(option: str, path: Path) -> Iterator[None]:
+    """``with writing("report", path): ...``: an ``OSError`` while writing ``--option PATH`` (a
+    file, or for ``--figures`` a folder) becomes ``OutputError``, one line naming it and the fix.
+    An error about a file elsewhere (a run's file read on the way) is not the output's: it passes."""
+    try:
+        yield
+    except OSError as e:
+        path = Path(path)
+        folder = (path if option == "figures" else path.parent).resolve()
+        failed = Path(str(e.filename)).resolve() if e.filename is not None else folder
+        if failed != folder and folder not in failed.parents and failed not in folder.parents:
+            raise
+        raise OutputError(f"error: --{option} {path}: cannot write it ({e.strerror or e}); write it elsewhere: "
+                          f"--{option} a path on a writable file system") from None
+
+
 def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
     """``DIR/STEM.png`` and ``DIR/STEM.pdf`` (150 dpi, tight); inside ``collected()``, no file
     unless it was asked to write them as well."""

@@ -15,8 +15,9 @@ and failures an earlier launch left in the same sweep directory are a note, not 
 failure. A failed run of this command makes it exit 1, with the advice that mends it (delete a
 corrupt checkpoint, free disk space, or relaunch). Under a launcher that reports no outcomes (a
 plain hydra-submitit launcher), "now" means result.json written since the launch began (its time
-taken from the file system, so a cluster's clock skew does not matter) and every failed run
-below the sweep directory counts.
+taken from the file system, so a cluster's clock skew does not matter), the runs another launch
+holds the lock of when the jobs have returned are waited for as above and counted as trained
+by it, and every failed, corrupt or unfinished run below the sweep directory counts (exit 1).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nondet.lock import run_lock, wait_until_free
+from nondet.lock import RUN_LOCK, run_lock, wait_until_free
 from nondet.records import CONFIG_FILE, ENV_FILE, ERROR_FILE, RESULT_FILE, is_done
 
 # The outcomes (run_job's return values) of the jobs this command launched, as they come back:
@@ -82,6 +83,7 @@ class SweepCounts:
     skipped: int = 0  # finished before this launch
     failed: int = 0  # error.txt and no result.json
     by_other: int = 0  # finished meanwhile by another launch that was training them
+    corrupt: int = 0  # finished before this launch, but their files cannot be used (skipped)
 
     @property
     def trained(self) -> int:
@@ -90,6 +92,8 @@ class SweepCounts:
     def __str__(self) -> str:
         text = (f"{self.trained} runs trained now, {self.skipped} finished earlier (skipped), "
                 f"{self.failed} failed")
+        if self.corrupt:
+            text += f", {self.corrupt} corrupt (skipped, listed below)"
         if self.trained:
             text += (f"; of the {self.trained} trained now, {self.scratch} from scratch and "
                      f"{self.resumed} resumed from a checkpoint")
@@ -110,11 +114,20 @@ def filesystem_now(directory: Path) -> float:
         return time.time()
 
 
-def sweep_counts(sweep_dir: Path, since: float) -> SweepCounts:
+def sweep_counts(sweep_dir: Path, since: float, by_other: list[Path] = (), corrupt: list[Path] = ()) -> SweepCounts:
     """Count the runs below ``sweep_dir``: finished at or after ``since`` (from scratch or
-    resumed, per env.json's ``resumed_from_epoch``), finished before it, and failed."""
+    resumed, per env.json's ``resumed_from_epoch``), finished before it, and failed; those of
+    ``by_other`` (runs another launch was training) that are finished count as trained by it,
+    those of ``corrupt`` (the analysis cannot use their files) as corrupt."""
     counts = SweepCounts()
+    other, bad = {Path(d).resolve() for d in by_other}, {Path(d).resolve() for d in corrupt}
     for result in Path(sweep_dir).rglob(RESULT_FILE):
+        if result.parent.resolve() in bad:
+            counts.corrupt += 1
+            continue
+        if result.parent.resolve() in other:
+            counts.by_other += 1
+            continue
         if result.stat().st_mtime < since:
             counts.skipped += 1
             continue
@@ -124,6 +137,13 @@ def sweep_counts(sweep_dir: Path, since: float) -> SweepCounts:
             counts.scratch += 1
     counts.failed = len(failed_runs(sweep_dir))
     return counts
+
+
+def held_runs(sweep_dir: Path) -> list[Path]:
+    """Unfinished runs below ``sweep_dir`` whose run lock a live process holds: once this
+    command's jobs have all returned, another launch of the sweep is training them."""
+    locks = Path(sweep_dir).rglob(RUN_LOCK)
+    return sorted(p.parent.resolve() for p in locks if not is_done(p.parent) and run_lock(p.parent).is_held())
 
 
 def failed_runs(sweep_dir: Path) -> list[Path]:
@@ -144,11 +164,14 @@ def _resumed(directory: Path) -> bool:
         return False
 
 
-def launched_counts(launched: Launched) -> SweepCounts:
-    """The counts of the summary line, from what this command's jobs did."""
+def launched_counts(launched: Launched, corrupt: list[Path] = ()) -> SweepCounts:
+    """The counts of the summary line, from what this command's jobs did; a skipped run that is
+    ``corrupt`` (the analysis cannot use its files) counts as corrupt."""
+    bad = {Path(d).resolve() for d in corrupt}
+    skipped = [d for d in launched.skipped if d not in bad]
     resumed = sum(_resumed(d) for d in launched.finished)
-    counts = SweepCounts(scratch=len(launched.finished) - resumed, resumed=resumed,
-                         skipped=len(launched.skipped), failed=len(launched.failed))
+    counts = SweepCounts(scratch=len(launched.finished) - resumed, resumed=resumed, skipped=len(skipped),
+                         failed=len(launched.failed), corrupt=len(launched.skipped) - len(skipped))
     counts.by_other = sum(is_done(d) for d in launched.busy)
     return counts
 
@@ -481,10 +504,21 @@ class SummaryCallback(Callback):
         launched = Launched.of(_OUTCOMES) if _OUTCOMES else None
         if launched and launched.busy:
             wait_for_other_launch(launched.busy, sweep_dir, lock_wait_seconds(config))
-        counts = launched_counts(launched) if launched else sweep_counts(sweep_dir, self.started)
-        print(f"\nSweep {sweep_dir}: {counts}.\n", flush=True)
+        others = [] if launched else held_runs(sweep_dir)
+        if others:  # no outcomes say which runs the jobs left to another launch: its locks do
+            wait_for_other_launch(others, sweep_dir, lock_wait_seconds(config))
         try:
             sweep = analysis.load_sweep(sweep_dir)  # read once: the table, the counts and the advice
+        except analysis.MixedTestSetError as e:
+            sweep, mixed = None, e
+        # A corrupt run was skipped (its result.json is there): the counts line says it is corrupt.
+        corrupt = [p.path.resolve() for p in sweep.problems if p.status == "corrupt"] if sweep else []
+        counts = (launched_counts(launched, corrupt) if launched
+                  else sweep_counts(sweep_dir, self.started, others, corrupt))
+        print(f"\nSweep {sweep_dir}: {counts}.\n", flush=True)
+        try:
+            if sweep is None:
+                raise mixed
             print(analysis.summarize(sweep), flush=True)
             from analysis.report import report_command
 
@@ -500,14 +534,20 @@ class SummaryCallback(Callback):
         for directory in early:
             print(f"- failed before writing {CONFIG_FILE}: {directory}: "
                   f"{last_line(directory / ERROR_FILE)}", flush=True)
-        corrupt = [p.path.resolve() for p in sweep.problems if p.status == "corrupt"]
         failed = [d.resolve() for d in all_failed]
-        if launched is None:  # no outcomes: every failed or corrupt run counts
+        if launched is None:  # no outcomes: every failed, corrupt or unfinished run counts
             if failed or corrupt:
                 status = sweep.status
                 more = f" (and {len(early)} failed before writing {CONFIG_FILE})" if early else ""
                 advice = status.advice or "relaunch the same command to retry the failed runs"
                 print(f"\n{status}{more}: {advice}.", flush=True)
+                if exit_on_failure:
+                    sys.exit(1)
+            # a run the other launch left before writing config.yaml is none of the analysis's
+            unfinished = sorted({*(p.path.resolve() for p in sweep.problems if p.status == "unfinished"),
+                                 *(d for d in others if not is_done(d))})
+            if unfinished:
+                print("\n" + unfinished_advice(unfinished, sweep_dir), flush=True)
                 if exit_on_failure:
                     sys.exit(1)
             return
@@ -614,25 +654,40 @@ def wait_for_other_launch(busy: list[Path], sweep_dir: Path, limit: int) -> list
     return left
 
 
+def unfinished_advice(unfinished: list[Path], sweep_dir: Path) -> str:
+    """What to do about the unfinished runs below the sweep directory, under a launcher that
+    reports no outcomes (so they may be this command's: it exits 1)."""
+    todo = _busy_todo(unfinished, "are not being trained by any process", sweep_dir)
+    return f"Of the runs below {sweep_dir}, {len(unfinished)} are not finished: " + "; ".join(todo) + "."
+
+
+def _busy_todo(unfinished: list[Path], left_are: str, sweep_dir: Path | None = None) -> list[str]:
+    """What to do about unfinished runs another process was training: relaunch for those it
+    left (``left_are`` says how; named with ``sweep_dir``), wait for those it still holds."""
+    held = [d for d in unfinished if run_lock(d).is_held()]
+    left = [d for d in unfinished if d not in held]
+    todo = []
+    if left:
+        named = f" ({_runs(left, sweep_dir)})" if sweep_dir is not None else ""
+        todo.append(f"{len(left)} {left_are}{named}: relaunch the same command to train them")
+    if held:
+        todo.append(f"{len(held)} are still being trained by another launch (the line above says what "
+                    f"to do if it is stuck)")
+    return todo
+
+
 def own_advice(launched: Launched, corrupt: list[Path]) -> str:
     """What to do about this command's runs that are not done ('' when all are)."""
     lines, todo = [], []
     retry = [d for d in launched.failed if d not in launched.fixes]
     mend = [d for d in launched.failed if d in launched.fixes]
-    unfinished = [d for d in launched.busy if not is_done(d)]
-    held = [d for d in unfinished if run_lock(d).is_held()]
-    left = [d for d in unfinished if d not in held]
     if retry:
         todo.append(f"{len(retry)} failed: relaunch the same command to retry them")
     if mend:
         todo.append(f"{len(mend)} failed in a way a relaunch alone cannot mend: do what each says below")
         lines += [f"- {d}: {launched.fixes[d]}" for d in mend]
-    if left:
-        todo.append(f"{len(left)} were left unfinished by another process that was training them: "
-                    f"relaunch the same command to train them")
-    if held:
-        todo.append(f"{len(held)} are still being trained by another launch (the line above says what "
-                    f"to do if it is stuck)")
+    todo += _busy_todo([d for d in launched.busy if not is_done(d)],
+                       "were left unfinished by another process that was training them")
     if corrupt:
         todo.append(f"{len(corrupt)} are corrupt: delete their directories (listed above) and relaunch "
                     f"to train them again")

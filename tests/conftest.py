@@ -91,3 +91,32 @@ def kill_after_epoch(monkeypatch, epoch: int):
 
     monkeypatch.setattr(logger, "record_metrics", killed)
     return lambda: monkeypatch.setattr(logger, "record_metrics", original)
+
+
+def read_only(monkeypatch, folder) -> None:
+    """Below ``folder``, every open for writing fails as on a read-only file system (EROFS), where
+    ``os.access`` (as root) still says writable: builtin and io ``open`` (pandas, pathlib,
+    matplotlib) and ``os.open`` (tempfile, the atomic writes of nondet.records)."""
+    import builtins
+    import errno
+    import io
+    import os
+
+    real_open, real_os_open, below = builtins.open, os.open, str(folder)
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and str(file).startswith(below) and set(mode) & set("wax+"):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        if str(path).startswith(below) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_os_open)

@@ -11,6 +11,7 @@ from scipy import stats
 
 from analysis import compare
 from nondet import records
+from conftest import read_only
 from fake_runs import fake_config, random_logits, write_group
 
 
@@ -189,7 +190,7 @@ def test_a_difference_of_one_test_example_is_not_called_real_for_the_population(
     assert (record["question"], record["state"]) == ("this-test-set", "distinguishable")
 
 
-def test_neither_test_rejects(tmp_path, capsys):
+def test_neither_test_rejects(tmp_path, capsys, monkeypatch):
     # Five of B's runs and four of A's get example 10 right: noise on both counts.
     verdict, record = _compare(tmp_path, capsys, _arms(20, 10, (), (), jitter_b=(0, 1, 3, 5, 7)))
     assert verdict.startswith("No: the difference in test_accuracy (B - A = +0.625")
@@ -202,7 +203,13 @@ def test_neither_test_rejects(tmp_path, capsys):
     a, b = tmp_path / "a" / "s", tmp_path / "b" / "s"
     assert compare.main([str(a), str(b), *FAST, "--json", str(tmp_path / "c.json" / "x.json")]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"error: cannot write --json {tmp_path / 'c.json' / 'x.json'} (") and line.endswith("choose a writable path")
+    assert line.startswith(f"error: --json {tmp_path / 'c.json' / 'x.json'}: cannot write it (")
+    assert line.endswith("write it elsewhere: --json a path on a writable file system")
+
+    read_only(monkeypatch, tmp_path / "ro")  # a read-only file system (EROFS), where os.access says writable
+    assert compare.main([str(a), str(b), *FAST, "--json", str(tmp_path / "ro" / "c.json")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: --json {tmp_path / 'ro' / 'c.json'}: cannot write it (Read-only file system)")
 
 
 def test_deterministic_runs_one_test_example_apart_are_not_called_real(tmp_path, capsys):

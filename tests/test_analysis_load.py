@@ -92,6 +92,16 @@ def test_runs_are_found_at_any_depth_and_hidden_dirs_are_skipped(tmp_path, label
     assert len(sweep.groups) == 1 and len(sweep.groups[0].runs) == 2
 
 
+def test_a_run_with_a_corrupt_config_yaml_is_corrupt_not_missing(tmp_path, labels):
+    """Its directory is there (r0001 beside the group's r0000): listed as corrupt, and the group
+    is not told that a replicate has no run directory."""
+    paths = write_group(source_config(tmp_path, "init"), random_logits(np.random.default_rng(2), 2, N, C), labels)
+    (paths[1] / records.CONFIG_FILE).write_text("\x00\x01 not yaml: [")
+    sweep = load_sweep(tmp_path / "sweep")
+    assert [p.status for p in sweep.problems] == ["corrupt"]
+    assert not [n for g in sweep.groups for n in g.notes if "have no run directory" in n]
+
+
 def test_missing_failed_and_corrupt_runs_are_reported_and_left_out(broken_sweep):
     sweep = load_sweep(broken_sweep)
     assert [len(g.runs) for g in sweep.groups] == [R, R]

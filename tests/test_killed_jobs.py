@@ -79,10 +79,12 @@ def test_a_run_killed_twice_for_memory_is_told_to_get_more_memory_not_to_relaunc
     ([("slurm", "FAILED", None, False), ("slurm", "FAILED", None, True)],
      "The job was killed outside Python (state FAILED"),
     # scancel twice: not memory
-    ([("slurm", "CANCELLED by 1000", None, False)] * 2, "The job was killed outside Python (state CANCELLED"),
+    ([("slurm", "CANCELLED by 1000", None, False)] * 2,
+     "The job was killed outside Python (state CANCELLED by 1000: cancelled: scancel, by you or an administrator); "
+     "relaunch"),
     # twice for memory, then by its time limit: this kill is no memory kill
     ([("slurm", "OUT_OF_MEMORY", None, False)] * 2 + [("slurm", "TIMEOUT", None, True)],
-     "The job was killed outside Python (state TIMEOUT"),
+     "The job was killed outside Python (state TIMEOUT: its time limit, with no requeue left); relaunch"),
 ])
 def test_a_repeated_kill_that_may_be_memory_gives_both_fixes(tmp_path, kills, advice):
     run = tmp_path / "r0000"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ import pytest
 from analysis import report
 from analysis.__main__ import main
 from chromium import find_chromium, load_page
-from conftest import REPO
+from conftest import REPO, read_only
 from fake_runs import fake_config, metrics_rows, random_logits, write_group, write_run
 from nondet import records
 
@@ -141,6 +142,25 @@ def test_report_renders_in_headless_chromium(tmp_path):
         from PIL import Image
 
         Image.open(shot).convert("RGB").quantize(64).save(REPO / "docs" / "report.png", optimize=True)
+
+
+def test_every_output_on_a_read_only_file_system_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    """--report, --csv, --latex and --figures into a folder of a read-only file system (EROFS,
+    which os.access does not see): one line naming the option, the path and the fix; exit 2."""
+    from analysis import figures
+
+    sweep, ro = small_sweep(tmp_path), tmp_path / "ro"
+    ro.mkdir()
+    # A figure saved into --figures DIR (the report draws its own in memory: Path("."), no file).
+    monkeypatch.setattr(figures, "write_figures",
+                        lambda sweep, frame, out, cka: open(out / "f.png", "wb") if out != Path(".") else [])
+    read_only(monkeypatch, ro)
+    for option, path in (("report", ro / "report.html"), ("csv", ro / "t.csv"), ("latex", ro / "t.tex"),
+                         ("figures", ro / "figs")):
+        assert main([str(sweep), f"--{option}", str(path), "--bootstrap", "2"]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line == (f"error: --{option} {path}: cannot write it (Read-only file system); write it "
+                        f"elsewhere: --{option} a path on a writable file system")
 
 
 def test_broken_runs_get_their_badge_and_note(tmp_path):

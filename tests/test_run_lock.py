@@ -86,9 +86,10 @@ def test_the_heartbeat_keeps_a_lock_fresh(tmp_path):
     assert not (directory / lock.RUN_LOCK).exists()
 
 
-def test_second_launch_counts_only_its_own_runs_and_waits_for_the_other(make_config, capsys, monkeypatch):
-    """Launch B comes while launch A trains r0000: B trains r0001 only, waits for A's r0000, and
-    says 1 trained now and 1 trained by the other launch (not 2 trained now)."""
+def other_launch_finishes(make_config, monkeypatch, directory, locks) -> threading.Thread:
+    """Launch A, holding ``locks``: once B's summary waits, it moves a finished r0000 (trained
+    elsewhere beforehand) into ``directory``, result.json last, and only then releases its
+    locks, as a live launch does."""
     waiting = threading.Event()
 
     def wait_until_free(*args, **kwargs):
@@ -96,6 +97,27 @@ def test_second_launch_counts_only_its_own_runs_and_waits_for_the_other(make_con
         return lock.wait_until_free(*args, **{**kwargs, "poll_seconds": 0.05})
 
     monkeypatch.setattr(callbacks, "wait_until_free", wait_until_free)
+    elsewhere = make_config("source=init", "epochs=1", "replicates=2", "replicate=0",
+                            f"output_root={directory.parents[3] / 'elsewhere'}")
+    run(elsewhere)
+    trained = records.run_dir(elsewhere)
+
+    def finish():
+        waiting.wait(timeout=30)  # once B waits for it
+        names = sorted(p.name for p in trained.iterdir() if p.name != records.RESULT_FILE)
+        for name in names + [records.RESULT_FILE]:
+            os.replace(trained / name, directory / name)
+        for path in locks:
+            path.unlink()
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    return thread
+
+
+def test_second_launch_counts_only_its_own_runs_and_waits_for_the_other(make_config, capsys, monkeypatch):
+    """Launch B comes while launch A trains r0000: B trains r0001 only, waits for A's r0000, and
+    says 1 trained now and 1 trained by the other launch (not 2 trained now)."""
     configs = [make_config("source=init", "epochs=1", "replicates=2", f"replicate={r}") for r in (0, 1)]
     first = records.run_dir(configs[0])
     lock_path = hold(first, os.getpid())  # launch A (alive) trains r0000
@@ -107,22 +129,7 @@ def test_second_launch_counts_only_its_own_runs_and_waits_for_the_other(make_con
         summary.on_job_end(sweep, JobReturn(status=JobStatus.COMPLETED, _return_value=outcome))
     assert not (first / records.RESULT_FILE).exists()  # B did not train A's run
 
-    # Launch A's finished r0000, trained elsewhere beforehand: A moves it in, result.json last,
-    # and only then releases its lock, as a live launch does.
-    elsewhere = make_config("source=init", "epochs=1", "replicates=2", "replicate=0",
-                            f"output_root={first.parents[3] / 'elsewhere'}")
-    run(elsewhere)
-    trained = records.run_dir(elsewhere)
-
-    def launch_a_finishes():
-        waiting.wait(timeout=30)  # once B waits for it
-        names = sorted(p.name for p in trained.iterdir() if p.name != records.RESULT_FILE)
-        for name in names + [records.RESULT_FILE]:
-            os.replace(trained / name, first / name)
-        lock_path.unlink()
-
-    a = threading.Thread(target=launch_a_finishes)
-    a.start()
+    a = other_launch_finishes(make_config, monkeypatch, first, [lock_path])
     summary.on_multirun_end(sweep)  # waits for r0000, then summarises; exits 0
     a.join()
     out = capsys.readouterr().out
@@ -130,6 +137,29 @@ def test_second_launch_counts_only_its_own_runs_and_waits_for_the_other(make_con
     assert "1 runs trained now, 0 finished earlier (skipped), 0 failed" in out
     assert "1 trained meanwhile by another launch of this sweep" in out
     assert "All 2 runs found" in out
+
+
+def test_without_outcomes_the_summary_waits_for_the_runs_another_launch_holds(make_config, capsys, monkeypatch):
+    """Under a launcher that reports no outcomes (a plain submitit launcher), launch B's jobs left
+    both runs to launch A: B's summary finds them by A's locks, waits for them and counts them as
+    trained by A; a run A then leaves unfinished makes B exit 1, not 0 with nothing trained."""
+    configs = [make_config("source=init", "epochs=1", "replicates=2", f"replicate={r}") for r in (0, 1)]
+    dirs = [records.run_dir(c) for c in configs]
+    locks = [hold(d, os.getpid()) for d in dirs]  # launch A (alive) trains both
+    sweep = OmegaConf.create({"hydra": {"sweep": {"dir": str(dirs[0].parent.parent)}}})
+    summary = SummaryCallback()
+    summary.on_multirun_start(sweep)
+    assert [run(c)["busy"] for c in configs] == [[str(d)] for d in dirs]  # no outcome reaches B
+
+    a = other_launch_finishes(make_config, monkeypatch, dirs[0], locks)  # r0001: killed before writing
+    with pytest.raises(SystemExit) as ended:
+        summary.on_multirun_end(sweep)
+    a.join()
+    out = capsys.readouterr().out
+    assert "Waiting for 2 runs another launch is training" in out
+    assert "0 runs trained now, 0 finished earlier (skipped), 0 failed; 1 trained meanwhile by another launch" in out
+    assert "1 are not being trained by any process" in out and "relaunch the same command" in out
+    assert ended.value.code == 1
 
 
 def test_a_killed_jobs_locks_are_released_and_other_launches_runs_left_alone(tmp_path):

@@ -173,8 +173,27 @@ def test_the_summary_reads_each_run_once(tmp_path, monkeypatch, capsys):
     assert launch(paths[0].parent.parent) == 1  # no job outcomes: every failed or corrupt run counts
     out = capsys.readouterr().out
     assert "2 finished, 1 failed, 1 corrupt, 0 unfinished: relaunch the same command" in out
+    assert "0 runs trained now, 2 finished earlier (skipped), 1 failed, 1 corrupt (skipped, listed below)" in out
     assert "- corrupt: " in out and "result.json says test_accuracy 101.0000" in out
     logits = [path.parent for path in reads if path.name == records.LOGITS_FILE]
     configs = [path.parent for path in reads if path.name == records.CONFIG_FILE]
     assert sorted(logits) == sorted(paths[:3])  # the failed run's logits are never read
     assert sorted(configs) == sorted(paths)
+
+
+def test_a_relaunch_over_a_corrupt_run_counts_it_as_corrupt_not_finished(tmp_path, capsys):
+    """The jobs skip a run whose result.json is there; the counts line says it is corrupt."""
+    rng = np.random.default_rng(0)
+    config = fake_config(**{"source.name": "init", "source.vary": ["init"]}, output_root=str(tmp_path))
+    paths = write_group(config, random_logits(rng, 2, 30, 3), rng.integers(0, 3, 30))
+    records.write_json(paths[1] / records.RESULT_FILE, {"test_accuracy": 101.0})  # contradicts its logits
+    sweep = OmegaConf.create({"hydra": {"sweep": {"dir": str(paths[0].parent.parent)}}})
+    summary = SummaryCallback()
+    summary.on_multirun_start(sweep)
+    outcome = {"finished": [], "skipped": [str(p) for p in paths], "failed": [], "busy": [], "fixes": {}}
+    summary.on_job_end(sweep, JobReturn(status=JobStatus.COMPLETED, _return_value=outcome))
+    with pytest.raises(SystemExit):
+        summary.on_multirun_end(sweep)
+    out = capsys.readouterr().out
+    assert "0 runs trained now, 1 finished earlier (skipped), 0 failed, 1 corrupt (skipped, listed below)." in out
+    assert "1 are corrupt: delete their directories" in out

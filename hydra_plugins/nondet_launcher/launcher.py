@@ -65,8 +65,27 @@ def _has_results(sweep_dir: Path) -> bool:
 # Each kill of a run is one line of its error.txt, carried over to the next kill's error.txt
 # (a run's error.txt stays until it finishes), so that a run killed again is told apart.
 _KILL_LINE = re.compile(r"^# kill \d+ of this run: .*\(cause (\w+); checkpoint ([^)]+)\)$", re.M)
-# SLURM states that say the kill was not for memory (scancel: "CANCELLED by <uid>").
-_NOT_MEMORY = ("CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "DEADLINE", "BOOT_FAIL")
+# SLURM states that say the kill was not for memory (scancel: "CANCELLED by <uid>"), with what
+# each says ended the job.
+_STATE_CAUSES = {
+    "CANCELLED": "cancelled: scancel, by you or an administrator",
+    "TIMEOUT": "its time limit, with no requeue left",
+    "PREEMPTED": "preempted, with no requeue left",
+    "NODE_FAIL": "its node failed",
+    "DEADLINE": "its deadline passed",
+    "BOOT_FAIL": "its node failed to boot",
+}
+_NOT_MEMORY = tuple(_STATE_CAUSES)
+
+
+def _causes(state: str, cause: str) -> str:
+    """What may have killed a job, as far as its state and ``kill_cause`` tell."""
+    for prefix, why in _STATE_CAUSES.items():
+        if state.startswith(prefix):
+            return why
+    if cause == "sigkill":
+        return "SIGKILL: the kernel's OOM killer when out of memory, or a kill -9"
+    return "out of memory, scancel, a node failure, or a time limit with no requeue left"
 
 
 def kill_cause(job: Any, error: Exception) -> str:
@@ -144,9 +163,8 @@ def killed_report(job: Any, error: Exception, executor: str, directory: Path | N
         advice = (f"The job ran out of memory (state {state}); relaunch the same command to resume from the "
                   f"last checkpoint. If it is killed for memory again: {options}.")
     else:
-        advice = (f"The job was killed outside Python (state {state}: out of memory, scancel, a node failure, "
-                  f"or a time limit with no requeue left); relaunch the same command to resume from the last "
-                  f"checkpoint.")
+        advice = (f"The job was killed outside Python (state {state}: {_causes(str(state), cause)}); relaunch "
+                  f"the same command to resume from the last checkpoint.")
     text = f"# {where} {job.job_id} ended without a result (state: {state})\n{error}\n" + "\n".join(kills)
     return text + f"\n{advice}\n", fix
 
