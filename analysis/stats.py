@@ -63,7 +63,7 @@ STATS_COLUMNS = (
 SPLITS = 100
 # Bouthillier et al.'s threshold on P(B > A) for calling B better.
 BOUTHILLIER_GAMMA = 0.75
-# Up to this many arrangements of two arms the Mann-Whitney p is exact (ties included).
+# Up to this many arrangements of two arms the Mann-Whitney p is exact (ties included: enumerated).
 EXACT_RANK_ARRANGEMENTS = 20000
 
 
@@ -427,9 +427,12 @@ def compare_lines(
         return lines
     sign = 1.0 if higher_is_better(metric) else -1.0
     pb = results["prob_better"] = prob_better(sign * a, sign * b, n_boot_runs or n_boot, seed, alpha)
-    # Exact (ties included: scipy enumerates the arrangements) while the arrangements are few.
+    # Exact while the arrangements are few: scipy's "exact" assumes no ties, so tied values
+    # (accuracies on a small test set) enumerate the arrangements as a permutation test instead.
     exact = math.comb(len(a) + len(b), len(a)) <= EXACT_RANK_ARRANGEMENTS
-    u = sps.mannwhitneyu(sign * b, sign * a, alternative="two-sided", method="exact" if exact else "asymptotic")
+    ties = np.unique(np.r_[a, b]).size < len(a) + len(b)
+    method = (sps.PermutationMethod(n_resamples=np.inf) if ties else "exact") if exact else "asymptotic"
+    u = sps.mannwhitneyu(sign * b, sign * a, alternative="two-sided", method=method)
     how = "exact" if exact else "normal approximation"
     word = "higher" if sign > 0 else "lower"
     smallest = 2 / math.comb(len(a) + len(b), len(a))

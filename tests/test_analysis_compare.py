@@ -468,3 +468,27 @@ def test_a_label_leaves_out_a_key_the_group_does_not_have():
 
     group = Group(key=(("source.name", "init"),), runs=[])
     assert group.label(["source.name", "data_order"]) == "init"
+
+
+def test_the_rank_p_of_tied_runs_is_the_exact_permutation_p(tmp_path, capsys):
+    """Accuracies tie on a small test set; scipy's "exact" Mann-Whitney assumes no ties, so the
+    p printed is the enumeration of every arrangement, computed here by hand with midranks."""
+    import itertools
+
+    from scipy.stats import rankdata
+
+    n, accuracy_a, accuracy_b = 100, (70, 70, 70, 71), (70, 70, 72, 72)
+    arm = lambda ks: np.stack([np.arange(n) < k for k in ks])  # noqa: E731
+    a_dir, b_dir = (_sweep_from_correct(tmp_path / x, "init", arm(ks)) for x, ks in zip("ab", (accuracy_a, accuracy_b)))
+    assert compare.main([str(a_dir), str(b_dir), *FAST]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("- P(B > A)")]
+    values = np.array(accuracy_a + accuracy_b, float)
+    ranks, mean_u = rankdata(values), len(accuracy_a) * len(accuracy_b) / 2
+
+    def u_of(b_idx):
+        return ranks[list(b_idx)].sum() - len(b_idx) * (len(b_idx) + 1) / 2
+
+    observed = abs(u_of(range(4, 8)) - mean_u)
+    splits = list(itertools.combinations(range(8), 4))
+    p = sum(abs(u_of(s) - mean_u) >= observed - 1e-12 for s in splits) / len(splits)
+    assert f"exact p = {p:.3g})" in line, (line, p)  # scipy's no-ties "exact": 0.486
