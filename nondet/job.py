@@ -322,8 +322,11 @@ def check_sources_vary_something(config: dict, data, studied=()) -> None:
         log.warning("data_resample=%s has no effect: source=%s does not vary data, so every run "
                     "trains on the whole training set", config["data_resample"], config["source"]["name"])
     inert = inert_sources(config, data, studied)
-    if inert and not set(vary) <= set(inert):  # source=all: the rest varies (the analysis names it too)
-        where = "a language model" if lm.is_language_model(config) else "this configuration"
+    # A combination whose other sources vary: said here and by the analysis (for an image model not
+    # of source=all, whose inert members are documented: every preset would warn).
+    language_model = lm.is_language_model(config)
+    if inert and not set(vary) <= set(inert) and (language_model or config["source"]["name"] != "all"):
+        where = "a language model" if language_model else "this configuration"
         log.warning("source=%s: %s vary nothing in %s (%s)", config["source"]["name"],
                     sorted(inert), where, "; ".join(f"{s}: {why}" for s, why in inert.items()))
     refuse_inert(config, inert)
@@ -481,6 +484,7 @@ def check_job(cfg: DictConfig, *, local: bool, judged: tuple[str, ...] = ()) -> 
     config = resolved_config(cfg, concrete_device=local)
     check_config(config)
     check_sources(config["source"]["vary"])
+    check_launch_code(cfg, config)  # first: an edit of your code is the cause of what else fails
     check_job_config(config)
     if local:
         check_device(config)
@@ -490,7 +494,6 @@ def check_job(cfg: DictConfig, *, local: bool, judged: tuple[str, ...] = ()) -> 
         if config["device"] != "auto":  # the node's device is known here only when it is named
             check_device(config)
         check_sources_vary_something(config, None, judged)
-    check_launch_code(cfg, config)
 
 
 def check_launch_code(cfg: DictConfig, config: dict | None = None) -> None:
@@ -510,21 +513,20 @@ def check_launch_code(cfg: DictConfig, config: dict | None = None) -> None:
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Train (or skip, or resume) the replicas of one job; returns counts and directories."""
     config = job_config(cfg)
-    check_job_config(config)
     replicas = replicas_of_job(config)
+    # busy: runs another live process is training (left to it); fixes: what to do about a failed
+    # run that a relaunch alone cannot mend, by directory.
+    outcome: dict[str, Any] = {"finished": [], "skipped": [], "failed": [], "busy": [], "fixes": {}}
+    try:  # where the launch could not check it (a node's launcher), the job says it, in error.txt;
+        usercode.check_code_unchanged(config)  # first: an edit may be why the model fails below
+    except ConfigError:
+        refuse_runs([records.run_dir(config, r) for r in replicas], outcome)
+        return outcome
+    check_job_config(config)
     lowlevel = configure_backend(config)
     data = job_data(config)
     check_model_builds(config, data)  # once per process: a launch has checked it already
     check_resumed_data(config, data, replicas)
-
-    # busy: runs another live process is training (left to it); fixes: what to do about a failed
-    # run that a relaunch alone cannot mend, by directory.
-    outcome: dict[str, Any] = {"finished": [], "skipped": [], "failed": [], "busy": [], "fixes": {}}
-    try:  # where the launch could not check it (a node's launcher), the job says it, in error.txt
-        usercode.check_code_unchanged(config)
-    except ConfigError:
-        refuse_runs([records.run_dir(config, r) for r in replicas], outcome)
-        return outcome
 
     def failed(directory) -> None:  # called inside an ``except`` block
         report_failure(directory, outcome)
@@ -636,7 +638,8 @@ def _your_frame(error: BaseException | None):
     files), which a relaunch may not meet again."""
     import sysconfig
 
-    transient = ("out of memory", "CUDA error", "NCCL")  # the device's, whatever code met them
+    # the device's, whatever code met them
+    transient = ("out of memory", "CUDA error", "NCCL", "cuDNN", "CUDNN_STATUS", "CUBLAS_STATUS", "cuBLAS")
     if error is None or isinstance(error, (OSError, MemoryError, torch.OutOfMemoryError)) or any(
             t in str(error) for t in transient):
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 import re
 import shutil
 
@@ -190,3 +191,20 @@ def test_a_module_of_yours_your_model_imports_is_fingerprinted_too(make_config, 
     layers.write_text("from torch import nn\n\nACT = nn.Sigmoid\n")
     refused(run_job(OmegaConf.create(config)), records.run_dir(config),
             rf"layers.py \(import {package}.layers\) has changed since the finished run")
+
+
+def test_an_edit_that_breaks_your_model_is_said_as_the_edit(make_config, user_model):
+    """The code check comes first, in the job and at launch: a model edited so that its output no
+    longer fits the data is refused as changed code (new sweep or revert), not as a model whose
+    output is wrong."""
+    from nondet import job
+
+    nets, model = user_model
+    run_job(OmegaConf.create(make_config(*model, "replicate=0")))
+    nets.write_text(nets.read_text().replace("return self.body(x)", "return self.body(x)[:, :1]"))
+    for name in [m for m in sys.modules if m.startswith(nets.parent.name)]:  # as a new process imports it
+        del sys.modules[name]
+    job._MODELS_BUILT.clear()
+    added = make_config(*model, "replicate=1")
+    refused(run_job(OmegaConf.create(added)), records.run_dir(added),
+            r"nets.py \(model._target_\) has changed since the finished run")
