@@ -59,9 +59,14 @@ def test_set_noise_figure(labels: list[str], error_rates: list[np.ndarray], fram
     left, right = top.subplots(), bottom.subplots()
     style_groups(left, n=len(labels))
     bins = np.linspace(0.0, 1.0, 21)
+    # Steps from a floor below one example, not from 0: on a log axis a step down to 0 is clipped
+    # to a point far below the axes, which the renderer draws as stray ticks, not always alike.
+    floor = 0.5
     for label, rates in zip(labels, error_rates):
-        left.hist(rates, bins=bins, histtype="step", label=label)
+        counts, _ = np.histogram(rates, bins=bins)
+        left.stairs(np.maximum(counts, floor), bins, baseline=floor, label=label)
     left.set_yscale("log")
+    left.set_ylim(bottom=0.8)
     left.set_xlabel("fraction of runs that misclassify the example")
     left.set_ylabel("test examples")
     left.set_title("Per-example error rate")
