@@ -224,10 +224,15 @@ def data_sha256(data) -> str:
             "tensors are its attributes (x_train, y_train, x_test, y_test, as in types.SimpleNamespace), "
             f"which env.json's data_sha256 identifies; a {type(data).__name__} has no tensor attribute"
         )
-    digest = tensors_sha256(named)
+    return _kept(data, "sha256", tensors_sha256(named))
+
+
+def _kept(data, attribute: str, digest: str) -> str:
+    """``digest``, kept on ``data`` as ``attribute`` so that it is computed once per loaded data
+    (a frozen or slotted object keeps nothing: hashed again next time)."""
     try:
-        data.sha256 = digest
-    except AttributeError:  # a frozen or slotted object: hashed again next time
+        setattr(data, attribute, digest)
+    except AttributeError:
         pass
     return digest
 
@@ -243,11 +248,7 @@ def test_sha256(data) -> str | None:
                  if isinstance(getattr(data, name, None), torch.Tensor)]
         if not named:
             return None
-        cached = tensors_sha256(named)
-        try:
-            data._test_sha256 = cached
-        except AttributeError:  # a frozen or slotted object: hashed again next time
-            pass
+        cached = _kept(data, "_test_sha256", tensors_sha256(named))
     return cached
 
 
