@@ -87,6 +87,7 @@ from nondet import funcpack, records, train, usermodel
 from nondet.backend import autocast
 from nondet.data import Dataset
 from nondet.models import build_model, set_dropout_generator
+from nondet.models.dense import DenseStep
 from nondet.models.packed import _stack, is_replica_major, pack_model
 from nondet.optim import build_optimizer, learning_rate, param_group
 from nondet.pipeline import (
@@ -397,6 +398,7 @@ def train_pack_epoch(
     if resamples is not None:  # source=data: the order permutes positions within each resample
         orders = resamples.gather(1, orders)
     major = is_replica_major(model)  # activations (P, B, ...), else folded (B, P*C, ...)
+    by_hand = None if pack.direct else DenseStep.of(model, precision, device)  # autograd's bits, faster
     step_losses = []
     for start, stop in bounds:
         size = stop - start
@@ -418,18 +420,22 @@ def train_pack_epoch(
         if not major:
             x = x.flatten(1, 2)  # (B, P*C, H, W) or (B, P*D)
         pack.lr = learning_rate(config["schedule"], config["optimizer"]["lr"], pack.step, len(bounds), config["epochs"])
-        with pack.randomness(training=True):
-            with autocast(precision, device):
-                logits = model(x)
-            if not major:
-                logits = logits.unflatten(1, (packs, -1))  # (B, P, K)
-            logits = logits.float()
-            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(index.shape)
-            for param in pack.params:
-                param.grad = None
-            losses.mean(1 if major else 0).sum().backward()
+        if by_hand is not None:
+            losses = by_hand(x, y)  # (P, B), gradients set
+        else:
+            with pack.randomness(training=True):
+                with autocast(precision, device):
+                    logits = model(x)
+                if not major:
+                    logits = logits.unflatten(1, (packs, -1))  # (B, P, K)
+                logits = logits.float()
+                losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(index.shape)
+                for param in pack.params:
+                    param.grad = None
+                losses.mean(1 if major else 0).sum().backward()
+            losses = losses.detach() if major else losses.detach().t()  # (P, B)
         pack.optimizer_step()
-        step_losses.append(losses.detach() if major else losses.detach().t())  # (P, B)
+        step_losses.append(losses)
         pack.step += 1
         if after_step is not None:
             after_step(pack.step)

@@ -25,6 +25,7 @@ from nondet import pack, records, train
 from nondet.data import load_dataset
 from nondet.job import run_job
 from nondet.models import SeededDropout, packed
+from nondet.models.dense import DenseStep
 from nondet.pipeline import crop_flip, crop_flip_draws, random_crop_flip
 from nondet.seeds import make_generator
 
@@ -321,6 +322,46 @@ def test_the_step_loop_never_synchronises(make_config, monkeypatch):
                             calls.append(_name) or _real(self, *a, **k))
     pack.train_pack_epoch(group, data)
     assert calls == []
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("overrides", [
+    ["model.dropout=0.2", "model.depth=2", "dataset.train_size=100", "batch_size=24"],  # short last batch
+    ["model=linear", "model.dropout=0.2"],
+    ["model.width=6", "dataset.input_dim=5", "optimizer=adam"],  # slices off 16-byte boundaries
+])
+def test_the_dense_step_by_hand_is_autograds_step(make_config, monkeypatch, overrides, threads):
+    """``DenseStep`` runs the kernels autograd runs, so an epoch of it leaves every weight,
+    optimizer state and loss bitwise as the autograd step does."""
+    torch.set_num_threads(threads)
+    config = make_config("source=all", "pack=3", "replicates=3", *overrides)
+    data = load_dataset(OmegaConf.create(config["dataset"]), "cpu")
+
+    def epoch(by_hand):
+        group = pack.Pack([pack.new_replica({**config, "replicate": r}, data) for r in range(3)], config, "split")
+        assert DenseStep.of(group.model, "fp32", "cpu") is not None
+        if not by_hand:
+            monkeypatch.setattr(DenseStep, "of", classmethod(lambda cls, *args: None))
+        losses = [pack.train_pack_epoch(group, data) for _ in range(2)]
+        monkeypatch.undo()
+        return losses, group.params, group.state
+
+    (hand_losses, hand_params, hand_state), (losses, params, state) = epoch(True), epoch(False)
+    assert all(torch.equal(a, b) for a, b in zip(hand_losses, losses))
+    assert all(torch.equal(a, b) for a, b in zip(hand_params, params))
+    for key in state:
+        assert all(torch.equal(a, b) for a, b in zip(hand_state[key], state[key]))
+
+
+@pytest.mark.parametrize("overrides, precision", [
+    (["model.activation=gelu"], "fp32"), (["model=conv1", "dataset.image_shape=[3,8,8]"], "fp32"), ([], "bf16"),
+])
+def test_other_models_and_precisions_take_autograds_step(make_config, overrides, precision):
+    config = make_config("pack=2", "replicates=2", *overrides)
+    data = load_dataset(OmegaConf.create(config["dataset"]), "cpu")
+    group = pack.Pack([pack.new_replica({**config, "replicate": r}, data) for r in range(2)], config, "split")
+    assert DenseStep.of(group.model, precision, "cpu") is None
+    assert DenseStep.of(group.model, "fp32", "cuda") is None
 
 
 @pytest.mark.slow

@@ -312,8 +312,14 @@ class PackedDropout(nn.Module):
         self.replica_major = replica_major
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.mask_for(x)
+        return x if mask is None else x * mask
+
+    def mask_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The masks of the replicas for ``x``, stacked or joined as ``x`` is laid out, drawn
+        from their generators; None where the layer passes ``x`` through (evaluation, rate 0)."""
         if not self.training or self.p == 0.0:
-            return x
+            return None
         packs = len(self.generators)
         if self.replica_major:
             shape = tuple(x.shape[1:])
@@ -325,7 +331,7 @@ class PackedDropout(nn.Module):
                 drawn[id(generator)] = dropout_mask(shape, self.p, generator)
         masks = [drawn[id(g)] for g in self.generators]
         mask = torch.stack(masks) if self.replica_major else torch.cat(masks, dim=1)
-        return x * mask.to(device=x.device, dtype=x.dtype)
+        return mask.to(device=x.device, dtype=x.dtype)
 
 
 def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
