@@ -21,9 +21,10 @@ is left out of the tables with a note. A row whose runs were computed with diffe
 arithmetic (``nondet.records.ARITHMETIC_KEYS`` of env.json: CPU model, vector width, thread count, torch, GPU)
 stays one row, with a note naming the runs and what differs; so does a row whose runs were trained
 under different versions of your code (env.json ``code_sha256``). Each row's test logits are compared
-bit for bit with its first run's: a ``source=none`` control whose runs differ, and a row varying a
-source whose runs are all identical, get a note (``_variation_notes``); so do two replicates of such
-a row whose outputs are bitwise identical, likely one copied over the other (``_copy_notes``), and
+bit for bit with its first run's (by their SHA-256, one read of each run: ``Run.outputs_digest``): a
+``source=none`` control whose runs differ, and a row varying a source whose runs are all identical,
+get a note (``_variation_notes``); so do two replicates of such a row whose outputs are bitwise
+identical, likely one copied over the other (``_copy_notes``), and
 runs whose metrics.jsonl stops before the epoch their result was evaluated at (``_metrics_notes``),
 which the per-epoch figures leave out.
 """
@@ -94,10 +95,50 @@ class Run:
     earlier_arithmetic: list = field(default_factory=list)
     code: dict = field(default_factory=dict)  # env.json's code_sha256: {role: (file, sha256)}
     inert: dict = field(default_factory=dict)  # env.json's inert_sources: {source: why}
+    env: dict = field(default_factory=dict)  # env.json as read ({} without one): the report's table
 
     @property
     def replicate(self) -> int | None:
         return self.config.get("replicate")
+
+    @cached_property
+    def outputs_digest(self) -> OutputsDigest:
+        """``digest_outputs`` of the run's test outputs, computed on first use: every note that
+        compares or checks them (divergence, float arithmetic, variation, copies, a replicate found
+        twice) and ``python -m analysis.compare`` read the file once, not once per question."""
+        return digest_outputs(_outputs(self))
+
+
+@dataclass(frozen=True)
+class OutputsDigest:
+    """What the notes need of a run's test outputs, from one pass over them."""
+
+    sha256: str  # of dtype, shape and bytes: equal digests, bitwise equal outputs (NaN included)
+    finite: bool  # every value finite (else the run diverged)
+    nan: bool  # some value is NaN (np.array_equal calls such outputs unequal even to themselves)
+
+
+# Bytes of outputs hashed and checked at a time: small enough to stay in cache between the hash
+# and the finiteness check, so the file is read from memory once.
+_DIGEST_CHUNK = 1 << 20
+
+
+def digest_outputs(outputs: np.ndarray) -> OutputsDigest:
+    """One pass over ``outputs`` (memory-mapped or not, any shape), a block of rows at a time so
+    no copy of the whole array is made: the SHA-256 of its dtype, shape and C-order bytes, and
+    whether every value is finite."""
+    outputs = np.asarray(outputs)
+    digest = hashlib.sha256(f"{outputs.dtype.str}{outputs.shape}".encode())
+    finite, nan = True, False
+    row_bytes = max(1, outputs[:1].nbytes)
+    step = max(1, _DIGEST_CHUNK // row_bytes)
+    for start in range(0, len(outputs), step):
+        block = np.ascontiguousarray(outputs[start:start + step])
+        digest.update(memoryview(block.reshape(-1).view(np.uint8)))
+        if not np.isfinite(block).all():
+            finite = False
+            nan = nan or bool(np.isnan(block).any())
+    return OutputsDigest(digest.hexdigest(), finite, nan)
 
 
 @dataclass
@@ -617,7 +658,7 @@ def _env_fields(directory: Path) -> dict:
     return {"data_sha256": str(sha) if sha is not None else None,
             "test_sha256": str(test) if test is not None else None, "arithmetic": arithmetic,
             "earlier_arithmetic": earlier, "code": _code_of(env),
-            "inert": {str(k): str(v) for k, v in (env.get("inert_sources") or {}).items()}}
+            "inert": {str(k): str(v) for k, v in (env.get("inert_sources") or {}).items()}, "env": env}
 
 
 def _read_lm_run(directory: Path, config: dict, key: tuple, result: dict, replicate) -> Run | RunProblem:
@@ -713,8 +754,7 @@ def _one_run_per_replicate(members: list[Run], label: str) -> tuple[list[Run], l
             kept += runs
             continue
         kept.append(runs[0])
-        first = _outputs(runs[0])
-        same = all(_same_bits(_outputs(r), first) for r in runs[1:])
+        same = all(_same_bits(r, runs[0]) for r in runs[1:])
         (counted_once if same else conflicting).append((replicate, runs))
     notes = [
         f"{label}: replicate {r} is under the analysed directory {len(runs)} times, bitwise the same run "
@@ -737,7 +777,7 @@ def _diverged(run: Run) -> bool:
     numbers = [result.get("test_cross_entropy")] + ([result.get("test_perplexity")] if run.lm else [])
     if any(isinstance(v, (int, float)) and not math.isfinite(v) for v in numbers):
         return True
-    return not np.isfinite(_outputs(run)).all()
+    return not run.outputs_digest.finite
 
 
 def _divergence_notes(group: Group, label: str) -> list[str]:
@@ -775,8 +815,7 @@ def _arithmetic_notes(group: Group, label: str) -> list[str]:
     if not differing:
         return []
     said = f"{label}: its runs were computed with different float arithmetic ({'), ('.join(differing)})"
-    first = _outputs(group.runs[0])
-    if all(_same_bits(_outputs(r), first) for r in group.runs[1:]):  # e.g. a control, rounded alike
+    if all(_same_bits(r, group.runs[0]) for r in group.runs[1:]):  # e.g. a control, rounded alike
         return [f"{said}, which can change results bit for bit; here every run's test outputs are "
                 f"bitwise identical all the same"]
     return [
@@ -857,15 +896,15 @@ def _resumed_arithmetic_notes(group: Group, label: str) -> list[str]:
     ]
 
 
-def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    """Bitwise equality (NaN included), without copying memory-mapped arrays."""
-    a, b = np.asarray(a), np.asarray(b)
-    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(
-        np.ascontiguousarray(a).reshape(-1).view(np.uint8), np.ascontiguousarray(b).reshape(-1).view(np.uint8))
+def _same_bits(a: Run, b: Run) -> bool:
+    """The two runs' test outputs are bitwise equal (dtype, shape, bytes; NaN included), by their
+    cached digests."""
+    return a.outputs_digest.sha256 == b.outputs_digest.sha256
 
 
 def _outputs(run: Run) -> np.ndarray:
-    """What a run computed on the test set: its logits (a language model's target log-probabilities)."""
+    """What a run computed on the test set: its logits (a language model's target log-probabilities).
+    The notes read it through ``Run.outputs_digest`` alone, so each run's file is read once."""
     return run.logits if run.lm is None else run.lm.target_logprobs
 
 
@@ -905,9 +944,9 @@ def _variation_notes(group: Group, label: str, arithmetic_differs: bool) -> list
     if len(group.runs) < 2:
         return []
     vary = list(group.config.get("source", {}).get("vary") or [])
-    first = _outputs(group.runs[0])
+    first = group.runs[0]
     if not vary:
-        differ = [r.path.name for r in group.runs[1:] if not _same_bits(_outputs(r), first)]
+        differ = [r.path.name for r in group.runs[1:] if not _same_bits(r, first)]
         if not differ:
             return []
         cause = ("its runs were computed with different float arithmetic (the note on it says which)"
@@ -921,7 +960,7 @@ def _variation_notes(group: Group, label: str, arithmetic_differs: bool) -> list
             f"so every other row's spread includes this nondeterminism. Likely cause: {cause}; make "
             f"the control's runs bitwise identical before trusting the other rows"
         ]
-    if any(not _same_bits(_outputs(r), first) for r in group.runs[1:]):
+    if any(not _same_bits(r, first) for r in group.runs[1:]):
         return []
     if _diverged(group.runs[0]):  # identical NaNs: the divergence note names the cause
         return []
@@ -932,15 +971,6 @@ def _variation_notes(group: Group, label: str, arithmetic_differs: bool) -> list
         f"are bitwise identical (test logits), so its spread is 0 by construction, not a finding. "
         f"Likely cause: {hints or 'the varied sources do not reach the result'}"
     ]
-
-
-def _outputs_digest(run: Run) -> str:
-    """SHA-256 of a run's test outputs (dtype, shape and bytes): equal digests, bitwise equal
-    outputs. One pass over the memory-mapped file, no copy."""
-    outputs = np.ascontiguousarray(_outputs(run))
-    digest = hashlib.sha256(f"{outputs.dtype.str}{outputs.shape}".encode())
-    digest.update(memoryview(outputs.reshape(-1).view(np.uint8)))
-    return digest.hexdigest()
 
 
 def _copy_notes(group: Group, label: str) -> list[str]:
@@ -956,7 +986,7 @@ def _copy_notes(group: Group, label: str) -> list[str]:
         return []
     by_digest: dict[str, list[Run]] = defaultdict(list)
     for run in group.runs:
-        by_digest[_outputs_digest(run)].append(run)
+        by_digest[run.outputs_digest.sha256].append(run)
     if len(by_digest) == 1:
         return []  # every run identical: the "varied nothing" note
     # diverged runs may share their NaNs bit for bit: the divergence note names them

@@ -310,14 +310,9 @@ def config_html(sweep: Sweep) -> str:
 
 
 def environment_html(sweep: Sweep) -> str:
-    """env.json over the finished runs: each field's values with how many runs had them."""
-    envs = []
-    for g in sweep.groups:
-        for run in g.runs:
-            try:
-                envs.append(json.loads((run.path / records.ENV_FILE).read_text()))
-            except (OSError, ValueError):
-                envs.append({})
+    """env.json over the finished runs: each field's values with how many runs had them (as the
+    sweep read it: no file is read again)."""
+    envs = [run.env for g in sweep.groups for run in g.runs]
     if not envs:
         return "<p>No finished run.</p>"
     unreadable = sum(not e for e in envs)

@@ -485,3 +485,60 @@ def test_a_cut_short_metrics_file_is_named_and_left_out_of_the_per_epoch_figures
     epochs, values = instability.per_epoch(shuffle)
     assert list(epochs) == [1, 2, 3, 4, 5] and values.shape == (R - 2, 5)  # no epoch lost for the others
     assert list(instability.spread_by_epoch(shuffle)["epoch"]) == [1, 2, 3, 4, 5]
+
+
+def test_each_runs_outputs_are_read_once_for_every_note(tmp_path, labels, monkeypatch):
+    """The notes (divergence, float arithmetic, variation, copies, a replicate found twice) and
+    the comparison's copy checks all ask about a run's test outputs: a sweep of big logits must not
+    be read once per question. Every note that reads them goes through ``load._outputs``."""
+    import shutil
+    from collections import Counter
+
+    from analysis import load
+
+    rng = np.random.default_rng(11)
+    control = write_group(source_config(tmp_path / "a", "none"), np.repeat(random_logits(rng, 1, N, C), 3, 0),
+                          labels, env={"torch": "2.13.0"})
+    records.write_json(control[2] / records.ENV_FILE, {"torch": "2.12.1"})  # the arithmetic note compares outputs
+    init = random_logits(rng, 3, N, C)
+    init[2] = init[1]  # a copy: the copy note
+    write_group(source_config(tmp_path / "a", "init"), init, labels)
+    for copy in ("copy1", "copy2"):  # every replicate found twice
+        shutil.copytree(tmp_path / "a", tmp_path / "both" / copy)
+    reads = Counter()
+    outputs = load._outputs
+    monkeypatch.setattr(load, "_outputs", lambda run: reads.update([run.path]) or outputs(run))
+    sweep = load_sweep(tmp_path / "both")
+    assert any("float arithmetic" in n for n in sweep.notes) and any("likely a copy" in n for n in sweep.notes)
+    assert sum("bitwise the same run" in n for n in sweep.notes) == 6
+    none, seeded = sweep.groups
+    assert compare.copies_of_one_run(none, none.runs, "A") and not compare.copies_of_one_run(seeded, seeded.runs, "A")
+    assert compare._same_outputs(seeded.runs[1], seeded.runs[2]) and not compare._same_outputs(*seeded.runs[:2])
+    assert len(reads) == 12 and set(reads.values()) == {1}, reads  # the kept runs and their copies, once each
+    # env.json too: the report's environment table shows what the sweep read, not the files again
+    from analysis.report import environment_html
+
+    for env in (tmp_path / "both").rglob(records.ENV_FILE):
+        env.unlink()
+    assert "<td>torch</td><td>None (3 runs), 2.13.0 (2 runs), 2.12.1 (1 run)</td>" in environment_html(sweep)
+
+
+def test_the_outputs_digest_is_of_dtype_shape_and_every_byte_in_blocks(monkeypatch):
+    """Read a block of rows at a time (no copy of a big array), the digest is that of the whole
+    array's C-order bytes, after its dtype and shape: equal digests, bitwise equal outputs."""
+    import hashlib
+
+    from analysis import load
+
+    monkeypatch.setattr(load, "_DIGEST_CHUNK", 64)  # many blocks, one row not dividing them
+    x = np.asfortranarray(random_logits(np.random.default_rng(12), 1, 50, 3)[0])
+    whole = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode() + np.ascontiguousarray(x).tobytes()).hexdigest()
+    assert load.digest_outputs(x) == load.OutputsDigest(whole, True, False)
+    assert load.digest_outputs(x.reshape(3, 50)).sha256 != whole  # the same bytes, another shape
+    assert load.digest_outputs(x.astype(">f4")).sha256 != whole  # the same values, another dtype
+    zero = np.zeros((4, 2), np.float32)
+    assert load.digest_outputs(zero).sha256 != load.digest_outputs(-zero).sha256  # bits, not values
+    x[40, 1] = np.inf
+    assert (load.digest_outputs(x).finite, load.digest_outputs(x).nan) == (False, False)
+    x[0, 0] = np.nan
+    assert (load.digest_outputs(x).finite, load.digest_outputs(x).nan) == (False, True)
