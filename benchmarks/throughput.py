@@ -220,6 +220,28 @@ def alternatives(args) -> None:
         best = min(seconds(device, 1, lambda: [step() for _ in range(100)]) for _ in range(args.repeats))
         print(f"- {name}: {best / 100 * 1e6:.0f} us per step for {packs} replicas")
 
+    print("\n## the dense step by hand vs through autograd (default MLP, epochs of the pack)\n")
+    from nondet.models.dense import DenseStep
+
+    by_hand = DenseStep.__dict__["of"]
+    groups = {way: packing.Pack([packing.new_replica({**config, "replicate": r}, data) for r in range(packs)],
+                                config, "split") for way in ("autograd", "by hand")}
+    best = {way: math.inf for way in groups}
+    try:
+        for _ in range(args.repeats + 1):  # interleaved; the first round warms up
+            for way, group in groups.items():
+                DenseStep.of = by_hand if way == "by hand" else classmethod(lambda cls, *a: None)
+                best[way] = min(best[way], seconds(device, 1, lambda: packing.train_pack_epoch(group, data)))
+    finally:
+        DenseStep.of = by_hand
+    same = all(torch.equal(a, b) for a, b in zip(groups["autograd"].params, groups["by hand"].params))
+    steps = math.ceil(len(data.y_train) / config["batch_size"])
+    for way, epoch in best.items():
+        print(f"- {way}: {epoch:.3f} s per epoch of {packs} replicas ({epoch / steps * 1e6:.0f} us "
+              f"per step), {packs / epoch:.1f} model-epochs/s")
+    print(f"- by hand is {best['autograd'] / best['by hand']:.2f}x faster; the weights after the same "
+          f"epochs are {'bitwise equal' if same else 'DIFFERENT'}")
+
     print("\n## grouped vs split convolutions (ResNet-14, CIFAR-shaped, CPU)\n")
     config = config_for(["device=cpu", "source=init", "model=resnet14", "dataset=cifar10", "batch_size=128"])
     data = cifar_shaped(args.cpu_images // 2, 256, device)

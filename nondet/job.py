@@ -163,8 +163,8 @@ def _job_subdir_or_placeholder(*, _root_: DictConfig) -> str:
         return "invalid-config"
 
 
-# pack=auto: the replicas of a job, at most. On 2 CPU cores a pack of 16 default MLPs trains 4.7x
-# faster than one at a time, 32 only 5.7x (docs/benchmarks.md); 16 keeps a sweep of 100 in 7 jobs.
+# pack=auto: the replicas of a job, at most. On one CPU thread a pack of 16 default MLPs trains 9.7x
+# faster than one at a time, 32 only 12.5x (docs/benchmarks.md); 16 keeps a sweep of 100 in 7 jobs.
 AUTO_PACK = 16
 
 
