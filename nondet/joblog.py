@@ -6,8 +6,9 @@ job before nondet's code runs, and an error there would end the whole sweep with
 traceback. Here the job goes on without them, with one line saying so; the job itself then skips
 its finished runs and reports the others as failed, with what to do (``nondet.job``).
 
-conf/config.yaml selects both: ``hydra.job_logging.handlers.file.class:
-nondet.joblog.RunLogFile`` and ``hydra.output_subdir: ${nondet.hydra_files:.hydra}``.
+conf/config.yaml selects both: ``hydra/job_logging: nondet`` (conf/hydra/job_logging/nondet.yaml,
+Hydra's default with ``nondet.joblog.RunLogFile`` as the file handler) and
+``hydra.output_subdir: ${nondet.hydra_files:.hydra}``.
 """
 
 from __future__ import annotations
