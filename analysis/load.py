@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
@@ -454,11 +455,35 @@ def find_run_dirs(root: Path, unlistable: list[Path] | None = None) -> Iterator[
             unlistable.append(Path(e.filename))
 
     for directory, subdirs, files in os.walk(root, onerror=onerror):
+        if records.CONFIG_FILE in files and _hydras_files(Path(directory), files):
+            subdirs[:] = []  # not a run, and no run below it
+            continue
         if records.CONFIG_FILE in files or records.RESULT_FILE in files:
             subdirs[:] = []
             yield Path(directory)
             continue
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+
+
+# Hydra's record of a job (``hydra.output_subdir``, e.g. ``hydra_rec``): its config.yaml beside these.
+_HYDRA_RECORD = {"hydra.yaml", "overrides.yaml"}
+# A top-level defaults list: a Hydra config (a repository's conf/), never a run's resolved config.
+_DEFAULTS_LIST = re.compile(r"^defaults:", re.MULTILINE)
+
+
+def _hydras_files(directory: Path, files: list[str]) -> bool:
+    """Whether ``directory``'s config.yaml is Hydra's, not a run's: Hydra's record of a job (under
+    an ``hydra.output_subdir`` other than a hidden one), or a config directory's primary config."""
+    if _HYDRA_RECORD & set(files):
+        return True
+    if records.RESULT_FILE in files:
+        return False
+    try:
+        with open(directory / records.CONFIG_FILE, encoding="utf-8", errors="replace") as f:
+            head = f.read(1 << 16)
+    except OSError:  # the run reader names what is wrong with it
+        return False
+    return _DEFAULTS_LIST.search(head) is not None
 
 
 @cache

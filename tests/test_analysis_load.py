@@ -542,3 +542,21 @@ def test_the_outputs_digest_is_of_dtype_shape_and_every_byte_in_blocks(monkeypat
     assert (load.digest_outputs(x).finite, load.digest_outputs(x).nan) == (False, False)
     x[0, 0] = np.nan
     assert (load.digest_outputs(x).finite, load.digest_outputs(x).nan) == (False, True)
+
+
+def test_hydras_own_config_files_are_not_runs(tmp_path):
+    """``hydra.output_subdir=hydra_rec`` puts Hydra's record of a job (config.yaml beside hydra.yaml
+    and overrides.yaml) in the pack's directory, and a sweep directory may hold a Hydra config
+    directory (a repository's conf/): neither is a run, unfinished or corrupt."""
+    config = fake_config(replicate=0)
+    logits = random_logits(np.random.default_rng(0), 1, 64, 3)[0]
+    write_run(tmp_path / "group" / "r0000", config, logits, np.arange(64) % 3)
+    record = tmp_path / "group" / "pack-r0000-r0001" / "hydra_rec"
+    record.mkdir(parents=True)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (record / name).write_text("replicate: 0\n")
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "config.yaml").write_text("defaults:\n  - model: mlp\n  - _self_\nepochs: 3\n")
+    (tmp_path / "conf" / "model" / "mlp.yaml").write_text("width: 8\n")
+    status = sweep_status(tmp_path)
+    assert (status.finished, status.unfinished, status.corrupt) == (1, 0, 0)
