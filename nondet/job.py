@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import to_absolute_path
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -60,7 +61,7 @@ def resolved_config(cfg: DictConfig, *, concrete_device: bool = True) -> dict:
     config = usermodel.with_your_defaults(config, usermodel.given_keys(cfg))
     if concrete_device:
         config["device"] = resolve_device(config["device"])
-    fingerprint = data_fingerprint(config["dataset"])
+    fingerprint = data_fingerprint(loadable(config["dataset"]))
     if fingerprint is not None:
         # The data's content is part of the run's identity: a file rewritten in place names
         # new run directories instead of pooling with the runs that saw the old content.
@@ -194,6 +195,24 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("nondet.hydra_files", joblog.hydra_files)
 
 
+# The keys of a dataset's config that name files or folders (nondet's datasets, and your own
+# data function's ``root``).
+DATA_PATH_KEYS = ("path", "root")
+
+
+def loadable(dataset: dict) -> dict:
+    """``dataset`` with relative data paths taken from the directory the command was started in
+    (Hydra's ``to_absolute_path``), where the launch's checks found them: under
+    ``hydra.job.chdir=true`` a job runs in its own output directory, where the data are not (and
+    MNIST-1D would be generated anew in every job's directory). For loading only: the path as
+    configured stays in config.yaml and the run's identity."""
+    absolute = {
+        key: to_absolute_path(value) for key in DATA_PATH_KEYS
+        if isinstance(value := dataset.get(key), str) and value and not os.path.isabs(value)
+    }
+    return {**dataset, **absolute} if absolute else dataset
+
+
 def _dataset(config: dict) -> Dataset:
     # The replicas of a job, and consecutive jobs of a basic-launcher sweep, share the data.
     key = json.dumps([config["dataset"], config["device"]], sort_keys=True)
@@ -201,7 +220,7 @@ def _dataset(config: dict) -> Dataset:
         _DATA_CACHE.clear()
         # Text datasets (ptb, synthetic_text) load as a TextCorpus for the language-model loop.
         load = load_corpus if config["dataset"]["name"] in TEXT_DATASETS else load_dataset
-        _DATA_CACHE[key] = load(OmegaConf.create(config["dataset"]), config["device"])
+        _DATA_CACHE[key] = load(OmegaConf.create(loadable(config["dataset"])), config["device"])
     return _DATA_CACHE[key]
 
 

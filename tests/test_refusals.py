@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -289,6 +290,25 @@ def test_runs_of_a_job_in_its_own_directory_land_in_the_sweep_the_command_named(
         assert (runs[0] / records.RESULT_FILE).exists()
     assert list(outcome) == ["skipped"]
     assert not list((sweep / "job-a").rglob(records.RESULT_FILE))
+
+
+def test_a_job_in_its_own_directory_finds_data_named_from_where_the_command_started(tmp_path, hydra_state, monkeypatch):
+    """``hydra.job.chdir=true`` with a relative ``dataset.path``: the launch's checks find the file
+    from where the command started; the job, in its own output directory, loads the same file (it
+    failed there with "no such file" on every launcher), and config.yaml keeps the path as given."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez("mine.npz", x_train=rng.standard_normal((64, 4)).astype(np.float32), y_train=rng.integers(0, 2, 64),
+             x_test=rng.standard_normal((16, 4)).astype(np.float32), y_test=rng.integers(0, 2, 16))
+    cfg, task = hydra_config("outputs", RunMode.MULTIRUN, "source=init", "dataset=npz", "dataset.path=mine.npz",
+                             "hydra.job.chdir=true")
+    HydraConfig.instance().set_config(cfg)
+    job_dir = tmp_path / "outputs" / "job"
+    job_dir.mkdir(parents=True)
+    monkeypatch.chdir(job_dir)  # where Hydra runs the job
+    outcome = run_job(task)
+    assert len(outcome["finished"]) == 1 and not outcome["failed"]
+    assert "path: mine.npz" in (Path(outcome["finished"][0]) / records.CONFIG_FILE).read_text()
 
 
 def test_a_filesystem_root_as_the_sweep_directory_is_refused_in_one_line(tmp_path, hydra_state):
