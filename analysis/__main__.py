@@ -41,9 +41,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--csv", type=Path, metavar="FILE",
         help="the table's raw numbers, one row per group: the shown configuration keys, then the "
-        "columns of analysis.metrics.COLUMNS (analysis.lm.LM_COLUMNS) and analysis.stats.STATS_COLUMNS",
+        "columns of analysis.metrics.COLUMNS (analysis.lm.LM_COLUMNS) with n_diverged (runs whose test "
+        "outputs are not finite) after n_runs, analysis.stats.STATS_COLUMNS, and last notes: the row's "
+        "notes, then the whole sweep's (on every row), separated by ' | ', empty where there are none",
     )
-    p.add_argument("--latex", type=Path, metavar="FILE", help="the table as a booktabs tabular")
+    p.add_argument("--latex", type=Path, metavar="FILE",
+                   help="the table as a booktabs tabular; rows with notes marked with a dagger, the notes after it")
     p.add_argument("--figures", type=Path, metavar="DIR", help="PNG and PDF figures")
     p.add_argument("--report", type=Path, metavar="FILE", help="one self-contained HTML page (analysis/report.py)")
     p.add_argument("--bootstrap", type=_bounded(int, MIN_RESAMPLES), default=1000, metavar="B",

@@ -139,3 +139,22 @@ def test_large_numbers_are_scientific_and_normal_ones_unchanged():
     assert format_number(68.4375, 2) == "68.44" and format_number(0.86031, 4) == "0.8603"
     assert format_number(999999.0, 2) == "999999.00" and format_number(8, 0) == "8"
     assert format_number(3e-7, 4) == "3.0e-07" and format_number(float("nan"), 2) == "n/a"
+
+
+def test_the_readme_quick_start_table_is_formatted_as_before():
+    """Every number of the README's quick-start table is what ``format_number`` writes for it."""
+    from pathlib import Path
+
+    from analysis.tables import MARKDOWN_COLUMNS
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    lines = [line for line in readme.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    decimals = {h: d for _, h, d, _ in MARKDOWN_COLUMNS}
+    checked = 0
+    for line in lines[1:4]:
+        for name, cell in zip(header, (c.strip() for c in line.strip("|").split("|"))):
+            for number in cell.split(" ± ") if name in decimals else []:
+                assert format_number(float(number), decimals[name]) == number, (name, number)
+                checked += 1
+    assert checked == 3 * 10
