@@ -814,11 +814,21 @@ def _divergence_notes(group: Group, label: str) -> list[str]:
     shown = _listed(diverged, 8)
     what = ("cross-entropy, perplexity or target log-probabilities" if group.is_language_model
             else "cross-entropy or logits")
+    # Runs that all broke alike predict one constant class: SDs and disagreements of 0 that read
+    # as perfect reproducibility.
+    meaningless = ("every metric of this row is NaN or meaningless (an SD or a disagreement of 0 "
+                   "means the runs broke alike, not that they agree)" if len(diverged) == len(group.runs)
+                   else "their metrics are NaN or meaningless")
     return [
         f"{label}: {len(diverged)} of {len(group.runs)} runs diverged (non-finite test "
-        f"{what}: {shown}); their metrics are NaN or meaningless: lower the "
-        f"learning rate, or check the recipe"
+        f"{what}: {shown}); {meaningless}: lower the learning rate, or check the recipe"
     ]
+
+
+def n_diverged(group: Group) -> int:
+    """How many of a group's runs diverged (``_diverged``): the ``n_diverged`` column of
+    ``python -m analysis SWEEP --csv FILE``."""
+    return sum(_diverged(run) for run in group.runs)
 
 
 def _arithmetic_notes(group: Group, label: str) -> list[str]:

@@ -20,10 +20,21 @@ from typing import Iterator, Sequence
 PM = " ± "
 
 
+# From this magnitude on a number is written in scientific notation: a blown-up but finite run's
+# cross-entropy (1.3e35) would otherwise print as a 36-digit integer. Every meaningful value of the
+# tables (a percentage, nats, a perplexity) stays below it.
+LARGE = 1e6
+
+
 def format_number(value: float, decimals: int) -> str:
-    """Fixed decimals; 'n/a' for NaN; scientific when nonzero but below the last decimal."""
+    """Fixed decimals; 'n/a' for NaN; scientific when nonzero but below the last decimal, or at
+    least ``LARGE`` in magnitude (``1.30e+35``); ``inf`` as it is."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if math.isinf(value):
+        return str(float(value))
+    if abs(value) >= LARGE:
+        return f"{value:.2e}"
     if decimals == 0:
         return str(int(value))
     if value != 0 and abs(value) < 0.5 * 10.0**-decimals:
@@ -86,6 +97,8 @@ def style_groups(*axes, n: int) -> None:
     from cycler import cycler
 
     styles = group_styles(n)
+    if not styles:  # no group to draw (a sweep with no finished run): matplotlib's cycle stays
+        return
     for ax in axes:
         ax.set_prop_cycle(cycler(color=[s["color"] for s in styles], linestyle=[s["linestyle"] for s in styles]))
 

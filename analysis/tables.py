@@ -18,7 +18,15 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import lm, render, stats
-from analysis.load import BROKEN_ADVICE, PROBLEM_STATUSES, UNREADABLE_ADVICE, Sweep, key_frame, load_sweep
+from analysis.load import (
+    BROKEN_ADVICE,
+    PROBLEM_STATUSES,
+    UNREADABLE_ADVICE,
+    Sweep,
+    key_frame,
+    load_sweep,
+    n_diverged,
+)
 from analysis.metrics import COLUMNS, group_metrics
 from analysis.render import PM, column_header, format_number, with_error
 
@@ -45,28 +53,32 @@ MARKDOWN_COLUMNS = (
 
 def summary_frame(sweep: Sweep, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """One row per group: the shown configuration keys, ``metrics.COLUMNS``, then
-    ``stats.STATS_COLUMNS`` (their notes in ``frame.attrs["stats_notes"]``)."""
+    ``stats.STATS_COLUMNS`` (their notes in ``frame.attrs["stats_notes"]``, and row by row in
+    ``frame.attrs["row_stats_notes"]``)."""
     keys = sweep.display_keys
-    rows, notes = [], []
+    rows, by_row = [], []
     for group in sweep.groups:
         row = group.cells(keys)
         row["language_model"] = group.is_language_model
+        row_notes = []
         if group.is_language_model:  # Table 2's columns (analysis/lm.py)
             row.update(lm.group_lm_metrics(group, n_boot=n_boot, seed=seed))
         else:
             computed = group_metrics(group.logits, group.labels, n_boot=n_boot, seed=seed, predictions=group.predictions)
             if "pairs_note" in computed:  # many runs: sampled pairs (analysis/pairs.py)
-                notes.append(f"{group.label(keys)}: {computed.pop('pairs_note')}")
+                row_notes.append(f"{group.label(keys)}: {computed.pop('pairs_note')}")
             row.update(computed)
         extra, group_notes = stats.group_stats(group, seed)
         row.update(extra)
-        notes += [f"{group.label(keys)}: {n}" for n in group_notes]
+        row_notes += [f"{group.label(keys)}: {n}" for n in group_notes]
+        by_row.append(row_notes)
         rows.append(row)
     columns = list(COLUMNS)
     if any(group.is_language_model for group in sweep.groups):
         columns += [c for c in lm.LM_COLUMNS if c not in COLUMNS] + ["language_model"]
     frame = key_frame(rows, keys + columns + list(stats.STATS_COLUMNS), keys)
-    frame.attrs["stats_notes"] = notes
+    frame.attrs["stats_notes"] = [n for notes in by_row for n in notes]
+    frame.attrs["row_stats_notes"] = by_row
     return frame
 
 
@@ -91,33 +103,95 @@ def markdown_table(frame: pd.DataFrame, keys: list[str]) -> str:
 _LATEX_ESCAPES = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}"}
 
 
-def _latex_escape(text: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(c, c) for c in text)
+# Characters of the notes (and labels) that pdflatex's default encodings do not set.
+_LATEX_SYMBOLS = {"ρ": r"$\rho$", "Δ": r"$\Delta$", "\N{PLUS-MINUS SIGN}": r"$\pm$", "≥": r"$\geq$",
+                  "≤": r"$\leq$", "×": r"$\times$", "→": r"$\rightarrow$", "—": "---", "–": "--",
+                  "…": r"\ldots{}", "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
 
 
-def latex_table(frame: pd.DataFrame, keys: list[str]) -> str:
-    """A booktabs ``tabular`` (``\\usepackage{booktabs}``) with the markdown table's cells."""
+def _tex(text: str) -> str:
+    return "".join(_LATEX_SYMBOLS.get(c) or _LATEX_ESCAPES.get(c, c) for c in text)
+
+
+# The mark of a row with notes, in the LaTeX table; its notes follow the tabular.
+NOTE_MARK = r"$^\dagger$"
+
+
+def latex_table(frame: pd.DataFrame, keys: list[str], row_notes: list[list[str]] | None = None,
+                sweep_notes: list[str] = ()) -> str:
+    """A booktabs ``tabular`` (``\\usepackage{booktabs}``) with the markdown table's cells. A row
+    with notes (``row_notes``, one list per row: ``export_notes``) has a dagger on its label;
+    after the tabular, in a small font, each such row's notes, then those of the whole sweep, as
+    paragraphs (``\\input`` the file in a ``table`` environment, not inside a box such as
+    ``\\resizebox``)."""
     header, rows = table_cells(frame, keys, " \N{PLUS-MINUS SIGN} ")
-
-    def tex(text: str) -> str:
-        text = _latex_escape(text).replace("ρ", r"$\rho$").replace("Δ", r"$\Delta$")
-        return text.replace(" \N{PLUS-MINUS SIGN} ", r" $\pm$ ")
-
+    row_notes = row_notes or [[] for _ in rows]
     spec = "l" * len(keys) + "r" * (len(header) - len(keys))
-    body = [" & ".join(tex(c) for c in r) + r" \\" for r in rows]
+    body = []
+    for cells, notes in zip(rows, row_notes):
+        cells = [_tex(c) for c in cells]
+        if notes:
+            cells[0] += NOTE_MARK
+        body.append(" & ".join(cells) + r" \\")
+    notes = [NOTE_MARK + " " + _tex(n) for ns in row_notes for n in ns] + [_tex(n) for n in sweep_notes]
+    after = []
+    if notes:
+        after = [f"% Notes on the rows marked {NOTE_MARK} and on the whole sweep: keep them with the table.",
+                 r"\par\smallskip", r"{\footnotesize", *[n + r"\par" for n in notes], "}"]
     return "\n".join(
         [
             "% Written by python -m analysis; needs \\usepackage{booktabs}.",
             f"\\begin{{tabular}}{{{spec}}}",
             r"\toprule",
-            " & ".join(tex(h) for h in header) + r" \\",
+            " & ".join(_tex(h) for h in header) + r" \\",
             r"\midrule",
             *body,
             r"\bottomrule",
             r"\end{tabular}",
+            *after,
             "",
         ]
     )
+
+
+def export_notes(sweep: Sweep, frame: pd.DataFrame) -> tuple[list[list[str]], list[str]]:
+    """The notes the terminal prints below the table, for the files ``--csv`` and ``--latex``
+    write: (each row's: its group's notes from ``load_sweep``, its statistics' and its runs left
+    out; the whole sweep's: notes on several rows, such as data that changed between launches, on
+    configurations left out of the table, and runs whose configuration could not be read)."""
+    by_row = frame.attrs.get("row_stats_notes") or [[] for _ in sweep.groups]
+    row_notes, said = [], set()
+    for group, stats_notes in zip(sweep.groups, by_row):
+        label = group.label(sweep.display_keys)
+        left_out = {s: [p.path.name for p in group.problems if p.status == s] for s in PROBLEM_STATUSES}
+        problems = [f"{label}: runs left out of the row: "
+                    + "; ".join(f"{len(names)} {s} ({', '.join(names)})" for s, names in left_out.items() if names)
+                    ] if group.problems else []
+        row_notes.append(list(group.notes) + list(stats_notes) + problems)
+        said.update(group.notes)
+    whole = [n for n in sweep.notes if n not in said]
+    unread = [p for p in sweep.problems if p.key is None]
+    if unread:
+        directories = "run directory below" if len(unread) == 1 else "run directories below"
+        whole.append(f"{len(unread)} {directories} {sweep.root} left out with no readable configuration: "
+                     + "; ".join(f"{p.status}: {p.path}" for p in unread))
+    return row_notes, whole
+
+
+# Between two notes in a cell of the CSV's ``notes`` column (notes themselves hold "; ").
+NOTES_SEPARATOR = " | "
+
+
+def export_frame(sweep: Sweep, frame: pd.DataFrame) -> pd.DataFrame:
+    """The table ``--csv`` writes: ``frame`` with ``n_diverged`` (runs whose test outputs are not
+    finite) after ``n_runs``, and last a ``notes`` column: the row's notes, then those of the
+    whole sweep (which every row repeats, so no one reading the file alone misses them), joined
+    by ``NOTES_SEPARATOR``; empty where nothing is noted."""
+    row_notes, whole = export_notes(sweep, frame)
+    out = frame.copy()
+    out.insert(out.columns.get_loc("n_runs") + 1, "n_diverged", [n_diverged(g) for g in sweep.groups])
+    out["notes"] = [NOTES_SEPARATOR.join(notes + whole) for notes in row_notes]
+    return out
 
 
 def cka_markdown(cka: pd.DataFrame, keys: list[str]) -> str:

@@ -212,7 +212,8 @@ def test_cli_prints_summarize_and_writes_csv_latex_figures(broken_sweep, tmp_pat
     assert capsys.readouterr().out == analysis.summarize(broken_sweep)
 
     table = pd.read_csv(out / "t.csv")
-    assert list(table.columns) == ["source.name", *COLUMNS, *STATS_COLUMNS]
+    assert COLUMNS[0] == "n_runs"  # the CSV adds how many diverged after it, and the notes last
+    assert list(table.columns) == ["source.name", "n_runs", "n_diverged", *COLUMNS[1:], *STATS_COLUMNS, "notes"]
     expected = analysis.summary_frame(load_sweep(broken_sweep))
     np.testing.assert_allclose(table[list(COLUMNS)].to_numpy(float), expected[list(COLUMNS)].to_numpy(float), rtol=1e-12)
 

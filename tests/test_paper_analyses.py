@@ -353,7 +353,7 @@ def test_window_order_puts_a_full_shuffle_last():
 
 def test_python_m_analysis_adds_the_sections_and_files(tmp_path, labels, capsys):
     root, _ = write_snapshot_sweep(tmp_path, labels)
-    assert cli.main([str(root), "--bootstrap", "20", "--csv", str(tmp_path / "t.csv"), "--figures", str(tmp_path / "figs")]) == 0
+    assert cli.main([str(root), "--bootstrap", "100", "--csv", str(tmp_path / "t.csv"), "--figures", str(tmp_path / "figs")]) == 0
     out = capsys.readouterr().out
     assert "Table 5: snapshot ensembles" in out and "| vanilla N=5 |" in out and "| snapshot M=5 |" in out
     table5 = (tmp_path / "t_table5.csv").read_text().splitlines()

@@ -52,7 +52,7 @@ def images(text):
 def test_report_is_one_self_contained_page_with_table_notes_figures_config_and_environment(tmp_path, capsys):
     sweep = small_sweep(tmp_path)
     out = tmp_path / "report.html"
-    assert main([str(sweep), "--report", str(out), "--bootstrap", "20"]) == 0
+    assert main([str(sweep), "--report", str(out), "--bootstrap", "100"]) == 0
     assert f"Report: {out}" in capsys.readouterr().err
     text = out.read_text()
     # Nothing fetched from elsewhere: every image is inline, no script, no style sheet link.
@@ -74,7 +74,7 @@ def test_report_says_every_sentence_and_note_the_markdown_summary_says(tmp_path,
 
     sweep = small_sweep(tmp_path)
     out = tmp_path / "report.html"
-    assert main([str(sweep), "--report", str(out), "--bootstrap", "20"]) == 0
+    assert main([str(sweep), "--report", str(out), "--bootstrap", "100"]) == 0
     markdown = capsys.readouterr().out
     page = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", out.read_text())).split())
     said = [" ".join(line.removeprefix("- ").split()) for line in markdown.splitlines()
@@ -124,7 +124,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
             pytest.fail(message)
         pytest.skip(message)
     out = tmp_path / "report.html"
-    assert main([str(small_sweep(tmp_path)), "--report", str(out), "--bootstrap", "20"]) == 0
+    assert main([str(small_sweep(tmp_path)), "--report", str(out), "--bootstrap", "100"]) == 0
     expected = len(images(out.read_text()))
     shot = tmp_path / "report.png"
     page = load_page(chromium, out, """({
@@ -157,7 +157,7 @@ def test_every_output_on_a_read_only_file_system_is_one_line_naming_it(tmp_path,
     read_only(monkeypatch, ro)
     for option, path in (("report", ro / "report.html"), ("csv", ro / "t.csv"), ("latex", ro / "t.tex"),
                          ("figures", ro / "figs")):
-        assert main([str(sweep), f"--{option}", str(path), "--bootstrap", "2"]) == 2
+        assert main([str(sweep), f"--{option}", str(path), "--bootstrap", "100"]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line == (f"error: --{option} {path}: cannot write it (Read-only file system); write it "
                         f"elsewhere: --{option} a path on a writable file system")
@@ -169,7 +169,7 @@ def test_broken_runs_get_their_badge_and_note(tmp_path):
     broken = next(p.parent for p in sorted(sweep.rglob("result.json")))
     (broken / records.CONFIG_FILE).unlink()
     out = tmp_path / "report.html"
-    assert main([str(sweep), "--report", str(out), "--bootstrap", "20"]) == 0
+    assert main([str(sweep), "--report", str(out), "--bootstrap", "100"]) == 0
     text = out.read_text()
     assert '<span class="bad">1 broken</span>' in text
     assert '<li class="broken">' in text
@@ -182,7 +182,7 @@ def test_figures_and_report_together_draw_each_figure_once_and_embed_the_same_im
 
     sweep = small_sweep(tmp_path, onsets=(0, 2))
     alone = tmp_path / "alone.html"
-    assert main([str(sweep), "--report", str(alone), "--bootstrap", "5"]) == 0
+    assert main([str(sweep), "--report", str(alone), "--bootstrap", "100"]) == 0
     calls = {}
 
     def counted(module, name):
@@ -199,7 +199,7 @@ def test_figures_and_report_together_draw_each_figure_once_and_embed_the_same_im
                          (stats_figures, "test_set_noise_figure"), (stats_figures, "best_of_k_figure")):
         counted(module, name)
     out, figs = tmp_path / "both.html", tmp_path / "figs"
-    assert main([str(sweep), "--figures", str(figs), "--report", str(out), "--bootstrap", "5"]) == 0
+    assert main([str(sweep), "--figures", str(figs), "--report", str(out), "--bootstrap", "100"]) == 0
     assert calls == dict.fromkeys(calls, 1) and len(calls) == 6
     stems = ("variability", "cross_entropy_spread", "onset", "test_set_noise", "best_of_k")
     assert sorted(p.name for p in figs.iterdir()) == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
