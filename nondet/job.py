@@ -82,12 +82,21 @@ def runs_root(config: dict, hydra: DictConfig | None) -> Path:
     else:
         run, own = launched_path(hydra.run.dir, hydra), Path(job_subdir(config)).parts
         root = Path(*run.parts[: -len(own)]) if run.parts[-len(own):] == own else run
+    key = "output_root" if hydra is None else ("hydra.sweep.dir" if hydra.mode == RunMode.MULTIRUN
+                                               else "hydra.run.dir")
     if root.parent == root:
-        key = "output_root" if hydra is None else ("hydra.sweep.dir" if hydra.mode == RunMode.MULTIRUN
-                                                   else "hydra.run.dir")
         raise ConfigError(f"{key}={root}: a filesystem root cannot hold a sweep; give a directory below it "
                           f"(hydra.sweep.dir={root / 'sweeps' / config['sweep_name']}, say)")
+    run = next((p for p in (root, *root.parents) if _is_run_dir(p)), None)
+    if run is not None:
+        raise ConfigError(f"{key}={root}: inside the run directory {run}, where new runs would hide (the "
+                          f"analysis reads a run directory as one run); give a directory outside every run")
     return root
+
+
+def _is_run_dir(directory: Path) -> bool:
+    """A run's directory: its config.yaml beside the seeds it was trained with."""
+    return (directory / records.CONFIG_FILE).is_file() and (directory / records.SEEDS_FILE).is_file()
 
 
 def launched_path(path: str | Path, hydra: DictConfig | None) -> Path:

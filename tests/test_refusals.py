@@ -322,3 +322,23 @@ def test_a_filesystem_root_as_the_sweep_directory_is_refused_in_one_line(tmp_pat
     HydraConfig.instance().set_config(cfg)
     with pytest.raises(ConfigError, match=r"^hydra.sweep.dir=/: a filesystem root"):
         run_job(task)
+
+
+@pytest.mark.parametrize("mode", [RunMode.RUN, RunMode.MULTIRUN])
+def test_runs_inside_a_run_directory_are_refused_in_one_line(tmp_path, hydra_state, mode):
+    """``hydra.run.dir`` (or ``hydra.sweep.dir``) at or below a finished run's directory nested the
+    new runs inside it, where the analysis, reading that directory as one run, never saw them."""
+    run = tmp_path / "default" / "init-mlp-mnist1d-0123456789" / "r0000"
+    run.mkdir(parents=True)
+    (run / records.CONFIG_FILE).write_text("replicate: 0\n")
+    (run / records.SEEDS_FILE).write_text("{}")
+    cfg, _ = hydra_config(tmp_path, mode, "source=init")
+    key = "hydra.run.dir" if mode == RunMode.RUN else "hydra.sweep.dir"
+    OmegaConf.update(cfg, key, str(run / "again"))
+    check = CheckCallback()
+    with pytest.raises(SystemExit) as exit_:
+        check.on_multirun_start(cfg) if mode == RunMode.MULTIRUN else check.on_run_start(cfg)
+    assert str(exit_.value.code) == (
+        f"Error in the configuration: {key}={run / 'again'}: inside the run directory {run}, where new runs "
+        f"would hide (the analysis reads a run directory as one run); give a directory outside every run")
+    assert not (run / "again").exists()
