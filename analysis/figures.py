@@ -56,12 +56,13 @@ def _bar_gap(n_runs: float, n_diverged: int, sd: float) -> str:
     """What stands where a group's bar is missing or zero, so an absent bar never reads as a
     spread of 0: every run diverged, too few runs, a metric the diverged runs made NaN, or a
     true 0 (bitwise-identical runs, such as a ``source=none`` control)."""
+    n_runs = int(n_runs)
     if n_diverged and n_diverged >= n_runs:
-        return f"diverged (all {int(n_runs)} runs)"
-    if not n_runs >= 2:
-        return f"n/a ({int(n_runs)} run{'s' * (n_runs != 1)})"
+        return f"diverged (all {n_runs} runs)"
+    if n_runs < 2:
+        return f"n/a ({n_runs} run{'s' * (n_runs != 1)})"
     if np.isnan(sd):
-        return f"n/a ({n_diverged} of {int(n_runs)} runs diverged)" if n_diverged else "n/a"
+        return f"n/a ({n_diverged} of {n_runs} runs diverged)" if n_diverged else "n/a"
     return "0" if sd == 0 else ""
 
 
