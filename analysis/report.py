@@ -351,11 +351,16 @@ def environment_html(sweep: Sweep) -> str:
 # The table's columns, in words (docs/statistics.md and analysis/metrics.py give the formulas).
 GLOSSARY = {
     "n_runs": "finished runs in the row (replicates of one configuration).",
-    "accuracy_mean": "mean test accuracy over the row's runs.",
+    "accuracy_mean": "mean test accuracy over the row's runs (of next-token predictions, for language models).",
     "accuracy_sd": "SD over runs (ddof=1) of test accuracy: how much the next run may differ. "
     "± its bootstrap SD: the SD of that SD over resamples of the runs, a rough guide to its "
     "uncertainty that runs short with few runs.",
-    "cross_entropy_mean": "mean test cross-entropy (nats per example) over runs.",
+    "cross_entropy_mean": "mean test cross-entropy over runs (nats per test example; per token for "
+    "language models).",
+    "ppl_mean": "mean test perplexity over runs: exp(cross-entropy per test token).",
+    "ppl_sd": "SD over runs of test perplexity, ± its bootstrap SD as for accuracy.",
+    "ensemble_delta_ppl": "perplexity of two runs' ensemble (their probabilities of the target "
+    "averaged) minus the mean of their two perplexities, over pairs: negative when ensembling helps.",
     "cross_entropy_sd": "SD over runs of test cross-entropy, ± its bootstrap SD as for accuracy.",
     "disagreement": "percent of test examples on which two runs' predicted classes (argmax) differ, "
     "averaged over all pairs of runs.",
@@ -396,10 +401,10 @@ def glossary_html(frame: pd.DataFrame) -> str:
             "<code>analysis/metrics.py</code> in the nondet repository.</p></details>")
 
 
-# What a reader must know before the table, by kind: (badge, sentence). Each has its note,
-# with the cause and the fix, below the table.
+# What a reader must know before the table, by kind: (badge, sentence); diverged runs have their
+# own badge, a count of runs. Each has its note, with the cause and the fix, below the table.
 WARNINGS = {
-    "diverged": ("rows with diverged runs",
+    "diverged": (None,
                  "Runs diverged: their metrics are NaN or chance-level (the argmax of NaN logits)"),
     "inert": ("varied nothing", "A varied source varied nothing: the row's spread is not that source's"),
     "control": ("control not identical", "The source=none control is not bitwise identical: every "
@@ -490,7 +495,7 @@ def render(
     for status in PROBLEM_STATUSES:
         badges += [f'<span class="bad">{counts[status]} {status}</span>'] if counts[status] else []
     badges += [f'<span class="bad">{len(labels)} {WARNINGS[kind][0]}</span>'
-               for kind, labels in warnings.items() if kind != "diverged"]
+               for kind, labels in warnings.items() if WARNINGS[kind][0]]
     if len(frame):
         header, rows = table_cells(frame, keys, PM)
         paragraphs, notes = table_notes(sweep, frame, inputs.n_boot, inputs.seed)
