@@ -45,17 +45,45 @@ from analysis.render import (
     shared_legend,
     style_groups,
 )
-from analysis.stats_figures import write_stats_figures
+from analysis.stats_figures import diverged_counts, kept_groups, left_out_note, write_stats_figures
 
 
 def _labels(frame: pd.DataFrame, keys: list[str]) -> list[str]:
     return [row_label([row[k] for k in keys], keys) for _, row in frame.iterrows()]
 
 
-def variability_bars(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
-    """Bars of accuracy SD and cross-entropy SD per group, error bars = bootstrap SD of the SD."""
-    from matplotlib.figure import Figure
+def _bar_gap(n_runs: float, n_diverged: int, sd: float) -> str:
+    """What stands where a group's bar is missing or zero, so an absent bar never reads as a
+    spread of 0: every run diverged, too few runs, a metric the diverged runs made NaN, or a
+    true 0 (bitwise-identical runs, such as a ``source=none`` control)."""
+    n_runs = int(n_runs)
+    if n_diverged and n_diverged >= n_runs:
+        return f"diverged (all {n_runs} runs)"
+    if n_runs < 2:
+        return f"n/a ({n_runs} run{'s' * (n_runs != 1)})"
+    if np.isnan(sd):
+        return f"n/a ({n_diverged} of {n_runs} runs diverged)" if n_diverged else "n/a"
+    return "0" if sd == 0 else ""
 
+
+def _drawable(frame: pd.DataFrame, counts: list[int]) -> np.ndarray:
+    """Rows with a bar to draw: two runs or more, not all diverged."""
+    runs = frame["n_runs"].to_numpy(dtype=float)
+    return (runs >= 2) & (runs > np.asarray(counts, dtype=float))
+
+
+def variability_bars(frame: pd.DataFrame, keys: list[str], out_dir: Path, diverged_runs: list[int] | None = None) -> list[Path]:
+    """Bars of accuracy SD and cross-entropy SD per group, error bars = bootstrap SD of the SD.
+    ``diverged_runs`` (``diverged_counts``, per row): rows whose runs all diverged get no bar but
+    the word "diverged", rows of one run "n/a (1 run)", a true zero "0". No row with a bar: no
+    figure (``figure_gaps`` says why)."""
+    from matplotlib.figure import Figure
+    from matplotlib.transforms import blended_transform_factory
+
+    counts = [0] * len(frame) if diverged_runs is None else list(diverged_runs)
+    drawable = _drawable(frame, counts)
+    if not drawable.any():
+        return []
     labels = _labels(frame, keys)
     # Horizontal bars: each group's label on one row, however long, the figure as tall as the
     # groups need.
@@ -66,9 +94,14 @@ def variability_bars(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> lis
         (axes[0], "accuracy", "Accuracy SD (%)"),
         (axes[1], "cross_entropy", "Cross-entropy SD (nats)"),
     ):
-        sds = frame[f"{column}_sd"].to_numpy(dtype=float)
-        errors = np.nan_to_num(frame[f"{column}_sd_sd"].to_numpy(dtype=float))
-        ax.barh(y, np.nan_to_num(sds), xerr=errors, capsize=3, color="tab:blue")
+        sds = np.where(drawable, frame[f"{column}_sd"].to_numpy(dtype=float), np.nan)
+        errors = np.where(np.isfinite(sds), np.nan_to_num(frame[f"{column}_sd_sd"].to_numpy(dtype=float)), np.nan)
+        ax.barh(y, sds, xerr=errors, capsize=3, color="tab:blue")  # NaN: no bar, no error bar
+        at_left = blended_transform_factory(ax.transAxes, ax.transData)
+        for i, (n, d, value) in enumerate(zip(frame["n_runs"].to_numpy(dtype=float), counts, sds)):
+            gap = _bar_gap(n, d, value)
+            if gap:
+                ax.text(0.01, i, gap, transform=at_left, va="center", fontsize=8, color="dimgray")
         ax.set_title(title)
         ax.set_xlim(left=0)
         ax.grid(axis="x", alpha=0.3)
@@ -108,25 +141,32 @@ def cka_bars(cka: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
     return save_figure(fig, out_dir, "cka")
 
 
+def _spreads(sweep: Sweep, counts: list[int]) -> list[tuple[str, pd.DataFrame, int, int]]:
+    """(label, ``spread_by_epoch``, runs, diverged runs) of the groups with per-epoch metrics."""
+    keys = sweep.display_keys
+    spreads = [(g.label(keys), spread_by_epoch(g), len(g.runs), d) for g, d in zip(sweep.groups, counts)]
+    return [s for s in spreads if len(s[1])]
+
+
 def cross_entropy_spread(sweep: Sweep, out_dir: Path) -> list[Path]:
     """Every group's spread over training (not a figure of the paper; its Figure 3, the bit flip
     alone, is ``instability.png``): per epoch, the 2.5-97.5 percentile width and the SD of the
-    runs' test cross-entropy."""
+    runs' test cross-entropy. A group with diverged runs is not drawn (its spread runs to 1e23
+    and NaN) but named in the legend; no group left to draw: no figure (``figure_gaps``)."""
     from matplotlib.figure import Figure
 
-    keys = sweep.display_keys
+    spreads = _spreads(sweep, diverged_counts(sweep))
+    if all(d for *_, d in spreads):
+        return []
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
     left, right = fig.subplots(1, 2)
-    style_groups(left, right, n=len(sweep.groups))  # past ten colours, line styles tell groups apart
-    drawn = 0
-    for group in sweep.groups:
-        spread = spread_by_epoch(group)
-        if not len(spread):
-            continue
-        plot_spread((left, right), spread, group.label(keys))
-        drawn += 1
-    if not drawn:
-        return []
+    style_groups(left, right, n=len(spreads))  # past ten colours, line styles tell groups apart
+    for label, spread, runs, d in spreads:
+        if d:  # an empty line: the legend names the group in its own style
+            for ax in (left, right):
+                ax.plot([], [], marker=".", label=f"{label} ({d} of {runs} runs diverged: not drawn)")
+        else:
+            plot_spread((left, right), spread, label)
     label_spread_axes((left, right))
     shared_legend(fig, [left, right])  # beside the axes, never over the lines
     return save_figure(fig, out_dir, "cross_entropy_spread")
@@ -138,10 +178,41 @@ def write_figures(sweep: Sweep, frame: pd.DataFrame, out_dir: Path, cka: pd.Data
     keys = sweep.display_keys
     paths = []
     if len(frame):
-        paths += variability_bars(frame, keys, out_dir)
+        paths += variability_bars(frame, keys, out_dir, diverged_counts(sweep))
     if cka is not None and len(cka):
         paths += cka_bars(cka, keys, out_dir)
     paths += cross_entropy_spread(sweep, out_dir)
     paths += paper_figures(sweep, frame, out_dir)  # Figures 2, 3 and PD, by the sweep's structure
     paths += write_stats_figures(sweep, frame, out_dir)
     return paths
+
+
+def figure_gaps(sweep: Sweep, frame: pd.DataFrame) -> dict[str, str]:
+    """{stem: why} for the figures of ``write_figures`` that the sweep's runs leave empty (every
+    group diverged, or has one run), so a page can say why a figure is absent."""
+    if not len(frame):
+        return {}
+    counts = diverged_counts(sweep)
+    gaps = {}
+    if not _drawable(frame, counts).any():
+        gaps["variability"] = ("every group has one run or runs that all diverged, so no SD over runs to draw"
+                               if any(counts) else "every group has one run, so no SD over runs to draw")
+    spreads = _spreads(sweep, counts)
+    if spreads and all(d for *_, d in spreads):
+        gaps["cross_entropy_spread"] = "every group with per-epoch metrics has diverged runs (their spread is NaN or runs to 1e23)"
+    if not any(kept_groups(sweep)[0]):
+        why = ("no group has two runs or more none of which diverged" if any(counts)
+               else "no group has two runs or more")
+        gaps["test_set_noise"] = gaps["best_of_k"] = why
+    return gaps
+
+
+def figure_notes(sweep: Sweep) -> dict[str, str]:
+    """{stem: sentence} to add to a figure's caption where the sweep's runs change what it shows:
+    the groups left out, or named but not drawn, because runs diverged."""
+    counts = diverged_counts(sweep)
+    if not any(counts):
+        return {}
+    note = left_out_note(kept_groups(sweep)[1])
+    return {"cross_entropy_spread": "Groups with diverged runs are named in the legend, not drawn.",
+            "test_set_noise": note, "best_of_k": note}

@@ -1,7 +1,7 @@
 """One self-contained HTML page for a sweep: the table and its notes, every figure the sweep's
 structure calls for, the configuration and the environment.
 
-    python -m analysis SWEEP_DIR --report report.html [--cka]
+    python -m analysis SWEEP_DIR --report report.html [--cka] [--bootstrap B] [--seed S]
 
 The page needs no network and no server: figures are PNGs embedded as base64 ``data:`` URIs,
 the style sheet is inline and there is no script. Figures come from ``FIGURES``, a list of
@@ -29,10 +29,11 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from analysis import stats_figures
-from analysis.load import PROBLEM_STATUSES, Sweep, flatten
+from analysis import lm, stats_figures
+from analysis.load import PROBLEM_STATUSES, Sweep, _inert_member_notes, _variation_notes, flatten
 from analysis.render import PM, collected, format_value, label_inches, row_label
-from analysis.tables import status_lines, table_cells, table_notes
+from analysis.stats_figures import diverged
+from analysis.tables import MARKDOWN_COLUMNS, status_lines, table_cells, table_notes
 from nondet import records
 
 
@@ -48,6 +49,9 @@ class ReportInputs:
     # The (stem, Figure) pairs ``write_figures`` already drew for ``--figures DIR``, embedded as
     # they are; None: ``sweep_figures`` draws them.
     drawn: list[tuple[str, Any]] | None = None
+    # The command-line options that shaped the page (``cli_options``), for the command in its
+    # header; None: those the inputs show (bootstrap, seed, CKA's probe and estimator).
+    options: list[str] | None = None
 
 
 # The figures of ``write_figures`` (analysis/figures.py, analysis/paper.py,
@@ -56,7 +60,8 @@ CAPTIONS = {
     "variability": "Run-to-run spread of each group: SD over runs of test accuracy and of test "
     "cross-entropy. Error bars are the bootstrap SD of the SD, a rough guide to its uncertainty "
     "that runs short with few runs (about a fifth too small at 4-8 runs for normal noise); "
-    "whether bars overlap is not a test of two groups' spreads.",
+    "whether bars overlap is not a test of two groups' spreads. A group without a bar says why in "
+    "its place: diverged (all its runs), n/a (1 run: no SD), or 0 (a spread of exactly 0).",
     "cka": "Mean linear CKA between pairs of runs at each layer (error bars: SD over pairs). "
     "Lower bars: the runs learned less similar representations at that layer.",
     "cross_entropy_spread": "How far apart the runs' test cross-entropy is at each epoch, for "
@@ -78,14 +83,34 @@ CAPTIONS.update(stats_figures.CAPTIONS)  # test-set noise, best of k
 
 def sweep_figures(inputs: ReportInputs) -> list[tuple[Any, str]]:
     """Variability bars, cross-entropy spread, CKA and the paper's figures, as the sweep's
-    structure allows (the figures ``--figures DIR`` writes; those it drew, when it ran)."""
+    structure allows (the figures ``--figures DIR`` writes; those it drew, when it ran). A
+    caption adds what the sweep's diverged runs change in its figure (``figure_notes``)."""
+    from analysis.figures import figure_notes
+
     figures = inputs.drawn
     if figures is None:
         from analysis.figures import write_figures
 
         with collected() as figures:
             write_figures(inputs.sweep, inputs.frame, Path("."), inputs.cka)
-    return [(fig, CAPTIONS.get(stem, f"{stem}.")) for stem, fig in figures]
+    notes = figure_notes(inputs.sweep)
+    return [(fig, " ".join(filter(None, (CAPTIONS.get(stem, f"{stem}."), notes.get(stem)))))
+            for stem, fig in figures]
+
+
+# What the file stems of ``write_figures`` are called where the page says one is absent.
+FIGURE_NAMES = {"variability": "Run-to-run variability", "cross_entropy_spread": "Cross-entropy spread over epochs",
+                "test_set_noise": "Test-set noise", "best_of_k": "Best of k runs"}
+
+
+def absent_figures_html(inputs: ReportInputs) -> str:
+    """One line per figure the sweep's runs leave empty (``figure_gaps``), so its absence is
+    read as what it is, not missed."""
+    from analysis.figures import figure_gaps
+
+    gaps = figure_gaps(inputs.sweep, inputs.frame)
+    return "".join(f'<p class="absent">No {esc(FIGURE_NAMES.get(stem, stem))} figure '
+                   f"(<code>{esc(stem)}.png</code>): {esc(why)}.</p>" for stem, why in gaps.items())
 
 
 def cka_heatmap(inputs: ReportInputs) -> tuple[Any, str] | None:
@@ -265,7 +290,7 @@ def runs_html(sweep: Sweep) -> str:
         label = group.label(keys)
         for run in group.runs:
             r = run.result
-            rows.append([label, run.replicate, "done", _number(r.get("test_accuracy"), 2),
+            rows.append([label, run.replicate, "diverged" if diverged(run) else "done", _number(r.get("test_accuracy"), 2),
                          _number(r.get("test_cross_entropy"), 4), _number(r.get("train_seconds"), 1),
                          _rel(run.path, sweep.root)])
     for p in sweep.problems:
@@ -323,6 +348,99 @@ def environment_html(sweep: Sweep) -> str:
     return note + table_html(["Field", "Values over runs"], rows, 99, "kv")
 
 
+# The table's columns, in words (docs/statistics.md and analysis/metrics.py give the formulas).
+GLOSSARY = {
+    "n_runs": "finished runs in the row (replicates of one configuration).",
+    "accuracy_mean": "mean test accuracy over the row's runs (of next-token predictions, for language models).",
+    "accuracy_sd": "SD over runs (ddof=1) of test accuracy: how much the next run may differ. "
+    "± its bootstrap SD: the SD of that SD over resamples of the runs, a rough guide to its "
+    "uncertainty that runs short with few runs.",
+    "cross_entropy_mean": "mean test cross-entropy over runs (nats per test example; per token for "
+    "language models).",
+    "ppl_mean": "mean test perplexity over runs: exp(cross-entropy per test token).",
+    "ppl_sd": "SD over runs of test perplexity, ± its bootstrap SD as for accuracy.",
+    "ensemble_delta_ppl": "perplexity of two runs' ensemble (their probabilities of the target "
+    "averaged) minus the mean of their two perplexities, over pairs: negative when ensembling helps.",
+    "cross_entropy_sd": "SD over runs of test cross-entropy, ± its bootstrap SD as for accuracy.",
+    "disagreement": "percent of test examples on which two runs' predicted classes (argmax) differ, "
+    "averaged over all pairs of runs.",
+    "spearman": "Spearman rank correlation between two runs' test logits (all examples × classes, "
+    "flattened), averaged over pairs: 1 when the runs rank every logit alike.",
+    "ensemble_delta_accuracy": "accuracy of two runs' ensemble (their softmax probabilities "
+    "averaged) minus the mean of their two accuracies, over pairs: what ensembling gains.",
+    "ensemble_delta_cross_entropy": "the same for cross-entropy: negative when ensembling helps.",
+    "prediction_difference": "PD (Snapp & Shamir): mean |p_i − p_j| between two runs' softmax "
+    "probabilities, over examples and classes and pairs.",
+    "relative_prediction_difference": "each |p_i − p_j| divided by the pair's mean probability "
+    "(p_i + p_j)/2, averaged; in [0, 2]; with more than two classes it sits high and compares "
+    "only with itself.",
+    "accuracy_sd_test_set": "the accuracy SD that finite-test-set noise alone predicts (runs "
+    "that differ only in which borderline examples they miss; Jordan 2024). The share sentence "
+    "under the table is its square over the accuracy SD's square, capped at 100%: the "
+    "prediction can exceed the observed SD (few runs, or errors negatively correlated across "
+    "examples), and a capped 100% means at least all of it.",
+    "accuracy_sd_distribution": "the SD over runs of accuracy on the whole data distribution (an "
+    "infinite test set): the recipe's own spread, with the test set's noise taken out.",
+    "seed_selection_gain": "what picking the best quarter of runs on one half of the test set "
+    "gains on the other half (n/a below 4 runs): near 0, lucky seeds are not better models.",
+    "class_accuracy_sd_max": "per class, the SD over runs of the accuracy on that class's test "
+    "examples; the largest over classes.",
+    "class_accuracy_sd_mean": "the same per-class SDs, averaged over classes.",
+}
+
+
+def glossary_html(frame: pd.DataFrame) -> str:
+    """What each column of the table means, folded under it (its headers, in its order)."""
+    shown = [(header, GLOSSARY[column]) for column, header, _, _ in lm.markdown_columns(frame, MARKDOWN_COLUMNS)
+             if column in GLOSSARY]
+    if not shown:
+        return ""
+    items = "".join(f"<dt>{esc(header)}</dt><dd>{esc(text)}</dd>" for header, text in shown)
+    return (f'<details class="glossary"><summary>What the columns mean</summary><dl>{items}</dl>'
+            '<p class="small">Formulas and sources: <code>docs/statistics.md</code> and '
+            "<code>analysis/metrics.py</code> in the nondet repository.</p></details>")
+
+
+# What a reader must know before the table, by kind: (badge, sentence); diverged runs have their
+# own badge, a count of runs. Each has its note, with the cause and the fix, below the table.
+WARNINGS = {
+    "diverged": (None,
+                 "Runs diverged: their metrics are NaN or chance-level (the argmax of NaN logits)"),
+    "inert": ("varied nothing", "A varied source varied nothing: the row's spread is not that source's"),
+    "control": ("control not identical", "The source=none control is not bitwise identical: every "
+                "other row's spread includes that nondeterminism"),
+}
+
+
+def warnings_of(sweep: Sweep) -> dict[str, list[str]]:
+    """{kind of ``WARNINGS``: [group labels]}, the kinds the sweep has: rows with diverged runs,
+    sources that varied nothing (``analysis.load``'s notes on them), a control whose runs differ."""
+    from analysis.stats_figures import diverged_counts
+
+    keys = sweep.display_keys
+    found: dict[str, list[str]] = {kind: [] for kind in WARNINGS}
+    for group, d in zip(sweep.groups, diverged_counts(sweep)):
+        label = group.label(keys)
+        if d:
+            found["diverged"].append(f"{label} ({d} of {len(group.runs)} runs)")
+        vary = (group.config.get("source") or {}).get("vary")
+        if _variation_notes(group, label, False):  # the control differs, or the source varied nothing
+            found["inert" if vary else "control"].append(label)
+        elif _inert_member_notes(group, label):
+            found["inert"].append(label)
+    return {kind: labels for kind, labels in found.items() if labels}
+
+
+def read_first_html(warnings: dict[str, list[str]]) -> str:
+    """The warnings as a short list at the top of the page."""
+    if not warnings:
+        return ""
+    items = "".join(f"<li><strong>{esc(WARNINGS[kind][1])}</strong>: {esc('; '.join(labels))}.</li>"
+                    for kind, labels in warnings.items())
+    return (f'<div class="readfirst"><strong>Read first</strong> (the notes under the table say why '
+            f'and what to do):<ul>{items}</ul></div>')
+
+
 STYLE = """
 :root { --fg:#1d2330; --muted:#5b6475; --line:#d9dee7; --band:#f4f6fa; --accent:#2f5d9e; }
 * { box-sizing: border-box; }
@@ -334,6 +452,10 @@ h1 { font-size: 1.6rem; margin: 0 0 .2rem; } h2 { font-size: 1.25rem; margin: 2.
 .counts span { display: inline-block; margin: 0 .4rem .4rem 0; padding: .15rem .6rem;
                border-radius: 1rem; background: var(--band); border: 1px solid var(--line); }
 .counts .bad { background: #fdecec; border-color: #f2b8b8; }
+.readfirst { background: #fdecec; border: 1px solid #f2b8b8; border-radius: 6px; padding: .5rem 1rem;
+             margin: 0 0 1rem; max-width: 70rem; } .readfirst ul { margin: .3rem 0 0; }
+.glossary dt { font-weight: 600; margin-top: .4rem; } .glossary dd { margin: 0 0 0 1.5rem; max-width: 70rem; }
+.absent { color: var(--muted); font-style: italic; }
 .scroll { overflow: auto; max-height: 75vh; border: 1px solid var(--line); border-radius: 6px; }
 table { border-collapse: collapse; font-size: .88rem; width: max-content; min-width: 100%; }
 th, td { padding: .3rem .65rem; border-bottom: 1px solid var(--line); text-align: left;
@@ -365,13 +487,19 @@ def render(
     sweep, frame = inputs.sweep, inputs.frame
     keys = sweep.display_keys
     counts = Counter(p.status for p in sweep.problems)
-    badges = [f"<span>{sweep.n_finished} finished</span>", f"<span>{len(sweep.groups)} groups</span>"]
+    warnings = warnings_of(sweep)
+    n_diverged = sum(map(diverged, (run for g in sweep.groups for run in g.runs)))
+    # A diverged run is in the table (an outcome of the recipe) but not a run that finished well.
+    badges = [f"<span>{sweep.n_finished - n_diverged} finished</span>", f"<span>{len(sweep.groups)} groups</span>"]
+    badges += [f'<span class="bad">{n_diverged} diverged</span>'] if n_diverged else []
     for status in PROBLEM_STATUSES:
         badges += [f'<span class="bad">{counts[status]} {status}</span>'] if counts[status] else []
+    badges += [f'<span class="bad">{len(labels)} {WARNINGS[kind][0]}</span>'
+               for kind, labels in warnings.items() if WARNINGS[kind][0]]
     if len(frame):
         header, rows = table_cells(frame, keys, PM)
         paragraphs, notes = table_notes(sweep, frame, inputs.n_boot, inputs.seed)
-        table = table_html(header, rows, len(keys), "summary") + "".join(
+        table = table_html(header, rows, len(keys), "summary") + glossary_html(frame) + "".join(
             f'<p class="small">{esc(p)}</p>' for p in paragraphs)
         if notes:
             table += '<ul class="notes">' + "".join(f'<li class="note">note: {esc(n)}</li>' for n in notes) + "</ul>"
@@ -391,8 +519,9 @@ def render(
 <body>
 <h1>{esc(title)}</h1>
 <p class="meta"><code>{esc(sweep.root.resolve())}</code> · written {esc(time.strftime('%Y-%m-%d %H:%M %Z'))} by
-<code>{esc(report_command(sweep.root, out))}</code></p>
+<code>{esc(report_command(sweep.root, out, report_options(inputs)))}</code></p>
 <p class="counts">{''.join(badges)}</p>
+{read_first_html(warnings)}
 <nav><a href="#table">Table</a><a href="#figures">Figures ({len(figures)})</a>
 <a href="#config">Configuration</a><a href="#environment">Environment</a></nav>
 <h2 id="table">Summary</h2>
@@ -401,7 +530,8 @@ def render(
 {extra}
 {runs_html(sweep)}
 <h2 id="figures">Figures</h2>
-{''.join(figures) or '<p>No figure: the sweep has no finished run.</p>'}
+{''.join(figures) or ('' if len(frame) else '<p>No figure: the sweep has no finished run.</p>')}
+{absent_figures_html(inputs) if len(frame) else ''}
 <h2 id="config">Configuration</h2>
 {config_html(sweep)}
 <h2 id="environment">Environment</h2>
@@ -410,10 +540,48 @@ def render(
 """
 
 
-def report_command(sweep_dir: Path, out: Path | None = None) -> str:
-    """The command that writes a sweep's report (the end-of-sweep summary prints it)."""
+def report_command(sweep_dir: Path, out: Path | None = None, options: Iterable[str] = ()) -> str:
+    """The command that writes a sweep's report (the end-of-sweep summary prints it), with the
+    ``options`` that shaped it (``report_options``), so running it again gives the same page."""
     out = Path(sweep_dir) / "report.html" if out is None else out
-    return f"python -m analysis {shlex.quote(str(sweep_dir))} --report {shlex.quote(str(out))}"
+    return " ".join(["python -m analysis", shlex.quote(str(sweep_dir)), "--report", shlex.quote(str(out)),
+                     *map(shlex.quote, map(str, options))])
+
+
+# The options of ``python -m analysis`` that change what the page says, by argparse dest.
+SHAPING_OPTIONS = ("bootstrap", "seed", "cka", "cka_probe", "cka_runs", "cka_estimator", "cka_batch")
+
+
+def _flags(values: dict[str, Any]) -> list[str]:
+    """``{dest: value}`` as command-line options, those at their default left out."""
+    from analysis.__main__ import parser
+
+    defaults = parser()
+    options = []
+    for dest, value in values.items():
+        if value is not None and value != defaults.get_default(dest):
+            flag = "--" + dest.replace("_", "-")
+            options += [flag] if value is True else [flag, str(value)]
+    return options
+
+
+def cli_options(args) -> list[str]:
+    """The options of a ``python -m analysis`` command line (its parsed ``args``) that shaped the
+    report: ``ReportInputs(..., options=cli_options(args))``."""
+    return _flags({dest: getattr(args, dest, None) for dest in SHAPING_OPTIONS
+                   if args.cka or not dest.startswith("cka_")})
+
+
+def report_options(inputs: ReportInputs) -> list[str]:
+    """``inputs.options`` as the command line gave them, or else those the inputs show: the
+    bootstrap's resamples and seed, and ``--cka`` with the probe and estimator its table records."""
+    if inputs.options is not None:
+        return list(inputs.options)
+    values = {"bootstrap": inputs.n_boot, "seed": inputs.seed}
+    if inputs.cka is not None and len(inputs.cka):
+        values.update(cka=True, cka_probe=int(inputs.cka["probe_size"].iloc[0]),
+                      cka_estimator=str(inputs.cka["estimator"].iloc[0]))
+    return _flags(values)
 
 
 def write_report(inputs: ReportInputs, path: Path, sections: Iterable[str] = ()) -> Path:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
+from analysis.load import _diverged as diverged  # the test of the sweep's divergence notes
 from analysis.render import (
     bars_inches,
     beside_inches,
@@ -40,10 +41,37 @@ CAPTIONS = {
 }
 
 
-def test_set_noise_figure(labels: list[str], error_rates: list[np.ndarray], frame: pd.DataFrame):
+def diverged_counts(sweep) -> list[int]:
+    """Per group (the rows of ``summary_frame``), how many of its runs diverged."""
+    return [sum(diverged(run) for run in group.runs) for group in sweep.groups]
+
+
+def left_out_note(left_out: list[str]) -> str:
+    """The sentence that names the groups a figure leaves out because their runs diverged."""
+    if not left_out:
+        return ""
+    return f"Left out, runs diverged (chance-level argmax of NaN logits): {'; '.join(left_out)}."
+
+
+def _say_left_out(fig, left_out: list[str]) -> None:
+    """``left_out_note`` under the figure, wrapped to its width (the layout makes room)."""
+    import textwrap
+
+    if left_out:
+        width = int(fig.get_size_inches()[0] * 13)
+        fig.supxlabel(textwrap.fill(left_out_note(left_out), width), fontsize=9, color="dimgray")
+
+
+def _caption(stem: str, left_out: list[str]) -> str:
+    return " ".join(filter(None, (CAPTIONS[stem], left_out_note(left_out))))
+
+
+def test_set_noise_figure(labels: list[str], error_rates: list[np.ndarray], frame: pd.DataFrame,
+                          left_out: list[str] = ()):
     """Left: histogram of the per-example error rate (fraction of runs wrong on each test example),
     one line per group. Right: observed accuracy SD per group next to the SD finite-test-set noise
-    alone predicts (``accuracy_sd_test_set``) and the distribution-wise SD."""
+    alone predicts (``accuracy_sd_test_set``) and the distribution-wise SD. ``left_out``: labels
+    of groups not drawn because runs diverged, named under the figure and in its caption."""
     from matplotlib.figure import Figure
 
     # The histogram on top with its legend beside it; below, the SDs as horizontal bars, each
@@ -80,11 +108,13 @@ def test_set_noise_figure(labels: list[str], error_rates: list[np.ndarray], fram
     right.set_xlabel("accuracy SD (%)")
     right.set_title("Observed vs independent-errors SD")
     legend_beside(right)
-    return fig, CAPTIONS["test_set_noise"]
+    _say_left_out(fig, left_out)
+    return fig, _caption("test_set_noise", left_out)
 
 
-def best_of_k_figure(table: pd.DataFrame, keys: list[str]):
-    """Expected best test accuracy of k runs (k = 1..R) per group, shaded +- its SD."""
+def best_of_k_figure(table: pd.DataFrame, keys: list[str], left_out: list[str] = ()):
+    """Expected best test accuracy of k runs (k = 1..R) per group, shaded +- its SD;
+    ``left_out`` as for ``test_set_noise_figure``."""
     from matplotlib.figure import Figure
 
     groups = list(table.groupby(keys, sort=False, dropna=False)) if keys else [((), table)]
@@ -101,20 +131,35 @@ def best_of_k_figure(table: pd.DataFrame, keys: list[str]):
     ax.set_ylabel("expected best test accuracy (%)")
     ax.set_title("Expected best of k runs (Dodge et al. 2020)")
     legend_beside(ax)
-    return fig, CAPTIONS["best_of_k"]
+    _say_left_out(fig, left_out)
+    return fig, _caption("best_of_k", left_out)
+
+
+def kept_groups(sweep) -> tuple[list[bool], list[str]]:
+    """Which groups the two figures draw (per group: two runs or more, none diverged), and the
+    labels of those left out because runs diverged: a diverged run's accuracy is the argmax of
+    NaN logits, a chance-level number that would pass for a result."""
+    keys = sweep.display_keys
+    counts = diverged_counts(sweep)
+    keep = [len(g.runs) >= 2 and not d for g, d in zip(sweep.groups, counts)]
+    left_out = [f"{g.label(keys)} ({d} of {len(g.runs)} runs)" for g, d in zip(sweep.groups, counts) if d]
+    return keep, left_out
 
 
 def write_stats_figures(sweep, frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """``test_set_noise.{png,pdf}`` and ``best_of_k.{png,pdf}`` for groups with two runs or more."""
-    keep = [len(g.runs) >= 2 for g in sweep.groups]
+    """``test_set_noise.{png,pdf}`` and ``best_of_k.{png,pdf}`` for groups with two runs or more
+    none of which diverged (``kept_groups``); the others are named on the figures."""
+    keep, left_out = kept_groups(sweep)
     if not any(keep):
         return []
     groups = [g for g, k in zip(sweep.groups, keep) if k]
     keys = sweep.display_keys
     labels = [g.label(keys) for g in groups]
     rates = [1.0 - g.correct.mean(axis=0) for g in groups]
-    paths = save_figure(test_set_noise_figure(labels, rates, frame[keep].reset_index(drop=True))[0], out_dir, "test_set_noise")
-    table = stats.best_of_k_table(sweep)
+    figure = test_set_noise_figure(labels, rates, frame[keep].reset_index(drop=True), left_out)[0]
+    paths = save_figure(figure, out_dir, "test_set_noise")
+    table = stats.best_of_k_table(sweep)  # k = 1..R for each group, in the sweep's order
+    table = table[np.repeat(keep, [len(g.runs) for g in sweep.groups])]
     table = table[table["k"].notna()]
-    paths += save_figure(best_of_k_figure(table, [k for k in keys if k in table.columns])[0], out_dir, "best_of_k")
+    paths += save_figure(best_of_k_figure(table, [k for k in keys if k in table.columns], left_out)[0], out_dir, "best_of_k")
     return paths
