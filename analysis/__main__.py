@@ -153,9 +153,9 @@ def write_outputs(args, sweep, frame, cka, extra) -> None:
         with writing("figures", args.figures), collected(write=True) if args.report else nullcontext() as drawn:
             write_figures(sweep, frame, args.figures, cka)
     if args.report:
-        from analysis.report import ReportInputs, write_report
+        from analysis.report import ReportInputs, cli_options, write_report
 
-        inputs = ReportInputs(sweep, frame, cka, args.bootstrap, args.seed, drawn)
+        inputs = ReportInputs(sweep, frame, cka, args.bootstrap, args.seed, drawn, options=cli_options(args))
         with writing("report", args.report):
             written = write_report(inputs, args.report, extra.sections)
         print(f"Report: {written}", file=sys.stderr)

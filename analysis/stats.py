@@ -165,7 +165,9 @@ def test_set_sentence(frame: pd.DataFrame, labels: list[str]) -> str:
         total, test = row.get("accuracy_sd"), row.get("accuracy_sd_test_set")
         if total is None or test is None or not (total > 0) or math.isnan(test):
             continue
-        shares.append(f"{label} {min(100.0, 100.0 * test**2 / total**2):.0f}%")
+        share = 100.0 * test**2 / total**2
+        shares.append(f"{label} {share:.0f}%" if share <= 100.0 else
+                      f"{label} 100% (capped: the SDs give {share:.0f}%, a spread no wider than test-set noise)")
     if not shares:
         return ""
     return (

@@ -272,3 +272,12 @@ def test_the_bootstrap_sd_of_the_sd_runs_short_with_few_runs_as_the_caption_says
     assert 0.7 < ratio < 0.9
     caption = CAPTIONS["variability"]
     assert "about a fifth too small at 4-8 runs" in caption and "is not a test" in caption
+
+
+def test_the_test_set_share_says_when_it_is_capped():
+    """Runs that spread less than test-set noise alone would give a share above 100%: printed as
+    100% with the value the SDs give, not as a bare 100% a reader takes for exact."""
+    frame = pd.DataFrame({"accuracy_sd": [1.0, 1.0], "accuracy_sd_test_set": [0.5, 1.2]})
+    sentence = stats.test_set_sentence(frame, ["init", "shuffle"])
+    assert sentence.endswith(": init 25%, shuffle 100% (capped: the SDs give 144%, a spread no wider than "
+                             "test-set noise).")

@@ -97,7 +97,7 @@ def test_a_figure_the_runs_leave_empty_is_not_drawn_and_the_report_says_why(tmp_
     _group(tmp_path, "nan", "init", 10000.0, np.full((2, N, C), np.nan, np.float32), _diverging_metrics(2), sweep="d")
     _group(tmp_path, "one", "init", 0.5, random_logits(rng, 1, N, C), [metrics_rows(rng, 2)], sweep="d")
     figs, out = tmp_path / "figs", tmp_path / "d.html"
-    assert main([str(tmp_path / "d"), "--figures", str(figs), "--report", str(out), "--bootstrap", "5"]) == 0
+    assert main([str(tmp_path / "d"), "--figures", str(figs), "--report", str(out), "--bootstrap", "100"]) == 0
     text = html.unescape(out.read_text())
     assert list(figs.iterdir()) == [] and "<img" not in text
     absent = re.findall(r'<p class="absent">No (.*?) figure \(<code>(\w+)\.png</code>\): (.*?)</p>', text)
@@ -106,7 +106,7 @@ def test_a_figure_the_runs_leave_empty_is_not_drawn_and_the_report_says_why(tmp_
 
     mixed, figs = mixed_sweep(tmp_path), tmp_path / "figs_mixed"
     out = tmp_path / "mixed.html"
-    assert main([str(mixed), "--figures", str(figs), "--report", str(out), "--bootstrap", "5"]) == 0
+    assert main([str(mixed), "--figures", str(figs), "--report", str(out), "--bootstrap", "100"]) == 0
     text = html.unescape(out.read_text())
     assert text.count("<img") == len(list(figs.glob("*.png"))) == 4 and 'class="absent"' not in text
     assert ("Left out, runs diverged (chance-level argmax of NaN logits): init, optimizer.lr=10000.0 "
