@@ -85,7 +85,7 @@ def runs_root(config: dict, hydra: DictConfig | None) -> Path:
         key = "output_root" if hydra is None else ("hydra.sweep.dir" if hydra.mode == RunMode.MULTIRUN
                                                    else "hydra.run.dir")
         raise ConfigError(f"{key}={root}: a filesystem root cannot hold a sweep; give a directory below it "
-                          f"(hydra.sweep.dir={root / 'sweeps' / config['sweep_name']}, say)")
+                          f"({key}={root / 'sweeps' / config['sweep_name']}, say)")
     return root
 
 
