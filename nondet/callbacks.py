@@ -325,7 +325,7 @@ def check_no_deleted_keys(overrides: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from nondet.config import ConfigError, declared_keys
+    from nondet.config import ConfigError, NondetConfig, declared_keys, schema_defaults
 
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
@@ -334,7 +334,10 @@ def check_no_deleted_keys(overrides: list[str]) -> None:
     for override in parsed:
         key = override.key_or_group
         if override.is_delete() and (key in declared_keys() or key == "schema"):
-            raise ConfigError(f"~{key}: nondet needs every key of its config; set a value instead ({key}=...)")
+            # a node that is no config group (lm, bitflip, user) takes values key by key
+            node = isinstance(schema_defaults(NondetConfig).get(key), dict) and key not in (*NAMED_GROUPS, "source")
+            raise ConfigError(f"~{key}: nondet needs every key of its config; set a value instead "
+                              f"({key}{'.KEY' if node else ''}=...)")
 
 
 # Keys the replicate sweep (hydra.sweeper.params.replicate in conf/config.yaml) is built from.

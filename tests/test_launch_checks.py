@@ -53,9 +53,9 @@ def test_a_job_the_replicate_sweep_does_not_fit_is_refused_before_any_trains(tmp
 
 
 @pytest.mark.parametrize("deleted", ["~base_seed", "~epochs", "~dataset", "~model", "~model.width",
-                                     "~source=init", "~user", "~lm.bptt", "~schema"])
+                                     "~source=init", "~user", "~lm", "~lm.bptt", "~schema"])
 def test_deleting_a_key_of_nondet_is_refused_in_one_line(deleted):
-    key = deleted[1:].split("=")[0]
+    key = deleted[1:].split("=")[0] + (".KEY" if deleted in ("~user", "~lm") else "")
     with pytest.raises(SystemExit) as exit_:
         check_command_line(["-m", deleted, "source=init"], CONF)
     assert exit_.value.code == (f"Error in the configuration: {deleted.split('=')[0]}: nondet needs every key of "
