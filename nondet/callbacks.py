@@ -65,10 +65,20 @@ class Launched:
 
     @classmethod
     def of(cls, outcomes: list[dict]) -> "Launched":
-        paths = lambda key: [Path(p).resolve() for o in outcomes for p in o.get(key, [])]  # noqa: E731
+        """Each run once, by the most that any job did with it: jobs whose replicates overlap
+        (``-m replicate=0,2`` with 4 a job) meet the same run, one training it and the other
+        finding it finished (skipped) or being trained (busy)."""
+        counted: set[Path] = set()
+
+        def paths(key: str) -> list[Path]:
+            found = [d for d in dict.fromkeys(Path(p).resolve() for o in outcomes for p in o.get(key, []))
+                     if d not in counted]
+            counted.update(found)
+            return found
+
+        finished, failed, busy, skipped = paths("finished"), paths("failed"), paths("busy"), paths("skipped")
         fixes = {Path(p).resolve(): fix for o in outcomes for p, fix in o.get("fixes", {}).items()}
-        return cls(paths("finished"), paths("skipped"), paths("failed"), paths("busy"), fixes,
-                   [job for o in outcomes for job in o.get("lost", [])])
+        return cls(finished, skipped, failed, busy, fixes, [job for o in outcomes for job in o.get("lost", [])])
 
     def all(self) -> set[Path]:
         return {*self.finished, *self.skipped, *self.failed, *self.busy}
@@ -220,9 +230,9 @@ def launch_values(config: DictConfig, key: str) -> list | None:
             overrides = OverridesParser.create().parse_overrides(lines)
         except HydraException:  # a sweeper's own syntax: the sweeper reads it, not this check
             continue
-        for override in overrides:
-            if override.key_or_group == key and not override.is_delete():
-                return list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        named = [o for o in overrides if o.key_or_group == key and not o.is_delete()]
+        if named:  # the last one, as Hydra takes it
+            return list(named[-1].sweep_iterator()) if named[-1].is_sweep_override() else [named[-1].value()]
     return None
 
 
@@ -308,6 +318,77 @@ def refusal_line(error: BaseException) -> str:
     return f"Error in the configuration: {lines[0] if lines else type(error).__name__}"
 
 
+def check_no_deleted_keys(overrides: list[str]) -> None:
+    """Refuse ``~base_seed``, ``~dataset``, ``~model.width``: a job reads every key and config group
+    of nondet's (a deleted one fails each run, and a deleted group trains the schema's defaults).
+    Keys of your own (``~user.KEY``, ``~model.KEY`` of your ``model=custom``) may go."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from nondet.config import ConfigError, NondetConfig, declared_keys, schema_defaults
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:  # a malformed override: Hydra says what is wrong with it
+        return
+    for override in parsed:
+        key = override.key_or_group
+        if override.is_delete() and (key in declared_keys() or key == "schema"):
+            # a node that is no config group (lm, bitflip, user) takes values key by key
+            node = isinstance(schema_defaults(NondetConfig).get(key), dict) and key not in (*NAMED_GROUPS, "source")
+            raise ConfigError(f"~{key}: nondet needs every key of its config; set a value instead "
+                              f"({key}{'.KEY' if node else ''}=...)")
+
+
+# Keys the replicate sweep (hydra.sweeper.params.replicate in conf/config.yaml) is built from.
+REPLICATE_SWEEP_KEYS = ("replicates", "pack")
+
+
+def check_one_replicate_sweep(config: DictConfig) -> None:
+    """Refuse ``-m replicates=2,18`` or ``-m pack=1,2``: Hydra resolves the replicate sweep once,
+    from the launch's one value, so the jobs of the other values would train the wrong runs."""
+    from nondet.config import ConfigError
+
+    for key in REPLICATE_SWEEP_KEYS:
+        values = launch_values(config, key)
+        if values is not None and len(values) > 1:
+            raise ConfigError(f"{key}={','.join(map(str, values))}: one value per launch (the replicate sweep "
+                              f"is built from it); launch once per value")
+
+
+def check_replicates_of_jobs(config: DictConfig, jobs: list[DictConfig]) -> None:
+    """Refuse a multirun with a job whose ``replicate`` is outside ``range(0, replicates)`` (it
+    would fail once others trained) or, where the replicate sweep is the one built from the
+    launch's ``replicates`` and ``pack``, a job whose own values (a swept preset or ``scale`` sets
+    them) that sweep does not fit: it would fail, or leave replicates untrained."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from nondet.config import ConfigError
+    from nondet.job import pack_step
+
+    starts = launch_values(config, "replicate") or []
+    task = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    raw = (OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False) or {}).get("replicate")
+    derived = "${replicates}" in str(raw) and not any(o.key_or_group == "replicate" for o in task)
+    swept = {o.key_or_group: o.get_key_element() for o in task if o.is_sweep_override()}
+    for job in jobs:
+        replicates, step = job.replicates, pack_step(job.pack, job.replicates)
+        job_task = OverridesParser.create().parse_overrides(list(job.hydra.overrides.task))
+        label = " ".join(o.input_line for o in job_task if o.key_or_group in swept and o.key_or_group != "replicate")
+        covered = {i for r in starts if isinstance(r, int) and 0 <= r for i in range(r, min(r + step, replicates))}
+        fits = all(isinstance(r, int) and 0 <= r < replicates for r in starts)
+        if derived and not (fits and covered == set(range(replicates))):
+            raise ConfigError(
+                f"{label or 'the configuration'} sets replicates={replicates}, pack={job.pack}, but the replicate "
+                f"sweep is built from the launch's replicates={config.replicates}, pack={config.pack}: launch "
+                f"once per value of {', '.join(sorted(swept.values())) or 'the preset'}")
+        if not fits:
+            bad = next(r for r in starts if not (isinstance(r, int) and 0 <= r < replicates))
+            raise ConfigError(f"replicate={bad} is outside range(0, replicates={replicates})"
+                              + (f" (the job {label})" if label else "")
+                              + ": give replicate values below replicates, or leave replicate out to sweep them all")
+
+
 def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None, *, config_checked: bool = False) -> None:
     """Exit with one line (naming the key and what it accepts) for a configuration mistake, before
     the launcher starts any job: an unknown key, a value out of range, a preset that cannot
@@ -321,14 +402,20 @@ def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None, *, c
 
     try:
         if not config_checked:
+            if "hydra" in config:
+                check_no_deleted_keys(list(config.hydra.overrides.task))
             check_range("scale", config.get("scale"))  # first: presets resolve their values by it
             resolved = resolved_config(config, concrete_device=False)
             check_config(resolved)
             for key, value in swept_values(config):
                 check_range(key, value)
+            if "hydra" in config and config.hydra.mode == RunMode.MULTIRUN:
+                check_one_replicate_sweep(config)
             check_settings_leave_sources_varying(config, resolved)  # judges SOURCE_SETTINGS for all
             if "hydra" in config:
                 runs_root(resolved, config.hydra)  # refuses a filesystem root
+        if jobs and "hydra" in config and config.hydra.mode == RunMode.MULTIRUN:
+            check_replicates_of_jobs(config, jobs)
         for job in jobs or []:
             if not CHECK_JOBS:  # a script of yours: only whether its code changed since a run trained
                 check_launch_code(job)
@@ -402,6 +489,12 @@ def check_command_line(args: list[str], config_dir: Path, own_dir: Path | None =
     if parsed.cfg and parsed.multirun:  # Hydra refuses it with a traceback
         sys.exit(f"Error: --cfg {parsed.cfg} shows the configuration of one job, and Hydra refuses it with "
                  f"-m (--multirun): drop -m, and give one value of each swept key")
+    try:  # before Hydra composes: ``~epochs`` would fail there, in Hydra's words, without the fix
+        check_no_deleted_keys(parsed.overrides)
+    except ValueError as e:
+        sys.exit(refusal_line(e))
+    if parsed.config_name:
+        check_own_primary_config(parsed.config_name, [parsed.config_dir, own_dir, config_dir], top)
     if parsed.config_dir or parsed.config_name or any(o.key_or_group == "hydra.searchpath" for o in overrides):
         return  # a config of your own may bring config groups of its own: Hydra judges those
     for override in overrides:
@@ -409,6 +502,32 @@ def check_command_line(args: list[str], config_dir: Path, own_dir: Path | None =
         plain = override.type == OverrideType.CHANGE and override.package is None
         if plain and key.isidentifier() and key not in known:  # not model.width, hydra/launcher
             sys.exit(f"Error in the configuration: {unknown_key_message(key, top)}")
+
+
+def check_own_primary_config(name: str, folders: list, top: dict) -> None:
+    """Exit with one line for a top-level key the schema does not have (``epoch: 3``) in your own
+    primary config (``--config-name mine``) that composes nondet's (``defaults: [config, _self_]``):
+    Hydra refuses it with its ConfigKeyError, without the key it meant."""
+    from omegaconf import ListConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nondet.config import unknown_key_message
+
+    for folder in (Path(f) for f in folders if f):
+        path = folder / (name if name.endswith(".yaml") else f"{name}.yaml")
+        if not path.is_file():
+            continue
+        try:
+            own = OmegaConf.load(path)
+        except (OSError, OmegaConfBaseException):  # Hydra says what is wrong with the file
+            return
+        defaults = own.get("defaults") if isinstance(own, DictConfig) else None
+        if not isinstance(defaults, ListConfig) or "config" not in list(defaults):
+            return  # it does not compose nondet's config as a whole: Hydra judges its keys
+        unknown = sorted(k for k in own if k not in {*top, "defaults", "hydra"})
+        if unknown:
+            sys.exit(f"Error in the configuration: {path}: {unknown_key_message(str(unknown[0]), top)}")
+        return
 
 
 # Whether the command's jobs are launch.py's (``run_job``), whose data, model and device

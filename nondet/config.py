@@ -338,6 +338,13 @@ def schema_defaults(schema: type) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(schema))
 
 
+def declared_keys() -> frozenset[str]:
+    """Every key nondet's schema declares, nested ones dotted (``model.width``), and its nodes
+    (``model``, ``lm``, ``user``): what a job reads, so none may be deleted (``~base_seed``)."""
+    defaults = schema_defaults(NondetConfig)
+    return frozenset({*defaults, *_flat(defaults)})
+
+
 def unknown_keys(config: dict) -> list[str]:
     """Keys of a resolved config that the schema does not declare (``+model.widht=3``). A node
     with a ``_target_`` takes any arguments of the class it names, so its keys are not checked."""

@@ -86,7 +86,7 @@ def runs_root(config: dict, hydra: DictConfig | None) -> Path:
                                                else "hydra.run.dir")
     if root.parent == root:
         raise ConfigError(f"{key}={root}: a filesystem root cannot hold a sweep; give a directory below it "
-                          f"(hydra.sweep.dir={root / 'sweeps' / config['sweep_name']}, say)")
+                          f"({key}={root / 'sweeps' / config['sweep_name']}, say)")
     run = next((p for p in (root, *root.parents) if _is_run_dir(p)), None)
     if run is not None:
         raise ConfigError(f"{key}={root}: inside the run directory {run}, where new runs would hide (the "

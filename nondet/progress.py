@@ -140,15 +140,16 @@ def planned_runs(overrides: list[str], replicates: int, pack: Any) -> int:
         else [(k, o.get_value_element_as_str())]
         for k, o in parsed.items()
     ]
-    total = 0
+    # Jobs of one configuration whose replicates overlap (``replicate=0,2``, 4 a job) end with
+    # each run once.
+    runs: dict[tuple, set[int]] = {}
     for combination in itertools.product(*choices):
         values = dict(combination)
         count = int(values.get("replicates", replicates))
-        if "replicate" in values:
-            start = int(values["replicate"])
-            count = max(0, min(start + int(step), count) - start)
-        total += count
-    return total
+        start = int(values.get("replicate", 0))
+        stop = min(start + int(step), count) if "replicate" in values else count
+        runs.setdefault(tuple(i for i in combination if i[0] != "replicate"), set()).update(range(start, stop))
+    return sum(map(len, runs.values()))
 
 
 def job_label(task_overrides: list[str], swept: list[str], source: str = "") -> str:
@@ -166,6 +167,7 @@ class ProgressCallback(Callback):
         self.progress: SweepProgress | None = None
         self.swept: list[str] = []
         self.where: tuple[str, int] | None = None
+        self.seen: set[str] = set()  # runs counted: jobs whose replicates overlap meet some twice
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -174,6 +176,7 @@ class ProgressCallback(Callback):
         except Exception:  # a sweep the plan cannot read: lines without a total, never a crash
             total, self.swept = None, []
         self.progress = SweepProgress(total)
+        self.seen.clear()
         # Jobs that run elsewhere (submitit) get a pickled copy of this callback: they stay silent,
         # the launcher's polling loop reports them.
         self.where = (socket.gethostname(), os.getpid())
@@ -191,9 +194,15 @@ class ProgressCallback(Callback):
             print(f"{self.progress.count} {label} job failed: {first[:200]}", flush=True)
             return
         outcome = job_return.return_value or {}
+
+        def new(key: str) -> list:
+            found = [d for d in outcome.get(key, []) if str(d) not in self.seen]
+            self.seen.update(map(str, found))
+            return found
+
+        ended = [(label, d) for d in [*new("finished"), *new("failed")]]
         # Finished earlier, or ("busy") being trained by another launch: counted, not reported.
-        self.progress.skipped(len(outcome.get("skipped", [])) + len(outcome.get("busy", [])))
-        ended = [(label, d) for d in [*outcome.get("finished", []), *outcome.get("failed", [])]]
+        self.progress.skipped(len(new("skipped")) + len(new("busy")))
         for line in self.progress.lines(ended):
             print(line, flush=True)
 
