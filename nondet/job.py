@@ -204,8 +204,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("nondet.hydra_files", joblog.hydra_files)
 
 
-# The keys of a dataset's config that name files or folders (nondet's datasets, and your own
-# data function's ``root``).
+# The keys of nondet's dataset configs that name files or folders.
 DATA_PATH_KEYS = ("path", "root")
 
 
@@ -214,7 +213,10 @@ def loadable(dataset: dict) -> dict:
     (Hydra's ``to_absolute_path``), where the launch's checks found them: under
     ``hydra.job.chdir=true`` a job runs in its own output directory, where the data are not (and
     MNIST-1D would be generated anew in every job's directory). For loading only: the path as
-    configured stays in config.yaml and the run's identity."""
+    configured stays in config.yaml and the run's identity. Your own data function's arguments
+    (``dataset=custom``) reach it as given."""
+    if dataset.get("name") == "custom":
+        return dataset
     absolute = {
         key: to_absolute_path(value) for key in DATA_PATH_KEYS
         if isinstance(value := dataset.get(key), str) and value and not os.path.isabs(value)
