@@ -23,7 +23,7 @@ stays one row, with a note naming the runs and what differs; so does a row whose
 under different versions of your code (env.json ``code_sha256``). Each row's test logits are compared
 bit for bit with its first run's (by their SHA-256, one read of each run: ``Run.outputs_digest``): a
 ``source=none`` control whose runs differ, and a row varying a source whose runs are all identical,
-get a note (``_variation_notes``); so do two replicates of such a row whose outputs are bitwise
+get a note (``variation_notes``); so do two replicates of such a row whose outputs are bitwise
 identical, likely one copied over the other (``_copy_notes``), and
 runs whose metrics.jsonl stops before the epoch their result was evaluated at (``_metrics_notes``),
 which the per-epoch figures leave out.
@@ -794,7 +794,7 @@ def _one_run_per_replicate(members: list[Run], label: str) -> tuple[list[Run], l
     return kept, notes, why
 
 
-def _diverged(run: Run) -> bool:
+def diverged(run: Run) -> bool:
     """A run whose test outputs are non-finite: its cross-entropy or logits, or a language
     model's target log-probabilities or perplexity (inf once the cross-entropy passes ~709
     nats, a run that diverged without reaching inf)."""
@@ -806,29 +806,29 @@ def _diverged(run: Run) -> bool:
 
 
 def _divergence_notes(group: Group, label: str) -> list[str]:
-    """Runs that diverged (``_diverged``): they stay in the table, as outcomes of the recipe, but
+    """Runs that diverged (``diverged``): they stay in the table, as outcomes of the recipe, but
     their NaN or saturated metrics should not pass unnoticed."""
-    diverged = [run.path.name for run in group.runs if _diverged(run)]
-    if not diverged:
+    names = [run.path.name for run in group.runs if diverged(run)]
+    if not names:
         return []
-    shown = _listed(diverged, 8)
+    shown = _listed(names, 8)
     what = ("cross-entropy, perplexity or target log-probabilities" if group.is_language_model
             else "cross-entropy or logits")
     # Runs that all broke alike predict one constant class: SDs and disagreements of 0 that read
     # as perfect reproducibility.
     meaningless = ("every metric of this row is NaN or meaningless (an SD or a disagreement of 0 "
-                   "means the runs broke alike, not that they agree)" if len(diverged) == len(group.runs)
+                   "means the runs broke alike, not that they agree)" if len(names) == len(group.runs)
                    else "their metrics are NaN or meaningless")
     return [
-        f"{label}: {len(diverged)} of {len(group.runs)} runs diverged (non-finite test "
+        f"{label}: {len(names)} of {len(group.runs)} runs diverged (non-finite test "
         f"{what}: {shown}); {meaningless}: lower the learning rate, or check the recipe"
     ]
 
 
 def n_diverged(group: Group) -> int:
-    """How many of a group's runs diverged (``_diverged``): the ``n_diverged`` column of
+    """How many of a group's runs diverged (``diverged``): the ``n_diverged`` column of
     ``python -m analysis SWEEP --csv FILE``."""
-    return sum(_diverged(run) for run in group.runs)
+    return sum(diverged(run) for run in group.runs)
 
 
 def _arithmetic_notes(group: Group, label: str) -> list[str]:
@@ -888,7 +888,7 @@ def _code_notes(group: Group, label: str) -> list[str]:
     return notes
 
 
-def _inert_member_notes(group: Group, label: str) -> list[str]:
+def inert_member_notes(group: Group, label: str) -> list[str]:
     """A named combination one of whose sources varied nothing in its runs (env.json
     ``inert_sources``: ``source=init_dropout`` at ``model.dropout=0``): the row's label promises
     a spread it does not measure. ``all`` is left alone: its inert members are documented."""
@@ -972,7 +972,7 @@ def _inert_hint(source: str, config: dict) -> str:
             f"dominated by an earlier snapshot)")
 
 
-def _variation_notes(group: Group, label: str, arithmetic_differs: bool) -> list[str]:
+def variation_notes(group: Group, label: str, arithmetic_differs: bool) -> list[str]:
     """The safety net under every row: a ``source=none`` control whose runs are not bitwise
     identical (every other row's spread then includes that nondeterminism), and a row varying a
     source whose runs all are (its zero spread is by construction, not a finding). One run: no note."""
@@ -997,7 +997,7 @@ def _variation_notes(group: Group, label: str, arithmetic_differs: bool) -> list
         ]
     if any(not _same_bits(r, first) for r in group.runs[1:]):
         return []
-    if _diverged(group.runs[0]):  # identical NaNs: the divergence note names the cause
+    if diverged(group.runs[0]):  # identical NaNs: the divergence note names the cause
         return []
     name = group.config["source"].get("name", "+".join(vary))
     hints = "; ".join(f"{s}: {_inert_hint(s, group.config)}" for s in vary if s in _INERT_HINTS)
@@ -1015,7 +1015,7 @@ def _copy_notes(group: Group, label: str) -> list[str]:
     checkpoint, passes for a replicate of its own and understates the row's spread. Named, not left
     out: which of them is the copy cannot be told from the files, and a bit flip that misses the
     logits gives the same picture honestly. A row whose runs are all identical has
-    ``_variation_notes``' note instead; one replicate found twice is ``_one_run_per_replicate``'s."""
+    ``variation_notes``' note instead; one replicate found twice is ``_one_run_per_replicate``'s."""
     vary = (group.config.get("source") or {}).get("vary") or []
     if len(group.runs) < 2 or not [s for s in vary if s != "lowlevel"]:  # lowlevel: no seed to differ
         return []
@@ -1025,7 +1025,7 @@ def _copy_notes(group: Group, label: str) -> list[str]:
     if len(by_digest) == 1:
         return []  # every run identical: the "varied nothing" note
     # diverged runs may share their NaNs bit for bit: the divergence note names them
-    clusters = [runs for runs in by_digest.values() if len(runs) > 1 and not _diverged(runs[0])]
+    clusters = [runs for runs in by_digest.values() if len(runs) > 1 and not diverged(runs[0])]
     if not clusters:
         return []
     named = "; ".join(" and ".join(r.path.name for r in runs) for runs in clusters)
@@ -1158,11 +1158,11 @@ def load_sweep(sweep_dir: Path) -> Sweep:
         arithmetic = _arithmetic_notes(group, group.label(keys))
         group.notes += arithmetic
         group.notes += _resumed_arithmetic_notes(group, group.label(keys))
-        group.notes += _variation_notes(group, group.label(keys), bool(arithmetic))
+        group.notes += variation_notes(group, group.label(keys), bool(arithmetic))
         group.notes += _copy_notes(group, group.label(keys))
         group.notes += _metrics_notes(group, group.label(keys))
         group.notes += _code_notes(group, group.label(keys))
-        group.notes += _inert_member_notes(group, group.label(keys))
+        group.notes += inert_member_notes(group, group.label(keys))
     seen = set()
     for group in groups + [g for g, _ in refused]:
         notes += [n for n in group.notes if not (n in seen or seen.add(n))]

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from analysis import lm, stats_figures
-from analysis.load import PROBLEM_STATUSES, Sweep, _inert_member_notes, _variation_notes, flatten
+from analysis.load import PROBLEM_STATUSES, Sweep, inert_member_notes, variation_notes, flatten
 from analysis.render import PM, collected, format_value, label_inches, row_label
 from analysis.stats_figures import diverged
 from analysis.tables import MARKDOWN_COLUMNS, status_lines, table_cells, table_notes
@@ -424,9 +424,9 @@ def warnings_of(sweep: Sweep) -> dict[str, list[str]]:
         if d:
             found["diverged"].append(f"{label} ({d} of {len(group.runs)} runs)")
         vary = (group.config.get("source") or {}).get("vary")
-        if _variation_notes(group, label, False):  # the control differs, or the source varied nothing
+        if variation_notes(group, label, False):  # the control differs, or the source varied nothing
             found["inert" if vary else "control"].append(label)
-        elif _inert_member_notes(group, label):
+        elif inert_member_notes(group, label):
             found["inert"].append(label)
     return {kind: labels for kind, labels in found.items() if labels}
 

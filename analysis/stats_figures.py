@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.load import _diverged as diverged  # the test of the sweep's divergence notes
+from analysis.load import diverged  # the test of the sweep's divergence notes
 from analysis.render import (
     bars_inches,
     beside_inches,
