@@ -341,19 +341,31 @@ def check_no_deleted_keys(overrides: list[str]) -> None:
 
 
 # Keys the replicate sweep (hydra.sweeper.params.replicate in conf/config.yaml) is built from.
-REPLICATE_SWEEP_KEYS = ("replicates", "pack")
+# Keys a launch takes one value of, and why. Hydra resolves the replicate sweep once, from the
+# launch's replicates and pack, so the jobs of other values would train the wrong runs; a preset
+# brings its own sweep (its sources, its sweep name), which Hydra does not apply to a sweep over
+# presets (only the default source trained); and the summary reads the launch's one sweep directory.
+ONE_VALUE_KEYS = {
+    "replicates": "the replicate sweep is built from it",
+    "pack": "the replicate sweep is built from it",
+    "experiment": "a preset brings its own sweep of sources, which a sweep over presets drops",
+    "sweep_name": "the summary reads one sweep directory",
+    "output_root": "the summary reads one sweep directory",
+    "hydra.sweep.dir": "the summary reads one sweep directory",
+}
 
 
 def check_one_replicate_sweep(config: DictConfig) -> None:
-    """Refuse ``-m replicates=2,18`` or ``-m pack=1,2``: Hydra resolves the replicate sweep once,
-    from the launch's one value, so the jobs of the other values would train the wrong runs."""
+    """Refuse a multirun that sweeps a key of ``ONE_VALUE_KEYS`` (``-m replicates=2,18``,
+    ``-m +experiment=table1,table3``, ``-m sweep_name=a,b``) before anything trains."""
     from nondet.config import ConfigError
 
-    for key in REPLICATE_SWEEP_KEYS:
+    for key, why in ONE_VALUE_KEYS.items():
         values = launch_values(config, key)
         if values is not None and len(values) > 1:
-            raise ConfigError(f"{key}={','.join(map(str, values))}: one value per launch (the replicate sweep "
-                              f"is built from it); launch once per value")
+            typed = "+experiment" if key == "experiment" else key
+            raise ConfigError(f"{typed}={','.join(map(str, values))}: one value per launch ({why}); "
+                              f"launch once per value")
 
 
 def check_replicates_of_jobs(config: DictConfig, jobs: list[DictConfig]) -> None:

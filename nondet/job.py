@@ -80,8 +80,11 @@ def runs_root(config: dict, hydra: DictConfig | None) -> Path:
     elif hydra.mode == RunMode.MULTIRUN:
         root = launched_path(hydra.sweep.dir, hydra)
     else:
-        run, own = launched_path(hydra.run.dir, hydra), Path(job_subdir(config)).parts
-        root = Path(*run.parts[: -len(own)]) if run.parts[-len(own):] == own else run
+        run = launched_path(hydra.run.dir, hydra)
+        # device=auto at launch: the job's own subdirectory is that of the device it becomes
+        devices = ["cpu", "cuda"] if config["device"] == "auto" else [config["device"]]
+        owns = [Path(job_subdir({**config, "device": device})).parts for device in devices]
+        root = next((Path(*run.parts[: -len(own)]) for own in owns if run.parts[-len(own):] == own), run)
     key = "output_root" if hydra is None else ("hydra.sweep.dir" if hydra.mode == RunMode.MULTIRUN
                                                else "hydra.run.dir")
     if root.parent == root:

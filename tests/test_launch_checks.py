@@ -6,6 +6,7 @@ from __future__ import annotations
 from hydra import compose
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 import pytest
 
 from conftest import CONF, TINY
@@ -37,6 +38,22 @@ def test_a_sweep_over_what_the_replicate_sweep_is_built_from_is_refused(tmp_path
     assert refusal(cfg).endswith(f"{key}: one value per launch (the replicate sweep is built from it); "
                                  f"launch once per value")
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("sweep, said", [
+    (["+experiment=table1,table3", "scale=smoke"],
+     "+experiment=table1,table3: one value per launch (a preset brings its own sweep of sources, which a sweep "
+     "over presets drops)"),
+    (["sweep_name=a,b"], "sweep_name=a,b: one value per launch (the summary reads one sweep directory)"),
+])
+def test_a_sweep_over_presets_or_sweep_directories_is_refused(tmp_path, hydra_state, sweep, said):
+    """``-m +experiment=table1,table3`` trained only source=none (the presets' own source sweeps
+    dropped) and ``sweep_name=a,b`` wrote two sweeps whose summary read a third, empty one: exit 0."""
+    fixed = [*TINY, f"output_root={tmp_path}"]
+    cfg = compose("config", overrides=[*fixed, *(o.split(",")[0] for o in sweep)], return_hydra_config=True)
+    cfg.hydra.mode, cfg.hydra.overrides.task = RunMode.MULTIRUN, [*fixed, *sweep]
+    assert refusal(cfg).endswith(f"{said}; launch once per value")
+    assert not list(tmp_path.rglob(records.RESULT_FILE))
 
 
 def test_a_job_the_replicate_sweep_does_not_fit_is_refused_before_any_trains(tmp_path, hydra_state):
@@ -112,3 +129,17 @@ def test_a_filesystem_root_as_the_run_directory_is_named_as_given(tmp_path, hydr
         CheckCallback().on_run_start(cfg)
     assert str(exit_.value.code).startswith("Error in the configuration: hydra.run.dir=/: a filesystem root")
     assert "(hydra.run.dir=/sweeps/default, say)" in str(exit_.value.code)
+
+
+def test_a_single_replica_run_is_found_again_by_its_relaunch(tmp_path, hydra_state):
+    """A single run of one replica (``pack=1 replicate=0``, device=auto) is its own ``hydra.run.dir``;
+    its relaunch (to skip it, or resume it after a kill) must not read that as a directory inside a run."""
+    from nondet.job import job_config
+
+    cfg, task = hydra_config(tmp_path, RunMode.RUN, "source=init", "device=auto", "pack=1", "replicate=0")
+    run = records.run_dir(job_config(task))
+    run.mkdir(parents=True)
+    (run / records.CONFIG_FILE).write_text("replicate: 0\n")
+    (run / records.SEEDS_FILE).write_text("{}")
+    OmegaConf.update(cfg, "hydra.run.dir", str(run))
+    CheckCallback().on_run_start(cfg)  # no refusal
