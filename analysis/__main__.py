@@ -147,11 +147,13 @@ def write_outputs(args, sweep, frame, cka, extra) -> None:
             args.latex.write_text(latex_table(frame, sweep.display_keys, *export_notes(sweep, frame)))
     drawn = None  # with --report, the figures --figures drew: the page embeds them, not new ones
     if args.figures:
-        from analysis.figures import write_figures
+        from analysis.figures import figure_gaps, write_figures
         from analysis.render import collected
 
         with writing("figures", args.figures), collected(write=True) if args.report else nullcontext() as drawn:
             write_figures(sweep, frame, args.figures, cka)
+        for stem, why in figure_gaps(sweep, frame).items():  # not drawn: a file of that name there is older
+            print(f"No {stem}.png in {args.figures}: {why}", file=sys.stderr)
     if args.report:
         from analysis.report import ReportInputs, cli_options, write_report
 

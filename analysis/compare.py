@@ -731,7 +731,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"random arrangements of the permutation test when not exact, >= {MIN_RESAMPLES} (10000)")
     p.add_argument("--multibootstrap", type=_bounded(int, MIN_RESAMPLES), default=1000, metavar="B",
                    help=f"resamples of runs x examples, >= {MIN_RESAMPLES} (1000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_bounded(int, 0), default=0, help="seed of the resampling, >= 0 (0)")
     question = p.add_mutually_exclusive_group()
     question.add_argument(
         "--population", dest="question", action="store_const", const=POPULATION,

@@ -403,7 +403,7 @@ def test_a_timing_is_refused_in_one_line(capsys):
     ("--alpha", "0", "(0, 0.5)"), ("--alpha", "1.5", "(0, 0.5)"), ("--alpha", "nan", "(0, 0.5)"),
     ("--power", "1", "(0, 1)"), ("--power", "0", "(0, 1)"),
     ("--bootstrap", "0", ">= 100"), ("--bootstrap", "1", ">= 100"), ("--multibootstrap", "1", ">= 100"),
-    ("--permutations", "0", ">= 100"), ("--bootstrap", "x", ">= 100"),
+    ("--permutations", "0", ">= 100"), ("--bootstrap", "x", ">= 100"), ("--seed", "-1", ">= 0"),
 ])
 def test_out_of_range_options_are_refused_in_one_line(capsys, option, value, where):
     with pytest.raises(SystemExit) as stop:

@@ -103,6 +103,8 @@ def test_a_figure_the_runs_leave_empty_is_not_drawn_and_the_report_says_why(tmp_
     absent = re.findall(r'<p class="absent">No (.*?) figure \(<code>(\w+)\.png</code>\): (.*?)</p>', text)
     assert [stem for _, stem, _ in absent] == ["variability", "cross_entropy_spread", "test_set_noise", "best_of_k"]
     assert "every group has one run or runs that all diverged" in absent[0][2]
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("No ")]
+    assert [line.split(".png")[0] for line in said] == [f"No {stem}" for _, stem, _ in absent]  # --figures says it too
 
     mixed, figs = mixed_sweep(tmp_path), tmp_path / "figs_mixed"
     out = tmp_path / "mixed.html"
