@@ -88,7 +88,7 @@ def main(config_path: str | None = None, config_name: str = "config") -> Callabl
         @functools.wraps(task)
         def entry() -> Any:
             callbacks.CHECK_JOBS = False  # check_job checks nondet's model and data, not yours
-            callbacks.check_command_line(sys.argv[1:], CONF_DIR, Path(path))  # epoch=3: one line
+            callbacks.check_command_line(sys.argv[1:], CONF_DIR, Path(path), config_name)  # epoch=3: one line
             sys.argv = script_arguments(sys.argv, script)
             return wrapped()
 

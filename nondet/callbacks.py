@@ -477,12 +477,15 @@ def check_chosen_groups(job: DictConfig) -> None:
                 f"{preset}")
 
 
-def check_command_line(args: list[str], config_dir: Path, own_dir: Path | None = None) -> None:
+def check_command_line(args: list[str], config_dir: Path, own_dir: Path | None = None,
+                       config_name: str | None = None) -> None:
     """Exit with one line for an override of a top-level key the schema does not have
     (``epoch=3``). Hydra refuses it while it composes the config, before any callback runs, and
     advises ``+epoch=3``, which would only add a key nothing reads; a nested one (``model.widht``)
     composes and ``check_or_exit`` names it. Config groups (``experiment=...``, and those of
-    ``own_dir``, a script's config directory: ``nondet.api.main``) are Hydra's to say."""
+    ``own_dir``, a script's config directory: ``nondet.api.main``) are Hydra's to say. The top-level
+    keys of your own primary config (``--config-name``, or ``config_name``: a script's) are checked
+    as those of the command line."""
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
@@ -505,8 +508,8 @@ def check_command_line(args: list[str], config_dir: Path, own_dir: Path | None =
         check_no_deleted_keys(parsed.overrides)
     except ValueError as e:
         sys.exit(refusal_line(e))
-    if parsed.config_name:
-        check_own_primary_config(parsed.config_name, [parsed.config_dir, own_dir, config_dir], top)
+    if parsed.config_name or config_name:
+        check_own_primary_config(parsed.config_name or config_name, [parsed.config_dir, own_dir, config_dir], top)
     if parsed.config_dir or parsed.config_name or any(o.key_or_group == "hydra.searchpath" for o in overrides):
         return  # a config of your own may bring config groups of its own: Hydra judges those
     for override in overrides:

@@ -98,8 +98,13 @@ def test_a_typo_in_your_own_primary_config_names_the_key_it_meant(tmp_path):
         check_command_line(["--config-dir", str(tmp_path), "--config-name", "mine"], CONF)
     assert str(exit_.value.code).startswith(f"Error in the configuration: {tmp_path / 'mine.yaml'}: epoch is not a "
                                             f"configuration key (a typo? did you mean epochs?)")
+    # a script of yours (nondet.api.main(config_path, config_name)): its config, named in the code
+    with pytest.raises(SystemExit) as exit_:
+        check_command_line(["-m", "source=init"], CONF, tmp_path, "mine")
+    assert str(exit_.value.code).startswith(f"Error in the configuration: {tmp_path / 'mine.yaml'}: epoch is not a ")
     (tmp_path / "mine.yaml").write_text("defaults:\n  - config\n  - _self_\nepochs: 3\n")
     check_command_line(["--config-dir", str(tmp_path), "--config-name", "mine"], CONF)
+    check_command_line(["-m", "source=init"], CONF, tmp_path, "mine")
 
 
 def test_runs_that_jobs_with_overlapping_replicates_meet_are_counted_once(tmp_path, hydra_state, capsys):
