@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import logging.config
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,11 +123,13 @@ def test_hydras_job_log_and_record_give_way_to_an_unwritable_run_directory(tmp_p
     assert OmegaConf.to_yaml(hydra).count("${nondet.hydra_files:.hydra}") == 1
     # Hydra's own job logging choices replace nondet's whole (a file handler merged into one
     # without a file broke the logging set-up of every job).
-    for choice in ("stdout", "disabled", "none"):
+    import hydra as hydra_package
+
+    for choice in ("stdout", "disabled", "none", "default"):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             other = compose("config", overrides=[f"hydra/job_logging={choice}"], return_hydra_config=True).hydra
-        assert "file" not in (other.job_logging.get("handlers") or {}), choice
-        logging.config.dictConfig(OmegaConf.to_container(other.job_logging, resolve=True))
+        own = OmegaConf.load(Path(hydra_package.__file__).parent / "conf" / "hydra" / "job_logging" / f"{choice}.yaml")
+        assert OmegaConf.to_container(other.job_logging) == OmegaConf.to_container(own), choice
 
     (tmp_path / "launch.log").mkdir()  # cannot be opened as a file, as in a read-only directory
     handler = joblog.RunLogFile(str(tmp_path / "launch.log"))
