@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.instability import label_spread_axes, plot_spread, spread_by_epoch
+from analysis.instability import NAMED_NOT_DRAWN, label_spread_axes, plot_spread, spread_by_epoch
 from analysis.load import Sweep
-from analysis.paper import paper_figures
+from analysis.paper import paper_figures, paper_gaps, paper_notes
 from analysis.render import (
     bar_styles,
     bars_inches,
@@ -54,8 +54,9 @@ def _labels(frame: pd.DataFrame, keys: list[str]) -> list[str]:
 
 def _bar_gap(n_runs: float, n_diverged: int, sd: float) -> str:
     """What stands where a group's bar is missing or zero, so an absent bar never reads as a
-    spread of 0: every run diverged, too few runs, a metric the diverged runs made NaN, or a
-    true 0 (bitwise-identical runs, such as a ``source=none`` control)."""
+    spread of 0, and a bar that counts diverged runs never reads as training's spread: every run
+    diverged, too few runs, a metric the diverged runs made NaN, some runs diverged, or a true 0
+    (bitwise-identical runs, such as a ``source=none`` control)."""
     n_runs = int(n_runs)
     if n_diverged and n_diverged >= n_runs:
         return f"diverged (all {n_runs} runs)"
@@ -63,6 +64,8 @@ def _bar_gap(n_runs: float, n_diverged: int, sd: float) -> str:
         return f"n/a ({n_runs} run{'s' * (n_runs != 1)})"
     if np.isnan(sd):
         return f"n/a ({n_diverged} of {n_runs} runs diverged)" if n_diverged else "n/a"
+    if n_diverged:  # a bar, but one that counts chance-level runs: hatched and labelled
+        return f"{n_diverged} of {n_runs} runs diverged"
     return "0" if sd == 0 else ""
 
 
@@ -75,7 +78,8 @@ def _drawable(frame: pd.DataFrame, counts: list[int]) -> np.ndarray:
 def variability_bars(frame: pd.DataFrame, keys: list[str], out_dir: Path, diverged_runs: list[int] | None = None) -> list[Path]:
     """Bars of accuracy SD and cross-entropy SD per group, error bars = bootstrap SD of the SD.
     ``diverged_runs`` (``diverged_counts``, per row): rows whose runs all diverged get no bar but
-    the word "diverged", rows of one run "n/a (1 run)", a true zero "0". No row with a bar: no
+    the word "diverged", rows of one run "n/a (1 run)", a true zero "0"; a bar of a row where
+    some runs diverged is hatched and labelled "k of n runs diverged". No row with a bar: no
     figure (``figure_gaps`` says why)."""
     from matplotlib.figure import Figure
     from matplotlib.transforms import blended_transform_factory
@@ -96,11 +100,15 @@ def variability_bars(frame: pd.DataFrame, keys: list[str], out_dir: Path, diverg
     ):
         sds = np.where(drawable, frame[f"{column}_sd"].to_numpy(dtype=float), np.nan)
         errors = np.where(np.isfinite(sds), np.nan_to_num(frame[f"{column}_sd_sd"].to_numpy(dtype=float)), np.nan)
-        ax.barh(y, sds, xerr=errors, capsize=3, color="tab:blue")  # NaN: no bar, no error bar
+        bars = ax.barh(y, sds, xerr=errors, capsize=3, color="tab:blue")  # NaN: no bar, no error bar
         at_left = blended_transform_factory(ax.transAxes, ax.transData)
-        for i, (n, d, value) in enumerate(zip(frame["n_runs"].to_numpy(dtype=float), counts, sds)):
+        for i, (n, d, value, error) in enumerate(zip(frame["n_runs"].to_numpy(dtype=float), counts, sds, errors)):
             gap = _bar_gap(n, d, value)
-            if gap:
+            if gap and d and np.isfinite(value):  # a bar with chance-level runs in it: hatched, labelled at its end
+                bars[i].set(hatch="//", edgecolor="white")
+                ax.annotate(gap, (value + error, i), xytext=(4, 0), textcoords="offset points",
+                            va="center", fontsize=8, color="dimgray")
+            elif gap:
                 ax.text(0.01, i, gap, transform=at_left, va="center", fontsize=8, color="dimgray")
         ax.set_title(title)
         ax.set_xlim(left=0)
@@ -162,11 +170,7 @@ def cross_entropy_spread(sweep: Sweep, out_dir: Path) -> list[Path]:
     left, right = fig.subplots(1, 2)
     style_groups(left, right, n=len(spreads))  # past ten colours, line styles tell groups apart
     for label, spread, runs, d in spreads:
-        if d:  # an empty line: the legend names the group in its own style
-            for ax in (left, right):
-                ax.plot([], [], marker=".", label=f"{label} ({d} of {runs} runs diverged: not drawn)")
-        else:
-            plot_spread((left, right), spread, label)
+        plot_spread((left, right), spread, label, d, runs)
     label_spread_axes((left, right))
     shared_legend(fig, [left, right])  # beside the axes, never over the lines
     return save_figure(fig, out_dir, "cross_entropy_spread")
@@ -204,7 +208,7 @@ def figure_gaps(sweep: Sweep, frame: pd.DataFrame) -> dict[str, str]:
         why = ("no group has two runs or more none of which diverged" if any(counts)
                else "no group has two runs or more")
         gaps["test_set_noise"] = gaps["best_of_k"] = why
-    return gaps
+    return gaps | paper_gaps(sweep)
 
 
 def figure_notes(sweep: Sweep) -> dict[str, str]:
@@ -214,5 +218,4 @@ def figure_notes(sweep: Sweep) -> dict[str, str]:
     if not any(counts):
         return {}
     note = left_out_note(kept_groups(sweep)[1])
-    return {"cross_entropy_spread": "Groups with diverged runs are named in the legend, not drawn.",
-            "test_set_noise": note, "best_of_k": note}
+    return {"cross_entropy_spread": NAMED_NOT_DRAWN, "test_set_noise": note, "best_of_k": note} | paper_notes(sweep)

@@ -35,6 +35,7 @@ import pandas as pd
 from analysis.load import Group, Sweep, load_sweep, short_metrics
 from analysis.metrics import cross_entropy, percent_correct, sd
 from analysis.render import format_number, markdown_table, save_figure, shared_legend, style_groups
+from analysis.stats_figures import diverged_runs
 
 MIN_RATIO = 100.0
 ZOOM_EPOCHS = 10
@@ -67,10 +68,19 @@ def spread_by_epoch(group: Group) -> pd.DataFrame:
     return pd.DataFrame({"epoch": epochs, "cross_entropy_sd": sds, "cross_entropy_range95": high - low})
 
 
-def plot_spread(axes, spread: pd.DataFrame, label: str) -> None:
+# The caption's sentence for a figure of ``plot_spread`` lines where groups had diverged runs.
+NAMED_NOT_DRAWN = "Groups with diverged runs are named in the legend, not drawn."
+
+
+def plot_spread(axes, spread: pd.DataFrame, label: str, diverged: int = 0, runs: int = 0) -> None:
     """One group's ``spread_by_epoch`` as a line on each of two axes: the middle-95% width, the
     SD. A log axis cannot show zeros (bitwise-identical runs): they are left out and counted in
-    the legend."""
+    the legend. A group with ``diverged`` runs (of ``runs``) is not drawn (its spread runs to
+    1e23 and NaN) but named in the legend, an empty line in its own style."""
+    if diverged:
+        for ax in axes:
+            ax.plot([], [], marker=".", label=f"{label} ({diverged} of {runs} runs diverged: not drawn)")
+        return
     for ax, column in zip(axes, ("cross_entropy_range95", "cross_entropy_sd")):
         values = spread[column].to_numpy(dtype=float)
         zeros = int(np.sum(values == 0))
@@ -96,21 +106,24 @@ def figure3_groups(sweep: Sweep) -> list[Group]:
 
 
 def instability_figure(sweep: Sweep, out_dir: Path) -> list[Path]:
-    """instability.{png,pdf}: Figure 3 for the bit-flip groups of the sweep (none: no file)."""
+    """instability.{png,pdf}: Figure 3 for the bit-flip groups of the sweep (none: no file). A
+    group with diverged runs is named in the legend, not drawn (``plot_spread``); none left to
+    draw: no file (``paper.paper_gaps``)."""
     from matplotlib.figure import Figure
 
     groups = figure3_groups(sweep)
-    if not groups:
+    counts = [diverged_runs(g) for g in groups]
+    if all(counts):
         return []
     keys = [k for k in sweep.display_keys if k != "source.name"] or ["source.name"]
     fig = Figure(figsize=(10.0, 7.0), layout="constrained")
     axes = fig.subplots(2, 2)
     style_groups(*axes.ravel(), n=len(groups))
-    for group in groups:
+    for group, diverged in zip(groups, counts):
         spread = spread_by_epoch(group)
         for row, limit in ((0, None), (1, ZOOM_EPOCHS)):
             shown = spread if limit is None else spread[spread["epoch"] <= limit]
-            plot_spread(axes[row], shown, group.label(keys))
+            plot_spread(axes[row], shown, group.label(keys), diverged, len(group.runs))
     for row, when in ((0, "all epochs"), (1, f"first {ZOOM_EPOCHS} epochs")):
         label_spread_axes(axes[row], f", {when}")
     fig.suptitle("A one-ULP bit flip during training: spread of test cross-entropy over runs")

@@ -19,6 +19,7 @@ import pandas as pd
 
 from analysis.load import Sweep
 from analysis.render import figure_legend, format_number, markdown_table, row_label, save_figure, style_groups
+from analysis.stats_figures import say_left_out
 
 ONSET = "onset_epoch"
 
@@ -64,9 +65,14 @@ def onset_markdown(frame: pd.DataFrame, keys: list[str]) -> str:
     ) + "\n"
 
 
-def onset_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
-    """onset.{png,pdf}: accuracy SD and cross-entropy SD against the onset epoch, per source."""
+def onset_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path, left_out: list[str] = ()) -> list[Path]:
+    """onset.{png,pdf}: accuracy SD and cross-entropy SD against the onset epoch, per source.
+    ``frame``: the rows to draw; ``left_out``: labels of groups not drawn because runs diverged
+    (``kept_groups``), named under the figure. No row: no file."""
     from matplotlib.figure import Figure
+
+    if not len(frame):
+        return []
 
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -89,4 +95,5 @@ def onset_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Pa
         ax.set_ylim(bottom=0)
     fig.suptitle("Onset of nondeterminism (error bars: bootstrap SD of the SD)")
     figure_legend(fig, *axes[0].get_legend_handles_labels())
+    say_left_out(fig, left_out)
     return save_figure(fig, out_dir, "onset")

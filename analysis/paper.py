@@ -25,6 +25,7 @@ import pandas as pd
 
 from analysis import instability, onset, shamir, snapshot
 from analysis.load import Sweep
+from analysis.stats_figures import diverged_runs, kept_groups, left_out_note
 
 
 @dataclass
@@ -33,14 +34,14 @@ class PaperAnalyses:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # name -> rows, for --csv
 
 
-def _image_part(sweep: Sweep, frame: pd.DataFrame) -> tuple[Sweep, pd.DataFrame]:
-    """The sweep and run-table rows without language-model groups (same order as the frame)."""
+def _image_part(sweep: Sweep, frame: pd.DataFrame | None = None) -> tuple[Sweep, pd.DataFrame | None]:
+    """The sweep and run-table rows (if given) without language-model groups (same order as the frame)."""
     keep = [not getattr(g, "is_language_model", False) for g in sweep.groups]
     if all(keep):
         return sweep, frame
     groups = [g for g, k in zip(sweep.groups, keep) if k]
     part = Sweep(sweep.root, groups, sweep.problems, sweep.notes)
-    return part, frame[keep].reset_index(drop=True)
+    return part, None if frame is None else frame[keep].reset_index(drop=True)
 
 
 def paper_analyses(sweep: Sweep, frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> PaperAnalyses:
@@ -68,16 +69,50 @@ def paper_analyses(sweep: Sweep, frame: pd.DataFrame, n_boot: int = 1000, seed: 
 
 
 def paper_figures(sweep: Sweep, frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Figure 2, Figure 3 and the PD figure, when the sweep has their structure."""
+    """Figure 2, Figure 3 and the PD figure, when the sweep has their structure. Groups with
+    diverged runs (their numbers are NaN or chance level) are left out of Figure 2 and the PD
+    figure and named under them (``kept_groups``), and named but not drawn in Figure 3's legend."""
     sweep, frame = _image_part(sweep, frame)
     if not sweep.groups:
         return []
     out_dir = Path(out_dir)
     keys = [k for k in sweep.display_keys if k in frame.columns]
+    keep, left_out = kept_groups(sweep)
+    kept = frame[keep].reset_index(drop=True)
     paths = []
     if onset.has_onsets(sweep):
-        paths += onset.onset_figure(frame, keys, out_dir)
+        paths += onset.onset_figure(kept, keys, out_dir, left_out)
     paths += instability.instability_figure(sweep, out_dir)
     if shamir.has_pd_structure(sweep):
-        paths += shamir.pd_figure(frame, keys, out_dir)
+        paths += shamir.pd_figure(kept, keys, out_dir, left_out)
     return paths
+
+
+def paper_notes(sweep: Sweep) -> dict[str, str]:
+    """{stem: sentence} for the captions of ``paper_figures``: the groups left out, or named but
+    not drawn, because runs diverged."""
+    sweep, _ = _image_part(sweep)
+    note = left_out_note(kept_groups(sweep)[1])
+    if not note:
+        return {}
+    notes = {"onset": note, "prediction_difference": note}
+    if any(diverged_runs(g) for g in instability.figure3_groups(sweep)):
+        notes["instability"] = instability.NAMED_NOT_DRAWN
+    return notes
+
+
+def paper_gaps(sweep: Sweep) -> dict[str, str]:
+    """{stem: why} for the figures of ``paper_figures`` that the sweep has the structure of but
+    whose runs leave them empty (every group diverged, or has one run)."""
+    sweep, _ = _image_part(sweep)
+    if not sweep.groups:
+        return {}
+    gaps = {}
+    if not any(kept_groups(sweep)[0]):
+        why = "no group has two runs or more none of which diverged"
+        gaps.update({stem: why for stem, has in (("onset", onset.has_onsets(sweep)),
+                                                 ("prediction_difference", shamir.has_pd_structure(sweep))) if has})
+    groups = instability.figure3_groups(sweep)
+    if groups and all(diverged_runs(g) for g in groups):
+        gaps["instability"] = "every bit-flip group has diverged runs (their spread is NaN or runs to 1e23)"
+    return gaps

@@ -61,7 +61,9 @@ CAPTIONS = {
     "cross-entropy. Error bars are the bootstrap SD of the SD, a rough guide to its uncertainty "
     "that runs short with few runs (about a fifth too small at 4-8 runs for normal noise); "
     "whether bars overlap is not a test of two groups' spreads. A group without a bar says why in "
-    "its place: diverged (all its runs), n/a (1 run: no SD), or 0 (a spread of exactly 0).",
+    "its place: diverged (all its runs), n/a (1 run: no SD), or 0 (a spread of exactly 0). A "
+    "hatched bar, labelled with how many of its runs diverged, counts chance-level runs: it is not "
+    "training's spread.",
     "cka": "Mean linear CKA between pairs of runs at each layer (error bars: SD over pairs). "
     "Lower bars: the runs learned less similar representations at that layer.",
     "cross_entropy_spread": "How far apart the runs' test cross-entropy is at each epoch, for "
@@ -100,7 +102,8 @@ def sweep_figures(inputs: ReportInputs) -> list[tuple[Any, str]]:
 
 # What the file stems of ``write_figures`` are called where the page says one is absent.
 FIGURE_NAMES = {"variability": "Run-to-run variability", "cross_entropy_spread": "Cross-entropy spread over epochs",
-                "test_set_noise": "Test-set noise", "best_of_k": "Best of k runs"}
+                "test_set_noise": "Test-set noise", "best_of_k": "Best of k runs", "onset": "Figure 2 (onset)",
+                "instability": "Figure 3 (instability)", "prediction_difference": "Prediction difference"}
 
 
 def absent_figures_html(inputs: ReportInputs) -> str:

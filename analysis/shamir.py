@@ -38,6 +38,7 @@ from analysis.render import (
     markdown_table,
     save_figure,
 )
+from analysis.stats_figures import say_left_out
 
 ACTIVATION = "model.activation"
 WINDOW = "shuffle_window"
@@ -202,11 +203,15 @@ def _rounding_note(rounding: int) -> str:
             "(disagreement 0: its PD is float rounding)" if rounding else "")
 
 
-def pd_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
+def pd_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path, left_out: list[str] = ()) -> list[Path]:
     """prediction_difference.{png,pdf}: PD against activation (bars per source) and against each
-    other varying axis (one panel per source, one line per activation)."""
+    other varying axis (one panel per source, one line per activation). ``frame``: the rows to
+    draw; ``left_out``: labels of groups not drawn because runs diverged (``kept_groups``), named
+    under the figure. No row: no file."""
     from matplotlib.figure import Figure
 
+    if not len(frame):
+        return []
     frame, axes = _prepared(frame, keys)
     sources = list(dict.fromkeys(frame[SOURCE]))
     line_axes = [a for a in axes if a != ACTIVATION]
@@ -269,4 +274,5 @@ def pd_figure(frame: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]
             for handle, label in zip(*ax.get_legend_handles_labels()):
                 entries.setdefault(label, handle)
         figure_legend(fig, list(entries.values()), list(entries), title=ACTIVATION)
+    say_left_out(fig, left_out)
     return save_figure(fig, out_dir, "prediction_difference")

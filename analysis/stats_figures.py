@@ -41,9 +41,14 @@ CAPTIONS = {
 }
 
 
+def diverged_runs(group) -> int:
+    """How many of the group's runs diverged (``analysis.load.diverged``)."""
+    return sum(diverged(run) for run in group.runs)
+
+
 def diverged_counts(sweep) -> list[int]:
     """Per group (the rows of ``summary_frame``), how many of its runs diverged."""
-    return [sum(diverged(run) for run in group.runs) for group in sweep.groups]
+    return [diverged_runs(group) for group in sweep.groups]
 
 
 def left_out_note(left_out: list[str]) -> str:
@@ -53,7 +58,7 @@ def left_out_note(left_out: list[str]) -> str:
     return f"Left out, runs diverged (chance-level argmax of NaN logits): {'; '.join(left_out)}."
 
 
-def _say_left_out(fig, left_out: list[str]) -> None:
+def say_left_out(fig, left_out: list[str]) -> None:
     """``left_out_note`` under the figure, wrapped to its width (the layout makes room)."""
     import textwrap
 
@@ -108,7 +113,7 @@ def test_set_noise_figure(labels: list[str], error_rates: list[np.ndarray], fram
     right.set_xlabel("accuracy SD (%)")
     right.set_title("Observed vs independent-errors SD")
     legend_beside(right)
-    _say_left_out(fig, left_out)
+    say_left_out(fig, left_out)
     return fig, _caption("test_set_noise", left_out)
 
 
@@ -131,7 +136,7 @@ def best_of_k_figure(table: pd.DataFrame, keys: list[str], left_out: list[str] =
     ax.set_ylabel("expected best test accuracy (%)")
     ax.set_title("Expected best of k runs (Dodge et al. 2020)")
     legend_beside(ax)
-    _say_left_out(fig, left_out)
+    say_left_out(fig, left_out)
     return fig, _caption("best_of_k", left_out)
 
 

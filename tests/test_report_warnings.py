@@ -24,9 +24,9 @@ from fake_runs import fake_config, metrics_rows, random_logits, write_group
 N, C = 60, 4
 
 
-def _group(root, name, source, lr, logits, metrics=None, sweep="s"):
+def _group(root, name, source, lr, logits, metrics=None, sweep="s", **params):
     vary = [] if source == "none" else [source]
-    config = fake_config(**{"source.name": source, "source.vary": vary, "optimizer.lr": lr},
+    config = fake_config(**{"source.name": source, "source.vary": vary, "optimizer.lr": lr, **params},
                          output_root=str(root), sweep_name=sweep)
     labels = np.random.default_rng(7).integers(0, C, N)
     return write_group(config, logits, labels, metrics)
@@ -53,7 +53,8 @@ def mixed_sweep(root):
 def _texts_by_row(ax, labelled):
     """{tick label (of ``labelled``, whose y axis ``ax`` shares): text drawn on that bar's row}."""
     rows = {round(t.get_position()[1]): t.get_text() for t in labelled.get_yticklabels()}
-    return {rows[round(t.get_position()[1])]: t.get_text() for t in ax.texts}
+    # An annotation's row is the point it labels (its own position is an offset from it).
+    return {rows[round(getattr(t, "xy", t.get_position())[1])]: t.get_text() for t in ax.texts}
 
 
 def test_figures_name_diverged_groups_and_rows_without_an_sd(tmp_path):
@@ -180,8 +181,87 @@ def test_every_column_of_the_table_is_explained_on_the_page(tmp_path):
 
 @pytest.mark.parametrize("n_runs, diverged, sd, said", [
     (3, 3, 0.0, "diverged (all 3 runs)"), (1, 0, float("nan"), "n/a (1 run)"), (2, 0, 0.0, "0"),
-    (3, 1, float("nan"), "n/a (1 of 3 runs diverged)"), (3, 0, 0.4, "")])
+    (3, 1, float("nan"), "n/a (1 of 3 runs diverged)"), (3, 1, 0.4, "1 of 3 runs diverged"), (3, 0, 0.4, "")])
 def test_what_stands_in_place_of_a_bar(n_runs, diverged, sd, said):
     from analysis.figures import _bar_gap
 
     assert _bar_gap(n_runs, diverged, sd) == said
+
+
+def test_a_bar_of_partly_diverged_runs_is_hatched_and_labelled(tmp_path):
+    """Two healthy runs and one of NaN logits: the accuracy bar counts a chance-level run, so it
+    is marked as such (the cross-entropy panel already says n/a)."""
+    rng = np.random.default_rng(3)
+    _group(tmp_path, "ok", "init", 0.1, random_logits(rng, 3, N, C))
+    mixed = np.concatenate([random_logits(rng, 2, N, C), np.full((1, N, C), np.nan, np.float32)])
+    _group(tmp_path, "part", "init", 1.0, mixed)
+    sweep = load_sweep(tmp_path / "s")
+    with collected() as drawn:
+        write_figures(sweep, summary_frame(sweep, 5, 0), tmp_path)
+    accuracy, cross_entropy = dict(drawn)["variability"].axes
+    part = "init, optimizer.lr=1.0"
+    assert _texts_by_row(accuracy, accuracy) == {part: "1 of 3 runs diverged"}
+    assert _texts_by_row(cross_entropy, accuracy) == {part: "n/a (1 of 3 runs diverged)"}
+    rows = {t.get_text(): round(t.get_position()[1]) for t in accuracy.get_yticklabels()}
+    hatches = {round(p.get_y() + p.get_height() / 2): p.get_hatch() for p in accuracy.patches}
+    assert hatches == {rows[part]: "//", rows["init, optimizer.lr=0.1"]: None}
+
+
+def _legend(fig):
+    return [t.get_text() for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+            for t in legend.get_texts()]
+
+
+def _said_under(fig):
+    return fig._supxlabel.get_text().replace("\n", " ") if fig._supxlabel else ""
+
+
+def test_the_paper_figures_leave_out_diverged_groups_and_say_so(tmp_path):
+    """Figure 2 (onset), Figure 3 (bit flip over training) and the PD figure: a group of NaN-logit
+    runs is not drawn as a spread of 0 but named under the figure, in the legend, and in the
+    report's caption; when every group diverged, the figure is absent and the page says why."""
+    rng = np.random.default_rng(4)
+    nan3 = np.full((3, N, C), np.nan, np.float32)
+    for k in (0, 1):  # Figure 2: healthy runs at lr 0.1, diverged ones at lr 1e4
+        _group(tmp_path, "ok", "shuffle", 0.1, random_logits(rng, 3, N, C), sweep="onset", onset_epoch=k)
+        _group(tmp_path, "nan", "shuffle", 1e4, nan3, sweep="onset", onset_epoch=k)
+    for model, metrics in (("linear", [metrics_rows(rng, 2) for _ in range(3)]), ("mlp", _diverging_metrics(3))):
+        logits = random_logits(rng, 3, N, C) if model == "linear" else nan3  # Figure 3: the mlp diverged
+        _group(tmp_path, model, "bitflip", 0.1, logits, metrics, sweep="flip", **{"model.name": model})
+    for activation in ("relu", "smelu"):  # PD: the smelu runs diverged
+        logits = random_logits(rng, 3, N, C) if activation == "relu" else nan3
+        _group(tmp_path, activation, "init", 0.1, logits, sweep="pd", **{"model.activation": activation})
+
+    expected = {"onset": ("onset", "optimizer.lr=10000.0"), "flip": ("instability", "model.name=mlp"),
+                "pd": ("prediction_difference", "model.activation=smelu")}
+    for name, (stem, bad) in expected.items():
+        sweep = load_sweep(tmp_path / name)
+        frame = summary_frame(sweep, 5, 0)
+        with collected() as drawn:
+            write_figures(sweep, frame, tmp_path / name)
+        fig = dict(drawn)[stem]
+        page = html.unescape(report.render(report.ReportInputs(sweep, frame, n_boot=5)))
+        caption = re.search(rf'alt="{re.escape(report.CAPTIONS[stem])}(.*?)">', page).group(1)
+        if stem == "instability":
+            assert "model.name=mlp (3 of 3 runs diverged: not drawn)" in _legend(fig)
+            drawn_values = np.concatenate([line.get_ydata() for ax in fig.axes for line in ax.get_lines()])
+            assert len(drawn_values) and np.nanmax(drawn_values) < 10
+            assert caption == " Groups with diverged runs are named in the legend, not drawn."
+        else:
+            assert not any(bad in label for label in _legend(fig)), stem
+            assert _said_under(fig).startswith("Left out, runs diverged (chance-level argmax of NaN logits): "), stem
+            assert bad in _said_under(fig) and bad in caption, stem
+        if stem == "prediction_difference":
+            heights = {t.get_text(): p.get_height() for t, p in zip(fig.axes[0].get_xticklabels(), fig.axes[0].patches)}
+            assert np.isfinite(heights["relu"]) and np.isnan(heights.get("smelu", np.nan))
+
+    # Every onset group diverged: no Figure 2, and the page says why.
+    for k in (0, 1):
+        _group(tmp_path, "nan", "shuffle", 1e4, nan3, sweep="all_nan", onset_epoch=k)
+    sweep = load_sweep(tmp_path / "all_nan")
+    frame = summary_frame(sweep, 5, 0)
+    with collected() as drawn:
+        write_figures(sweep, frame, tmp_path / "all_nan")
+    assert "onset" not in dict(drawn)
+    assert "No Figure 2 (onset) figure (<code>onset.png</code>): no group has two runs or more none of which diverged." in (
+        report.absent_figures_html(report.ReportInputs(sweep, frame, n_boot=5)))
