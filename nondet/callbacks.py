@@ -340,7 +340,6 @@ def check_no_deleted_keys(overrides: list[str]) -> None:
                               f"({key}{'.KEY' if node else ''}=...)")
 
 
-# Keys the replicate sweep (hydra.sweeper.params.replicate in conf/config.yaml) is built from.
 # Keys a launch takes one value of, and why. Hydra resolves the replicate sweep once, from the
 # launch's replicates and pack, so the jobs of other values would train the wrong runs; a preset
 # brings its own sweep (its sources, its sweep name), which Hydra does not apply to a sweep over
@@ -355,7 +354,7 @@ ONE_VALUE_KEYS = {
 }
 
 
-def check_one_replicate_sweep(config: DictConfig) -> None:
+def check_one_value_per_launch(config: DictConfig) -> None:
     """Refuse a multirun that sweeps a key of ``ONE_VALUE_KEYS`` (``-m replicates=2,18``,
     ``-m +experiment=table1,table3``, ``-m sweep_name=a,b``) before anything trains."""
     from nondet.config import ConfigError
@@ -422,7 +421,7 @@ def check_or_exit(config: DictConfig, jobs: list[DictConfig] | None = None, *, c
             for key, value in swept_values(config):
                 check_range(key, value)
             if "hydra" in config and config.hydra.mode == RunMode.MULTIRUN:
-                check_one_replicate_sweep(config)
+                check_one_value_per_launch(config)
             check_settings_leave_sources_varying(config, resolved)  # judges SOURCE_SETTINGS for all
             if "hydra" in config:
                 runs_root(resolved, config.hydra)  # refuses a filesystem root

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import to_absolute_path
 from hydra.types import RunMode
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from nondet import joblog, lm, logger, pack, records, usercode, userdata, usermodel
@@ -90,9 +90,9 @@ def runs_root(config: dict, hydra: DictConfig | None) -> Path:
     if root.parent == root:
         raise ConfigError(f"{key}={root}: a filesystem root cannot hold a sweep; give a directory below it "
                           f"({key}={root / 'sweeps' / config['sweep_name']}, say)")
-    run = next((p for p in (root, *root.parents) if _is_run_dir(p)), None)
-    if run is not None:
-        raise ConfigError(f"{key}={root}: inside the run directory {run}, where new runs would hide (the "
+    held = next((p for p in (root, *root.parents) if _is_run_dir(p)), None)
+    if held is not None:
+        raise ConfigError(f"{key}={root}: inside the run directory {held}, where new runs would hide (the "
                           f"analysis reads a run directory as one run); give a directory outside every run")
     return root
 
