@@ -32,10 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.load import Group, Sweep, load_sweep, short_metrics
+from analysis.load import Group, Sweep, load_sweep, n_diverged, short_metrics
 from analysis.metrics import cross_entropy, percent_correct, sd
 from analysis.render import format_number, markdown_table, save_figure, shared_legend, style_groups
-from analysis.stats_figures import diverged_runs
 
 MIN_RATIO = 100.0
 ZOOM_EPOCHS = 10
@@ -112,7 +111,7 @@ def instability_figure(sweep: Sweep, out_dir: Path) -> list[Path]:
     from matplotlib.figure import Figure
 
     groups = figure3_groups(sweep)
-    counts = [diverged_runs(g) for g in groups]
+    counts = [n_diverged(g) for g in groups]
     if all(counts):
         return []
     keys = [k for k in sweep.display_keys if k != "source.name"] or ["source.name"]

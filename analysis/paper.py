@@ -24,8 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import instability, onset, shamir, snapshot
-from analysis.load import Sweep
-from analysis.stats_figures import diverged_runs, kept_groups, left_out_note
+from analysis.load import Sweep, n_diverged
+from analysis.stats_figures import kept_groups, left_out_note
 
 
 @dataclass
@@ -96,7 +96,7 @@ def paper_notes(sweep: Sweep) -> dict[str, str]:
     if not note:
         return {}
     notes = {"onset": note, "prediction_difference": note}
-    if any(diverged_runs(g) for g in instability.figure3_groups(sweep)):
+    if any(n_diverged(g) for g in instability.figure3_groups(sweep)):
         notes["instability"] = instability.NAMED_NOT_DRAWN
     return notes
 
@@ -113,6 +113,6 @@ def paper_gaps(sweep: Sweep) -> dict[str, str]:
         gaps.update({stem: why for stem, has in (("onset", onset.has_onsets(sweep)),
                                                  ("prediction_difference", shamir.has_pd_structure(sweep))) if has})
     groups = instability.figure3_groups(sweep)
-    if groups and all(diverged_runs(g) for g in groups):
+    if groups and all(n_diverged(g) for g in groups):
         gaps["instability"] = "every bit-flip group has diverged runs (their spread is NaN or runs to 1e23)"
     return gaps

@@ -30,9 +30,8 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from analysis import lm, stats_figures
-from analysis.load import PROBLEM_STATUSES, Sweep, inert_member_notes, variation_notes, flatten
+from analysis.load import PROBLEM_STATUSES, Sweep, diverged, flatten, inert_member_notes, variation_notes
 from analysis.render import PM, collected, format_value, label_inches, row_label
-from analysis.stats_figures import diverged
 from analysis.tables import MARKDOWN_COLUMNS, status_lines, table_cells, table_notes
 from nondet import records
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.load import diverged  # the test of the sweep's divergence notes
+from analysis.load import n_diverged  # the test of the sweep's divergence notes
 from analysis.render import (
     bars_inches,
     beside_inches,
@@ -41,14 +41,9 @@ CAPTIONS = {
 }
 
 
-def diverged_runs(group) -> int:
-    """How many of the group's runs diverged (``analysis.load.diverged``)."""
-    return sum(diverged(run) for run in group.runs)
-
-
 def diverged_counts(sweep) -> list[int]:
     """Per group (the rows of ``summary_frame``), how many of its runs diverged."""
-    return [diverged_runs(group) for group in sweep.groups]
+    return [n_diverged(group) for group in sweep.groups]
 
 
 def left_out_note(left_out: list[str]) -> str:
